@@ -1,0 +1,170 @@
+"""`rlhfkit STAGE [--config FILE.yaml] [key=value ...]`: parse the config, call a recipe.
+
+Each stage names its config dataclass and its entry point by import path, so `rlhfkit --help`
+stays fast and a stage's heavy imports happen only when it runs. A few stages with commands of
+their own (`annotate serve|export|stats|add-user`) take their own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+
+from rlhfkit.errors import RlhfkitError
+
+
+@dataclass(frozen=True)
+class Stage:
+    summary: str
+    config: str | None  # "module:Class" of the config dataclass
+    entry: str  # "module:function"; takes the config (or argv when config is None)
+    positional: tuple[str, ...] = ()  # keys that may be given as bare positional arguments
+
+
+STAGES: dict[str, Stage] = {
+    "sft": Stage(
+        "supervised fine-tuning", "rlhfkit.recipes.sft:SFTConfig", "rlhfkit.recipes.sft:train"
+    ),
+    "generate": Stage(
+        "sample K responses per prompt (JSONL {prompt, responses})",
+        "rlhfkit.recipes.generate:GenerateConfig",
+        "rlhfkit.recipes.generate:run",
+    ),
+    "init-model": Stage(
+        "write a random-initialised model + byte tokenizer from a preset",
+        "rlhfkit.recipes.init_model:InitModelConfig",
+        "rlhfkit.recipes.init_model:run",
+    ),
+    "demo": Stage(
+        "the embedded world end to end",
+        "rlhfkit.recipes.demo:DemoConfig",
+        "rlhfkit.recipes.demo:run",
+    ),
+    "annotate": Stage(
+        "the annotation server: serve | export | stats | add-user",
+        None,
+        "rlhfkit.feedback.annotation.cli:main",
+    ),
+}
+
+
+def _load(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in STAGES)
+    lines = [
+        "usage: rlhfkit STAGE [--config FILE.yaml] [key=value ...]",
+        "       rlhfkit STAGE --help    (every key of the stage, with its default)",
+        "",
+        "stages:",
+    ]
+    lines += [f"  {name.ljust(width)}  {stage.summary}" for name, stage in STAGES.items()]
+    return "\n".join(lines)
+
+
+def _stage_help(name: str, stage: Stage) -> str:
+    from rlhfkit.config import describe
+
+    cls = _load(stage.config)
+    rows = describe(cls)
+    doc = textwrap.dedent(cls.__doc__ or "").strip()
+    head = [f"usage: rlhfkit {name} [--config FILE.yaml] [key=value ...]", "", stage.summary]
+    if doc and not doc.startswith(cls.__name__ + "("):
+        head += ["", doc]
+    head += ["", "keys (key=value or --key value; nested keys with dots, e.g. lora.r=8):"]
+    width = min(max(len(r[0]) for r in rows), 28)
+    body = []
+    for key, type_name, default, help_text in rows:
+        body.append(f"  {key.ljust(width)}  {help_text}")
+        body.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
+    return "\n".join(head + body)
+
+
+def _split_args(argv: list[str], positional: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """(config file, overrides) from `--config F`, `key=value`, `--key value`, `--key=value`."""
+    config_file, overrides, free = None, [], list(positional)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise RlhfkitError("--config needs a file")
+            config_file, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_file, i = arg.split("=", 1)[1], i + 1
+            continue
+        if arg.startswith("--"):
+            key = arg[2:]
+            if "=" in key:
+                overrides.append(key)
+                i += 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                overrides.append(f"{key.replace('-', '_')}={argv[i + 1]}")
+                i += 2
+            else:
+                overrides.append(f"{key.replace('-', '_')}=true")
+                i += 1
+            continue
+        if "=" in arg:
+            overrides.append(arg)
+        elif free:
+            overrides.append(f"{free.pop(0)}={arg}")
+        else:
+            raise RlhfkitError(f"unexpected argument {arg!r} (expected key=value)")
+        i += 1
+    return config_file, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("--version", "version"):
+        from rlhfkit import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    stage = STAGES.get(name)
+    if stage is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, STAGES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"rlhfkit: unknown stage {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        if stage.config is None:
+            return int(_load(stage.entry)(rest) or 0)
+        if any(a in ("-h", "--help") for a in rest):
+            print(_stage_help(name, stage))
+            return 0
+        from rlhfkit.config import load_config
+
+        config_file, overrides = _split_args(rest, stage.positional)
+        config = load_config(_load(stage.config), config_file, overrides)
+        result = _load(stage.entry)(config)
+        return result if isinstance(result, int) else 0
+    except RlhfkitError as err:
+        print(f"rlhfkit {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhfkit {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

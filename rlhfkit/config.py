@@ -1,0 +1,289 @@
+"""Typed configuration: one dataclass per stage, a YAML file plus dotted `key=value` overrides.
+
+`rlhfkit STAGE --config run.yaml dpo.beta=0.05 lora.r=8` loads the YAML, applies the overrides
+(values parsed as YAML scalars: `true`, `0.05`, `[a, b]`), and builds the stage's dataclass with
+type checks. An unknown key is an error that suggests the nearest valid one; `--help` lists every
+key with its type, default and meaning (the `help` metadata below).
+
+Stage configs for later stages (rm, dpo, ppo, ...) live beside their recipes but are built from
+the same pieces: `option()` fields and nested option groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhfkit.errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A config field with its help text; mutable defaults are copied per instance."""
+    metadata = {"help": help}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def group(cls: type, help: str = "") -> Any:
+    """A nested option group (`lora.r`, `dpo.beta`)."""
+    return field(default_factory=cls, metadata={"help": help, "group": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraOptions:
+    r: int = option(0, "LoRA rank; 0 trains all weights (full fine-tuning)")
+    alpha: int = option(16, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = option(0.0, "dropout on the LoRA branch")
+    target_modules: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters"
+    )
+
+
+@dataclass
+class BaseConfig:
+    model: str = option("", "model: a local directory or a hub id")
+    output_dir: str = option("runs/out", "where config.yaml, metrics, the model and checkpoints go")
+    seed: int = option(0, "random seed (data order, initialisation, sampling)")
+    dtype: str = option("auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    train_data: str = option("", "training data: .jsonl/.json/.parquet/.csv file or hub dataset")
+    eval_data: str = option("", "evaluation data (same formats); empty = no evaluation")
+    max_steps: int = option(-1, "optimizer steps; -1 = derive from epochs")
+    epochs: float = option(1.0, "passes over train_data (fractions allowed) when max_steps=-1")
+    batch_size: int = option(8, "examples per device per micro-batch")
+    eval_batch_size: int = option(16, "examples per device per evaluation batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
+    lr_scheduler: str = option(
+        "cosine", "learning-rate schedule after warm-up: cosine, linear, constant"
+    )
+    warmup_ratio: float = option(0.0, "fraction of steps with linear warm-up from 0")
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
+    adam_betas: list[float] = option([0.9, 0.999], "AdamW betas")
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm; 0 = off")
+    max_length: int = option(512, "maximum tokens of prompt + completion (longer: truncated)")
+    max_prompt_length: int = option(256, "maximum prompt tokens (longer prompts lose their start)")
+    mixed_precision: str = option("no", "accelerate mixed precision: no, bf16, fp16")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
+    attn_implementation: str = option(
+        "", "attention kernel: sdpa, eager, flash_attention_2; empty = default"
+    )
+    logging_steps: int = option(10, "log metrics every N optimizer steps")
+    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
+    save_steps: int = option(0, "write a resumable checkpoint every N steps; 0 = only at the end")
+    save_total_limit: int = option(2, "keep at most this many checkpoints")
+    resume: bool = option(False, "continue from the last checkpoint in output_dir/checkpoints")
+    report_to: list[str] = option([], "trackers through accelerate: tensorboard, wandb")
+    progress: bool = option(True, "show a progress bar")
+    lora: LoraOptions = group(LoraOptions, "LoRA adapters through peft")
+
+
+@dataclass
+class SamplingOptions:
+    max_new_tokens: int = option(64, "maximum tokens sampled per response")
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy")
+    top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens with this mass")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, overriding, describing
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip().lstrip("-")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not an option group")
+        node = child
+    node[parts[-1]] = value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option_type in options:
+            if option_type is type(None):
+                continue
+            try:
+                return _coerce(value, option_type, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking keys and types."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = prefix + key
+        if key not in names:
+            valid = _all_keys(cls, prefix)
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {dotted!r}{hint} (see --help for every key)")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a group of keys ({dotted}.KEY=...)")
+            kwargs[key] = build(annotation, value, dotted + ".")
+        else:
+            kwargs[key] = _coerce(value, annotation, dotted)
+    return cls(**kwargs)
+
+
+def load_config(
+    cls: type,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Any:
+    """Stage defaults < YAML file < `key=value` overrides, then type-checked into `cls`."""
+    tree: dict[str, Any] = {}
+    for key, value in (defaults or {}).items():
+        _set_dotted(tree, key, value)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {config_file!r} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{config_file}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of keys at the top level")
+        _deep_merge(tree, loaded)
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    return build(cls, tree)
+
+
+def _deep_merge(into: dict, other: dict) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[str(key)] = value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default, help) for every key of `cls`, nested groups included."""
+    rows = []
+    hints = _field_types(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            rows += describe(annotation, f"{prefix}{f.name}.")
+            continue
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        if typing.get_origin(annotation) is not None:
+            type_name = str(annotation).replace("typing.", "")
+        rows.append(
+            (
+                prefix + f.name,
+                type_name,
+                repr(getattr(defaults, f.name)),
+                f.metadata.get("help", ""),
+            )
+        )
+    return rows

@@ -1,0 +1,178 @@
+"""The dataset formats of DESIGN.md, validated and normalised into small dataclasses.
+
+Formats follow TRL's conventions, each either plain text or conversational
+(`[{"role": ..., "content": ...}]`, rendered later with the tokenizer's chat template):
+
+- SFT: `{"prompt", "completion"}`, `{"messages"}` (the last assistant turn is the completion),
+  or `{"text"}` (plain language modelling: every token is trained);
+- prompts: `{"prompt"}`;
+- preference: `{"prompt", "chosen", "rejected"}`, optional `margin` (float) and `criteria`
+  (per-criterion verdicts); conversations may leave the prompt implicit (the shared prefix);
+- ranking: `{"prompt", "responses": [...], "ranking": [best ... worst]}` (indices into responses).
+
+Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from rlhfkit.data.io import Record
+
+Message = dict[str, str]
+Text = Union[str, list[Message]]  # noqa: UP007 - runtime alias used on Python 3.10
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class SFTExample:
+    prompt: Text  # "" for plain-text LM data
+    completion: Text
+    source: str = ""
+    line: int = 0
+
+
+@dataclass
+class PromptExample:
+    prompt: Text
+    source: str = ""
+    line: int = 0
+
+
+@dataclass
+class PreferenceExample:
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    margin: float | None = None
+    criteria: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    line: int = 0
+
+
+@dataclass
+class RankingExample:
+    prompt: Text
+    responses: list[Text]
+    ranking: list[int]  # indices into responses, best first
+    source: str = ""
+    line: int = 0
+
+
+def _require(record: Record, name: str) -> Any:
+    if name not in record.data or record.data[name] is None:
+        keys = ", ".join(sorted(record.data)) or "none"
+        raise record.error(name, f"missing field (record has: {keys})")
+    return record.data[name]
+
+
+def _text(record: Record, name: str, value: Any, *, allow_empty: bool = False) -> Text:
+    """Validate a plain string or a list of messages."""
+    if isinstance(value, str):
+        if not allow_empty and not value.strip():
+            raise record.error(name, "empty text")
+        return value
+    if isinstance(value, list):
+        if not value and not allow_empty:
+            raise record.error(name, "empty list of messages")
+        for i, message in enumerate(value):
+            where = f"{name}[{i}]"
+            if not isinstance(message, dict):
+                raise record.error(
+                    where, f"expected a message object, got {type(message).__name__}"
+                )
+            role, content = message.get("role"), message.get("content")
+            if role not in ROLES:
+                raise record.error(f"{where}.role", f"expected one of {ROLES}, got {role!r}")
+            if not isinstance(content, str):
+                raise record.error(
+                    f"{where}.content", f"expected a string, got {type(content).__name__}"
+                )
+        return value
+    raise record.error(name, f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def is_conversational(value: Text) -> bool:
+    return isinstance(value, list)
+
+
+def parse_sft(record: Record) -> SFTExample:
+    data = record.data
+    if "messages" in data:
+        messages = _text(record, "messages", data["messages"])
+        if not isinstance(messages, list) or messages[-1]["role"] != "assistant":
+            raise record.error("messages", "the last message must be the assistant's")
+        if not messages[-1]["content"].strip():
+            raise record.error("messages", "the last assistant message is empty")
+        return SFTExample(messages[:-1], [messages[-1]], record.source, record.line)
+    if "text" in data and "completion" not in data:
+        return SFTExample("", _text(record, "text", data["text"]), record.source, record.line)
+    prompt = _text(record, "prompt", _require(record, "prompt"))
+    completion = _text(record, "completion", _require(record, "completion"))
+    if isinstance(prompt, list) != isinstance(completion, list):
+        raise record.error("completion", "prompt and completion must both be text or both messages")
+    return SFTExample(prompt, completion, record.source, record.line)
+
+
+def parse_prompt(record: Record) -> PromptExample:
+    return PromptExample(
+        _text(record, "prompt", _require(record, "prompt")), record.source, record.line
+    )
+
+
+def _split_implicit_prompt(record: Record, chosen: list[Message], rejected: list[Message]):
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise record.error("prompt", "missing, and chosen/rejected share no prompt messages")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def parse_preference(record: Record) -> PreferenceExample:
+    data = record.data
+    chosen = _text(record, "chosen", _require(record, "chosen"))
+    rejected = _text(record, "rejected", _require(record, "rejected"))
+    if "prompt" in data and data["prompt"] is not None:
+        prompt = _text(record, "prompt", data["prompt"])
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_implicit_prompt(record, chosen, rejected)
+    else:
+        raise record.error("prompt", "missing field (an implicit prompt needs conversations)")
+    margin = data.get("margin")
+    if margin is not None and margin != "":
+        try:
+            margin = float(margin)
+        except (TypeError, ValueError):
+            raise record.error("margin", f"expected a number, got {margin!r}") from None
+        if margin != margin:
+            raise record.error("margin", "is NaN")
+    else:
+        margin = None
+    criteria = data.get("criteria") or {}
+    if not isinstance(criteria, dict):
+        raise record.error("criteria", f"expected an object, got {type(criteria).__name__}")
+    return PreferenceExample(prompt, chosen, rejected, margin, criteria, record.source, record.line)
+
+
+def parse_ranking(record: Record) -> RankingExample:
+    prompt = _text(record, "prompt", _require(record, "prompt"))
+    responses = _require(record, "responses")
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise record.error("responses", "expected a list of at least 2 responses")
+    responses = [_text(record, f"responses[{i}]", r) for i, r in enumerate(responses)]
+    ranking = _require(record, "ranking")
+    if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
+        raise record.error(
+            "ranking",
+            f"expected a permutation of 0..{len(responses) - 1} (best first), got {ranking!r}",
+        )
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ranking):
+        raise record.error("ranking", "expected integer indices")
+    return RankingExample(prompt, responses, ranking, record.source, record.line)
+
+
+def parse_comparisons(records: list[Record]) -> list[PreferenceExample | RankingExample]:
+    """Preference or ranking records (decided per record by the presence of `ranking`)."""
+    return [parse_ranking(r) if "ranking" in r.data else parse_preference(r) for r in records]

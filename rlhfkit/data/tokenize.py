@@ -1,0 +1,135 @@
+"""Tokenisation: prompts and completions to ids, with the truncation policy and its bookkeeping.
+
+Policy (as TRL and OpenRLHF do it): a prompt longer than `max_prompt_length` loses its *start*
+(the end of a prompt, next to the response, matters most); then the completion is cut at the
+*end* so prompt + completion fit `max_length`. An example whose completion has no token left is
+skipped. Everything truncated or skipped is counted in `TokenStats` and reported at the start of
+training; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from rlhfkit.data.formats import Text, is_conversational
+
+
+@dataclass
+class TokenStats:
+    """Counts of what tokenisation changed, reported to the user."""
+
+    examples: int = 0
+    kept: int = 0
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> str:
+        parts = [f"{self.kept}/{self.examples} examples kept"]
+        if self.prompt_truncated:
+            parts.append(f"{self.prompt_truncated} prompts truncated (left)")
+        if self.completion_truncated:
+            parts.append(f"{self.completion_truncated} completions truncated (right)")
+        for reason, count in sorted(self.skipped.items()):
+            parts.append(f"{count} skipped: {reason}")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {
+            "examples": self.examples,
+            "kept": self.kept,
+            "prompt_truncated": self.prompt_truncated,
+            "completion_truncated": self.completion_truncated,
+            "skipped": dict(self.skipped),
+        }
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> str:
+    """The text the model sees before its response (chat template + generation prompt)."""
+    if is_conversational(prompt):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def render_completion(tokenizer: PreTrainedTokenizerBase, prompt: Text, completion: Text) -> str:
+    """The response text that follows `render_prompt(prompt)` (chat template's closing tokens
+    included for conversations)."""
+    if not is_conversational(completion):
+        return completion
+    prompt_text = render_prompt(tokenizer, prompt)
+    full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+    if not full.startswith(prompt_text):
+        raise ValueError("the chat template does not render the prompt as a prefix of the dialogue")
+    return full[len(prompt_text) :]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> list[int]:
+    text = render_prompt(tokenizer, prompt)
+    if not text:
+        return []
+    # Chat templates already hold their special tokens; plain prompts get the tokenizer's BOS.
+    return tokenizer(text, add_special_tokens=not is_conversational(prompt)).input_ids
+
+
+def encode_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: Text, completion: Text
+) -> list[int]:
+    ids = tokenizer(
+        render_completion(tokenizer, prompt, completion), add_special_tokens=False
+    ).input_ids
+    eos = tokenizer.eos_token_id
+    if not is_conversational(completion) and (not ids or ids[-1] != eos):
+        ids = ids + [eos]
+    return ids
+
+
+@dataclass
+class Encoded:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    prompt_truncated: bool = False
+    completion_truncated: bool = False
+
+
+def truncate(
+    prompt_ids: list[int], completion_ids: list[int], *, max_length: int, max_prompt_length: int
+) -> Encoded:
+    """Apply the truncation policy: prompt from the left, then completion from the right."""
+    prompt_truncated = len(prompt_ids) > max_prompt_length
+    if prompt_truncated:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
+    room = max(max_length - len(prompt_ids), 0)
+    completion_truncated = len(completion_ids) > room
+    return Encoded(prompt_ids, completion_ids[:room], prompt_truncated, completion_truncated)
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Text,
+    completion: Text,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    stats: TokenStats | None = None,
+) -> Encoded | None:
+    """Encode one prompt/completion pair; None (and counted) when nothing of the completion fits."""
+    encoded = truncate(
+        encode_prompt(tokenizer, prompt),
+        encode_completion(tokenizer, prompt, completion),
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )
+    if stats is not None:
+        stats.examples += 1
+        stats.prompt_truncated += encoded.prompt_truncated
+        stats.completion_truncated += encoded.completion_truncated
+    if not encoded.completion_ids:
+        if stats is not None:
+            stats.skipped["no completion token fits max_length"] += 1
+        return None
+    if stats is not None:
+        stats.kept += 1
+    return encoded

@@ -1,0 +1,64 @@
+"""`rlhfkit generate model=DIR prompts=FILE n=K output=FILE.jsonl`: K sampled responses per
+prompt, written as `{"prompt", "responses": [...]}` — the input of annotation and ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhfkit.config import BaseConfig, SamplingOptions, option
+from rlhfkit.data.datasets import load_prompts
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.rollout.sampling import SamplingParams, sample_responses
+from rlhfkit.training.run import console
+
+
+@dataclass
+class GenerateConfig(BaseConfig, SamplingOptions):
+    prompts: str = option("", "prompt data ({prompt} records; any supported format)")
+    n: int = option(2, "responses per prompt (2 = pairs; more = a ranking task)")
+    output: str = option("", "output JSONL file")
+    batch_size: int = option(64, "rows sampled together")
+    max_prompt_length: int = option(256, "longer prompts lose their start")
+    output_dir: str = option("runs/generate", "unused by this stage; kept for pipelines")
+
+
+def run(config: GenerateConfig) -> int:
+    if not config.prompts:
+        raise ConfigError("prompts: give a prompt file (prompts=FILE)")
+    if not config.output:
+        raise ConfigError("output: give the output JSONL file (output=FILE.jsonl)")
+    if config.n < 1:
+        raise ConfigError("n: must be at least 1")
+    tokenizer = load_tokenizer(config.model)
+    examples = load_prompts(config.prompts)
+    model = load_causal_lm(config.model, dtype=config.dtype, trainable=False)
+    ids = [encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
+    params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
+    from rich.progress import Progress
+
+    with Progress(console=console) as progress:
+        task = progress.add_task("generate", total=len(ids) * config.n)
+        samples = sample_responses(
+            model,
+            ids,
+            params,
+            pad_id=tokenizer.pad_token_id,
+            eos_id=tokenizer.eos_token_id,
+            num_samples=config.n,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=lambda k: progress.update(task, advance=k),
+        )
+    rows = [{"prompt": e.prompt, "responses": []} for e in examples]
+    for prompt_index, response in zip(samples.prompt_index, samples.response_ids, strict=True):
+        rows[prompt_index]["responses"].append(tokenizer.decode(response, skip_special_tokens=True))
+    write_jsonl(config.output, rows)
+    unfinished = sum(not e for e in samples.has_eos)
+    console.print(
+        f"wrote {len(rows)} prompts x {config.n} responses to {config.output}"
+        + (f" ({unfinished} responses hit max_new_tokens without EOS)" if unfinished else "")
+    )
+    return 0

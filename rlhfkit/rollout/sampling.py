@@ -1,0 +1,97 @@
+"""Batched sampling with a KV cache: K responses per prompt, stopped at EOS.
+
+One small interface for every stage that samples (`generate`, `ppo`, `eval`, `cai`, `label`):
+`sample_responses(model, prompt_ids, params, ...) -> Samples`. Prompts are left-padded so every
+row's next token sits at the same position; position ids follow the attention mask, so padding
+never shifts a prompt's positions. Responses stop at the first EOS (kept in the ids, flagged in
+`has_eos`) or at `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.collate import pad_left
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Samples:
+    """`prompt_index[i]` is the prompt that response `i` answers; K responses of a prompt are
+    consecutive."""
+
+    prompt_index: list[int]
+    response_ids: list[list[int]]  # each ends with EOS iff has_eos
+    has_eos: list[bool]
+
+
+def _generation_kwargs(params: SamplingParams, pad_id: int, eos_id: int) -> dict:
+    kwargs = {
+        "max_new_tokens": params.max_new_tokens,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "use_cache": True,
+    }
+    if params.temperature > 0:
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False)
+    return kwargs
+
+
+@torch.no_grad()
+def sample_responses(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    params: SamplingParams,
+    *,
+    pad_id: int,
+    eos_id: int,
+    num_samples: int = 1,
+    batch_size: int = 64,
+    seed: int | None = None,
+    progress=None,
+) -> Samples:
+    """Sample `num_samples` responses for each prompt, `batch_size` rows per generate call."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(num_samples)]
+    was_training = model.training
+    model.eval()
+    out = Samples([], [], [])
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        input_ids = pad_left([ids for _, ids in chunk], pad_id).to(device)  # (B, P)
+        attention_mask = pad_left([[1] * len(ids) for _, ids in chunk], 0).to(device)  # (B, P)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **_generation_kwargs(params, pad_id, eos_id),
+        )[:, input_ids.shape[1] :]  # (B, N)
+        for (prompt_index, _), row in zip(chunk, generated.tolist(), strict=True):
+            response, ended = _cut_at_eos(row, eos_id, pad_id)
+            out.prompt_index.append(prompt_index)
+            out.response_ids.append(response)
+            out.has_eos.append(ended)
+        if progress is not None:
+            progress(len(chunk))
+    model.train(was_training)
+    return out
+
+
+def _cut_at_eos(row: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+    if eos_id in row:
+        end = row.index(eos_id)
+        return row[: end + 1], True
+    while row and row[-1] == pad_id and pad_id != eos_id:
+        row = row[:-1]
+    return row, False

@@ -1,0 +1,85 @@
+"""Which examples each optimizer step sees: deterministic, resumable, identical across layouts.
+
+The order is a permutation drawn from `seed + epoch`, so step `s` always sees the same examples
+whether the run started at step 0 or resumed at step `s`, and whether one process with
+`grad_accum=8` or two processes with `grad_accum=4` compute it: the global batch of a step is
+fixed, then split into micro-batches (in time) and shards (across processes). That is what
+makes "resume equals uninterrupted", "1x8 equals 8x1" and "2 processes equal 1" hold exactly.
+
+The last incomplete global batch of an epoch is dropped (counted in `dropped_per_epoch`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BatchPlan:
+    num_examples: int
+    batch_size: int  # per device, per micro-batch
+    grad_accum: int
+    world_size: int
+    seed: int
+    max_steps: int = -1
+    epochs: float = 1.0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.global_batch
+
+    @property
+    def dropped_per_epoch(self) -> int:
+        return self.num_examples - self.steps_per_epoch * self.global_batch
+
+    @property
+    def total_steps(self) -> int:
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(1, math.ceil(self.steps_per_epoch * self.epochs))
+
+    def check(self) -> None:
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{self.num_examples} examples are fewer than one global batch of "
+                f"{self.global_batch} (batch_size x grad_accum x processes)"
+            )
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def global_indices(self, step: int) -> list[int]:
+        """Indices of the whole global batch of optimizer step `step` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        start = within * self.global_batch
+        return self._permutation(epoch)[start : start + self.global_batch]
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """This process's micro-batches for `step`: `grad_accum` lists of `batch_size` indices.
+
+        Micro-batch `m` of the global batch is split contiguously across processes, so rank
+        `r` takes slice `[(m·W + r)·b, (m·W + r + 1)·b)`.
+        """
+        indices = self.global_indices(step)
+        out = []
+        for micro in range(self.grad_accum):
+            start = (micro * self.world_size + rank) * self.batch_size
+            out.append(indices[start : start + self.batch_size])
+        return out
+
+
+def eval_shards(num_examples: int, batch_size: int, world_size: int, rank: int) -> list[list[int]]:
+    """Evaluation batches for this process: every example exactly once across processes."""
+    mine = list(range(rank, num_examples, world_size))
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -1,0 +1,193 @@
+"""What every stage shares around its loop: the accelerator, the output directory, metrics,
+progress, the final summary.
+
+```
+OUT/config.yaml      resolved config          OUT/summary.json   final metrics
+OUT/metrics.jsonl    one object per log step  OUT/model/         save_pretrained + tokenizer
+OUT/checkpoints/     resumable state
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rlhfkit.data.io import write_json
+from rlhfkit.errors import ConfigError, TrainingDiverged
+
+console = Console(stderr=True)
+
+
+def make_accelerator(
+    mixed_precision: str = "no", report_to: list[str] | None = None
+) -> Accelerator:
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision: expected no, bf16 or fp16, got {mixed_precision!r}")
+    trackers = [t for t in (report_to or []) if _tracker_available(t)]
+    return Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
+
+
+def _tracker_available(name: str) -> bool:
+    module = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
+    if module is None:
+        raise ConfigError(f"report_to: unknown tracker {name!r}; use tensorboard or wandb")
+    try:
+        __import__(module)
+    except ImportError:
+        console.print(f"[yellow]report_to: {name} is not installed; skipping it[/]")
+        return False
+    return True
+
+
+class Run:
+    """One stage's run: output directory, accelerator, metrics log and progress bar."""
+
+    def __init__(self, config: Any, stage: str, *, accelerator: Accelerator | None = None):
+        self.config = config
+        self.stage = stage
+        self.out = Path(config.output_dir)
+        self.accelerator = accelerator or make_accelerator(
+            getattr(config, "mixed_precision", "no"), getattr(config, "report_to", None)
+        )
+        self.is_main = self.accelerator.is_main_process
+        set_seed(config.seed)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(
+                yaml.safe_dump({"stage": stage, **dataclasses.asdict(config)}, sort_keys=False)
+            )
+        self.accelerator.wait_for_everyone()
+        if getattr(config, "report_to", None) and self.accelerator.log_with:
+            self.accelerator.init_trackers(
+                f"rlhfkit-{stage}", config=_flat(dataclasses.asdict(config))
+            )
+        self.metrics_path = self.out / "metrics.jsonl"
+        self._progress: Progress | None = None
+        self._task = None
+        self._t0 = time.perf_counter()
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def print(self, *args: Any) -> None:
+        if self.is_main:
+            console.print(*args)
+
+    # --- metrics -----------------------------------------------------------------------------
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop log lines past the checkpoint so the log equals an uninterrupted run."""
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= after_step
+        ]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def reset_metrics(self) -> None:
+        if self.is_main and self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        if self.is_main:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if self.accelerator.log_with:
+            self.accelerator.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.is_main:
+            write_json(self.out / "summary.json", {k: _plain(v) for k, v in values.items()})
+        if self.accelerator.log_with:
+            self.accelerator.end_training()
+
+    # --- progress ----------------------------------------------------------------------------
+    def progress(self, total: int, start: int = 0, description: str | None = None):
+        enabled = self.is_main and getattr(self.config, "progress", True)
+        if not enabled:
+            return nullcontext()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            description or self.stage, total=total, completed=start, info=""
+        )
+        return self._progress
+
+    def advance(self, info: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, info=info)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def check_finite(loss_value: float, step: int, run: Run) -> None:
+    """Stop the run, leaving the last good checkpoint as it is, if the loss is NaN or inf."""
+    if not math.isfinite(loss_value):
+        from rlhfkit.training.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(run.checkpoints)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"the loss became {loss_value} at step {step}; stopping ({where}). "
+            "Try a lower learning_rate, max_grad_norm, or fp32."
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[prefix + key] = value
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

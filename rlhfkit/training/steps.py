@@ -1,0 +1,42 @@
+"""Small pieces of an optimizer step shared by the recipes' loops."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from accelerate import Accelerator
+
+
+def sync_context(accelerator: Accelerator, model: torch.nn.Module, micro: int, num_micro: int):
+    """Skip DDP's gradient all-reduce on every micro-batch but the last of an optimizer step."""
+    if micro < num_micro - 1 and accelerator.num_processes > 1:
+        return accelerator.no_sync(model)
+    return nullcontext()
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    max_grad_norm: float,
+) -> float:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping."""
+    if max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    else:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def global_sum(accelerator: Accelerator, value: torch.Tensor | float) -> float:
+    """Sum a scalar over processes."""
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=accelerator.device).reshape(1)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
