@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlhfkit.data.collate import pack_examples
+from rlhfkit.data.datasets import load_comparisons, load_sft
+from rlhfkit.data.formats import PreferenceExample, RankingExample, parse_sft
+from rlhfkit.data.io import Record, read_records
+from rlhfkit.data.tokenize import TokenStats, encode_example, truncate
+from rlhfkit.errors import DataError
+from rlhfkit.models.tokenizer import build_byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_byte_tokenizer()
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+# --- bad data: each gives its file:line error -------------------------------------------------
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path, tokenizer):
+    path = _write(tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "b"}', '{"prompt": "a", '])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: invalid JSON"):
+        load_sft(path, tokenizer, max_length=64, max_prompt_length=32)
+
+
+def test_missing_field(tmp_path, tokenizer):
+    path = _write(
+        tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "b"}', "", '{"prompt": "a"}']
+    )
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:3: completion: missing field \(record has: prompt\)"
+    ):
+        load_sft(path, tokenizer, max_length=64, max_prompt_length=32)
+
+
+def test_empty_completion(tmp_path, tokenizer):
+    path = _write(tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "  "}'])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: completion: empty text"):
+        load_sft(path, tokenizer, max_length=64, max_prompt_length=32)
+
+
+def test_wrong_type(tmp_path, tokenizer):
+    path = _write(tmp_path / "d.jsonl", ['{"prompt": "a", "completion": 7}'])
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: completion: expected a string or a list of messages, got int"
+    ):
+        load_sft(path, tokenizer, max_length=64, max_prompt_length=32)
+
+
+def test_bad_message_role_and_non_object(tmp_path):
+    path = _write(tmp_path / "p.jsonl", ["[1, 2]"])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: expected a JSON object, got list"):
+        read_records(path)
+    record = Record({"messages": [{"role": "robot", "content": "x"}]}, "m.jsonl", 4)
+    with pytest.raises(DataError, match=r"m\.jsonl:4: messages\[0\]\.role: expected one of"):
+        parse_sft(record)
+
+
+def test_preference_errors(tmp_path):
+    path = _write(
+        tmp_path / "prefs.jsonl",
+        [
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1}',
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}',
+        ],
+    )
+    with pytest.raises(DataError, match=r"prefs\.jsonl:2: margin: expected a number"):
+        load_comparisons(path)
+    path = _write(
+        tmp_path / "rank.jsonl",
+        ['{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 0, 1]}'],
+    )
+    with pytest.raises(DataError, match=r"rank\.jsonl:1: ranking: expected a permutation of 0..2"):
+        load_comparisons(path)
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def test_all_file_formats_give_the_same_records(tmp_path):
+    rows = [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "d.csv").write_text("prompt,completion\np1,c1\np2,c2\n")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    for suffix, first_line in (("jsonl", 1), ("json", 1), ("csv", 2), ("parquet", 1)):
+        records = read_records(str(tmp_path / f"d.{suffix}"))
+        assert [r.data for r in records] == rows, suffix
+        assert records[0].line == first_line
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl: file not found"):
+        read_records(str(tmp_path / "nope.jsonl"))
+
+
+def test_conversational_sft_masks_everything_but_the_last_assistant_turn(tokenizer):
+    record = Record(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        "f",
+        1,
+    )
+    example = parse_sft(record)
+    encoded = encode_example(
+        tokenizer, example.prompt, example.completion, max_length=64, max_prompt_length=64
+    )
+    prompt_text = tokenizer.decode(encoded.prompt_ids)
+    completion_text = tokenizer.decode(encoded.completion_ids)
+    assert prompt_text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert completion_text == "yo<|im_end|>\n"
+
+
+def test_plain_completion_ends_with_eos(tokenizer):
+    encoded = encode_example(tokenizer, "Q:", " 7.", max_length=64, max_prompt_length=64)
+    assert encoded.completion_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(encoded.prompt_ids + encoded.completion_ids) == "Q: 7.<|im_end|>"
+
+
+def test_implicit_prompt_and_ranking(tmp_path):
+    user = {"role": "user", "content": "q"}
+    rows = [
+        {
+            "chosen": [user, {"role": "assistant", "content": "a"}],
+            "rejected": [user, {"role": "assistant", "content": "b"}],
+        },
+        {"prompt": "p", "responses": ["x", "y", "z"], "ranking": [2, 0, 1]},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pref, rank = load_comparisons(str(path))
+    assert isinstance(pref, PreferenceExample) and pref.prompt == [user]
+    assert pref.chosen == [{"role": "assistant", "content": "a"}]
+    assert isinstance(rank, RankingExample) and rank.ranking == [2, 0, 1]
+
+
+# --- truncation policy -------------------------------------------------------------------------
+
+
+def test_truncation_prompt_left_completion_right():
+    enc = truncate([1, 2, 3, 4, 5], [6, 7, 8, 9], max_length=6, max_prompt_length=3)
+    assert enc.prompt_ids == [3, 4, 5]  # start of the prompt dropped
+    assert enc.completion_ids == [6, 7, 8]  # end of the completion dropped
+    assert enc.prompt_truncated and enc.completion_truncated
+
+
+def test_truncation_counts_and_skips(tmp_path, tokenizer):
+    path = _write(
+        tmp_path / "d.jsonl",
+        [
+            json.dumps({"prompt": "x" * 10, "completion": "short"}),  # prompt truncated
+            json.dumps({"prompt": "ab", "completion": "y" * 30}),  # completion truncated
+            json.dumps({"prompt": "ab", "completion": "ok"}),  # untouched
+        ],
+    )
+    rows, stats = load_sft(path, tokenizer, max_length=8, max_prompt_length=8)
+    assert isinstance(stats, TokenStats)
+    # Row 1: prompt cut to 8 tokens, leaving no room: truncated, then skipped. Row 2: completion cut.
+    counts = (stats.examples, stats.kept, stats.prompt_truncated, stats.completion_truncated)
+    assert counts == (3, 2, 1, 2)
+    assert stats.skipped == {
+        "no completion token fits max_length": 1
+    }  # the 8-token prompt left no room
+    assert "1 skipped" in stats.summary()
+    assert all(len(r.prompt_ids) + len(r.completion_ids) <= 8 for r in rows)
+
+
+def test_packing_keeps_examples_whole_and_positions_restart():
+    prompts, completions = [[1, 2], [3], [4, 5, 6]], [[7], [8, 9], [10]]
+    rows = pack_examples(prompts, completions, block_size=6)
+    assert sorted(len(r["input_ids"]) for r in rows) == [4, 6]  # first-fit, longest first
+    tokens = sorted(t for r in rows for t in r["input_ids"])
+    assert tokens == list(range(1, 11))
+    for r in rows:
+        assert r["position_ids"][0] == 0 and len(r["position_ids"]) == len(r["input_ids"])
