@@ -1,0 +1,89 @@
+"""Reward functions from a spec string: `(prompts, responses) -> scores`.
+
+`ppo.reward_model`, `eval`, and the annotation tool's reward-model-in-the-loop accept:
+
+- a reward-model directory written by `rlhfkit rm` (normalisation applied when stored);
+- an HTTP scorer URL: `POST URL` with `{"prompts": [...], "responses": [...]}` answering
+  `{"scores": [...]}`;
+- `python:package.module:function` naming a callable `(prompts, responses) -> list[float]`
+  (the embedded world's gold reward is `python:rlhfkit.synthetic.gold:gold_rewards`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+
+from rlhfkit.errors import ConfigError
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+def load_reward_function(spec: str, **kwargs) -> RewardFn:
+    """Resolve a reward spec to a callable. `kwargs` go to the reward-model loader."""
+    if not spec:
+        raise ConfigError("reward_model: no reward given (a directory, a URL or python:mod:fn)")
+    if spec.startswith("python:"):
+        return _python_function(spec[len("python:") :])
+    if spec.startswith(("http://", "https://")):
+        return _http_scorer(spec)
+    if os.path.isdir(spec):
+        from rlhfkit.models.reward_model import load_reward_scorer
+
+        return load_reward_scorer(spec, **kwargs)
+    raise ConfigError(
+        f"reward_model: {spec!r} is neither a directory, an http(s) URL nor python:module:function"
+    )
+
+
+def _python_function(target: str) -> RewardFn:
+    if ":" not in target:
+        raise ConfigError(f"reward_model: python:{target} must be python:package.module:function")
+    module_name, function_name = target.rsplit(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"reward_model: cannot import {module_name!r}: {err}") from err
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"reward_model: {module_name} has no callable {function_name!r}")
+
+    def score(prompts: list[str], responses: list[str]) -> list[float]:
+        scores = [float(s) for s in function(list(prompts), list(responses))]
+        if len(scores) != len(prompts):
+            raise ConfigError(
+                f"reward_model: {target} returned {len(scores)} scores for {len(prompts)} inputs"
+            )
+        return scores
+
+    return score
+
+
+def _http_scorer(url: str, *, timeout: float = 60.0, retries: int = 3) -> RewardFn:
+    import time
+
+    import httpx
+
+    def score(prompts: list[str], responses: list[str]) -> list[float]:
+        delay = 1.0
+        for attempt in range(retries):
+            try:
+                response = httpx.post(
+                    url, json={"prompts": prompts, "responses": responses}, timeout=timeout
+                )
+                response.raise_for_status()
+                scores = [float(s) for s in response.json()["scores"]]
+                if len(scores) != len(prompts):
+                    raise ValueError(f"{len(scores)} scores for {len(prompts)} inputs")
+                return scores
+            except (httpx.HTTPError, KeyError, ValueError, TypeError) as err:
+                if attempt == retries - 1:
+                    raise ConfigError(
+                        f"reward_model: scorer {url} failed after {retries} tries: {err}"
+                    ) from err
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    return score
