@@ -43,6 +43,52 @@ STAGES: dict[str, Stage] = {
         "rlhfkit.recipes.demo:DemoConfig",
         "rlhfkit.recipes.demo:run",
     ),
+    "rm": Stage(
+        "reward model: Bradley-Terry on preference or ranking data",
+        "rlhfkit.recipes.rm:RMConfig",
+        "rlhfkit.recipes.rm:train",
+    ),
+    "dpo": Stage(
+        "direct preference optimisation and its family",
+        "rlhfkit.recipes.dpo:DPOConfig",
+        "rlhfkit.recipes.dpo:train",
+    ),
+    "ppo": Stage(
+        "PPO against a reward with a KL penalty to the reference",
+        "rlhfkit.recipes.ppo:PPOConfig",
+        "rlhfkit.recipes.ppo:train",
+    ),
+    "eval": Stage(
+        "score data with a reward model; evaluate policies against a reference",
+        "rlhfkit.recipes.evaluate:EvalConfig",
+        "rlhfkit.recipes.evaluate:run",
+    ),
+    "label": Stage(
+        "AI or simulated preference labels for generated pairs",
+        "rlhfkit.recipes.label:LabelConfig",
+        "rlhfkit.recipes.label:run",
+    ),
+    "cai": Stage(
+        "Constitutional AI: `rlhfkit cai revise ...` (critique-and-revise)",
+        None,
+        "rlhfkit.recipes.cai:main",
+    ),
+    "serve": Stage(
+        "OpenAI-compatible HTTP API over a local model",
+        "rlhfkit.recipes.serve:ServeConfig",
+        "rlhfkit.recipes.serve:run",
+    ),
+    "pipeline": Stage(
+        "all stages from one file, resumable",
+        "rlhfkit.recipes.pipeline:PipelineConfig",
+        "rlhfkit.recipes.pipeline:run",
+        positional=("file",),
+    ),
+    "report": Stage(
+        "self-contained HTML report of runs",
+        "rlhfkit.recipes.report:ReportConfig",
+        "rlhfkit.recipes.report:run",
+    ),
     "annotate": Stage(
         "the annotation server: serve | export | stats | add-user",
         None,
@@ -56,6 +102,12 @@ def _load(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _module_exists(path: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(path.split(":")[0]) is not None
+
+
 def _usage() -> str:
     width = max(len(n) for n in STAGES)
     lines = [
@@ -64,7 +116,11 @@ def _usage() -> str:
         "",
         "stages:",
     ]
-    lines += [f"  {name.ljust(width)}  {stage.summary}" for name, stage in STAGES.items()]
+    lines += [
+        f"  {name.ljust(width)}  {stage.summary}"
+        for name, stage in STAGES.items()
+        if _module_exists(stage.entry)
+    ]
     return "\n".join(lines)
 
 
@@ -142,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit: unknown stage {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
+        if not _module_exists(stage.entry):
+            print(f"rlhfkit: stage {name!r} is not available in this build", file=sys.stderr)
+            return 2
         if stage.config is None:
             return int(_load(stage.entry)(rest) or 0)
         if any(a in ("-h", "--help") for a in rest):
