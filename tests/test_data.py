@@ -165,7 +165,7 @@ def test_truncation_counts_and_skips(tmp_path, tokenizer):
     )
     rows, stats = load_sft(path, tokenizer, max_length=8, max_prompt_length=8)
     assert isinstance(stats, TokenStats)
-    # Row 1: prompt cut to 8 tokens, leaving no room: truncated, then skipped. Row 2: completion cut.
+    # Row 1: prompt cut to 8 tokens leaves no room: truncated, then skipped. Row 2: completion cut.
     counts = (stats.examples, stats.kept, stats.prompt_truncated, stats.completion_truncated)
     assert counts == (3, 2, 1, 2)
     assert stats.skipped == {

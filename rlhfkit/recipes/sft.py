@@ -252,6 +252,7 @@ def train(config: SFTConfig) -> dict:
         summary["eval_loss"] = evaluate(run, model, eval_rows, config, tokenizer.pad_token_id)
         run.log(plan.total_steps, {"eval_loss": summary["eval_loss"]})
     summary["data"] = stats.as_dict()
+    summary["num_processes"] = acc.num_processes
     export_policy(run, model, tokenizer)
     run.summary(summary)
     run.print(

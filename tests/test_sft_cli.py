@@ -1,0 +1,98 @@
+"""The real `rlhfkit sft` / `generate` / `init-model` CLI in a subprocess on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+from conftest import run_cli, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def test_init_model_writes_a_loadable_model_and_tokenizer(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    params = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= params <= 2_000_000
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    text = "héllo ✓ 日本 <script>"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def test_sft_writes_the_output_layout(tiny_model, sft_data, tmp_path):
+    out = tmp_path / "sft"
+    run_cli(
+        "sft", f"model={tiny_model}", f"train_data={sft_data}", f"eval_data={sft_data}",
+        f"output_dir={out}", "max_steps=6", "batch_size=8", "learning_rate=3e-3", "logging_steps=2",
+    )  # fmt: skip
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["stage"] == "sft" and config["max_steps"] == 6 and config["lora"]["r"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_loss"] > 0 and summary["eval_loss"] > 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
+    assert rows[0]["loss"] > rows[-2]["loss"]  # it learns
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    before = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert not torch.equal(
+        model.model.layers[0].mlp.up_proj.weight, before.model.layers[0].mlp.up_proj.weight
+    )
+    assert (out / "checkpoints" / "step-00000006" / "trainer_state.json").is_file()
+
+
+def test_sft_with_lora_and_packing(tiny_model, sft_data, tmp_path):
+    out = tmp_path / "lora"
+    run_cli(
+        "sft", f"model={tiny_model}", f"train_data={sft_data}", f"output_dir={out}", "max_steps=2",
+        "batch_size=4", "lora.r=4", "lora.alpha=8", "sft.packing=true", "max_length=64",
+    )  # fmt: skip
+    # Adapters are merged on export: the model loads as a plain causal LM with changed q_proj.
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    q_merged = merged.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_merged, base.model.layers[0].self_attn.q_proj.weight)
+    # ... while a module without adapters is untouched.
+    assert torch.equal(
+        merged.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
+    )
+
+
+def test_bad_data_gives_file_line_error_without_traceback(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": ""}\n')
+    result = run_cli(
+        "sft", f"model={tiny_model}", f"train_data={bad}", f"output_dir={tmp_path}/o", check=False
+    )
+    assert result.returncode == 2
+    assert f"{bad}:2: completion: empty text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_and_help(tiny_model, tmp_path):
+    result = run_cli("sft", "learnig_rate=1", check=False)
+    assert result.returncode == 2 and "did you mean 'learning_rate'" in result.stderr
+    helped = run_cli("sft", "--help")
+    for key in ("learning_rate", "lora.r", "sft.packing", "resume", "grad_accum"):
+        assert key in helped.stdout
+    assert "default" in helped.stdout
+
+
+def test_generate_writes_k_responses_per_prompt(tiny_model, tmp_path):
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "User: hi\nBot:"}, {"prompt": [{"role": "user", "content": "hello"}]}],
+    )
+    out = tmp_path / "pairs.jsonl"
+    run_cli(
+        "generate", f"model={tiny_model}", f"prompts={prompts}", "n=3", f"output={out}",
+        "max_new_tokens=8", "temperature=1.0",
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["User: hi\nBot:", [{"role": "user", "content": "hello"}]]
+    assert all(
+        len(r["responses"]) == 3 and all(isinstance(x, str) for x in r["responses"]) for r in rows
+    )
