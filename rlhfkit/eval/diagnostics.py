@@ -1,0 +1,77 @@
+"""Reward-hacking diagnostics: signs that the policy optimises the proxy, not the goal.
+
+- proxy–gold divergence: over the last part of training the proxy reward rises while the gold
+  reward falls (Gao et al. 2022's over-optimisation);
+- reward–length correlation: a reward that pays for length invites padding (Singhal et al. 2023);
+- KL growth: the policy keeps moving away from the reference (no leash);
+- ensemble disagreement: reward models trained alike disagree on the policy's samples.
+
+Each check is a pure function returning a `Warning`-like dict or None, so the console and the
+report show the same messages.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+
+def trend(values: list[float]) -> float:
+    """Least-squares slope of `values` against their index (0 for fewer than 2 points)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2, statistics.fmean(values)
+    num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
+    den = sum((i - mean_x) ** 2 for i in range(n))
+    return num / den
+
+
+def proxy_gold_divergence(
+    proxy: list[float], gold: list[float], *, tail: float = 0.5
+) -> dict | None:
+    """Flag when, over the last `tail` fraction of a run, the proxy trends up and the gold down."""
+    if len(proxy) < 4 or len(proxy) != len(gold):
+        return None
+    start = int(len(proxy) * (1 - tail))
+    proxy_slope, gold_slope = trend(proxy[start:]), trend(gold[start:])
+    if proxy_slope > 0 and gold_slope < 0:
+        return {
+            "check": "proxy_gold_divergence",
+            "message": f"proxy reward rising ({proxy_slope:+.4f}/step) while gold reward falls "
+            f"({gold_slope:+.4f}/step): the policy is over-optimising the reward model",
+            "proxy_slope": proxy_slope,
+            "gold_slope": gold_slope,
+        }
+    return None
+
+
+def length_correlation(correlation: float, *, threshold: float = 0.5) -> dict | None:
+    if abs(correlation) >= threshold:
+        return {
+            "check": "reward_length_correlation",
+            "message": f"reward correlates with response length (r = {correlation:+.2f}); "
+            "the policy may be rewarded for length rather than quality",
+            "correlation": correlation,
+        }
+    return None
+
+
+def kl_growth(kl: list[float], *, limit: float = 10.0) -> dict | None:
+    if len(kl) >= 4 and kl[-1] > limit and trend(kl[len(kl) // 2 :]) > 0:
+        return {
+            "check": "kl_growth",
+            "message": f"KL to the reference is {kl[-1]:.1f} nats and still growing",
+            "kl_end": kl[-1],
+        }
+    return None
+
+
+def ensemble_disagreement(std: float, *, threshold: float = 0.5) -> dict | None:
+    if std >= threshold:
+        return {
+            "check": "ensemble_disagreement",
+            "message": f"reward-model ensemble members disagree (std {std:.2f} in normalised "
+            "units) on the policy's samples: its rewards there are not to be trusted",
+            "std": std,
+        }
+    return None

@@ -1,0 +1,239 @@
+"""A self-contained HTML report (plots inlined as PNG data URIs; opens with no network).
+
+Inputs under one runs directory:
+- `*/metrics.jsonl` of every stage → training curves;
+- `eval.json` (written by `rlhfkit eval` / the demo):
+  `{"policies": {name: {"gold_reward", "proxy_reward", "kl", ...}},
+    "best_of_n": [{"n", "kl", "proxy_reward", "gold_reward"}],
+    "samples": [{"prompt", "responses": {policy: text}}],
+    "warnings": [{"check", "message"}],
+    "curves": {run: {"proxy": [...], "gold": [...], "kl": [...]}}}`.
+Model text is always escaped: a response holding `<script>` shows as characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVE_KEYS = (
+    "loss", "eval_loss", "eval_accuracy", "eval_reward_accuracy", "score_mean", "reward_mean",
+    "gold_reward_mean", "kl", "kl_coef", "rewards/margins", "reward_margin",
+)  # fmt: skip
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def training_curves(root: Path) -> list[tuple[str, str]]:
+    """(title, png) per stage directory that logged metrics."""
+    figures = []
+    for metrics in sorted(root.glob("**/metrics.jsonl")):
+        if "checkpoints" in metrics.parts:
+            continue
+        rows = _read_metrics(metrics)
+        keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
+        if not rows or not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            points = [
+                (r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float))
+            ]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", linewidth=1)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.suptitle(str(metrics.parent.relative_to(root)), fontsize=10)
+        figures.append((str(metrics.parent.relative_to(root)), _png(fig)))
+    return figures
+
+
+def frontier_plot(evaluation: dict) -> str | None:
+    """Gold reward against KL for every policy, with the best-of-n curve (DPO paper, Fig. 2)."""
+    policies = evaluation.get("policies", {})
+    points = [
+        (name, p)
+        for name, p in policies.items()
+        if p.get("kl") is not None and p.get("gold_reward") is not None
+    ]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    bon = evaluation.get("best_of_n", [])
+    if bon and "gold_reward" in bon[0]:
+        ax.plot(
+            [r["kl"] for r in bon],
+            [r["gold_reward"] for r in bon],
+            "k--",
+            linewidth=1,
+            label="best-of-n",
+        )
+    for name, p in points:
+        ax.scatter([p["kl"]], [p["gold_reward"]], s=40)
+        ax.annotate(
+            name, (p["kl"], p["gold_reward"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+        )
+    ax.set_xlabel("KL to the reference (nats)")
+    ax.set_ylabel("gold reward")
+    ax.set_title("reward–KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def best_of_n_plot(evaluation: dict) -> str | None:
+    """Gold and proxy reward of best-of-n against sqrt(KL) (Gao et al. 2022, Fig. 1)."""
+    bon = evaluation.get("best_of_n", [])
+    if not bon:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = [math.sqrt(r["kl"]) for r in bon]
+    ax.plot(x, [r["proxy_reward"] for r in bon], marker="o", label="proxy (reward model)")
+    if "gold_reward" in bon[0]:
+        ax.plot(x, [r["gold_reward"] for r in bon], marker="s", label="gold")
+    for r, xi in zip(bon, x, strict=True):
+        ax.annotate(
+            f"n={r['n']}",
+            (xi, r["proxy_reward"]),
+            fontsize=7,
+            xytext=(2, 4),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("sqrt(KL)")
+    ax.set_ylabel("reward")
+    ax.set_title("best-of-n")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def hacking_plot(evaluation: dict) -> str | None:
+    """Proxy and gold reward over training for runs that logged both (over-optimisation)."""
+    curves = evaluation.get("curves", {})
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
+    for ax, (name, curve) in zip(axes[0], curves.items(), strict=True):
+        ax.plot(curve.get("proxy", []), label="proxy")
+        ax.plot(curve.get("gold", []), label="gold")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value)) if value is not None else "–"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3} img{max-width:100%}
+.warn{background:#fff4e5;border-left:4px solid #f0a030;padding:.5em 1em;margin:.4em 0}
+.sample{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.85em}
+"""
+
+
+def render_report(root: Path, title: str = "rlhfkit report") -> str:
+    evaluation = (
+        json.loads((root / "eval.json").read_text()) if (root / "eval.json").is_file() else {}
+    )
+    summary = (
+        json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
+    )
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>runs: <code>{html.escape(str(root))}</code></p>",
+    ]
+    warnings = evaluation.get("warnings", [])
+    if warnings:
+        parts.append("<h2>Reward-hacking diagnostics</h2>")
+        parts += [f'<div class="warn">{html.escape(w["message"])}</div>' for w in warnings]
+    policies = evaluation.get("policies", {})
+    if policies:
+        keys = sorted(
+            {k for p in policies.values() for k in p if not isinstance(p[k], (dict, list))}
+        )
+        rows = [
+            [html.escape(name)] + [_fmt(p.get(k)) for k in keys] for name, p in policies.items()
+        ]
+        parts += ["<h2>Final numbers</h2>", _table(rows, ["policy", *keys])]
+    headline = {
+        k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    if headline:
+        parts += [
+            "<h2>Summary</h2>",
+            _table([[html.escape(k), _fmt(v)] for k, v in headline.items()], ["key", "value"]),
+        ]
+    for heading, image in (
+        ("Reward–KL frontier", frontier_plot(evaluation)),
+        ("Best-of-n: gold and proxy reward against sqrt(KL)", best_of_n_plot(evaluation)),
+        ("Over-optimisation: proxy and gold reward during training", hacking_plot(evaluation)),
+    ):
+        if image:
+            parts += [f"<h2>{heading}</h2>", f'<img alt="{html.escape(heading)}" src="{image}">']
+    curves = training_curves(root)
+    if curves:
+        parts.append("<h2>Training curves</h2>")
+        parts += [f'<img alt="{html.escape(name)}" src="{png}">' for name, png in curves]
+    samples = evaluation.get("samples", [])
+    if samples:
+        names = list(samples[0]["responses"])
+        rows = [
+            [f'<div class="sample">{html.escape(s["prompt"])}</div>']
+            + [f'<div class="sample">{html.escape(s["responses"].get(n, ""))}</div>' for n in names]
+            for s in samples
+        ]
+        parts += ["<h2>Samples before and after alignment</h2>", _table(rows, ["prompt", *names])]
+    body = "\n".join(parts)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+
+
+def write_report(root: Path, output: Path | None = None, title: str = "rlhfkit report") -> Path:
+    output = output or root / "report.html"
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(render_report(root, title), encoding="utf-8")
+    tmp.replace(output)
+    return output

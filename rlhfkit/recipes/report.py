@@ -1,0 +1,27 @@
+"""`rlhfkit report runs=DIR [output=FILE]`: a self-contained report.html of the runs in DIR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import option
+from rlhfkit.errors import ConfigError
+
+
+@dataclass
+class ReportConfig:
+    runs: str = option("runs/demo", "directory holding the runs (and eval.json, summary.json)")
+    output: str = option("", "HTML file to write; empty = RUNS/report.html")
+    title: str = option("rlhfkit report", "title of the page")
+
+
+def run(config: ReportConfig) -> int:
+    from rlhfkit.eval.report import write_report
+
+    root = Path(config.runs)
+    if not root.is_dir():
+        raise ConfigError(f"runs: {config.runs!r} is not a directory")
+    path = write_report(root, Path(config.output) if config.output else None, config.title)
+    print(f"wrote {path}")
+    return 0
