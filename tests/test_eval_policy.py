@@ -1,0 +1,97 @@
+"""Policy-evaluation arithmetic, diagnostics and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlhfkit.eval.diagnostics import kl_growth, length_correlation, proxy_gold_divergence, trend
+from rlhfkit.eval.policy_eval import (
+    best_of_n_curve,
+    best_of_n_kl,
+    pearson,
+    response_logprob_sums,
+    win_rate,
+)
+from rlhfkit.eval.report import write_report
+from rlhfkit.models.logprobs import sequence_logprobs
+from rlhfkit.models.presets import build_preset
+
+
+def test_best_of_n_kl_by_hand():
+    """log n - (n-1)/n: n=1 → 0; n=2 → 0.6931472 - 0.5 = 0.1931472; n=4 → 1.3862944 - 0.75."""
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(0.1931472, rel=1e-6)
+    assert best_of_n_kl(4) == pytest.approx(0.6362944, rel=1e-6)
+
+
+def test_win_rate_counts_ties_half():
+    """Scores (3, 1, 2) vs (1, 1, 5): win, tie, loss → (1 + 0.5 + 0) / 3 = 0.5."""
+    assert win_rate([3, 1, 2], [1, 1, 5]) == pytest.approx(0.5)
+
+
+def test_best_of_n_picks_the_proxy_best_and_reports_its_gold():
+    """Prompt 1: proxy (0, 2, 1, 3), gold (10, 20, 30, 40); prompt 2: proxy (5, 0, 0, 0), gold
+    (1, 2, 3, 4). n=1 → first: gold (10 + 1)/2 = 5.5; n=2 → indices (1, 0): gold (20 + 1)/2 = 10.5;
+    n=4 → indices (3, 0): gold (40 + 1)/2 = 20.5, proxy (3 + 5)/2 = 4."""
+    curve = best_of_n_curve(
+        [[0, 2, 1, 3], [5, 0, 0, 0]], [[10, 20, 30, 40], [1, 2, 3, 4]], [1, 2, 4]
+    )
+    assert [r["gold_reward"] for r in curve] == [5.5, 10.5, 20.5]
+    assert curve[2]["proxy_reward"] == 4.0 and curve[0]["kl"] == 0.0
+
+
+def test_pearson_and_trend():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [5, 5, 5]) == 0.0
+    assert trend([0, 1, 2, 3]) == pytest.approx(1.0)
+
+
+def test_diagnostics_flag_divergence_and_only_then():
+    proxy = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert proxy_gold_divergence(proxy, [0.5, 0.6, 0.6, 0.5, 0.4, 0.3]) is not None
+    assert proxy_gold_divergence(proxy, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) is None
+    assert length_correlation(0.8) is not None and length_correlation(0.1) is None
+    assert kl_growth([1, 5, 9, 14, 20]) is not None and kl_growth([1, 1, 1, 1]) is None
+
+
+def test_response_logprob_sums_match_the_full_softmax():
+    model, tokenizer = build_preset("tiny", seed=2)
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    sums = response_logprob_sums(model, prompts, responses, tokenizer.pad_token_id)
+    for p, r, s in zip(prompts, responses, sums, strict=True):
+        ids = torch.tensor([p + r])
+        mask = torch.tensor([[0] * len(p) + [1] * len(r)])
+        assert s == pytest.approx(float(sequence_logprobs(model, ids, mask).sum()), abs=1e-4)
+
+
+def test_report_is_self_contained_and_escapes_model_text(tmp_path):
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    )
+    best_of_n = [
+        {"n": n, "kl": best_of_n_kl(n), "proxy_reward": math.log(n), "gold_reward": 0.4}
+        for n in (1, 2, 4)
+    ]
+    responses = {"sft": "<script>alert(1)</script>", "ppo": "ok"}
+    sample = {"prompt": "User: hi\nBot:", "responses": responses}
+    evaluation = {
+        "policies": {"sft": {"gold_reward": 0.4, "proxy_reward": 0.0, "kl": 0.0},
+                     "ppo": {"gold_reward": 0.8, "proxy_reward": 1.2, "kl": 3.0}},
+        "best_of_n": best_of_n,
+        "samples": [sample],
+        "warnings": [{"check": "x", "message": "proxy rising while gold falls"}],
+        "curves": {"ppo_no_kl": {"proxy": [0, 1, 2], "gold": [0.5, 0.4, 0.2]}},
+    }  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    page = write_report(tmp_path).read_text()
+    assert (
+        "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    )
+    assert page.count("data:image/png;base64,") == 4  # frontier, best-of-n, hacking, sft curves
+    assert "http://" not in page and "https://" not in page
+    assert "proxy rising while gold falls" in page
