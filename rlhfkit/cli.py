@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from rlhfkit.config import load_config
 
+        rest = [
+            "--from_stage" + a[len("--from") :] if a.split("=")[0] == "--from" else a for a in rest
+        ]
         config_file, overrides = _split_args(rest, stage.positional)
         config = load_config(_load(stage.config), config_file, overrides)
         result = _load(stage.entry)(config)
