@@ -116,3 +116,76 @@ def best_of_n_curve(
             )
         curve.append(row)
     return curve
+
+
+def sample_policy(
+    model_dir: str,
+    prompts: list[str],
+    *,
+    n: int,
+    max_new_tokens: int,
+    seed: int,
+    temperature: float = 1.0,
+    batch_size: int = 128,
+) -> PolicySamples:
+    """`n` responses per prompt from a saved policy (K responses of a prompt are consecutive)."""
+    from rlhfkit.data.tokenize import encode_prompt
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.sampling import SamplingParams, sample_responses
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir, dtype="float32", trainable=False)
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    samples = sample_responses(
+        model, prompt_ids, SamplingParams(max_new_tokens, temperature, 1.0),
+        pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, num_samples=n,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    return PolicySamples(
+        prompts=[prompts[i] for i in samples.prompt_index],
+        responses=[tokenizer.decode(r, skip_special_tokens=True) for r in samples.response_ids],
+        prompt_ids=[prompt_ids[i] for i in samples.prompt_index],
+        response_ids=samples.response_ids,
+    )
+
+
+def sequence_kl(policy_dir: str, reference_dir: str, samples: PolicySamples) -> list[float]:
+    """Per-sample Σ_t log π − log π_ref on the policy's own samples (k1 estimate of the KL)."""
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+    pad_id = load_tokenizer(policy_dir).pad_token_id
+    policy = load_causal_lm(policy_dir, dtype="float32", trainable=False)
+    reference = load_causal_lm(reference_dir, dtype="float32", trainable=False)
+    mine = response_logprob_sums(policy, samples.prompt_ids, samples.response_ids, pad_id)
+    theirs = response_logprob_sums(reference, samples.prompt_ids, samples.response_ids, pad_id)
+    return [a - b for a, b in zip(mine, theirs, strict=True)]
+
+
+def evaluate_policy(
+    samples: PolicySamples,
+    *,
+    proxy: RewardFn | None,
+    gold: RewardFn | None,
+    kl: list[float] | None,
+    reference: dict | None = None,
+) -> dict:
+    """Numbers of one policy from its samples; `reference` (another call's raw scores) adds
+    win rates. Returns summary numbers plus `raw` per-sample scores."""
+    out: dict = {"n": len(samples.responses)}
+    raw: dict[str, list[float]] = {"length": [float(len(r)) for r in samples.response_ids]}
+    if proxy is not None:
+        raw["proxy"] = proxy(samples.prompts, samples.responses)
+        out["proxy_reward"], out["proxy_reward_std"] = summarize(raw["proxy"]).values()
+        out["proxy_length_correlation"] = pearson(raw["proxy"], raw["length"])
+    if gold is not None:
+        raw["gold"] = gold(samples.prompts, samples.responses)
+        out["gold_reward"], out["gold_reward_std"] = summarize(raw["gold"]).values()
+    if kl is not None:
+        out["kl"] = statistics.fmean(kl) if kl else float("nan")
+    out["length"] = statistics.fmean(raw["length"]) if raw["length"] else 0.0
+    if reference is not None:
+        for key in ("proxy", "gold"):
+            if key in raw and key in reference:
+                out[f"win_rate_{key}"] = win_rate(raw[key], reference[key])
+    out["raw"] = raw
+    return out
