@@ -1,1 +1,1 @@
-
+"""Feedback: human annotation (``annotation``), simulated annotators and AI labelling."""

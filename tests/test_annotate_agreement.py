@@ -1,0 +1,89 @@
+"""Agreement statistics against values worked by hand (arithmetic in each docstring)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlhfkit.feedback.annotation.agreement import (
+    binomial_two_sided_p,
+    cohen_kappa,
+    fleiss_kappa,
+    held_out_agreement,
+    krippendorff_alpha,
+    majority,
+)
+
+UNITS = [["A", "A", "A"], ["A", "A", "B"], ["B", "B", "B"]]
+
+
+def test_cohen_kappa_hand_worked():
+    """a = A A B B A B, b = A B B B A A: agree on 4 of 6, p_o = 2/3; both say A half the
+    time, p_e = 1/2; κ = (2/3 - 1/2) / (1 - 1/2) = 1/3."""
+    kappa = cohen_kappa(list("AABBAB"), list("ABBBAA"))
+    assert kappa == pytest.approx(1 / 3, rel=1e-9)
+
+
+def test_cohen_kappa_unequal_marginals():
+    """a = A A A B, b = A A B B: p_o = 3/4; p_a(A) = 3/4, p_b(A) = 1/2, p_a(B) = 1/4,
+    p_b(B) = 1/2 → p_e = 3/8 + 1/8 = 1/2; κ = (3/4 - 1/2) / (1/2) = 1/2."""
+    assert cohen_kappa(list("AAAB"), list("AABB")) == pytest.approx(0.5, rel=1e-9)
+
+
+def test_cohen_kappa_perfect_and_undefined():
+    """Perfect agreement with two categories gives 1; a single category everywhere makes
+    p_e = 1 and κ undefined (nan); length mismatch is an error."""
+    assert cohen_kappa([0, 1, 0], [0, 1, 0]) == pytest.approx(1.0)
+    assert math.isnan(cohen_kappa(["tie"] * 3, ["tie"] * 3))
+    assert math.isnan(cohen_kappa([], []))
+    with pytest.raises(ValueError):
+        cohen_kappa([0], [0, 1])
+
+
+def test_fleiss_kappa_hand_worked():
+    """Module docstring: P̄ = 7/9, P_e = 41/81 → κ = (22/81) / (40/81) = 0.55."""
+    assert fleiss_kappa(UNITS) == pytest.approx(0.55, rel=1e-9)
+
+
+def test_fleiss_kappa_equals_cohen_like_chance_zero():
+    """Items A A B, B B A with 3 raters: P_i = 1/3 each, P̄ = 1/3; p_A = p_B = 1/2,
+    P_e = 1/2 → κ = (1/3 - 1/2) / (1/2) = -1/3. Items with one label are ignored."""
+    assert fleiss_kappa([["A", "A", "B"], ["B", "B", "A"], ["A"]]) == pytest.approx(-1 / 3)
+    assert math.isnan(fleiss_kappa([["A"], []]))
+
+
+def test_krippendorff_alpha_hand_worked():
+    """Module docstring: o_AA = 4, o_AB = o_BA = 1, o_BB = 3; n_A = 5, n_B = 4, n = 9;
+    α = 1 - 8·2 / (2·5·4) = 0.6."""
+    assert krippendorff_alpha(UNITS) == pytest.approx(0.6, rel=1e-9)
+
+
+def test_krippendorff_alpha_missing_values_and_three_categories():
+    """Units [0, 0], [1, tie], [1] (unpairable, dropped): unit 1 adds o_00 = 2; unit 2 adds
+    o_1t = o_t1 = 1. n_0 = 2, n_1 = 1, n_t = 1, n = 4.
+    Σ_{c≠k} o_ck = 2; Σ_{c≠k} n_c n_k = 2·(2·1 + 2·1 + 1·1) = 10;
+    α = 1 - (4 - 1)·2 / 10 = 0.4."""
+    assert krippendorff_alpha([[0, 0], [1, "tie"], [1]]) == pytest.approx(0.4, rel=1e-9)
+    assert math.isnan(krippendorff_alpha([["A"], ["B"]]))
+
+
+def test_majority_and_held_out_agreement():
+    """held_out_agreement docstring: units [A, A, B] and [A, A] → 2 agreements in 3 cases.
+    With keep=(0, 1): units [0, 0, 1], [0, tie, 0]: unit 1 → 0 vs (0, 1) none, skipped twice;
+    1 vs (0, 0) = 0 disagree. Unit 2 → 0 vs (tie, 0): no majority; tie is not kept;
+    0 vs (0, tie): no majority. So 0 of 1."""
+    assert majority(["A", "B", "A"]) == "A"
+    assert majority(["A", "B"]) is None
+    assert majority([]) is None
+    rate, n = held_out_agreement([["A", "A", "B"], ["A", "A"]])
+    assert (rate, n) == (pytest.approx(2 / 3), 3)
+    rate, n = held_out_agreement([[0, 0, 1], [0, "tie", 0]], keep=(0, 1))
+    assert (rate, n) == (0.0, 1)
+
+
+def test_binomial_two_sided_p():
+    """9 of 10 at p = 1/2: outcomes 0, 1, 9, 10 → (1 + 10 + 10 + 1) / 1024. 5 of 10 → 1."""
+    assert binomial_two_sided_p(9, 10) == pytest.approx(22 / 1024, rel=1e-9)
+    assert binomial_two_sided_p(5, 10) == pytest.approx(1.0)
+    assert binomial_two_sided_p(0, 0) == 1.0

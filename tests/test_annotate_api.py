@@ -1,0 +1,661 @@
+"""The annotation API, in process, on a real SQLite file and (when RLHFKIT_TEST_POSTGRES_URL is
+set, as .ci/services.sh does) the same suite on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.annotation.app import create_app
+from rlhfkit.feedback.annotation.db import (
+    SCHEMA_VERSION,
+    SchemaVersion,
+    add_user,
+    load_items,
+    make_engine,
+    migrate,
+    open_database,
+    schema_version,
+)
+
+CRITERIA = {"helpfulness": "A", "accuracy": "tie", "safety": "both_bad"}
+
+
+def _reset_postgres(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DROP TABLE IF EXISTS item_events, labels, assignments, items, users, "
+                "rlhfkit_schema CASCADE"
+            )
+        )
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'labels.db'}"
+    url = os.environ.get("RLHFKIT_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RLHFKIT_TEST_POSTGRES_URL is not set (.ci/services.sh sets it in CI)")
+    _reset_postgres(url)
+    return url
+
+
+class Clock:
+    """A clock the test moves; it also ticks a millisecond per reading, like real time."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+class Campaign:
+    """Items + users + the app + a client, all on one database."""
+
+    def __init__(self, db_url, records, users, **app_kwargs):
+        engine, session_factory = open_database(db_url)
+        load_items(session_factory, records)
+        self.tokens = {name: add_user(session_factory, name, role) for name, role in users}
+        engine.dispose()
+        app_kwargs.setdefault("rate_limit", 0)
+        self.clock = app_kwargs.setdefault("clock", Clock())
+        self.app = create_app(db_url, seed=0, **app_kwargs)
+        self.client = TestClient(self.app)
+        self.client.__enter__()  # one event loop for all requests, not one per request
+        self.records = records
+        self._keys = 0
+
+    def headers(self, name: str) -> dict:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    def get(self, name, path, **kw):
+        return self.client.get(path, headers=self.headers(name), **kw)
+
+    def post(self, name, path, body=None, **kw):
+        return self.client.post(path, json=body, headers=self.headers(name), **kw)
+
+    def next(self, name):
+        return self.get(name, "/api/next")
+
+    def body(self, item, choice="A", strength=3, criteria=None, key=None, **extra):
+        self._keys += 1
+        body = {
+            "item_id": item["item_id"],
+            "idempotency_key": key or f"key-{self._keys}",
+            "overall": {"choice": choice, "strength": strength}
+            if choice in ("A", "B")
+            else {"choice": choice},
+            "criteria": dict(criteria or CRITERIA),
+        }
+        body.update(extra)
+        return body
+
+    def label(self, name, item, **kw):
+        return self.post(name, "/api/labels", self.body(item, **kw))
+
+    def sql(self, query: str, **params):
+        with self.app.state.engine.connect() as conn:
+            return conn.execute(sa.text(query), params).all()
+
+    def close(self):
+        self.client.__exit__(None, None, None)
+        self.app.state.engine.dispose()
+
+
+def pairs(n: int, k: int = 2) -> list[dict]:
+    return [
+        {"prompt": f"prompt {i}", "responses": [f"response {i}.{j}" for j in range(k)]}
+        for i in range(n)
+    ]
+
+
+def slot_of(item: dict, text: str) -> str:
+    """The slot in which this annotator sees the response ``text``."""
+    return next(r["slot"] for r in item["responses"] if r["text"] == text)
+
+
+@pytest.fixture
+def campaign(db_url):
+    made = []
+
+    def make(records=None, users=None, **kw):
+        c = Campaign(
+            db_url,
+            records if records is not None else pairs(3),
+            users or [("alice", "annotator"), ("bob", "annotator"), ("root", "admin")],
+            **kw,
+        )
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_label_round_trip_records_sides(campaign):
+    c = campaign()
+    r = c.next("alice")
+    assert r.status_code == 200
+    item = r.json()
+    assert set(item) >= {"item_id", "prompt", "responses", "criteria", "k", "progress"}
+    assert [x["slot"] for x in item["responses"]] == ["A", "B"]
+    assert [x["name"] for x in item["criteria"]] == ["helpfulness", "accuracy", "safety"]
+    assert c.next("alice").json() == item  # the same lease, the same sides
+    r = c.label("alice", item, choice="B", strength=4)
+    assert r.status_code == 201, r.text
+    label = r.json()
+    assert label["overall"] == {"choice": "B", "strength": 4}
+    shown = [x["text"] for x in item["responses"]]
+    original = c.records[item["item_id"] - 1]["responses"]
+    assert [original[i] for i in label["display_order"]] == shown
+    rows = c.sql("SELECT display_order, overall_choice, strength FROM labels")
+    assert len(rows) == 1 and rows[0][1] == "B" and rows[0][2] == 4
+    mine = c.get("alice", "/api/labels").json()["labels"]
+    assert [m["label_id"] for m in mine] == [label["label_id"]]
+
+
+def test_sides_are_randomised_per_annotator(campaign):
+    c = campaign(records=pairs(16), overlap=2)
+    orders = {"alice": [], "bob": []}
+    for name in orders:
+        while (r := c.next(name)).status_code == 200:
+            item = r.json()
+            orders[name].append(slot_of(item, c.records[item["item_id"] - 1]["responses"][0]))
+            assert c.label(name, item).status_code == 201
+    for seen in orders.values():
+        assert len(seen) == 16
+        assert 2 <= seen.count("A") <= 14  # shuffled, not always the same side
+    assert orders["alice"] != orders["bob"]
+
+
+def test_idempotent_retry_stores_one_row(campaign):
+    c = campaign()
+    item = c.next("alice").json()
+    body = c.body(item, key="retry-me")
+    first = c.post("alice", "/api/labels", body)
+    again = c.post("alice", "/api/labels", body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json() == again.json()
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 1
+    changed = dict(body, rationale="something else")
+    conflict = c.post("alice", "/api/labels", changed)
+    assert conflict.status_code == 409 and "idempotency_key" in conflict.json()["detail"]
+    # A second label for the same item with a new key is refused too.
+    other = c.post("alice", "/api/labels", dict(body, idempotency_key="new"))
+    assert other.status_code == 409 and "already labelled" in other.json()["detail"]
+    # Keys are per annotator: bob may use the same string.
+    item_b = c.next("bob").json()
+    assert c.post("bob", "/api/labels", c.body(item_b, key="retry-me")).status_code == 201
+
+
+def test_concurrent_duplicates_and_concurrent_annotators(campaign):
+    users = [(f"u{i}", "annotator") for i in range(5)] + [("root", "admin")]
+    c = campaign(records=pairs(6), users=users, overlap=3)
+    item = c.next("u0").json()
+    body = c.body(item, key="same")
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def send():
+        barrier.wait()
+        statuses.append(c.post("u0", "/api/labels", body).status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] * 7 + [201]
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 1
+
+    acknowledged: list[int] = []
+    errors: list[str] = []
+
+    def annotate(name):
+        while (r := c.next(name)).status_code == 200:
+            posted = c.label(name, r.json())
+            if posted.status_code != 201:
+                errors.append(posted.text)
+                return
+            acknowledged.append(posted.json()["label_id"])
+
+    threads = [threading.Thread(target=annotate, args=(f"u{i}",)) for i in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(acknowledged) == 6 * 3 - 1  # every place but u0's label
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 6 * 3
+    per_item = c.sql("SELECT item_id, COUNT(*), COUNT(DISTINCT user_id) FROM labels GROUP BY 1")
+    assert all(n == 3 and distinct == 3 for _item, n, distinct in per_item)
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+def test_overlap_distinct_annotators_nobody_twice(campaign):
+    users = [("a1", "annotator"), ("a2", "annotator"), ("a3", "annotator"), ("root", "admin")]
+    c = campaign(records=pairs(4), users=users, overlap=2)
+    done = {name: [] for name, _ in users[:3]}
+    progress = True
+    while progress:
+        progress = False
+        for name in done:
+            r = c.next(name)
+            if r.status_code == 204:
+                continue
+            item = r.json()
+            assert item["item_id"] not in done[name]
+            done[name].append(item["item_id"])
+            assert c.label(name, item).status_code == 201
+            progress = True
+    assert sum(len(v) for v in done.values()) == 8
+    rows = c.sql("SELECT item_id, COUNT(DISTINCT user_id), COUNT(*) FROM labels GROUP BY 1")
+    assert sorted(rows) == [(i, 2, 2) for i in range(1, 5)]
+    assert c.next("a1").status_code == 204
+
+
+def test_lease_timeout_returns_item_to_queue(campaign):
+    c = campaign(records=pairs(2), overlap=1, lease_seconds=60)
+    held = c.next("alice").json()
+    other = c.next("bob").json()
+    assert other["item_id"] != held["item_id"]
+    assert c.label("bob", other).status_code == 201
+    assert c.next("bob").status_code == 204  # alice's lease still holds the only other place
+    c.clock.now += 61
+    returned = c.next("bob")
+    assert returned.status_code == 200 and returned.json()["item_id"] == held["item_id"]
+    # Alice comes back late: her item is now bob's; she has nothing else, but her late
+    # answer is still accepted rather than lost.
+    assert c.next("alice").status_code == 204
+    assert c.label("alice", held).status_code == 201
+    assert c.label("bob", returned.json()).status_code == 201
+
+
+def test_expired_lease_is_renewed_for_its_holder(campaign):
+    c = campaign(records=pairs(2), overlap=1, lease_seconds=60)
+    first = c.next("alice").json()
+    c.clock.now += 600
+    again = c.next("alice").json()
+    assert again == {**first, "lease_expires_at": again["lease_expires_at"]}
+    assert again["lease_expires_at"] == pytest.approx(c.clock.now + 60, abs=0.1)
+
+
+def test_undo_returns_item_with_same_sides(campaign):
+    c = campaign()
+    item = c.next("alice").json()
+    label = c.label("alice", item, choice="A").json()
+    following = c.next("alice").json()
+    assert following["item_id"] != item["item_id"]
+    r = c.post("alice", f"/api/labels/{label['label_id']}/undo")
+    assert r.status_code == 200 and r.json()["undone"] is True
+    assert c.post("alice", f"/api/labels/{label['label_id']}/undo").status_code == 200
+    back = c.next("alice").json()
+    assert back["item_id"] == item["item_id"] and back["responses"] == item["responses"]
+    assert c.label("alice", back, choice="B").status_code == 201
+    assert c.post("bob", f"/api/labels/{label['label_id']}/undo").status_code == 404
+    rows = c.sql("SELECT overall_choice, undone_at IS NOT NULL FROM labels ORDER BY id")
+    assert [(r[0], bool(r[1])) for r in rows] == [("A", True), ("B", False)]
+    export = c.get("root", "/api/export").text.splitlines()
+    assert len(export) == 1
+    mine = c.get("alice", "/api/labels", params={"include_undone": "true"}).json()["labels"]
+    assert [m["undone"] for m in mine] == [False, True]
+
+
+def test_skip_and_flag(campaign):
+    users = [("alice", "annotator"), ("bob", "annotator"), ("carol", "annotator")]
+    c = campaign(records=pairs(2), users=users + [("root", "admin")], overlap=1, flag_limit=2)
+    first = c.next("alice").json()
+    r = c.post("alice", f"/api/items/{first['item_id']}/skip", {"reason": "not sure"})
+    assert r.status_code == 200 and r.json()["status"] == "skipped"
+    second = c.next("alice").json()
+    assert second["item_id"] != first["item_id"]
+    assert c.next("bob").json()["item_id"] == first["item_id"]  # skipped: free for others
+    no_reason = c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "  "})
+    assert no_reason.status_code == 422
+    assert c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "gibberish"}).is_success
+    assert c.post("carol", f"/api/items/{first['item_id']}/flag", {"reason": "broken"}).is_success
+    # Flagged twice: out of the queue for everyone.
+    c.post("alice", f"/api/items/{second['item_id']}/skip")
+    assert c.next("carol").json()["item_id"] == second["item_id"]
+    assert c.post("alice", "/api/items/999/skip").status_code == 404
+    stats = c.get("root", "/api/stats").json()
+    assert stats["counts"]["flags"] == 2 and stats["counts"]["skips"] == 2
+    assert stats["flagged_items"][0]["reasons"] == ["gibberish", "broken"]
+    assert c.label("alice", first).status_code == 409  # skipped items cannot be labelled
+
+
+def test_gold_items_are_served_and_scored(campaign):
+    records = pairs(6) + [
+        {"prompt": "gold q", "responses": ["right", "wrong"], "gold": {"overall": 0}},
+    ]
+    c = campaign(records=records, overlap=1, gold_every=2)
+    served = []
+    while (r := c.next("alice")).status_code == 200:
+        item = r.json()
+        served.append(item["prompt"])
+        if item["prompt"] == "gold q":
+            c.label("alice", item, choice=slot_of(item, "wrong"))
+        else:
+            c.label("alice", item)
+    assert served.index("gold q") == 2  # after two regular labels
+    assert len(served) == 7
+    # Every regular item is done (overlap 1): bob gets nothing, not a lone gold item.
+    assert c.next("bob").status_code == 204
+    stats = c.get("root", "/api/stats").json()
+    assert stats["annotators"]["alice"]["gold_accuracy"] == 0.0
+    assert stats["counts"]["gold_labels"] == 1
+    exported = c.get("root", "/api/export").text.splitlines()
+    assert len(exported) == 6  # gold left out
+    filtered = c.get("root", "/api/export", params={"min_gold_accuracy": 0.5}).text
+    assert filtered == ""
+
+
+def test_ranking_items(campaign):
+    c = campaign(records=pairs(1, k=3))
+    item = c.next("alice").json()
+    assert item["k"] == 3 and [r["slot"] for r in item["responses"]] == ["A", "B", "C"]
+    bad = [
+        c.body(item),  # overall for K = 3
+        {**c.body(item), "overall": None},  # no ranking
+        {**c.body(item), "overall": None, "ranking": ["A", "B"]},
+        {**c.body(item), "overall": None, "ranking": ["A", "A", "B"]},
+        {**c.body(item), "overall": None, "ranking": ["A", "B", "D"]},
+    ]
+    for body in bad:
+        r = c.post("alice", "/api/labels", body)
+        assert r.status_code == 422, body
+    original = c.records[0]["responses"]
+    ranking = [slot_of(item, original[i]) for i in (2, 0, 1)]
+    criteria = {"helpfulness": slot_of(item, original[1]), "accuracy": "tie", "safety": "C"}
+    body = {**c.body(item, criteria=criteria), "overall": None, "ranking": ranking}
+    assert c.post("alice", "/api/labels", body).status_code == 201
+    (record,) = [json.loads(line) for line in c.get("root", "/api/export").text.splitlines()]
+    assert record["responses"] == original
+    assert record["ranking"] == [2, 0, 1]
+    assert record["criteria"]["helpfulness"] == 1 and record["criteria"]["accuracy"] == "tie"
+
+
+# ----------------------------------------------------------------------------- auth
+
+
+def test_auth_and_roles(campaign):
+    users = [("alice", "annotator"), ("bob", "annotator"), ("rev", "reviewer"), ("root", "admin")]
+    c = campaign(users=users)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        r = c.client.get("/api/next", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert c.client.post("/api/labels", json={}).status_code == 401
+    assert c.client.get("/api/health").status_code == 200
+    for name in ("alice", "rev"):
+        assert c.get(name, "/api/export").status_code == 403
+        assert c.get(name, "/api/stats").status_code == 403
+    assert c.get("alice", "/api/flags").status_code == 403
+    assert c.get("rev", "/api/flags").status_code == 200
+    assert c.get("root", "/api/export").status_code == 200
+    assert c.get("root", "/api/stats").status_code == 200
+    bob_label = c.label("bob", c.next("bob").json()).json()
+    c.label("alice", c.next("alice").json())
+    mine = c.get("alice", "/api/labels").json()["labels"]
+    assert {m["annotator"] for m in mine} == {"alice"}
+    assert c.get("alice", "/api/labels", params={"annotator": "bob"}).status_code == 403
+    everyone = c.get("rev", "/api/labels").json()["labels"]
+    assert {m["annotator"] for m in everyone} == {"alice", "bob"}
+    assert c.post("alice", f"/api/labels/{bob_label['label_id']}/undo").status_code == 404
+    assert c.post("root", f"/api/labels/{bob_label['label_id']}/undo").status_code == 200
+    me = c.get("alice", "/api/me").json()
+    assert me["name"] == "alice" and me["role"] == "annotator"
+    rows = c.sql("SELECT token_hash FROM users")
+    assert all(len(h) == 64 for (h,) in rows)
+    assert not any(c.tokens[name] in h for (h,) in rows for name in c.tokens)
+
+
+def test_rate_limit_per_token(campaign):
+    c = campaign(rate_limit=0.5, rate_burst=3)
+    codes = [c.get("alice", "/api/me").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    limited = c.get("alice", "/api/me")
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert c.get("bob", "/api/me").status_code == 200  # a separate bucket per token
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+def test_invalid_input_gets_422_with_a_message(campaign):
+    c = campaign(records=pairs(2))
+    item = c.next("alice").json()
+    good = c.body(item)
+    cases = {
+        "strength as string": {**good, "overall": {"choice": "A", "strength": "3"}},
+        "strength 5": {**good, "overall": {"choice": "A", "strength": 5}},
+        "strength 0": {**good, "overall": {"choice": "A", "strength": 0}},
+        "no strength": {**good, "overall": {"choice": "A"}},
+        "strength on tie": {**good, "overall": {"choice": "tie", "strength": 2}},
+        "choice C": {**good, "overall": {"choice": "C", "strength": 2}},
+        "choice lowercase": {**good, "overall": {"choice": "a", "strength": 2}},
+        "item_id string": {**good, "item_id": str(item["item_id"])},
+        "item_id float": {**good, "item_id": 1.5},
+        "no key": {k: v for k, v in good.items() if k != "idempotency_key"},
+        "empty key": {**good, "idempotency_key": ""},
+        "long key": {**good, "idempotency_key": "k" * 201},
+        "missing criterion": {**good, "criteria": {"helpfulness": "A"}},
+        "unknown criterion": {**good, "criteria": {**CRITERIA, "vibes": "A"}},
+        "verdict C on a pair": {**good, "criteria": {**CRITERIA, "safety": "C"}},
+        "verdict as number": {**good, "criteria": {**CRITERIA, "safety": 1}},
+        "criteria as list": {**good, "criteria": ["A", "B", "tie"]},
+        "ranking on a pair": {**good, "ranking": ["A", "B"]},
+        "extra field": {**good, "sneaky": True},
+        "rationale not text": {**good, "rationale": {"$ne": 1}},
+        "rationale 1 MB": {**good, "rationale": "x" * 1_000_000},
+        "NUL in rationale": {**good, "rationale": "a\x00b"},
+        "NUL in key": {**good, "idempotency_key": "k\x00"},
+    }
+    for name, body in cases.items():
+        r = c.post("alice", "/api/labels", body)
+        assert r.status_code == 422, (name, r.status_code, r.text[:200])
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and detail, name
+        assert len(r.text) < 5000, name  # never echoes a huge input back
+    raw = {"Content-Type": "application/json", **c.headers("alice")}
+    for payload in (b"{not json", b"[1, 2]", b'"text"', b"null"):
+        r = c.client.post("/api/labels", content=payload, headers=raw)
+        assert r.status_code == 422, payload
+    huge = c.client.post("/api/labels", content=b"x" * 3_000_000, headers=raw)
+    assert huge.status_code == 413
+    assert c.post("alice", "/api/labels/abc/undo").status_code == 422
+    assert c.post("alice", "/api/items/1/flag", {"reason": "r" * 5000}).status_code == 422
+    assert c.post("alice", "/api/items/1/flag", {"reason": "\x00"}).status_code == 422
+    assert c.get("root", "/api/labels", params={"annotator": "a\x00"}).status_code == 422
+    assert c.post("alice", "/api/labels", {**good, "item_id": 10**6}).status_code == 404
+    not_mine = c.next("bob").json()
+    assert c.post("alice", "/api/labels", c.body(not_mine)).status_code == 409
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 0
+    assert c.post("alice", "/api/labels", good).status_code == 201
+
+
+def test_hostile_text_is_stored_and_returned_verbatim(campaign):
+    script = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    sql = "'; DROP TABLE labels; -- \" OR 1=1 /* %s ? :name"
+    big = "é" + "z" * (1 << 20)  # a 1 MB response
+    records = [{"prompt": f"{script} {sql}", "responses": [big, f"{script}\x00{sql}"]}]
+    c = campaign(records=records)
+    item = c.next("alice").json()
+    assert item["prompt"] == records[0]["prompt"]
+    assert sorted(r["text"] for r in item["responses"]) == sorted(records[0]["responses"])
+    body = c.body(item, key=sql, rationale=f"{script} {sql} ünïcødé ✓")
+    stored = c.post("alice", "/api/labels", body)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["rationale"] == body["rationale"]
+    assert c.post("alice", "/api/labels", body).status_code == 200  # replay by that key
+    (record,) = [json.loads(x) for x in c.get("root", "/api/export").text.splitlines()]
+    assert record["prompt"] == records[0]["prompt"]
+    assert {record["chosen"], record["rejected"]} == set(records[0]["responses"])
+    assert record["rationale"] == body["rationale"]
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 1  # the table survived
+    page = c.client.get("/")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+# ----------------------------------------------------------------------------- export, stats
+
+
+def _label_as(c, name, item_index, verdict, strength=3, criteria=None):
+    """Label item ``item_index`` (0-based) with a canonical verdict (0, 1, tie, both_bad)."""
+    r = c.next(name)
+    item = r.json()
+    assert item["item_id"] == item_index + 1
+    original = c.records[item_index]["responses"]
+    choice = slot_of(item, original[verdict]) if verdict in (0, 1) else verdict
+    crit = {
+        k: (slot_of(item, original[v]) if v in (0, 1) else v)
+        for k, v in (criteria or {"helpfulness": 0, "accuracy": "tie", "safety": 1}).items()
+    }
+    return c.label(name, item, choice=choice, strength=strength, criteria=crit)
+
+
+def test_export_formats_and_aggregation(campaign):
+    users = [("a1", "annotator"), ("a2", "annotator"), ("a3", "annotator"), ("root", "admin")]
+    c = campaign(records=pairs(3), users=users, overlap=3)
+    plan = {"a1": [0, 0, "tie"], "a2": [0, 1, "both_bad"], "a3": [1, "tie", "both_bad"]}
+    strengths = {"a1": 4, "a2": 2, "a3": 1}
+    for i in range(3):
+        for name, verdicts in plan.items():
+            assert _label_as(c, name, i, verdicts[i], strengths[name]).status_code == 201
+    per_label = [json.loads(x) for x in c.get("root", "/api/export").text.splitlines()]
+    r = c.get("root", "/api/export")
+    assert r.headers["x-export-ties"] == "2" and r.headers["x-export-both-bad"] == "2"
+    assert len(per_label) == 5  # 9 labels - 2 ties - 2 both-bad
+    first = next(x for x in per_label if x["annotator"] == "a1" and x["item_id"] == 1)
+    responses = c.records[0]["responses"]
+    assert first["chosen"] == responses[0] and first["rejected"] == responses[1]
+    assert first["margin"] == pytest.approx(1.0) and first["strength"] == 4
+    assert first["criteria"] == {"helpfulness": "chosen", "accuracy": "tie", "safety": "rejected"}
+    assert first["side"] in ("A", "B") and first["prompt"] == "prompt 0"
+    a3_item1 = next(x for x in per_label if x["annotator"] == "a3" and x["item_id"] == 1)
+    assert a3_item1["margin"] == 0.0 and a3_item1["chosen"] == responses[1]
+    assert a3_item1["criteria"]["helpfulness"] == "rejected"
+
+    majority = {
+        x["item_id"]: x
+        for x in map(json.loads, c.get("root", "/api/export?aggregate=majority").text.splitlines())
+    }
+    # item 1: votes 0, 0, 1 → 0; margin = mean(1, 1/3); item 2: 0, 1, tie → even → dropped;
+    # item 3: tie, both_bad, both_bad → half a vote each → even → dropped.
+    assert sorted(majority) == [1]
+    assert majority[1]["chosen"] == responses[0]
+    assert majority[1]["margin"] == pytest.approx((1.0 + 1 / 3) / 2)
+    assert majority[1]["n_labels"] == 3
+    soft = {
+        x["item_id"]: x
+        for x in map(json.loads, c.get("root", "/api/export?aggregate=soft").text.splitlines())
+    }
+    assert soft[1]["soft_label"] == pytest.approx(2 / 3)
+    assert soft[2]["soft_label"] == pytest.approx(0.5)
+    assert soft[3]["soft_label"] == pytest.approx(0.5)  # one tie = half a vote each side
+    assert soft[3]["margin"] == 0.0
+    assert c.get("root", "/api/export?aggregate=mean").status_code == 422
+
+
+def test_stats_agreement_matches_hand_worked_values(campaign):
+    """Three annotators on three items with overall verdicts [0,0,0], [0,0,1], [1,1,1]: the
+    agreement module's worked example (Fleiss κ 0.55, Krippendorff α 0.6). Pairwise Cohen:
+    a1 = a2 = (0, 0, 1) → p_e = 5/9, κ = 1; a1 vs a3 = (0, 0, 1) vs (0, 1, 1): p_o = 2/3,
+    p_e = (2/3)(1/3) + (1/3)(2/3) = 4/9, κ = (2/3 - 4/9)/(5/9) = 0.4; a2 vs a3 the same;
+    mean (1 + 0.4 + 0.4)/3 = 0.6. Held out vs majority of the other two: item 1: 3 of 3;
+    item 2: a1 vs (0, 1) none, a2 none, a3 (1) vs (0, 0) wrong; item 3: 3 of 3 → 6/7."""
+    users = [("a1", "annotator"), ("a2", "annotator"), ("a3", "annotator"), ("root", "admin")]
+    c = campaign(records=pairs(3), users=users, overlap=3)
+    plan = {"a1": [0, 0, 1], "a2": [0, 0, 1], "a3": [0, 1, 1]}
+    for i in range(3):
+        for name in plan:
+            assert _label_as(c, name, i, plan[name][i]).status_code == 201
+    stats = c.get("root", "/api/stats").json()
+    overall = stats["agreement"]["overall"]
+    assert overall["fleiss_kappa"] == pytest.approx(0.55, abs=1e-6)
+    assert overall["krippendorff_alpha"] == pytest.approx(0.6, abs=1e-6)
+    assert overall["cohen_kappa_mean_pairwise"] == pytest.approx(0.6, abs=1e-6)
+    assert overall["cohen_kappa_pairs"] == 3
+    # Every label had helpfulness = response 0 and safety = response 1: perfect agreement but
+    # a single category, so κ and α are undefined (null), never a made-up number.
+    assert stats["agreement"]["helpfulness"]["fleiss_kappa"] is None
+    ceiling = stats["reward_model_ceiling"]
+    assert ceiling["held_out_agreement_with_majority"] == pytest.approx(6 / 7, abs=1e-6)
+    assert ceiling["cases"] == 7
+    assert stats["annotators"]["a3"]["agreement_with_rest"] == pytest.approx(2 / 3, abs=1e-6)
+    assert stats["annotators"]["a1"]["agreement_with_rest"] == pytest.approx(1.0)
+    assert stats["counts"]["items_complete"] == 3 and stats["counts"]["labels"] == 9
+    bias = stats["position_bias"]
+    assert bias["pair_choices"] == 9 and 0.0 <= bias["chose_slot_a"] <= 1.0
+    assert stats["reward_model"] is None
+
+
+def test_reward_model_in_the_loop(campaign):
+    """Scores = response length. Item gaps: item 1 'a' vs 'aaaaaaaa' (sure), item 2 'bb' vs
+    'bbb' (unsure), item 3 'c' vs 'ccccc'. Served by uncertainty |σ(Δ) - ½| smallest first:
+    2 (Δ=1), 3 (Δ=4), 1 (Δ=7). Humans prefer the shorter response on item 2 and the longer on
+    items 3 and 1: the model is right on 2 of 3."""
+    records = [
+        {"prompt": "p1", "responses": ["a", "aaaaaaaa"]},
+        {"prompt": "p2", "responses": ["bb", "bbb"]},
+        {"prompt": "p3", "responses": ["c", "ccccc"]},
+    ]
+
+    def reward_fn(prompts, responses):
+        assert len(prompts) == len(responses)
+        return [float(len(r)) for r in responses]
+
+    c = campaign(records=records, reward_fn=reward_fn)
+    order = []
+    while (r := c.next("alice")).status_code == 200:
+        item = r.json()
+        order.append(item["item_id"])
+        texts = [x["text"] for x in item["responses"]]
+        wanted = min(texts, key=len) if item["item_id"] == 2 else max(texts, key=len)
+        assert c.label("alice", item, choice=slot_of(item, wanted)).status_code == 201
+    assert order == [2, 3, 1]
+    rm = c.get("root", "/api/stats").json()["reward_model"]
+    assert rm["items_scored"] == 3 and rm["comparisons"] == 3
+    assert rm["accuracy_vs_labels"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def test_migrations_are_versioned_and_idempotent(db_url):
+    engine, _ = open_database(db_url)
+    assert schema_version(engine) == SCHEMA_VERSION
+    assert migrate(engine) == 0
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(SchemaVersion).values(
+                version=SCHEMA_VERSION + 1, description="from the future", applied_at=0.0
+            )
+        )
+    with pytest.raises(RlhfkitError, match="newer than this rlhfkit"):
+        migrate(engine)
+    engine.dispose()
+
+
+def test_loading_the_same_items_twice_does_not_duplicate(db_url):
+    engine, session_factory = open_database(db_url)
+    assert load_items(session_factory, pairs(3)) == {"added": 3, "already_present": 0}
+    assert load_items(session_factory, pairs(4)) == {"added": 1, "already_present": 3}
+    engine.dispose()
