@@ -123,25 +123,44 @@ def gold_spread(prompts: list[str], responses: list[list[str]]) -> dict:
 
 
 def label_preferences(config: DemoConfig, pairs: list[dict], out: Path) -> dict:
-    """Simulated annotators label the pairs; a held-out tenth measures reward models later."""
-    from rlhfkit.synthetic import agreement_ceiling, default_annotators, label_pairs
+    """Simulated annotators label the pairs through the annotation server's API (in process: the
+    same code path as people labelling in the web page); a held-out tenth of the pairs measures
+    reward models later against the annotators' agreement ceiling."""
+    from rlhfkit.feedback.annotation.simulated import label_with_simulated_annotators
+    from rlhfkit.synthetic import agreement_ceiling, default_annotators
 
     annotators = default_annotators()
-    result = label_pairs(pairs, annotators, seed=config.seed)
-    records = result.records
-    random.Random(config.seed).shuffle(records)
-    held_out = max(len(records) // 10, 1)
-    write_jsonl(out / "preferences_train.jsonl", records[held_out:])
-    write_jsonl(out / "preferences_eval.jsonl", records[:held_out])
+    distinct = [p for p in pairs if p["responses"][0] != p["responses"][1]]
+    random.Random(config.seed).shuffle(distinct)
+    held_out = max(len(distinct) // 10, 1)
+    db_path = out / "labels.db"
+    if db_path.exists():
+        db_path.unlink()
+    records = label_with_simulated_annotators(
+        distinct, annotators, overlap=1, seed=config.seed, db_url=f"sqlite:///{db_path}"
+    )
+    eval_prompts = {(p["prompt"], frozenset(p["responses"])) for p in distinct[:held_out]}
+    is_eval = [
+        (r["prompt"], frozenset((r["chosen"], r["rejected"]))) in eval_prompts for r in records
+    ]
+    write_jsonl(
+        out / "preferences_train.jsonl", [r for r, e in zip(records, is_eval, strict=True) if not e]
+    )
+    write_jsonl(
+        out / "preferences_eval.jsonl", [r for r, e in zip(records, is_eval, strict=True) if e]
+    )
     ceiling = agreement_ceiling(
-        [(r["prompt"], r["chosen"], r["rejected"]) for r in records[:held_out]], annotators
+        [(p["prompt"], p["responses"][0], p["responses"][1]) for p in distinct[:held_out]],
+        annotators,
     )
     return {
-        "pairs": result.n_pairs,
-        "skipped_identical": result.skipped_identical,
-        "train": len(records) - held_out,
-        "eval": held_out,
+        "pairs": len(pairs),
+        "skipped_identical": len(pairs) - len(distinct),
+        "ties": len(distinct) - len(records),
+        "train": len(records) - sum(is_eval),
+        "eval": sum(is_eval),
         "annotator_agreement": ceiling,
+        "database": str(db_path),
     }
 
 
@@ -259,7 +278,8 @@ def _print_table(summary: dict, paths: DemoPaths) -> None:
         "preferences",
         f"{labels['train']} train + {labels['eval']} held-out → "
         f"{paths.root / 'preferences_train.jsonl'}"
-        f" ({labels['skipped_identical']} identical pairs skipped); annotator agreement ceiling "
+        f" ({labels['skipped_identical']} identical pairs skipped, {labels['ties']} ties); "
+        "annotator agreement ceiling "
         f"{labels['annotator_agreement']:.3f}",
         f"{t['simulated annotators']}s",
     )
