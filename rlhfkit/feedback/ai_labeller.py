@@ -1,0 +1,535 @@
+"""AI feedback: language models (local or behind an OpenAI-compatible endpoint) that write
+critiques and revisions and pick the better of two responses, plus the simulated judge of the
+embedded world.
+
+Two text-model backends share one small interface (`TextModel`):
+
+* `LocalLM` -- a model directory (or hub id) run in process: `generate` samples with
+  `rlhfkit.rollout.sampling.sample_responses`; `option_scores` is exact: the summed log-prob of
+  each option string (``" (A)"``, ``" (B)"``) after the prompt, one forward pass per batch.
+* `EndpointLM` -- `/v1/completions` or `/v1/chat/completions` of `rlhfkit serve`, vLLM or a
+  hosted API, requests sent concurrently. `option_scores` appends the options' shared prefix
+  (``" ("``) to the prompt, asks for one token with ``logprobs``, and reads the log-probs of the
+  tokens that start each option's remainder (``"A"``, ``"B"``). An endpoint that offers no
+  log-probs gets its answer parsed instead: a hard label (1, 0, or 0.5 when unreadable).
+
+A judgment (RL-CAI, Bai et al. 2022 sec. 4.1): a comparison principle is drawn at random per pair;
+the multiple-choice prompt shows the pair in both orders (a, b) and (b, a); each order gives
+``P(option A) = sigmoid(logp_A - logp_B)`` (`rlhfkit.losses.soft_labels.choice_probability`); the
+two are averaged to cancel position bias (`debiased_preference`). With chain of thought the model
+first writes its reasoning (sampled with the run's sampling options), the answer is scored after
+it, and the final label is clamped to [0.4, 0.6] (`clamp_probability`), as the paper does for
+over-confident chain-of-thought labels. Departure: the paper ensembles over several principles;
+here one principle per pair (several pairs per prompt still see several principles).
+
+`SimulatedJudge` replaces the model by the embedded world's annotators: ``P(option A)`` is the
+drawn annotator's ``P_k(first > second)``, so labels are known-noisy and agree with the gold
+reward as well as the annotators do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rlhfkit.feedback.constitution import ComparisonPrinciple, Constitution
+from rlhfkit.feedback.openai_client import OpenAIClient, is_endpoint
+from rlhfkit.losses.soft_labels import choice_probability, clamp_probability, debiased_preference
+from rlhfkit.rollout.sampling import SamplingParams
+
+
+@dataclass
+class OptionScore:
+    """How a model answered a two-option question.
+
+    Attributes:
+        p_first: P(option A), normalised over the two options.
+        logp_a: log-prob of option A (None when the answer was parsed from text).
+        logp_b: log-prob of option B (None when parsed).
+        source: ``"logprobs"``, ``"parsed"`` or ``"simulated"``.
+        text: the raw answer text when parsed.
+    """
+
+    p_first: float
+    logp_a: float | None = None
+    logp_b: float | None = None
+    source: str = "logprobs"
+    text: str = ""
+
+
+class TextModel(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
+        """One sampled continuation per prompt (cut at the stop strings)."""
+
+    def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
+        """P(option A) for each prompt whose next text is one of the two ``options``."""
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    end = len(text)
+    for s in stop:
+        at = text.find(s)
+        if at != -1:
+            end = min(end, at)
+    return text[:end]
+
+
+def parse_choice(text: str, options: Sequence[str]) -> int | None:
+    """0 for option A, 1 for option B, None if ``text`` names neither.
+
+    Accepts the option itself (``" (A)"``) or its distinguishing part alone (``"A"``, ``"A)"``).
+    """
+    stripped = text.strip()
+    for i, option in enumerate(options):
+        if option.strip() and stripped.startswith(option.strip()):
+            return i
+    prefix = _common_prefix(options)
+    rests = [o[len(prefix) :].strip() for o in options]
+    body = stripped.lstrip(" (").strip()
+    for i, rest in enumerate(rests):
+        key = rest.rstrip(").:")
+        if key and body.startswith(key):
+            return i
+    return None
+
+
+def _common_prefix(options: Sequence[str]) -> str:
+    a, b = options[0], options[1]
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Local model
+# ---------------------------------------------------------------------------------------------
+
+
+class LocalLM:
+    """A causal LM in this process (see the module docstring).
+
+    Args:
+        path: model directory or hub id.
+        dtype: weight dtype (``auto``: fp32 on CPU, bf16 on a GPU).
+        batch_size: rows per generate call or forward pass.
+        max_prompt_length: longer prompts lose their start.
+        stop: generated text is cut at the first of these strings.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: str = "auto",
+        batch_size: int = 32,
+        max_prompt_length: int = 1024,
+        stop: Sequence[str] = (),
+    ):
+        import torch
+
+        from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+        self.name = path
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_causal_lm(path, dtype=dtype, trainable=False)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+        self.batch_size = batch_size
+        self.max_prompt_length = max_prompt_length
+        self.stop = tuple(stop)
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        return ids[-self.max_prompt_length :]
+
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
+        from rlhfkit.rollout.sampling import sample_responses
+
+        if not prompts:
+            return []
+        samples = sample_responses(
+            self.model,
+            [self._encode(p) for p in prompts],
+            params,
+            pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id,
+            batch_size=self.batch_size,
+            seed=seed,
+        )
+        texts = [""] * len(prompts)
+        for index, ids in zip(samples.prompt_index, samples.response_ids, strict=True):
+            texts[index] = cut_at_stop(
+                self.tokenizer.decode(ids, skip_special_tokens=True), self.stop
+            )
+        return texts
+
+    def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
+        import torch
+
+        from rlhfkit.data.collate import pad_right
+        from rlhfkit.models.logprobs import TokenLogprobs
+
+        option_ids = [self.tokenizer(o, add_special_tokens=False).input_ids for o in options]
+        rows = [(self._encode(p), ids) for p in prompts for ids in option_ids]
+        scorer = TokenLogprobs(self.model)
+        device = next(self.model.parameters()).device
+        sums: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                input_ids = pad_right([p + o for p, o in chunk], self.tokenizer.pad_token_id)
+                mask = pad_right([[0] * len(p) + [1] * len(o) for p, o in chunk], 0)
+                attention = pad_right([[1] * (len(p) + len(o)) for p, o in chunk], 0)
+                logps = scorer(
+                    input_ids.to(device), mask.to(device), attention_mask=attention.to(device)
+                )["logprobs"]  # (B, T), zero outside the option tokens
+                sums += logps.sum(-1).tolist()
+        scores = []
+        for i in range(len(prompts)):
+            logp_a, logp_b = sums[2 * i], sums[2 * i + 1]
+            scores.append(OptionScore(choice_probability(logp_a, logp_b), logp_a, logp_b))
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-compatible endpoint
+# ---------------------------------------------------------------------------------------------
+
+
+class EndpointLM:
+    """A model behind an OpenAI-compatible API (see the module docstring).
+
+    Args:
+        client: the HTTP client (retries, back-off and timeouts live there).
+        api: ``completions`` (raw prompts) or ``chat`` (each prompt sent as one user message).
+        concurrency: requests in flight at once (the server batches them).
+        top_logprobs: alternatives asked for when scoring options.
+        stop: generated text is cut at the first of these strings (also sent to the server).
+    """
+
+    def __init__(
+        self,
+        client: OpenAIClient,
+        *,
+        api: str = "completions",
+        concurrency: int = 8,
+        top_logprobs: int = 5,
+        stop: Sequence[str] = (),
+    ):
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be completions or chat, got {api!r}")
+        self.client = client
+        self.name = client.base_url
+        self.api = api
+        self.concurrency = max(1, concurrency)
+        self.top_logprobs = top_logprobs
+        self.stop = tuple(stop)
+
+    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+        if len(items) <= 1 or self.concurrency == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+    def _call(self, prompt: str, **params: Any) -> dict:
+        if self.api == "chat":
+            if "logprobs" in params:
+                params["top_logprobs"] = params.pop("logprobs")
+                params["logprobs"] = True
+            return self.client.chat([{"role": "user", "content": prompt}], **params)
+        return self.client.completions(prompt, **params)
+
+    def _text(self, body: dict) -> str:
+        choice = body["choices"][0]
+        if self.api == "chat":
+            return str((choice.get("message") or {}).get("content") or "")
+        return str(choice.get("text") or "")
+
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
+        extra = {"stop": list(self.stop)[:4]} if self.stop else {}
+
+        def one(item: tuple[int, str]) -> str:
+            index, prompt = item
+            body = self._call(
+                prompt,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=seed + index,
+                **extra,
+            )
+            return cut_at_stop(self._text(body), self.stop)
+
+        return self._map(one, list(enumerate(prompts)))
+
+    def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
+        prefix = _common_prefix(options)
+        rests = [o[len(prefix) :] for o in options]
+
+        def one(prompt: str) -> OptionScore:
+            body = self._call(
+                prompt + prefix, max_tokens=2, temperature=0.0, logprobs=self.top_logprobs
+            )
+            tops = self._top_logprobs(body)
+            if tops is not None:
+                found = [_match_logprob(tops, rests[i], rests[1 - i]) for i in (0, 1)]
+                if found[0] is not None or found[1] is not None:
+                    floor = min(tops.values()) - math.log(2.0)  # a missing option is below all
+                    logp_a = found[0] if found[0] is not None else floor
+                    logp_b = found[1] if found[1] is not None else floor
+                    return OptionScore(choice_probability(logp_a, logp_b), logp_a, logp_b)
+            text = self._text(body)
+            choice = parse_choice(prefix + text, options)
+            p = 0.5 if choice is None else (1.0 if choice == 0 else 0.0)
+            return OptionScore(p, source="parsed", text=text)
+
+        return self._map(one, prompts)
+
+    def _top_logprobs(self, body: dict) -> dict[str, float] | None:
+        """Token -> log-prob of the first generated position, or None if not offered."""
+        logprobs = body["choices"][0].get("logprobs")
+        if not isinstance(logprobs, dict):
+            return None
+        if self.api == "chat":
+            content = logprobs.get("content")
+            if not content:
+                return None
+            first = content[0]
+            tops = {t["token"]: float(t["logprob"]) for t in first.get("top_logprobs") or []}
+            tops.setdefault(first["token"], float(first["logprob"]))
+            return tops
+        top = logprobs.get("top_logprobs")
+        if top and isinstance(top[0], dict) and top[0]:
+            return {str(k): float(v) for k, v in top[0].items()}
+        tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+        if tokens and values and values[0] is not None:
+            return {tokens[0]: float(values[0])}
+        return None
+
+
+def _match_logprob(tops: dict[str, float], rest: str, other: str) -> float | None:
+    """log of the total probability of the tokens that start ``rest`` but not ``other``."""
+    rest, other = rest.lstrip(), other.lstrip()
+    values = [
+        lp
+        for token, lp in tops.items()
+        if (t := token.strip()) and rest.startswith(t) and not other.startswith(t)
+    ]
+    if not values:
+        return None
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def load_text_model(
+    spec: str,
+    *,
+    dtype: str = "auto",
+    batch_size: int = 32,
+    max_prompt_length: int = 1024,
+    stop: Sequence[str] = (),
+    endpoint_model: str = "",
+    api: str = "completions",
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60.0,
+    max_retries: int = 4,
+    backoff: float = 1.0,
+    concurrency: int = 8,
+    top_logprobs: int = 20,
+) -> TextModel:
+    """A `LocalLM` for a directory or hub id, an `EndpointLM` for an ``http(s)://`` URL."""
+    if is_endpoint(spec):
+        client = OpenAIClient(
+            spec,
+            model=endpoint_model,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+        )
+        return EndpointLM(
+            client, api=api, concurrency=concurrency, top_logprobs=top_logprobs, stop=stop
+        )
+    return LocalLM(
+        spec, dtype=dtype, batch_size=batch_size, max_prompt_length=max_prompt_length, stop=stop
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging pairs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """Two responses to one prompt, as read from the input (``index`` is its position)."""
+
+    index: int
+    prompt: Any
+    response_a: str
+    response_b: str
+
+
+def draw_principle(constitution: Constitution, seed: int, pair_index: int) -> ComparisonPrinciple:
+    """The comparison principle of one pair: a deterministic draw from (seed, pair index), so a
+    resumed run draws exactly what an uninterrupted one would."""
+    if not constitution.comparison_principles:
+        raise ValueError(f"{constitution.source}: no comparison_principles to label with")
+    rng = random.Random(f"{seed}:{pair_index}")
+    return rng.choice(constitution.comparison_principles)
+
+
+class LMJudge:
+    """A text model answering the constitution's multiple-choice question."""
+
+    def __init__(
+        self,
+        lm: TextModel,
+        constitution: Constitution,
+        *,
+        chain_of_thought: bool = False,
+        sampling: SamplingParams | None = None,
+    ):
+        self.lm = lm
+        self.name = lm.name
+        self.constitution = constitution
+        self.chain_of_thought = chain_of_thought
+        self.sampling = sampling or SamplingParams(max_new_tokens=128, temperature=0.0)
+
+    def judge(self, items: list[tuple[Pair, bool, ComparisonPrinciple]], seed: int) -> list[dict]:
+        """One judgment per (pair, swapped, principle): a dict with ``p_first`` and details."""
+        fmt = self.constitution.prompts
+        prompts = []
+        for pair, swapped, principle in items:
+            first, second = (
+                (pair.response_b, pair.response_a)
+                if swapped
+                else (pair.response_a, pair.response_b)
+            )
+            prompts.append(
+                self.constitution.comparison_prompt(
+                    principle, pair.prompt, first, second, chain_of_thought=self.chain_of_thought
+                )
+            )
+        reasoning = [""] * len(prompts)
+        scored = prompts
+        if self.chain_of_thought:
+            reasoning = self.lm.generate(prompts, self.sampling, seed)
+            scored = [p + r + fmt.cot_answer for p, r in zip(prompts, reasoning, strict=True)]
+        scores = self.lm.option_scores(scored, fmt.options)
+        out = []
+        for (pair, swapped, principle), text, why, score in zip(
+            items, prompts, reasoning, scores, strict=True
+        ):
+            out.append(
+                {
+                    "pair": pair.index,
+                    "order": "ba" if swapped else "ab",
+                    "principle": principle.name,
+                    "p_first": score.p_first,
+                    "logp_a": score.logp_a,
+                    "logp_b": score.logp_b,
+                    "source": score.source,
+                    "answer": score.text,
+                    "reasoning": why,
+                    "judge_prompt": text,
+                }
+            )
+        return out
+
+
+class SimulatedJudge:
+    """The embedded world's annotators as a judge (``judge=simulated``): for each pair one
+    annotator is drawn (deterministically from seed and pair index); ``P(option A)`` is its
+    Bradley-Terry probability that the first-shown response is better."""
+
+    name = "simulated"
+
+    def __init__(self, n_annotators: int = 5):
+        from rlhfkit.synthetic import default_annotators
+
+        self.annotators = default_annotators(n_annotators)
+
+    def judge(self, items: list[tuple[Pair, bool, ComparisonPrinciple]], seed: int) -> list[dict]:
+        out = []
+        for pair, swapped, principle in items:
+            annotator = random.Random(f"annotator:{seed}:{pair.index}").choice(self.annotators)
+            first, second = (
+                (pair.response_b, pair.response_a)
+                if swapped
+                else (pair.response_a, pair.response_b)
+            )
+            p = annotator.prob_prefers(pair.prompt, first, second)
+            out.append(
+                {
+                    "pair": pair.index,
+                    "order": "ba" if swapped else "ab",
+                    "principle": principle.name,
+                    "p_first": p,
+                    "logp_a": None,
+                    "logp_b": None,
+                    "source": "simulated",
+                    "annotator": annotator.name,
+                }
+            )
+        return out
+
+
+def soft_label(judgments: list[dict], *, clamp: tuple[float, float] | None = None) -> float:
+    """P(response a beats response b) from a pair's judgments (one or both orders).
+
+    Both orders: ``debiased_preference(p_ab, p_ba) = (p_ab + 1 - p_ba) / 2``; one order: ``p_ab``
+    (or ``1 - p_ba``). ``clamp`` (chain of thought): clamped into ``[low, high]`` afterwards.
+    """
+    by_order = {j["order"]: float(j["p_first"]) for j in judgments}
+    if "ab" in by_order and "ba" in by_order:
+        p = debiased_preference(by_order["ab"], by_order["ba"])
+    elif "ab" in by_order:
+        p = by_order["ab"]
+    else:
+        p = 1.0 - by_order["ba"]
+    if clamp is not None:
+        p = clamp_probability(p, clamp[0], clamp[1])
+    return p
+
+
+def preference_record(
+    pair: Pair, judgments: list[dict], judge_name: str, *, clamp: tuple[float, float] | None
+) -> dict:
+    """The preference record of a judged pair: ``chosen`` is the response with P >= 0.5 (a on a
+    tie) and ``soft_label`` = P(chosen beats rejected), in [0.5, 1]."""
+    p_a = soft_label(judgments, clamp=clamp)
+    a_wins = p_a >= 0.5
+    return {
+        "prompt": pair.prompt,
+        "chosen": pair.response_a if a_wins else pair.response_b,
+        "rejected": pair.response_b if a_wins else pair.response_a,
+        "soft_label": p_a if a_wins else 1.0 - p_a,
+        "principle": judgments[0]["principle"],
+        "judge": judge_name,
+    }
+
+
+__all__ = [
+    "EndpointLM",
+    "LMJudge",
+    "LocalLM",
+    "OptionScore",
+    "Pair",
+    "SimulatedJudge",
+    "TextModel",
+    "cut_at_stop",
+    "draw_principle",
+    "load_text_model",
+    "parse_choice",
+    "preference_record",
+    "soft_label",
+]

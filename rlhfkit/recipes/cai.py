@@ -1,0 +1,360 @@
+"""`rlhfkit cai revise model=... train_data=PROMPTS constitution=FILE rounds=N output_dir=OUT`:
+supervised Constitutional AI (SL-CAI, Bai et al. 2022, sec. 3).
+
+Per prompt: sample a response from ``model``; then ``rounds`` times draw a critique principle at
+random, ask the critic (``critic``, default the model itself) for a critique of the current
+response by it, then for a revision given the critique; the revision becomes the current response.
+Prompt templates and few-shot examples come from the constitution (``prompts:``) or
+``prompt_format=FILE.yaml``.
+
+Outputs in OUT:
+
+* ``chains.jsonl``: per prompt ``{"index", "prompt", "response", "steps": [{"round",
+  "principle", "critique", "revision"}], "final"}``, appended as the work goes, so a stopped run
+  keeps what it did and a rerun continues after the last prompt written (``overwrite=true``
+  starts again);
+* ``sft.jsonl``: ``{"prompt", "completion": final revision}`` -- input of `rlhfkit sft`;
+* ``preferences.jsonl``: ``{"prompt", "chosen": final revision, "rejected": original}`` where the
+  two differ -- input of `rlhfkit dpo` / `rlhfkit rm`;
+* ``config.yaml`` and ``summary.json`` (counts; on the embedded world, the gold reward and its
+  criteria before and after revision).
+
+Departure from the paper: the paper fine-tunes on revisions of a helpful-only model's responses to
+red-team prompts; this stage produces the data and leaves the fine-tuning to `rlhfkit sft`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhfkit.config import describe, load_config, option
+from rlhfkit.data.datasets import load_prompts
+from rlhfkit.data.io import write_json, write_jsonl
+from rlhfkit.errors import ConfigError, DataError, RlhfkitError
+from rlhfkit.feedback.ai_labeller import LocalLM, load_text_model
+from rlhfkit.feedback.constitution import Constitution, CritiquePrinciple, load_constitution
+from rlhfkit.feedback.openai_client import EndpointError
+from rlhfkit.rollout.sampling import SamplingParams
+from rlhfkit.training.run import console
+
+
+@dataclass
+class CAIReviseConfig:
+    """Critique-and-revise: sample, then N rounds of critique and revision by random principles."""
+
+    model: str = option("", "policy that writes the first responses: a directory, hub id or URL")
+    critic: str = option("", "model that critiques and revises; empty = the policy itself")
+    train_data: str = option("", "prompts ({prompt} records; any supported format)")
+    constitution: str = option("default", "constitution: default, world, or a YAML file")
+    prompt_format: str = option("", "YAML file of prompt templates overriding the constitution's")
+    rounds: int = option(1, "critique-revision rounds per prompt")
+    output_dir: str = option("runs/cai", "where chains.jsonl, sft.jsonl, preferences.jsonl go")
+    seed: int = option(0, "seed of principle draws and sampling")
+    dtype: str = option("auto", "local model weight dtype: auto, float32, bfloat16")
+    max_new_tokens: int = option(64, "maximum tokens of a first response")
+    temperature: float = option(1.0, "sampling temperature of first responses; 0 = greedy")
+    top_p: float = option(1.0, "nucleus sampling of first responses")
+    edit_max_new_tokens: int = option(128, "maximum tokens of a critique or a revision")
+    edit_temperature: float = option(0.0, "temperature of critiques and revisions; 0 = greedy")
+    edit_top_p: float = option(1.0, "nucleus sampling of critiques and revisions")
+    batch_size: int = option(32, "prompts processed together (and written together)")
+    max_prompt_length: int = option(1024, "longer prompts lose their start")
+    limit: int = option(0, "only the first N prompts; 0 = all")
+    endpoint_model: str = option("", "model name sent to an endpoint; empty = first of /v1/models")
+    api: str = option("completions", "endpoint API: completions or chat")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the endpoint's key")
+    timeout: float = option(60.0, "seconds an endpoint request may take")
+    max_retries: int = option(4, "retries of a failed endpoint request (exponential back-off)")
+    retry_backoff: float = option(1.0, "first back-off wait in seconds (doubles per retry)")
+    concurrency: int = option(8, "endpoint requests in flight at once")
+    overwrite: bool = option(False, "start again instead of continuing from chains.jsonl")
+    progress: bool = option(True, "print progress")
+
+
+def draw_critique_principle(
+    constitution: Constitution, seed: int, prompt_index: int, round_index: int
+) -> CritiquePrinciple:
+    """Deterministic in (seed, prompt, round), so a resumed run draws what an uninterrupted one
+    would."""
+    if not constitution.critique_principles:
+        raise ConfigError(f"constitution: {constitution.source} has no critique_principles")
+    rng = random.Random(f"{seed}:{prompt_index}:{round_index}")
+    return rng.choice(constitution.critique_principles)
+
+
+def _read_chains(path: Path) -> list[dict]:
+    chains = []
+    if not path.exists():
+        return chains
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            chains.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a crash: that prompt is done again
+    return chains
+
+
+def _world_scores(chains: list[dict]) -> dict[str, float] | None:
+    """Mean gold reward and criteria of first responses and final revisions (world prompts)."""
+    from rlhfkit.synthetic import gold_criteria, gold_reward
+
+    totals: dict[str, float] = {}
+    try:
+        for chain in chains:
+            if not isinstance(chain["prompt"], str):
+                return None
+            for when, text in (("before", chain["response"]), ("after", chain["final"])):
+                crit = gold_criteria(chain["prompt"], text)
+                crit["reward"] = gold_reward(chain["prompt"], text)
+                for name, value in crit.items():
+                    key = f"gold_{name}_{when}"
+                    totals[key] = totals.get(key, 0.0) + value
+    except DataError:
+        return None
+    if not chains:
+        return None
+    return {k: v / len(chains) for k, v in sorted(totals.items())}
+
+
+def revise(config: CAIReviseConfig) -> dict[str, Any]:
+    """Run critique-and-revise over ``config.train_data``; returns the summary."""
+    if not config.model:
+        raise ConfigError("model: give the policy (a directory, hub id or URL)")
+    if not config.train_data:
+        raise ConfigError("train_data: give a prompt file (train_data=FILE)")
+    if config.rounds < 1:
+        raise ConfigError("rounds: must be at least 1")
+    constitution = load_constitution(config.constitution, config.prompt_format)
+    if not constitution.critique_principles:
+        raise ConfigError(f"constitution: {constitution.source} has no critique_principles")
+    examples = load_prompts(config.train_data)
+    if config.limit > 0:
+        examples = examples[: config.limit]
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump({"stage": "cai-revise", **dataclasses.asdict(config)}, sort_keys=False)
+    )
+    chains_path = out / "chains.jsonl"
+    if config.overwrite and chains_path.exists():
+        chains_path.unlink()
+    chains = _read_chains(chains_path)
+    for i, chain in enumerate(chains):
+        if i >= len(examples) or chain.get("prompt") != examples[i].prompt:
+            raise ConfigError(
+                f"{chains_path}:{i + 1}: chains of other prompts (a different train_data?); "
+                "delete it or pass overwrite=true"
+            )
+    # Rewrite without any partial last line before appending.
+    write_jsonl(chains_path, chains)
+    resumed = len(chains)
+    if resumed:
+        console.print(f"continuing: {resumed} of {len(examples)} prompts already in {chains_path}")
+
+    endpoint_kw = dict(
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        stop=constitution.prompts.stop,
+        endpoint_model=config.endpoint_model,
+        api=config.api,
+        api_key_env=config.api_key_env,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        backoff=config.retry_backoff,
+        concurrency=config.concurrency,
+    )
+    pending = list(range(resumed, len(examples)))
+    if pending:
+        policy = load_text_model(config.model, **endpoint_kw)
+        critic = (
+            policy
+            if not config.critic or config.critic == config.model
+            else load_text_model(config.critic, **endpoint_kw)
+        )
+    first_params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
+    edit_params = SamplingParams(
+        config.edit_max_new_tokens, config.edit_temperature, config.edit_top_p
+    )
+    try:
+        with chains_path.open("a", encoding="utf-8") as handle:
+            for start in range(0, len(pending), config.batch_size):
+                indices = pending[start : start + config.batch_size]
+                prompts = [examples[i].prompt for i in indices]
+                seed = config.seed + indices[0] * (2 * config.rounds + 1)
+                texts = [_policy_prompt(policy, p) for p in prompts]
+                responses = policy.generate(texts, first_params, seed)
+                current = list(responses)
+                steps: list[list[dict]] = [[] for _ in indices]
+                for r in range(config.rounds):
+                    principles = [
+                        draw_critique_principle(constitution, config.seed, i, r) for i in indices
+                    ]
+                    critique_prompts = [
+                        constitution.critique_prompt(pr, p, c)
+                        for pr, p, c in zip(principles, prompts, current, strict=True)
+                    ]
+                    critiques = critic.generate(critique_prompts, edit_params, seed + 2 * r + 1)
+                    revision_prompts = [
+                        constitution.revision_prompt(pr, p, c, k)
+                        for pr, p, c, k in zip(principles, prompts, current, critiques, strict=True)
+                    ]
+                    revisions = critic.generate(revision_prompts, edit_params, seed + 2 * r + 2)
+                    for j, (pr, k, v) in enumerate(
+                        zip(principles, critiques, revisions, strict=True)
+                    ):
+                        steps[j].append(
+                            {"round": r, "principle": pr.name, "critique": k, "revision": v}
+                        )
+                        # An empty revision leaves the response as it was.
+                        if v.strip():
+                            current[j] = v
+                for j, i in enumerate(indices):
+                    chain = {
+                        "index": i,
+                        "prompt": prompts[j],
+                        "response": responses[j],
+                        "steps": steps[j],
+                        "final": current[j],
+                    }
+                    chains.append(chain)
+                    handle.write(json.dumps(chain) + "\n")
+                handle.flush()
+                if config.progress:
+                    console.print(f"cai revise: {len(chains)}/{len(examples)} prompts")
+    except EndpointError as err:
+        raise EndpointError(
+            f"{err}. {len(chains)} of {len(examples)} prompts are done and kept in "
+            f"{chains_path}; run the same command again to continue"
+        ) from None
+
+    sft_rows = [{"prompt": c["prompt"], "completion": c["final"]} for c in chains if c["final"]]
+    pref_rows = [
+        {"prompt": c["prompt"], "chosen": c["final"], "rejected": c["response"]}
+        for c in chains
+        if c["final"] != c["response"] and c["final"]
+    ]
+    write_jsonl(out / "sft.jsonl", sft_rows)
+    write_jsonl(out / "preferences.jsonl", pref_rows)
+    principle_counts: dict[str, int] = {}
+    for c in chains:
+        for s in c["steps"]:
+            principle_counts[s["principle"]] = principle_counts.get(s["principle"], 0) + 1
+    summary: dict[str, Any] = {
+        "prompts": len(chains),
+        "rounds": config.rounds,
+        "resumed_prompts": resumed,
+        "revised": len(pref_rows),
+        "revised_fraction": len(pref_rows) / len(chains) if chains else 0.0,
+        "sft_records": len(sft_rows),
+        "preference_records": len(pref_rows),
+        "principles": principle_counts,
+        "constitution": constitution.name,
+    }
+    world = _world_scores(chains)
+    if world:
+        summary.update(world)
+    write_json(out / "summary.json", summary)
+    line = f"wrote {len(sft_rows)} SFT and {len(pref_rows)} preference records to {out}"
+    if world:
+        line += (
+            f" (gold safety {world['gold_safety_before']:.3f} -> {world['gold_safety_after']:.3f},"
+            f" gold reward {world['gold_reward_before']:.3f} -> {world['gold_reward_after']:.3f})"
+        )
+    console.print(line)
+    return summary
+
+
+def _policy_prompt(policy: Any, prompt: Any) -> str:
+    """The text the policy continues: chat template for conversations on a local model."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(policy, LocalLM):
+        from rlhfkit.data.tokenize import render_prompt
+
+        return render_prompt(policy.tokenizer, prompt)
+    from rlhfkit.feedback.constitution import prompt_text
+
+    return prompt_text(prompt) + "\nAssistant:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+USAGE = "usage: rlhfkit cai revise [--config FILE.yaml] [key=value ...]"
+
+
+def _help() -> str:
+    rows = describe(CAIReviseConfig)
+    width = min(max(len(r[0]) for r in rows), 28)
+    lines = [USAGE, "", (CAIReviseConfig.__doc__ or "").strip(), "", "keys (key=value):"]
+    for key, type_name, default, help_text in rows:
+        lines.append(f"  {key.ljust(width)}  {help_text}")
+        lines.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
+    return "\n".join(lines)
+
+
+def _split(argv: list[str]) -> tuple[str | None, list[str]]:
+    config_file, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file")
+            config_file, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_file, i = arg.split("=", 1)[1], i + 1
+            continue
+        if arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+                i += 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(f"{key}={argv[i + 1]}")
+                i += 2
+            else:
+                overrides.append(f"{key}=true")
+                i += 1
+            continue
+        if "=" not in arg:
+            raise ConfigError(f"unexpected argument {arg!r} (expected key=value)")
+        overrides.append(arg)
+        i += 1
+    return config_file, overrides
+
+
+def main(argv: list[str]) -> int:
+    """`rlhfkit cai revise ...` (the CLI hands over the arguments after `cai`)."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(
+            f"{USAGE}\n\ncommands:\n  revise  critique-and-revise (SL-CAI); "
+            "`rlhfkit cai revise --help` lists its keys\n\nAI preference labels (RL-CAI): "
+            "`rlhfkit label --help`"
+        )
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command != "revise":
+        raise RlhfkitError(f"cai: unknown command {command!r}; expected `revise`")
+    if any(a in ("-h", "--help") for a in rest):
+        print(_help())
+        return 0
+    config_file, overrides = _split(rest)
+    revise(load_config(CAIReviseConfig, config_file, overrides))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,220 @@
+"""Endpoint failures: down, slow, malformed JSON and 5xx give a clear error after retries with
+back-off; a run stopped by a failing endpoint keeps its judgments and a rerun continues."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rlhfkit.feedback.openai_client import EndpointError, OpenAIClient, normalise_base_url
+from rlhfkit.recipes.label import LabelConfig, label
+from tests.conftest import write_jsonl
+
+GOOD = {
+    "choices": [
+        {
+            "index": 0,
+            "text": "A",
+            "logprobs": {
+                "tokens": ["A"],
+                "token_logprobs": [-0.25],
+                "top_logprobs": [{"A": -0.25, "B": -1.75, "x": -4.0}],
+                "text_offset": [0],
+            },
+            "finish_reason": "length",
+        }
+    ]
+}
+
+
+class FakeEndpoint:
+    """A scripted OpenAI-compatible server: `modes` is consumed one entry per request
+    ("ok", "malformed", "slow", "503", "400"); when it runs out, `default` is used."""
+
+    def __init__(self, modes=(), default="ok"):
+        self.modes, self.default, self.requests = list(modes), default, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body: bytes):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # /v1/models
+                self._reply(200, json.dumps({"data": [{"id": "fake"}]}).encode())
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                outer.requests.append(json.loads(self.rfile.read(length)))
+                mode = outer.modes.pop(0) if outer.modes else outer.default
+                if mode == "slow":
+                    time.sleep(1.0)
+                    mode = "ok"
+                if mode == "malformed":
+                    self._reply(200, b'{"choices": [ oops')
+                elif mode == "503":
+                    self._reply(503, b'{"error": {"message": "overloaded"}}')
+                elif mode == "400":
+                    self._reply(400, b'{"error": {"message": "bad max_tokens"}}')
+                else:
+                    self._reply(200, json.dumps(GOOD).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    servers = []
+
+    def make(modes=(), default="ok"):
+        servers.append(FakeEndpoint(modes, default))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _client(url, **kw):
+    return OpenAIClient(url, model="fake", timeout=0.3, max_retries=2, backoff=0.01, **kw)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_base_url_forms():
+    for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/completions"):
+        assert normalise_base_url(url) == "http://h:1/v1"
+
+
+def test_endpoint_down_is_a_clear_error_after_retries():
+    url = f"http://127.0.0.1:{_free_port()}"
+    client = _client(url)
+    with pytest.raises(EndpointError, match=r"not reachable .*gave up after 3 tries") as err:
+        client.completions("hi", max_tokens=1)
+    assert f"{url}/v1/completions" in str(err.value)
+    assert client.retries_used == 2
+
+
+def test_slow_endpoint_times_out(endpoint):
+    server = endpoint(default="slow")
+    with pytest.raises(EndpointError, match=r"no answer within 0.3 s \(timeout\)"):
+        _client(server.url).completions("hi", max_tokens=1)
+    assert len(server.requests) == 3
+
+
+def test_malformed_json_and_5xx_are_retried_then_succeed(endpoint):
+    server = endpoint(modes=["malformed", "503"])
+    client = _client(server.url)
+    body = client.completions("hi", max_tokens=1)
+    assert body["choices"][0]["text"] == "A"
+    assert client.retries_used == 2 and len(server.requests) == 3
+
+
+def test_malformed_json_every_time_names_the_problem(endpoint):
+    server = endpoint(default="malformed")
+    with pytest.raises(EndpointError, match=r"malformed JSON in the answer"):
+        _client(server.url).completions("hi", max_tokens=1)
+
+
+def test_client_error_is_not_retried(endpoint):
+    server = endpoint(default="400")
+    with pytest.raises(EndpointError, match="HTTP 400: bad max_tokens"):
+        _client(server.url).completions("hi", max_tokens=1)
+    assert len(server.requests) == 1
+
+
+def _pairs(tmp_path, n):
+    rows = [
+        {"prompt": f"User: What is {i}+1?\nBot:", "responses": [f" {i + 1}.", " I don't know."]}
+        for i in range(1, n + 1)
+    ]
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+def test_label_stopped_by_a_failing_endpoint_keeps_its_work_and_continues(endpoint, tmp_path):
+    """Two pairs per step, both orders: 4 requests per step. The endpoint answers 4 requests, then
+    fails for good: the first step's judgments are kept, the run stops with a clear error; a rerun
+    against a working endpoint judges only the remaining pairs.
+
+    Each judgment reads P(A) = sigmoid(-0.25 - (-1.75)) = sigmoid(1.5) = 0.8175744762 from the
+    top log-probs, so every pair's label is (0.8175744762 + 1 - 0.8175744762) / 2 = 0.5."""
+    data = _pairs(tmp_path, 5)
+    out = tmp_path / "labels.jsonl"
+    failing = endpoint(modes=["ok"] * 4, default="503")
+    config = LabelConfig(
+        judge=failing.url,
+        train_data=str(data),
+        output=str(out),
+        constitution="world",
+        batch_size=2,
+        concurrency=1,
+        max_retries=1,
+        retry_backoff=0.01,
+        timeout=2.0,
+        progress=False,
+    )
+    with pytest.raises(EndpointError, match=r"2 of 5 pairs are judged and kept in .*run the same"):
+        label(config)
+    judgments = tmp_path / "labels.judgments.jsonl"
+    assert len(judgments.read_text().splitlines()) == 4
+    assert not out.exists()
+    # the prompt asks for the option after the shared prefix " (", with log-probs
+    assert failing.requests[0]["prompt"].endswith("\nAnswer: (")
+    assert failing.requests[0]["logprobs"] >= 2 and failing.requests[0]["max_tokens"] >= 1
+
+    working = endpoint()
+    config.judge = working.url
+    summary = label(config)
+    assert summary["resumed_pairs"] == 2 and summary["pairs"] == 5
+    assert len(working.requests) == 3 * 2
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 5
+    p_first = 1 / (1 + math.exp(-1.5))
+    assert all(r["soft_label"] == pytest.approx(0.5, rel=1e-9) for r in records)
+    rows = [json.loads(x) for x in judgments.read_text().splitlines()]
+    assert all(j["p_first"] == pytest.approx(p_first, rel=1e-9) for j in rows)
+    assert all(j["source"] == "logprobs" for j in rows)
+
+
+def test_endpoint_without_logprobs_falls_back_to_the_parsed_answer(endpoint, tmp_path):
+    server = endpoint()
+    GOOD_NO_LOGPROBS = {"choices": [{"index": 0, "text": "B)", "finish_reason": "stop"}]}
+    server.server.RequestHandlerClass.do_POST = lambda self: (
+        self.rfile.read(int(self.headers.get("Content-Length", 0))),
+        self._reply(200, json.dumps(GOOD_NO_LOGPROBS).encode()),
+    )
+    out = tmp_path / "labels.jsonl"
+    summary = label(
+        LabelConfig(
+            judge=server.url,
+            train_data=str(_pairs(tmp_path, 1)),
+            output=str(out),
+            constitution="world",
+            progress=False,
+        )
+    )
+    assert summary["sources"] == {"parsed": 2}
+    # always (B): P(A) = 0 in both orders -> P(a) = (0 + 1 - 0) / 2 = 0.5
+    assert json.loads(out.read_text())["soft_label"] == 0.5
