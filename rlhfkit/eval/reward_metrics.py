@@ -1,0 +1,177 @@
+"""Reward-model evaluation metrics: pure functions of plain numbers (lists of floats).
+
+* `pairwise_accuracy`: fraction of pairs with r_chosen > r_rejected (a tie counts half).
+* `mean_margin`: mean of r_chosen - r_rejected.
+* `bradley_terry_nll`: mean of -log σ(r_chosen - r_rejected) (the training loss without margin).
+* `expected_calibration_error`: ECE (Guo et al. 2017) of a binary predictor. For a reward model,
+  the prediction for a pair is P(chosen ≻ rejected) = σ(Δr) and the label is 1 (the annotator
+  chose it); each pair is scored by its *confidence* max(p, 1 - p) and whether its predicted
+  side (p > 1/2) is right, so pairs are not all labelled 1 and the metric is symmetric in the
+  order a pair is written. Bins of equal width over confidence [1/2, 1].
+* `pearson_correlation`, `length_correlation`: Pearson r of reward with response length; a
+  strongly positive value is a classic reward-hacking warning sign (Singhal et al. 2023).
+* `head_disagreement`: mean over examples of the standard deviation across ensemble heads.
+* `normalization_from_rewards`: gain and bias that map rewards to mean 0, std 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def _check_pairs(chosen: Sequence[float], rejected: Sequence[float]) -> None:
+    if len(chosen) != len(rejected):
+        raise ValueError(f"{len(chosen)} chosen but {len(rejected)} rejected rewards")
+    if not chosen:
+        raise ValueError("no pairs")
+
+
+def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Fraction of pairs ranked right; a tie counts as half (chance level 0.5)."""
+    _check_pairs(chosen, rejected)
+    score = sum(
+        1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)
+    )
+    return score / len(chosen)
+
+
+def mean_margin(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Mean of r_chosen - r_rejected."""
+    _check_pairs(chosen, rejected)
+    return sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+
+
+def _log_sigmoid(x: float) -> float:
+    # Stable for large |x|: log σ(x) = -log(1 + e^-x) = min(x, 0) - log(1 + e^-|x|).
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
+def sigmoid(x: float) -> float:
+    return math.exp(_log_sigmoid(x))
+
+
+def bradley_terry_nll(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Mean of -log σ(r_chosen - r_rejected)."""
+    _check_pairs(chosen, rejected)
+    return -sum(_log_sigmoid(c - r) for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+
+
+def expected_calibration_error(
+    probs: Sequence[float], labels: Sequence[float], *, n_bins: int = 10
+) -> float:
+    """Expected calibration error of binary predictions.
+
+    For each example, confidence = max(p, 1 - p) and correct = 1 if the predicted side
+    (p > 1/2 predicts label 1) matches the label; p = 1/2 is correct by half. Confidences fall
+    in `n_bins` equal bins over [1/2, 1] (the last bin closed). ECE = sum over bins of
+    (n_bin / N) |accuracy_bin - mean confidence_bin|.
+
+    Args:
+        probs: Predicted P(label = 1), each in [0, 1].
+        labels: 0 or 1 (fractions allowed: soft labels count as expected correctness).
+        n_bins: Number of confidence bins.
+    """
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} probabilities but {len(labels)} labels")
+    if not probs:
+        raise ValueError("no examples")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    sums = [[0, 0.0, 0.0] for _ in range(n_bins)]  # count, confidence sum, correct sum
+    for p, y in zip(probs, labels, strict=True):
+        confidence = max(p, 1.0 - p)
+        if p > 0.5:
+            correct = y
+        elif p < 0.5:
+            correct = 1.0 - y
+        else:
+            correct = 0.5
+        index = min(int((confidence - 0.5) * 2 * n_bins), n_bins - 1)
+        sums[index][0] += 1
+        sums[index][1] += confidence
+        sums[index][2] += correct
+    total = len(probs)
+    return sum(abs(correct - conf) / total for count, conf, correct in sums if count)
+
+
+def pair_calibration_error(
+    chosen: Sequence[float], rejected: Sequence[float], *, n_bins: int = 10
+) -> float:
+    """ECE of σ(r_chosen - r_rejected) against the annotators' labels (all 1)."""
+    _check_pairs(chosen, rejected)
+    probs = [sigmoid(c - r) for c, r in zip(chosen, rejected, strict=True)]
+    return expected_calibration_error(probs, [1.0] * len(probs), n_bins=n_bins)
+
+
+def pearson_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson r; None when fewer than two values or either side is constant."""
+    if len(xs) != len(ys):
+        raise ValueError(f"{len(xs)} x values but {len(ys)} y values")
+    n = len(xs)
+    if n < 2:
+        return None
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    var_x = sum((x - mean_x) ** 2 for x in xs)
+    var_y = sum((y - mean_y) ** 2 for y in ys)
+    if var_x <= 0 or var_y <= 0:
+        return None
+    return cov / math.sqrt(var_x * var_y)
+
+
+def length_correlation(rewards: Sequence[float], lengths: Sequence[float]) -> float | None:
+    """Pearson correlation of reward with response length (tokens); None if undefined."""
+    return pearson_correlation([float(r) for r in rewards], [float(n) for n in lengths])
+
+
+def head_disagreement(head_rewards: Sequence[Sequence[float]]) -> float:
+    """Mean over examples of the population std of the K heads' rewards (0 for K = 1)."""
+    if not head_rewards:
+        raise ValueError("no examples")
+    total = 0.0
+    for heads in head_rewards:
+        mean = sum(heads) / len(heads)
+        total += math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
+    return total / len(head_rewards)
+
+
+def normalization_from_rewards(rewards: Sequence[float]) -> tuple[float, float]:
+    """(gain, bias) such that gain * r + bias has mean 0 and (population) std 1 over `rewards`.
+
+    A constant set of rewards (std 0) keeps gain 1 and only removes the mean.
+    """
+    if not rewards:
+        raise ValueError("no rewards to normalise on")
+    n = len(rewards)
+    mean = sum(rewards) / n
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / n)
+    gain = 1.0 / std if std > 1e-12 else 1.0
+    return gain, -mean * gain
+
+
+def reward_pair_metrics(
+    chosen: Sequence[float], rejected: Sequence[float], *, n_bins: int = 10
+) -> dict[str, float]:
+    """accuracy, margin, loss (BT NLL) and ece of a set of pairs, in one dict."""
+    return {
+        "accuracy": pairwise_accuracy(chosen, rejected),
+        "margin": mean_margin(chosen, rejected),
+        "loss": bradley_terry_nll(chosen, rejected),
+        "ece": pair_calibration_error(chosen, rejected, n_bins=n_bins),
+    }
+
+
+__all__ = [
+    "bradley_terry_nll",
+    "expected_calibration_error",
+    "head_disagreement",
+    "length_correlation",
+    "mean_margin",
+    "normalization_from_rewards",
+    "pair_calibration_error",
+    "pairwise_accuracy",
+    "pearson_correlation",
+    "reward_pair_metrics",
+    "sigmoid",
+]

@@ -1,0 +1,166 @@
+"""`rlhfkit eval`: evaluation entry point.
+
+Modes (chosen by which keys are set; each mode is a function in `MODES`, tried in order):
+
+* scoring — `rlhfkit eval reward_model=DIR data=FILE [output=FILE]`: score every response of
+  `data` with a reward model (normalisation applied as stored) and write one JSONL row per
+  record with its scores. Records may be
+
+  - `{prompt, completion}` → adds `score`;
+  - `{prompt, responses: [...]}` → adds `scores`;
+  - `{prompt, chosen, rejected}` (preference) → adds `chosen_score`, `rejected_score`;
+  - `{prompt, responses, ranking}` (ranking) → adds `scores`;
+
+  with preference or ranking records, `summary.json` also reports `accuracy` (pairs ranked as
+  labelled, ties half) and `margin`. For an ensemble, rows get `heads` (K scores per response,
+  normalised) and the summary `disagreement` (mean std over heads). `reward_model` may be any
+  reward spec `load_reward_function` accepts (directory, http URL, python:module:function).
+
+Adding a mode (e.g. policy evaluation with `policies`, `reference`, `gold_reward`, `best_of_n`):
+add its keys to `EvalConfig` (or a new option group), write `def _my_mode(config) -> dict`, and
+insert `(predicate, _my_mode)` into `MODES` before scoring if its keys should take precedence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import BaseConfig, option
+from rlhfkit.data.formats import parse_preference, parse_ranking
+from rlhfkit.data.io import read_records, write_jsonl
+from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.eval.reward_metrics import head_disagreement, mean_margin, pairwise_accuracy
+from rlhfkit.losses.bradley_terry import ranking_pairs
+from rlhfkit.training.run import Run
+
+
+@dataclass
+class EvalConfig(BaseConfig):
+    output_dir: str = option("runs/eval", "where config.yaml and summary.json go")
+    reward_model: str = option(
+        "", "reward to score with: a reward-model directory, an http URL or python:mod:fn"
+    )
+    data: str = option("", "records to score (completion, responses, preference or ranking)")
+    output: str = option("", "scored JSONL to write; empty = OUTPUT_DIR/scores.jsonl")
+    batch_size: int = option(16, "rows per forward pass when scoring")
+    normalized: bool = option(True, "apply the reward model's stored normalisation")
+    max_length: int = option(0, "maximum prompt + response tokens; 0 = as the model was trained")
+    progress: bool = option(True, "show a progress bar")
+
+
+def _texts(record) -> tuple[str, list, object]:
+    """(kind, responses to score, parsed example or None) of one record."""
+    data = record.data
+    if "ranking" in data:
+        example = parse_ranking(record)
+        return "ranking", list(example.responses), example
+    if "chosen" in data or "rejected" in data:
+        example = parse_preference(record)
+        return "preference", [example.chosen, example.rejected], example
+    if "prompt" not in data:
+        raise record.error("prompt", "missing field")
+    if "responses" in data:
+        responses = data["responses"]
+        if not isinstance(responses, list) or not responses:
+            raise record.error("responses", "expected a non-empty list")
+        return "responses", list(responses), None
+    if "completion" in data:
+        return "completion", [data["completion"]], None
+    keys = ", ".join(sorted(data)) or "none"
+    raise record.error(
+        None, f"expected completion, responses, chosen/rejected or ranking (record has: {keys})"
+    )
+
+
+def score_data(config: EvalConfig) -> dict:
+    """Scoring mode: see the module docstring."""
+    from rlhfkit.models.reward_fn import load_reward_function
+
+    run = Run(config, "eval")
+    records = read_records(config.data)
+    if not records:
+        raise DataError(config.data, None, None, "no records")
+    parsed = [_texts(record) for record in records]
+    prompts, responses = [], []
+    for record, (_, texts, example) in zip(records, parsed, strict=True):
+        prompt = example.prompt if example is not None else record.data["prompt"]
+        for text in texts:
+            prompts.append(prompt)
+            responses.append(text)
+    kwargs = {"batch_size": config.batch_size, "normalized": config.normalized}
+    if config.max_length > 0:
+        kwargs["max_length"] = config.max_length
+    scorer = load_reward_function(config.reward_model, **kwargs)
+    heads = None
+    if hasattr(scorer, "score_heads"):
+        heads = scorer.score_heads(prompts, responses)
+        scores = [sum(h) / len(h) for h in heads]
+    else:
+        scores = scorer(prompts, responses)
+    ensemble = heads is not None and len(heads[0]) > 1
+
+    rows, chosen, rejected = [], [], []
+    cursor = 0
+    for record, (kind, texts, example) in zip(records, parsed, strict=True):
+        mine = scores[cursor : cursor + len(texts)]
+        mine_heads = heads[cursor : cursor + len(texts)] if ensemble else None
+        cursor += len(texts)
+        row = dict(record.data)
+        if kind == "completion":
+            row["score"] = mine[0]
+        elif kind == "preference":
+            row["chosen_score"], row["rejected_score"] = mine
+            chosen.append(mine[0])
+            rejected.append(mine[1])
+        else:
+            row["scores"] = mine
+            if kind == "ranking":
+                for better, worse in ranking_pairs(list(example.ranking)):
+                    chosen.append(mine[better])
+                    rejected.append(mine[worse])
+        if mine_heads is not None:
+            row["heads"] = mine_heads if kind != "completion" else mine_heads[0]
+        rows.append(row)
+
+    output = Path(config.output) if config.output else run.out / "scores.jsonl"
+    if run.is_main:
+        write_jsonl(output, rows)
+    mean = sum(scores) / len(scores)
+    summary: dict = {
+        "records": len(records),
+        "scored": len(scores),
+        "score_mean": mean,
+        "score_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),
+        "output": str(output),
+    }
+    if chosen:
+        summary["accuracy"] = pairwise_accuracy(chosen, rejected)
+        summary["margin"] = mean_margin(chosen, rejected)
+        summary["pairs"] = len(chosen)
+    if ensemble:
+        summary["disagreement"] = head_disagreement(heads)
+    run.summary(summary)
+    message = f"[green]scored[/] {len(scores)} responses → {output}"
+    if chosen:
+        message += f" (accuracy {summary['accuracy']:.3f} on {len(chosen)} pairs)"
+    run.print(message)
+    return summary
+
+
+# (predicate on the config, mode function); the first whose predicate holds runs.
+MODES: list[tuple[Callable[[EvalConfig], bool], Callable[[EvalConfig], dict]]] = [
+    (lambda c: bool(c.reward_model and c.data), score_data),
+]
+
+
+def run(config: EvalConfig) -> dict:
+    for wanted, mode in MODES:
+        if wanted(config):
+            return mode(config)
+    raise ConfigError(
+        "eval: nothing to do; score data with `rlhfkit eval reward_model=DIR data=FILE` "
+        "(see rlhfkit eval --help)"
+    )
