@@ -1,0 +1,822 @@
+"""PPO against a reward with a KL penalty to the reference: the RLHF stage (Ziegler et al. 2019,
+Stiennon et al. 2020, InstructGPT).
+
+Objective: maximise ``E[r(x, y)] - beta KL(pi(.|x) || pi_ref(.|x))`` over prompts x of
+`train_data` and responses y sampled from the policy. One step of the loop:
+
+1. **rollout**: `ppo.rollout_batch_size` prompts (x `ppo.samples_per_prompt`), left-padded, are
+   sampled with a KV cache until EOS or `max_new_tokens` (`rollout/fast_sampling.py`);
+2. **forward**: the policy's log-probs (at the sampling temperature), entropies and values, and
+   the reference's log-probs, of every response token, recomputed in forward passes (the same
+   function and batch shapes the PPO epochs use, so at the first step the ratio is exactly 1
+   and, with the policy equal to the reference, the KL is exactly 0);
+3. **score**: `ppo.reward_model` scores the decoded responses; optional normalisation (gain and
+   bias fitted once on the initial policy's samples), clipping, and the EOS trick (a response
+   that never ends gets `ppo.missing_eos_penalty` as its score);
+4. **rewards**: ``-beta KL_t`` on every response token (`ppo.kl_estimator`) plus the score on the
+   last one; optionally whitened (scale only);
+5. **advantages**: GAE (gamma, lambda) with the critic, whitened; or critic-free RLOO / GRPO from
+   K samples per prompt (registered in `ADVANTAGE_ESTIMATORS`);
+6. **PPO epochs**: `ppo.ppo_epochs` passes over `ppo.num_minibatches` shuffled minibatches:
+   clipped surrogate + `vf_coef` x clipped value loss (+ `ptx_coef` x SFT NLL: PPO-ptx), one
+   optimizer over policy and critic, gradient clipping;
+7. **KL coefficient**: fixed, or adaptive towards `ppo.target_kl` (Ziegler et al.).
+
+Departures, each deliberate: GRPO's KL is a k3 loss term (as in DeepSeekMath) rather than a
+reward term; RLOO puts the sequence KL into the reward before the leave-one-out baseline (as
+Ahmadian et al.). Multi-process training is not supported yet (one process, any device).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.config import SamplingOptions, TrainConfig, group, option
+from rlhfkit.data.collate import pad_left
+from rlhfkit.data.datasets import load_prompts, load_sft
+from rlhfkit.data.tokenize import encode_prompt, render_prompt
+from rlhfkit.errors import ConfigError
+from rlhfkit.losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae_advantages,
+    grpo_advantages,
+    kl_penalty,
+    kl_shaped_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.models.reward_fn import load_reward_function
+from rlhfkit.models.value_model import (
+    ActorCritic,
+    is_reward_model_dir,
+    load_value_model,
+    new_value_head,
+)
+from rlhfkit.recipes.sft import export_policy, lora_settings
+from rlhfkit.rollout.fast_sampling import positions_from_mask, sample_with_logprobs
+from rlhfkit.training.batches import BatchPlan
+from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.run import Run, check_finite
+from rlhfkit.training.steps import optimizer_step
+
+
+@dataclass
+class PPOOptions:
+    reward_model: str = option(
+        "", "reward: an `rlhfkit rm` model directory, an http(s) scorer URL, or python:mod:fn"
+    )
+    value_model: str = option(
+        "", "critic init: a directory; empty = the reward model dir if it is one, else the policy"
+    )
+    value_head_on_policy: bool = option(
+        False, "critic = a value head on the policy's hidden states (shared backbone)"
+    )
+    kl_coef: float = option(0.05, "KL penalty coefficient beta (initial value if adaptive)")
+    kl_estimator: str = option("k1", "per-token KL estimator in the reward: k1, k2, k3")
+    target_kl: float = option(0.0, "adaptive KL: target sequence KL (nats); 0 = fixed coefficient")
+    kl_horizon: float = option(10000.0, "adaptive KL: horizon in samples (Ziegler et al.)")
+    missing_eos_penalty: float | None = option(
+        None, "EOS trick: score given to responses without EOS; empty = off"
+    )
+    reward_clip: float = option(0.0, "clip scores to [-c, c]; 0 = off")
+    reward_norm_samples: int = option(
+        0, "normalise scores to mean 0, std 1 on this many initial-policy samples; 0 = off"
+    )
+    whiten_rewards: bool = option(False, "whiten the per-token rewards (scale only) before GAE")
+    whiten_advantages: bool = option(True, "whiten advantages over the batch (gae, rloo)")
+    gamma: float = option(1.0, "GAE discount")
+    lam: float = option(0.95, "GAE lambda")
+    clip_range: float = option(0.2, "PPO ratio clipping epsilon")
+    clip_range_value: float = option(0.2, "value clipping around the rollout values")
+    vf_coef: float = option(0.1, "weight of the value loss")
+    ppo_epochs: int = option(4, "passes over each rollout batch")
+    num_minibatches: int = option(1, "minibatches (optimizer steps) per PPO epoch")
+    rollout_batch_size: int = option(8, "prompts per PPO step")
+    advantage_estimator: str = option("gae", "gae (learned critic), rloo or grpo (critic-free)")
+    samples_per_prompt: int = option(1, "responses per prompt (K >= 2 for rloo and grpo)")
+    ptx_coef: float = option(0.0, "PPO-ptx: weight of the SFT NLL on ptx_data (InstructGPT)")
+    ptx_data: str = option("", "PPO-ptx: SFT data ({prompt, completion} / {text} / {messages})")
+    gold_reward: str = option("", "reward spec used only for reporting gold_reward_*")
+    sample_every: int = option(10, "write the step's samples to OUT/samples.jsonl every N steps")
+    sampler: str = option("fast", "rollout sampler: fast (lean KV-cache loop) or hf (generate)")
+
+
+@dataclass
+class PPOConfig(TrainConfig, SamplingOptions):
+    output_dir: str = option("runs/ppo", "where config.yaml, metrics, the model and checkpoints go")
+    learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
+    lr_scheduler: str = option("constant", "learning-rate schedule: constant, linear, cosine")
+    logging_steps: int = option(1, "log metrics every N PPO steps")
+    batch_size: int = option(64, "rows per no-grad forward pass (rollout scoring)")
+    ppo: PPOOptions = group(PPOOptions, "PPO options")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutBatch:
+    """One step's sampled data. (B, T) tensors cover prompt + response (T = P + N); (B, N) ones
+    cover the response part only."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    target_mask: torch.Tensor  # (B, T) 1 on response tokens
+    prompt_length: int  # P
+    mask: torch.Tensor  # (B, N) 1 on response tokens
+    has_eos: torch.Tensor  # (B,)
+    prompts: list[str]
+    responses: list[str]
+
+    def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "position_ids": self.position_ids[index],
+            "target_mask": self.target_mask[index],
+        }
+
+
+def rollout(
+    lm: torch.nn.Module,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    prompt_texts: list[str],
+    config: PPOConfig,
+    device: torch.device,
+) -> RolloutBatch:
+    """Sample one response per row of `prompt_ids` and lay prompt + response out as model input."""
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    query = pad_left(prompt_ids, pad_id).to(device)  # (B, P)
+    query_mask = pad_left([[1] * len(ids) for ids in prompt_ids], 0).to(device)  # (B, P)
+    was_training = lm.training
+    lm.eval()
+    if config.ppo.sampler == "hf":
+        response_ids, mask, has_eos = _hf_generate(lm, query, query_mask, config, pad_id, eos_id)
+    else:
+        sampled = sample_with_logprobs(
+            lm,
+            query,
+            query_mask,
+            max_new_tokens=config.max_new_tokens,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+        response_ids, mask, has_eos = sampled.response_ids, sampled.response_mask, sampled.has_eos
+    lm.train(was_training)
+    input_ids = torch.cat([query, response_ids], dim=1)  # (B, T)
+    attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, T)
+    responses = []
+    for row, row_mask in zip(response_ids.tolist(), mask.tolist(), strict=True):
+        ids = [t for t, keep in zip(row, row_mask, strict=True) if keep and t != eos_id]
+        responses.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        target_mask=torch.cat([torch.zeros_like(query_mask), mask], dim=1),
+        prompt_length=query.shape[1],
+        mask=mask,
+        has_eos=has_eos,
+        prompts=prompt_texts,
+        responses=responses,
+    )
+
+
+@torch.no_grad()
+def _hf_generate(lm, query, query_mask, config: PPOConfig, pad_id: int, eos_id: int):
+    """transformers' `generate` as the rollout sampler (reference path; slower for small models)."""
+    kwargs = {"do_sample": False}
+    if config.temperature > 0:
+        kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    generated = lm.generate(
+        input_ids=query,
+        attention_mask=query_mask,
+        max_new_tokens=config.max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        top_k=0,
+        use_cache=True,
+        **kwargs,
+    )[:, query.shape[1] :]  # (B, N)
+    ended_before = (generated == eos_id).long().cumsum(dim=1) - (generated == eos_id).long()
+    mask = (ended_before == 0).long()  # (B, N) tokens up to and including the first EOS
+    generated = torch.where(mask.bool(), generated, torch.full_like(generated, pad_id))
+    has_eos = ((generated == eos_id) & mask.bool()).any(dim=1)
+    return generated, mask, has_eos
+
+
+@torch.no_grad()
+def forward_in_chunks(
+    fn: Callable[[dict], dict[str, torch.Tensor]], batch: RolloutBatch, chunk_size: int
+) -> dict[str, torch.Tensor]:
+    """Run `fn` over the batch's rows `chunk_size` at a time; concatenate response-part outputs."""
+    pieces: dict[str, list[torch.Tensor]] = {}
+    rows = batch.input_ids.shape[0]
+    for start in range(0, rows, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, rows), device=batch.input_ids.device)
+        for key, value in fn(batch.rows(index)).items():
+            pieces.setdefault(key, []).append(value[:, batch.prompt_length :])
+    return {key: torch.cat(values) for key, values in pieces.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantage estimators (registered by name)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdvantageInputs:
+    scores: torch.Tensor  # (B,) shaped sequence scores
+    kl: torch.Tensor  # (B, N) per-token KL estimate
+    values: torch.Tensor | None  # (B, N) critic values at rollout time
+    mask: torch.Tensor  # (B, N)
+    kl_coef: float
+
+
+def _gae(inputs: AdvantageInputs, options: PPOOptions):
+    rewards = kl_shaped_rewards(inputs.scores, inputs.kl, inputs.mask, kl_coef=inputs.kl_coef)
+    if options.whiten_rewards:
+        rewards = masked_whiten(rewards, inputs.mask, shift_mean=False)
+    advantages, returns = gae_advantages(
+        rewards, inputs.values, inputs.mask, gamma=options.gamma, lam=options.lam
+    )
+    return advantages, returns, rewards
+
+
+def _sequence_advantages(per_sequence: torch.Tensor, inputs: AdvantageInputs):
+    """Broadcast a (B,) advantage over each response's tokens."""
+    advantages = per_sequence[:, None] * inputs.mask  # (B, N)
+    rewards = kl_shaped_rewards(inputs.scores, inputs.kl, inputs.mask, kl_coef=inputs.kl_coef)
+    return advantages, None, rewards
+
+
+def _rloo(inputs: AdvantageInputs, options: PPOOptions):
+    kl_sum = (inputs.kl * inputs.mask).sum(dim=1)  # (B,)
+    sequence_rewards = inputs.scores - inputs.kl_coef * kl_sum  # (B,)
+    return _sequence_advantages(
+        rloo_advantages(sequence_rewards, options.samples_per_prompt), inputs
+    )
+
+
+def _grpo(inputs: AdvantageInputs, options: PPOOptions):
+    return _sequence_advantages(grpo_advantages(inputs.scores, options.samples_per_prompt), inputs)
+
+
+ADVANTAGE_ESTIMATORS = {"gae": _gae, "rloo": _rloo, "grpo": _grpo}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------------------------
+
+
+def shape_scores(
+    raw: torch.Tensor, has_eos: torch.Tensor, options: PPOOptions, norm: tuple[float, float]
+) -> torch.Tensor:
+    """Normalise (gain, bias), clip, then give responses without EOS the fixed penalty score."""
+    gain, bias = norm
+    scores = raw * gain + bias  # (B,)
+    if options.reward_clip > 0:
+        scores = scores.clamp(-options.reward_clip, options.reward_clip)
+    if options.missing_eos_penalty is not None:
+        scores = torch.where(has_eos, scores, torch.full_like(scores, options.missing_eos_penalty))
+    return scores
+
+
+def _validate(config: PPOConfig) -> None:
+    options = config.ppo
+    if not config.train_data:
+        raise ConfigError("train_data: give the prompt file ({prompt} records)")
+    if not options.reward_model:
+        raise ConfigError("ppo.reward_model: give a reward (directory, URL or python:mod:fn)")
+    if options.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+        raise ConfigError(
+            f"ppo.advantage_estimator: unknown {options.advantage_estimator!r}; "
+            f"choose {', '.join(ADVANTAGE_ESTIMATORS)}"
+        )
+    if options.advantage_estimator != "gae" and options.samples_per_prompt < 2:
+        raise ConfigError(
+            f"ppo.samples_per_prompt: {options.advantage_estimator} needs K >= 2 samples per prompt"
+        )
+    if options.sampler not in ("fast", "hf"):
+        raise ConfigError(f"ppo.sampler: expected fast or hf, got {options.sampler!r}")
+    rows = options.rollout_batch_size * options.samples_per_prompt
+    if options.num_minibatches < 1 or rows % options.num_minibatches:
+        raise ConfigError(
+            f"ppo.num_minibatches: {options.num_minibatches} must divide the {rows} rows per step"
+        )
+    if options.ptx_coef > 0 and not options.ptx_data:
+        raise ConfigError("ppo.ptx_data: ptx_coef > 0 needs SFT data to mix in")
+    if config.temperature <= 0:
+        raise ConfigError("temperature: PPO samples, so it must be > 0")
+
+
+def _kl_controller(options: PPOOptions):
+    if options.target_kl > 0:
+        return AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
+    return FixedKLController(options.kl_coef)
+
+
+def _step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: PPOConfig) -> dict:
+    _validate(config)
+    options = config.ppo
+    run = Run(config, "ppo")
+    acc = run.accelerator
+    if acc.num_processes > 1:
+        raise ConfigError("ppo: multi-process training is not supported yet; run one process")
+    device = acc.device
+    tokenizer = load_tokenizer(config.model)
+
+    # --- data -----------------------------------------------------------------------------
+    examples = load_prompts(config.train_data)
+    prompt_ids = [encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
+    prompt_texts = [
+        e.prompt if isinstance(e.prompt, str) else render_prompt(tokenizer, e.prompt)
+        for e in examples
+    ]
+    eval_ids, eval_texts = [], []
+    if config.eval_data:
+        eval_examples = load_prompts(config.eval_data)
+        eval_ids = [
+            encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in eval_examples
+        ]
+        eval_texts = [
+            e.prompt if isinstance(e.prompt, str) else render_prompt(tokenizer, e.prompt)
+            for e in eval_examples
+        ]
+    ptx_rows = []
+    if options.ptx_coef > 0:
+        ptx_examples, _ = load_sft(
+            options.ptx_data,
+            tokenizer,
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+        )
+        ptx_rows = [e.prompt_ids + e.completion_ids for e in ptx_examples]
+        ptx_masks = [[0] * len(e.prompt_ids) + [1] * len(e.completion_ids) for e in ptx_examples]
+    run.print(f"[bold]prompts[/] {config.train_data}: {len(prompt_ids)}")
+
+    # --- models ---------------------------------------------------------------------------
+    reward_fn = load_reward_function(options.reward_model, dtype=config.dtype)
+    gold_fn = load_reward_function(options.gold_reward) if options.gold_reward else None
+    lora = lora_settings(config)
+    lm = load_causal_lm(
+        config.model,
+        dtype=config.dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        lora=lora,
+        attn_implementation=config.attn_implementation or None,
+    )
+    critic, value_head = None, None
+    if options.advantage_estimator == "gae":
+        if options.value_head_on_policy:
+            value_head = new_value_head(lm)
+        else:
+            source = options.value_model or (
+                options.reward_model if is_reward_model_dir(options.reward_model) else config.model
+            )
+            critic = load_value_model(
+                source, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing
+            )
+    model = ActorCritic(lm, critic, value_head)
+    reference = None
+    if lora.r == 0:
+        reference = TokenLogprobs(
+            load_causal_lm(config.model, dtype=config.dtype, trainable=False)
+        ).to(device)
+
+    # --- plan, optimizer ------------------------------------------------------------------
+    plan = BatchPlan(
+        len(prompt_ids),
+        options.rollout_batch_size,
+        1,
+        1,
+        config.seed,
+        config.max_steps,
+        config.epochs,
+    )
+    try:
+        plan.check()
+    except ValueError as err:
+        raise ConfigError(f"train_data: {err}") from None
+    updates_per_step = options.ppo_epochs * options.num_minibatches
+    optimizer = build_optimizer(
+        model,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=config.adam_betas,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=plan.total_steps * updates_per_step,
+        warmup_ratio=config.warmup_ratio,
+        schedule=config.lr_scheduler,
+    )
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    unwrapped = acc.unwrap_model(model)
+
+    def policy_forward(rows: dict, **kwargs) -> dict[str, torch.Tensor]:
+        return model(**rows, temperature=config.temperature, **kwargs)
+
+    def reference_forward(rows: dict) -> dict[str, torch.Tensor]:
+        if reference is not None:
+            return reference(**rows, temperature=config.temperature)
+        with unwrapped.lm.disable_adapter():  # LoRA: the base model is the reference
+            return unwrapped(**rows, temperature=config.temperature, with_values=False)
+
+    kl_ctl = _kl_controller(options)
+    state = {"norm": [1.0, 0.0], "first": None, "ptx_cursor": 0}
+    start_step = 0
+    last = latest_checkpoint(run.checkpoints)
+    if config.resume and last is not None:
+        saved = load_checkpoint(acc, last)
+        start_step, state = saved["step"], saved["state"]
+        kl_ctl.load_state_dict(saved["kl_ctl"])
+        run.truncate_metrics(start_step)
+        _truncate_samples(run, start_step)
+        run.print(f"resumed from {last} at step {start_step}")
+    else:
+        if config.resume:
+            run.print("resume=true but no checkpoint found: starting from scratch")
+        run.reset_metrics()
+        if run.is_main and (run.out / "samples.jsonl").exists():
+            (run.out / "samples.jsonl").unlink()
+        if options.reward_norm_samples > 0:
+            state["norm"] = _fit_reward_norm(
+                unwrapped.lm, tokenizer, prompt_ids, prompt_texts, reward_fn, config, device
+            )
+            run.print(
+                f"reward normalisation: gain {state['norm'][0]:.4f} bias {state['norm'][1]:.4f}"
+            )
+
+    evaluation = None
+    if eval_ids:
+
+        def evaluation(tag: str) -> dict[str, float]:
+            return _evaluate(
+                unwrapped.lm,
+                tokenizer,
+                eval_ids,
+                eval_texts,
+                reward_fn,
+                gold_fn,
+                config,
+                device,
+                policy_forward,
+                reference_forward,
+                tag,
+            )
+
+        if start_step == 0:
+            state["eval_start"] = evaluation("eval_start")
+            run.log(0, state["eval_start"])
+
+    # --- steps ----------------------------------------------------------------------------
+    k = options.samples_per_prompt
+    rows_per_step = options.rollout_batch_size * k
+    minibatch_size = rows_per_step // options.num_minibatches
+    estimator = ADVANTAGE_ESTIMATORS[options.advantage_estimator]
+    metrics: dict[str, float] = {}
+    with run.progress(plan.total_steps, start_step, "ppo"):
+        for step in range(start_step, plan.total_steps):
+            done = step + 1
+            t0 = time.perf_counter()
+            indices = [i for i in plan.global_indices(step) for _ in range(k)]
+            torch.manual_seed(_step_seed(config.seed, step))
+            batch = rollout(
+                unwrapped.lm,
+                tokenizer,
+                [prompt_ids[i] for i in indices],
+                [prompt_texts[i] for i in indices],
+                config,
+                device,
+            )
+            t_generate = time.perf_counter() - t0
+
+            # Log-probs, entropies and values in the same batch shapes as the PPO minibatches.
+            model.eval()
+            old = forward_in_chunks(
+                lambda rows: policy_forward(rows, with_entropy=True), batch, minibatch_size
+            )
+            ref_logprobs = forward_in_chunks(reference_forward, batch, minibatch_size)["logprobs"]
+            model.train()
+            mask = batch.mask  # (B, N)
+            raw_scores = torch.tensor(
+                reward_fn(batch.prompts, batch.responses), dtype=torch.float32, device=device
+            )  # (B,)
+            scores = shape_scores(raw_scores, batch.has_eos, options, tuple(state["norm"]))
+            kl = kl_penalty(old["logprobs"], ref_logprobs, options.kl_estimator) * mask  # (B, N)
+            sequence_kl = ((old["logprobs"] - ref_logprobs) * mask).sum(dim=1)  # (B,) k1
+            advantages, returns, rewards = estimator(
+                AdvantageInputs(scores, kl, old.get("values"), mask, kl_ctl.value), options
+            )
+            if options.whiten_advantages and options.advantage_estimator != "grpo":
+                advantages = masked_whiten(advantages, mask)
+            t_score = time.perf_counter() - t0 - t_generate
+
+            # PPO epochs over shuffled minibatches.
+            generator = torch.Generator().manual_seed(_step_seed(config.seed, step, 1))
+            sums: dict[str, float] = {}
+            updates = 0
+            for _epoch in range(options.ppo_epochs):
+                order = torch.randperm(rows_per_step, generator=generator).to(device)
+                for start in range(0, rows_per_step, minibatch_size):
+                    index = order[start : start + minibatch_size]
+                    out = policy_forward(batch.rows(index))
+                    logprobs = out["logprobs"][:, batch.prompt_length :]  # (b, N)
+                    mb_mask = mask[index]
+                    loss, info = ppo_policy_loss(
+                        logprobs,
+                        old["logprobs"][index],
+                        advantages[index],
+                        mb_mask,
+                        clip_range=options.clip_range,
+                    )
+                    info = {"policy_loss": loss.detach(), **info}
+                    if returns is not None:
+                        values = out["values"][:, batch.prompt_length :]  # (b, N)
+                        value_loss, value_info = ppo_value_loss(
+                            values,
+                            old["values"][index],
+                            returns[index],
+                            mb_mask,
+                            clip_range_value=options.clip_range_value,
+                        )
+                        loss = loss + options.vf_coef * value_loss
+                        info.update(value_loss=value_loss.detach(), **value_info)
+                    if options.advantage_estimator == "grpo" and kl_ctl.value > 0:
+                        kl_loss = masked_mean(
+                            kl_penalty(logprobs, ref_logprobs[index], "k3"), mb_mask
+                        )
+                        loss = loss + kl_ctl.value * kl_loss
+                        info["kl_loss"] = kl_loss.detach()
+                    if ptx_rows:
+                        ptx_loss = _ptx_loss(
+                            model,
+                            ptx_rows,
+                            ptx_masks,
+                            state,
+                            config,
+                            tokenizer.pad_token_id,
+                            device,
+                        )
+                        loss = loss + options.ptx_coef * ptx_loss
+                        info["ptx_loss"] = ptx_loss.detach()
+                    acc.backward(loss)
+                    check_finite(float(loss.detach()), done, run)
+                    info["grad_norm"] = optimizer_step(
+                        acc, model, optimizer, scheduler, config.max_grad_norm
+                    )
+                    for key, value in info.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    updates += 1
+            kl_coef_used = kl_ctl.value
+            kl_ctl.update(sequence_kl.mean(), rows_per_step)
+            elapsed = time.perf_counter() - t0
+
+            metrics = {
+                "score_mean": float(raw_scores.mean()),
+                "score_std": float(raw_scores.std(correction=0)),
+                "shaped_score_mean": float(scores.mean()),
+                "reward_mean": float((rewards * mask).sum(dim=1).mean()),
+                "kl": float(sequence_kl.mean()),
+                "kl_coef": kl_coef_used,
+                "entropy": float(masked_mean(old["entropy"], mask)),
+                **{key: value / updates for key, value in sums.items()},
+                "response_length": float(mask.sum(dim=1).float().mean()),
+                "no_eos_fraction": float((~batch.has_eos).float().mean()),
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": rows_per_step / elapsed,
+                "generation_share": t_generate / elapsed,
+                "score_s": t_score,
+            }
+            if returns is not None:
+                metrics["explained_variance"] = float(
+                    explained_variance(old["values"], returns, mask)
+                )
+            gold_scores = None
+            if gold_fn is not None:
+                gold_scores = gold_fn(batch.prompts, batch.responses)
+                metrics["gold_reward_mean"] = sum(gold_scores) / len(gold_scores)
+            if state["first"] is None:
+                state["first"] = {
+                    "score_mean": metrics["score_mean"],
+                    "gold_reward_mean": metrics.get("gold_reward_mean"),
+                }
+            run.advance(
+                f"score {metrics['score_mean']:.3f}  kl {metrics['kl']:.3f}  "
+                f"{metrics['samples_per_s']:.1f} samples/s"
+            )
+            if done % config.logging_steps == 0 or done == plan.total_steps:
+                run.log(done, metrics)
+            if options.sample_every and (done % options.sample_every == 0 or done == 1):
+                _write_samples(run, done, batch, raw_scores, sequence_kl, gold_scores)
+            if (config.save_steps and done % config.save_steps == 0) or done == plan.total_steps:
+                save_checkpoint(
+                    acc,
+                    run.checkpoints,
+                    done,
+                    {"state": state, "kl_ctl": kl_ctl.state_dict()},
+                    keep=config.save_total_limit,
+                )
+
+    summary = _summary(state, metrics, plan.total_steps)
+    if evaluation is not None:
+        end = evaluation("eval_end")
+        run.log(plan.total_steps, end)
+        summary.update(_eval_summary(state["eval_start"], end))
+    export_policy(run, model, tokenizer)
+    run.summary(summary)
+    run.print(
+        f"[green]ppo done[/]: reward {summary['reward_start']:.4f} → {summary['reward_end']:.4f}, "
+        f"kl_end {summary['kl_end']:.4f} → {run.out / 'model'}"
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _ptx_loss(model, rows, masks, state, config: PPOConfig, pad_id: int, device) -> torch.Tensor:
+    """Mean NLL of the next `batch_size` SFT rows (cycled in order); advances the cursor."""
+    from rlhfkit.data.collate import pad_right
+
+    count = min(config.batch_size, len(rows))
+    picked = [(state["ptx_cursor"] + i) % len(rows) for i in range(count)]
+    state["ptx_cursor"] = (state["ptx_cursor"] + count) % len(rows)
+    batch = {
+        "input_ids": pad_right([rows[i] for i in picked], pad_id).to(device),
+        "target_mask": pad_right([masks[i] for i in picked], 0).to(device),
+        "attention_mask": pad_right([[1] * len(rows[i]) for i in picked], 0).to(device),
+    }
+    logprobs = model(**batch, with_values=False)["logprobs"]  # (b, T)
+    return -masked_mean(logprobs[:, 1:], batch["target_mask"][:, 1:])
+
+
+@torch.no_grad()
+def _fit_reward_norm(lm, tokenizer, prompt_ids, prompt_texts, reward_fn, config, device):
+    """Gain and bias that give the initial policy's scores mean 0 and std 1 (Ziegler et al.)."""
+    count = config.ppo.reward_norm_samples
+    generator = torch.Generator().manual_seed(_step_seed(config.seed, 0, 2))
+    picked = torch.randint(len(prompt_ids), (count,), generator=generator).tolist()
+    torch.manual_seed(_step_seed(config.seed, 0, 3))
+    scores = []
+    for start in range(0, count, config.batch_size):
+        chunk = picked[start : start + config.batch_size]
+        batch = rollout(
+            lm,
+            tokenizer,
+            [prompt_ids[i] for i in chunk],
+            [prompt_texts[i] for i in chunk],
+            config,
+            device,
+        )
+        scores += reward_fn(batch.prompts, batch.responses)
+    values = torch.tensor(scores, dtype=torch.float64)
+    std = float(values.std(correction=0))
+    gain = 1.0 / std if std > 0 else 1.0
+    return [gain, -float(values.mean()) * gain]
+
+
+@torch.no_grad()
+def _evaluate(
+    lm,
+    tokenizer,
+    eval_ids,
+    eval_texts,
+    reward_fn,
+    gold_fn,
+    config: PPOConfig,
+    device,
+    policy_forward,
+    reference_forward,
+    tag: str,
+) -> dict[str, float]:
+    """Reward, gold reward and KL of one sample per evaluation prompt (fixed seed)."""
+    torch.manual_seed(_step_seed(config.seed, 0, 4))
+    scores, golds, kls, lengths, no_eos = [], [], [], [], []
+    for start in range(0, len(eval_ids), config.batch_size):
+        end = start + config.batch_size
+        batch = rollout(lm, tokenizer, eval_ids[start:end], eval_texts[start:end], config, device)
+        logprobs = forward_in_chunks(policy_forward, batch, config.batch_size)["logprobs"]
+        ref = forward_in_chunks(reference_forward, batch, config.batch_size)["logprobs"]
+        kls += ((logprobs - ref) * batch.mask).sum(dim=1).tolist()
+        scores += reward_fn(batch.prompts, batch.responses)
+        if gold_fn is not None:
+            golds += gold_fn(batch.prompts, batch.responses)
+        lengths += batch.mask.sum(dim=1).tolist()
+        no_eos += (~batch.has_eos).tolist()
+    count = len(scores)
+    out = {
+        f"{tag}_reward": sum(scores) / count,
+        f"{tag}_kl": sum(kls) / count,
+        f"{tag}_response_length": sum(lengths) / count,
+        f"{tag}_no_eos_fraction": sum(no_eos) / count,
+    }
+    if golds:
+        out[f"{tag}_gold_reward"] = sum(golds) / count
+    return out
+
+
+def _summary(state: dict, last: dict, steps: int) -> dict:
+    first = state["first"] or {}
+    summary = {
+        "reward_start": first.get("score_mean", math.nan),
+        "reward_end": last.get("score_mean", math.nan),
+        "kl_end": last.get("kl", math.nan),
+        "kl_coef_end": last.get("kl_coef", math.nan),
+        "steps": steps,
+        "reward_source": "rollout batches (first and last step)",
+    }
+    if first.get("gold_reward_mean") is not None:
+        summary["gold_reward_start"] = first["gold_reward_mean"]
+        summary["gold_reward_end"] = last.get("gold_reward_mean", math.nan)
+    return summary
+
+
+def _eval_summary(start: dict, end: dict) -> dict:
+    """With eval_data, the summary's start/end numbers come from the held-out prompts."""
+    out = {
+        "reward_start": start["eval_start_reward"],
+        "reward_end": end["eval_end_reward"],
+        "kl_end": end["eval_end_kl"],
+        "reward_source": "eval_data (one sample per prompt, fixed seed)",
+    }
+    if "eval_start_gold_reward" in start:
+        out["gold_reward_start"] = start["eval_start_gold_reward"]
+        out["gold_reward_end"] = end["eval_end_gold_reward"]
+    return out
+
+
+def _write_samples(run: Run, step: int, batch: RolloutBatch, scores, sequence_kl, gold) -> None:
+    if not run.is_main:
+        return
+    with (run.out / "samples.jsonl").open("a") as handle:
+        for i, (prompt, response) in enumerate(zip(batch.prompts, batch.responses, strict=True)):
+            row = {
+                "step": step,
+                "prompt": prompt,
+                "response": response,
+                "score": float(scores[i]),
+                "kl": float(sequence_kl[i]),
+                "has_eos": bool(batch.has_eos[i]),
+            }
+            if gold is not None:
+                row["gold_reward"] = float(gold[i])
+            handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_samples(run: Run, after_step: int) -> None:
+    path = run.out / "samples.jsonl"
+    if not run.is_main or not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= after_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "PPOConfig",
+    "PPOOptions",
+    "RolloutBatch",
+    "forward_in_chunks",
+    "rollout",
+    "shape_scores",
+    "train",
+]

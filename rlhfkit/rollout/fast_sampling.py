@@ -1,0 +1,169 @@
+"""A lean decode loop for PPO rollouts: KV cache, left padding, top-p, stop at EOS, log-probs.
+
+`transformers`' `generate` spends, per decoding step, more time in its own machinery (logits
+processors, stopping criteria, cache bookkeeping, output dataclasses) than a small model spends
+in its forward pass. PPO samples every step, so this module keeps only what sampling needs:
+
+1. one prefill forward over the left-padded prompts (position ids from the attention mask, so a
+   prompt's positions are the same alone and in a padded batch), keeping the last position's
+   logits only;
+2. per step: logits / temperature -> top-p filter -> softmax -> `torch.multinomial`, in the same
+   order and with the same random draws as `generate(do_sample=True, top_k=0)`; rows that have
+   emitted EOS are fed the pad token from then on (their tokens are masked out);
+3. the log-prob of every sampled token under the *tempered, unfiltered* distribution
+   ``log softmax(logits / T)[token]``, which is what PPO recomputes in its forward pass
+   (`TokenLogprobs(temperature=T)`): top-p changes which tokens can be drawn, not the
+   probabilities the ratio compares.
+
+The loop stops when every row has emitted EOS or after `max_new_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses, right-padded with the pad id.
+
+    Attributes:
+        response_ids: (B, N) sampled tokens; positions after the EOS hold the pad id.
+        response_mask: (B, N) 1 on response tokens (the EOS included), 0 after it.
+        logprobs: (B, N) fp32 sampling log-probs ``log softmax(logits / T)[token]``, 0 off-mask.
+        has_eos: (B,) bool, True where the response ended with EOS.
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    has_eos: torch.Tensor
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the nucleus of mass `top_p` (the most likely token stays).
+
+    Tokens are sorted by increasing logit; a token is removed when the probability mass of it
+    and all less likely tokens is at most ``1 - top_p``.
+
+    Args:
+        scores: (B, V) logits (already divided by the temperature).
+        top_p: Nucleus mass in (0, 1]; 1 keeps everything.
+
+    Returns:
+        (B, V) filtered logits.
+    """
+    if top_p >= 1.0:
+        return scores
+    sorted_scores, order = torch.sort(scores, descending=False)  # (B, V)
+    tail_mass = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    remove_sorted = tail_mass <= (1.0 - top_p)  # (B, V)
+    remove_sorted[:, -1] = False  # the most likely token always stays
+    remove = remove_sorted.scatter(1, order, remove_sorted)  # (B, V) back in vocabulary order
+    return scores.masked_fill(remove, float("-inf"))
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at each row's first real token; padding gets 0."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
+
+
+def cache_keyword(lm: torch.nn.Module) -> str:
+    """The forward argument that takes the KV cache: `cache` (transformers >= 5.2x) or the older
+    `past_key_values` (still accepted, with a deprecation warning, by newer versions)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    parameters = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+@torch.no_grad()
+def sample_with_logprobs(
+    lm: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """Sample responses to left-padded prompts with a KV cache.
+
+    Args:
+        lm: A causal LM (`transformers` or peft-wrapped) in eval mode.
+        input_ids: (B, P) left-padded prompt ids.
+        attention_mask: (B, P) 1 on prompt tokens, 0 on left padding.
+        max_new_tokens: Most tokens per response.
+        eos_id: Ends a response (kept in it).
+        pad_id: Fills rows that have ended.
+        temperature: > 0 samples from softmax(logits / T); 0 is greedy (log-probs at T = 1).
+        top_p: Nucleus sampling mass.
+
+    Returns:
+        A `Rollout`; N is at most `max_new_tokens` (shorter if every row ended earlier).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    batch = input_ids.shape[0]
+    device = input_ids.device
+    greedy = temperature <= 0
+    scale = 1.0 if greedy else float(temperature)
+    cache = {cache_keyword(lm): DynamicCache()}
+    attention_mask = attention_mask.long()
+    position_ids = positions_from_mask(attention_mask)  # (B, P)
+    next_position = position_ids[:, -1:] + 1  # (B, 1)
+    logits = lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        **cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]  # (B, V)
+
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
+    tokens, logps, alive = [], [], []
+    ones = torch.ones(batch, 1, dtype=attention_mask.dtype, device=device)
+    for step in range(max_new_tokens):
+        scores = logits.float() / scale  # (B, V)
+        log_probs = scores.log_softmax(dim=-1)  # (B, V) tempered, unfiltered
+        if greedy:
+            token = scores.argmax(dim=-1)  # (B,)
+        else:
+            probs = top_p_filter(scores, top_p).softmax(dim=-1)  # (B, V)
+            token = torch.multinomial(probs, num_samples=1).squeeze(1)  # (B,)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_id))  # (B,)
+        tokens.append(token)
+        logps.append(log_probs.gather(1, token[:, None]).squeeze(1) * unfinished)
+        alive.append(unfinished.clone())
+        unfinished = unfinished & (token != eos_id)
+        if not bool(unfinished.any()) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, ones], dim=1)  # (B, P + t + 1)
+        logits = lm(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            **cache,
+            use_cache=True,
+        ).logits[:, -1]  # (B, V)
+        next_position = next_position + 1
+
+    response_ids = torch.stack(tokens, dim=1)  # (B, N)
+    response_mask = torch.stack(alive, dim=1).long()  # (B, N)
+    has_eos = ((response_ids == eos_id) & response_mask.bool()).any(dim=1)  # (B,)
+    return Rollout(response_ids, response_mask, torch.stack(logps, dim=1), has_eos)
+
+
+__all__ = [
+    "Rollout",
+    "cache_keyword",
+    "positions_from_mask",
+    "sample_with_logprobs",
+    "top_p_filter",
+]
