@@ -16,6 +16,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -189,3 +190,106 @@ def evaluate_policy(
                 out[f"win_rate_{key}"] = win_rate(raw[key], reference[key])
     out["raw"] = raw
     return out
+
+
+def evaluate_against_reference(
+    policies: dict[str, str],
+    *,
+    reference: str,
+    prompts: list[str],
+    proxy: RewardFn | None,
+    gold: RewardFn | None = None,
+    reference_name: str = "reference",
+    best_of: int = 0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    num_samples_shown: int = 12,
+) -> dict:
+    """Evaluate policies against a reference on `prompts` (one sample per prompt each).
+
+    Best-of-n (n = 1, 2, 4, ... ≤ `best_of`) draws `best_of` reference samples per prompt and
+    keeps the proxy's favourite. Returns the `eval.json` structure the report reads:
+    `{"policies", "best_of_n", "samples", "warnings"}`.
+    """
+    from rlhfkit.eval import diagnostics
+
+    k = max(best_of, 1)
+    pool = sample_policy(reference, prompts, n=k, max_new_tokens=max_new_tokens, seed=seed + 7)
+    first = [i * k for i in range(len(prompts))]
+    raw: dict[str, list[float]] = {}
+    if proxy is not None:
+        raw["proxy"] = proxy(pool.prompts, pool.responses)
+    if gold is not None:
+        raw["gold"] = gold(pool.prompts, pool.responses)
+    reference_raw = {key: [values[i] for i in first] for key, values in raw.items()}
+    results: dict[str, dict] = {reference_name: {"kl": 0.0, "n": len(first)}}
+    for key, values in reference_raw.items():
+        results[reference_name][f"{key}_reward"] = statistics.fmean(values)
+    lengths = [float(len(pool.response_ids[i])) for i in first]
+    results[reference_name]["length"] = statistics.fmean(lengths)
+    if "proxy" in reference_raw:
+        results[reference_name]["proxy_length_correlation"] = pearson(
+            reference_raw["proxy"], lengths
+        )
+    shown = {reference_name: [pool.responses[i] for i in first]}
+
+    best_of_n: list[dict[str, float]] = []
+    if best_of > 1 and "proxy" in raw:
+        split = lambda xs: [xs[i * k : (i + 1) * k] for i in range(len(prompts))]  # noqa: E731
+        ns = [2**i for i in range(k.bit_length()) if 2**i <= k]
+        best_of_n = best_of_n_curve(
+            split(raw["proxy"]), split(raw["gold"]) if "gold" in raw else None, ns
+        )
+        top = best_of_n[-1]
+        results[f"best_of_{top['n']}"] = {
+            key: top[key] for key in ("kl", "proxy_reward", "gold_reward") if key in top
+        }
+
+    for name, directory in policies.items():
+        samples = sample_policy(
+            directory, prompts, n=1, max_new_tokens=max_new_tokens, seed=seed + 11
+        )
+        kl = sequence_kl(directory, reference, samples)
+        numbers = evaluate_policy(samples, proxy=proxy, gold=gold, kl=kl, reference=reference_raw)
+        numbers.pop("raw")
+        results[name] = numbers
+        shown[name] = samples.responses
+
+    warnings = []
+    for name, numbers in results.items():
+        check = diagnostics.length_correlation(numbers.get("proxy_length_correlation", 0.0))
+        if check:
+            warnings.append({**check, "message": f"{name}: {check['message']}"})
+    samples = [
+        {"prompt": prompts[i], "responses": {name: texts[i] for name, texts in shown.items()}}
+        for i in range(min(num_samples_shown, len(prompts)))
+    ]
+    return {"policies": results, "best_of_n": best_of_n, "samples": samples, "warnings": warnings}
+
+
+def training_diagnostics(runs: dict[str, Path]) -> tuple[dict, list[dict]]:
+    """Proxy/gold/KL curves of RL runs (their metrics.jsonl) and the warnings they raise."""
+    import json
+
+    from rlhfkit.eval import diagnostics
+
+    curves, warnings = {}, []
+    for name, directory in runs.items():
+        path = Path(directory) / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "score_mean" in r]
+        curve = {
+            "proxy": [r["score_mean"] for r in rows],
+            "gold": [r.get("gold_reward_mean", float("nan")) for r in rows],
+            "kl": [r.get("kl", float("nan")) for r in rows],
+        }
+        curves[name] = curve
+        for check in (
+            diagnostics.proxy_gold_divergence(curve["proxy"], curve["gold"]),
+            diagnostics.kl_growth(curve["kl"]),
+        ):
+            if check:
+                warnings.append({**check, "message": f"{name}: {check['message']}"})
+    return curves, warnings

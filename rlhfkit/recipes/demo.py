@@ -7,17 +7,29 @@ Stages (each writes under `output_dir`, default `runs/demo`):
 3. sft       — supervised fine-tuning on the corpus;
 4. spread    — 256 samples of the SFT policy scored by the gold reward (mean/std/min/max);
 5. pairs     — two responses per training prompt from the SFT policy (`generate`'s format);
-6. labels    — simulated annotators rank the pairs (Bradley-Terry noise, diverse values),
-               giving the preference dataset and the annotators' agreement ceiling.
+6. labels    — simulated annotators rank the pairs through the annotation server's API
+               (Bradley-Terry noise, diverse values): the preference dataset and the
+               annotators' agreement ceiling;
+7. rm        — a Bradley-Terry reward model from the SFT model, normalised on SFT samples;
+8. best-of-n — n SFT samples per prompt, the reward model picks one (analytic KL);
+9. ppo       — PPO against the reward model with a KL penalty to the SFT policy;
+10. dpo      — DPO on the same preferences, a small β sweep;
+11. ppo_no_kl — PPO with `kl_coef=0` for longer: the proxy rises while the gold reward falls;
+12. cai      — the SFT model critiques and revises its own answers (SL-CAI) and judges pairs
+               by the world's constitution (RL-CAI);
+13. eval + report — gold reward, proxy reward and KL to the SFT policy for every policy, the
+               reward-hacking diagnostics, and `report.html`.
 
-Later stages (reward model, PPO, DPO, evaluation, report) are added by the pipeline issues.
+`summary.json` holds `rm_accuracy`, `annotator_agreement`, `gold_reward_max` and, for each
+policy (`sft`, `best_of_16`, `ppo`, `dpo`, `ppo_no_kl`), `gold_reward`, `proxy_reward`, `kl`.
 """
 
 from __future__ import annotations
 
+import json
 import random
-import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +40,34 @@ from rlhfkit.config import option
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.training.run import console
 
+GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
+
 
 @dataclass
 class DemoConfig:
     output_dir: str = option("runs/demo", "where every stage of the demo writes")
     seed: int = option(0, "seed of the world, the models and the sampling")
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
-    corpus_size: int = option(6000, "SFT corpus records (behaviour mix + CAI demonstrations)")
-    sft_steps: int = option(300, "SFT optimizer steps (quick: 120)")
-    sft_batch_size: int = option(32, "SFT batch size")
+    corpus_size: int = option(20000, "SFT corpus records (behaviour mix + CAI demonstrations)")
+    sft_steps: int = option(250, "SFT optimizer steps (quick: 100)")
+    sft_batch_size: int = option(16, "SFT rows per step (packed rows of 256 tokens)")
     sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
     pair_prompts: int = option(
         1024, "training prompts answered twice for preference pairs (quick: 384)"
     )
-    eval_prompts: int = option(256, "held-out prompts for measuring policies")
+    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 128)")
     max_new_tokens: int = option(48, "maximum tokens per sampled response")
+    rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
+    rm_learning_rate: float = option(1e-3, "reward-model learning rate")
+    best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
+    ppo_steps: int = option(60, "PPO steps with the KL penalty (quick: 25)")
+    ppo_kl_coef: float = option(0.05, "PPO KL coefficient")
+    ppo_learning_rate: float = option(5e-4, "PPO learning rate")
+    no_kl_steps: int = option(120, "PPO steps without a KL penalty (quick: 50)")
+    dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
+    dpo_learning_rate: float = option(5e-4, "DPO learning rate")
+    dpo_epochs: float = option(1.0, "DPO epochs over the preferences")
+    cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 48)")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     progress: bool = option(True, "show progress bars")
 
@@ -57,9 +82,14 @@ class DemoPaths:
 
 def _scale(config: DemoConfig) -> DemoConfig:
     if config.quick:
-        config.sft_steps = min(config.sft_steps, 120)
+        config.sft_steps = min(config.sft_steps, 100)
         config.pair_prompts = min(config.pair_prompts, 384)
-        config.corpus_size = min(config.corpus_size, 4000)
+        config.eval_prompts = min(config.eval_prompts, 128)
+        config.ppo_steps = min(config.ppo_steps, 25)
+        config.no_kl_steps = min(config.no_kl_steps, 50)
+        config.dpo_betas = [0.1]
+        config.cai_prompts = min(config.cai_prompts, 48)
+        config.best_of = min(config.best_of, 16)
     return config
 
 
@@ -81,38 +111,17 @@ def build_world(config: DemoConfig, out: Path) -> dict:
     }
 
 
-def sample_policy(
-    model_dir: Path,
-    prompts: list[str],
-    *,
-    n: int,
-    max_new_tokens: int,
-    seed: int,
-    temperature: float = 1.0,
-) -> list[list[str]]:
-    """`n` sampled responses per prompt from a saved policy (decoded text, EOS stripped)."""
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.rollout.sampling import SamplingParams, sample_responses
-
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_causal_lm(str(model_dir), dtype="float32", trainable=False)
-    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    samples = sample_responses(
-        model, ids, SamplingParams(max_new_tokens, temperature, 1.0),
-        pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, num_samples=n,
-        batch_size=128, seed=seed,
-    )  # fmt: skip
-    out: list[list[str]] = [[] for _ in prompts]
-    for index, response in zip(samples.prompt_index, samples.response_ids, strict=True):
-        out[index].append(tokenizer.decode(response, skip_special_tokens=True))
-    return out
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def gold_spread(prompts: list[str], responses: list[list[str]]) -> dict:
-    """Mean, std, min, max of the gold reward over every sampled response."""
+def gold_spread(prompts: list[str], responses: list[str]) -> dict:
+    """Mean, std, min, max of the gold reward over sampled responses."""
+    import statistics
+
     from rlhfkit.synthetic import gold_reward
 
-    scores = [gold_reward(p, r) for p, rs in zip(prompts, responses, strict=True) for r in rs]
+    scores = [gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)]
     return {
         "n": len(scores),
         "mean": statistics.fmean(scores),
@@ -164,11 +173,162 @@ def label_preferences(config: DemoConfig, pairs: list[dict], out: Path) -> dict:
     }
 
 
+def train_reward_model(config: DemoConfig, paths: DemoPaths) -> dict:
+    from rlhfkit.recipes.rm import RMConfig, RMOptions
+    from rlhfkit.recipes.rm import train as train_rm
+
+    return train_rm(
+        RMConfig(
+            model=str(paths.sft / "model"),
+            train_data=str(paths.root / "preferences_train.jsonl"),
+            eval_data=str(paths.root / "preferences_eval.jsonl"),
+            output_dir=str(paths.rm),
+            seed=config.seed,
+            epochs=config.rm_epochs,
+            batch_size=16,
+            learning_rate=config.rm_learning_rate,
+            warmup_ratio=0.05,
+            max_length=160,
+            logging_steps=10,
+            progress=config.progress,
+            dtype="float32",
+            rm=RMOptions(normalize_data=str(paths.root / "pairs.jsonl")),
+        )  # fmt: skip
+    )
+
+
+def train_ppo(
+    config: DemoConfig, paths: DemoPaths, out: Path, *, steps: int, kl_coef: float
+) -> dict:
+    from rlhfkit.recipes.ppo import PPOConfig, PPOOptions
+    from rlhfkit.recipes.ppo import train as train_ppo_recipe
+
+    return train_ppo_recipe(
+        PPOConfig(
+            model=str(paths.sft / "model"),
+            train_data=str(paths.world / "prompts_train.jsonl"),
+            output_dir=str(out),
+            seed=config.seed,
+            max_steps=steps,
+            learning_rate=config.ppo_learning_rate,
+            max_new_tokens=config.max_new_tokens,
+            progress=config.progress,
+            dtype="float32",
+            logging_steps=1,
+            ppo=PPOOptions(
+                reward_model=str(paths.rm / "model"),
+                gold_reward=GOLD,
+                kl_coef=kl_coef,
+                rollout_batch_size=32,
+                ppo_epochs=2,
+                num_minibatches=2,
+                sample_every=10,
+            ),
+        )  # fmt: skip
+    )
+
+
+def train_dpo(config: DemoConfig, paths: DemoPaths, beta: float) -> dict:
+    from rlhfkit.recipes.dpo import DPOConfig, DPOOptions
+    from rlhfkit.recipes.dpo import train as train_dpo_recipe
+
+    return train_dpo_recipe(
+        DPOConfig(
+            model=str(paths.sft / "model"),
+            train_data=str(paths.root / "preferences_train.jsonl"),
+            eval_data=str(paths.root / "preferences_eval.jsonl"),
+            output_dir=str(paths.root / f"dpo_beta{beta:g}"),
+            seed=config.seed,
+            epochs=config.dpo_epochs,
+            batch_size=16,
+            learning_rate=config.dpo_learning_rate,
+            warmup_ratio=0.05,
+            max_length=160,
+            logging_steps=10,
+            progress=config.progress,
+            dtype="float32",
+            dpo=DPOOptions(beta=beta),
+        )  # fmt: skip
+    )
+
+
+def run_cai(config: DemoConfig, paths: DemoPaths) -> dict:
+    """SL-CAI (the SFT model revises its own answers) and RL-CAI labels (it judges pairs)."""
+    from rlhfkit.recipes.cai import CAIReviseConfig, revise
+    from rlhfkit.recipes.label import LabelConfig, label
+
+    prompts = paths.world / "prompts_cai.jsonl"
+    eval_prompts = _read(paths.world / "prompts_eval.jsonl")[: config.cai_prompts]
+    write_jsonl(prompts, eval_prompts)
+    revised = revise(
+        CAIReviseConfig(
+            model=str(paths.sft / "model"),
+            train_data=str(prompts),
+            constitution="world",
+            rounds=1,
+            output_dir=str(paths.cai),
+            seed=config.seed,
+        )  # fmt: skip
+    )
+    pairs = paths.cai / "pairs.jsonl"
+    write_jsonl(pairs, _read(paths.root / "pairs.jsonl")[: config.cai_prompts])
+    labelled = label(
+        LabelConfig(
+            judge=str(paths.sft / "model"),
+            train_data=str(pairs),
+            constitution="world",
+            output=str(paths.cai / "ai_preferences.jsonl"),
+            seed=config.seed,
+        )  # fmt: skip
+    )
+    return {
+        "safety_before": revised.get("gold_safety_before"),
+        "safety_after": revised.get("gold_safety_after"),
+        "gold_before": revised.get("gold_reward_before"),
+        "gold_after": revised.get("gold_reward_after"),
+        "judge_gold_agreement": labelled.get("gold_agreement"),
+        "judge_pairs": labelled.get("gold_decided_pairs"),
+    }
+
+
+def evaluate_policies(config: DemoConfig, paths: DemoPaths, policies: dict[str, Path]) -> dict:
+    """Gold, proxy and KL to the SFT policy for every policy, best-of-n, samples, diagnostics."""
+    from rlhfkit.eval.policy_eval import evaluate_against_reference, training_diagnostics
+    from rlhfkit.models.reward_fn import load_reward_function
+
+    evaluation = evaluate_against_reference(
+        {name: str(directory) for name, directory in policies.items()},
+        reference=str(paths.sft / "model"),
+        reference_name="sft",
+        prompts=[r["prompt"] for r in _read(paths.world / "prompts_eval.jsonl")],
+        proxy=load_reward_function(str(paths.rm / "model")),
+        gold=load_reward_function(GOLD),
+        best_of=config.best_of,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
+    runs = {name: paths.root / name for name in ("ppo", "ppo_no_kl")}
+    curves, warnings = training_diagnostics(runs)
+    evaluation["curves"] = curves
+    evaluation["warnings"] = warnings + evaluation["warnings"]
+    return evaluation
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float]):
+    console.rule(f"[bold]{name}")
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 1)
+
+
 def run(config: DemoConfig) -> int:
+    from rlhfkit.eval.report import write_report
     from rlhfkit.recipes.init_model import InitModelConfig
     from rlhfkit.recipes.init_model import run as init_model
     from rlhfkit.recipes.sft import SFTConfig, SFTOptions
     from rlhfkit.recipes.sft import train as train_sft
+    from rlhfkit.synthetic import gold_reward_max
 
     config = _scale(config)
     if config.threads > 0:
@@ -177,110 +337,146 @@ def run(config: DemoConfig) -> int:
     paths.root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     summary: dict = {"seed": config.seed, "quick": config.quick}
+    started = time.perf_counter()
 
-    def stage(name: str):
-        console.rule(f"[bold]{name}")
-        timings[name] = time.perf_counter()
+    with _stage("world", timings):
+        summary["world"] = build_world(config, paths.world)
+    with _stage("base model", timings):
+        init_model(InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed))
+    with _stage("sft", timings):
+        sft_summary = train_sft(
+            SFTConfig(
+                model=str(paths.base),
+                train_data=str(paths.world / "sft.jsonl"),
+                output_dir=str(paths.sft),
+                seed=config.seed,
+                max_steps=config.sft_steps,
+                batch_size=config.sft_batch_size,
+                learning_rate=config.sft_learning_rate,
+                warmup_ratio=0.05,
+                max_length=256,
+                sft=SFTOptions(packing=True),
+                logging_steps=20,
+                progress=config.progress,
+                dtype="float32",
+            )  # fmt: skip
+        )
+        summary["sft_train_loss"] = sft_summary["train_loss"]
+    with _stage("sft samples: gold-reward spread", timings):
+        from rlhfkit.eval.policy_eval import sample_policy
 
-    def done(name: str) -> None:
-        timings[name] = time.perf_counter() - timings[name]
-
-    stage("world")
-    summary["world"] = build_world(config, paths.world)
-    done("world")
-
-    stage("base model")
-    init_model(InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed))
-    done("base model")
-
-    stage("sft")
-    sft_summary = train_sft(
-        SFTConfig(
-            model=str(paths.base),
-            train_data=str(paths.world / "sft.jsonl"),
-            output_dir=str(paths.sft),
-            seed=config.seed,
-            max_steps=config.sft_steps,
-            batch_size=config.sft_batch_size,
-            learning_rate=config.sft_learning_rate,
-            warmup_ratio=0.05,
-            max_length=256,
-            sft=SFTOptions(packing=True),
-            logging_steps=20,
-            progress=config.progress,
-            dtype="float32",
-        )  # fmt: skip
-    )
-    summary["sft_train_loss"] = sft_summary["train_loss"]
-    done("sft")
-
-    stage("sft samples: gold-reward spread")
-    eval_prompts = [r["prompt"] for r in _read(paths.world / "prompts_eval.jsonl")]
-    sft_samples = sample_policy(paths.sft / "model", eval_prompts, n=1,
-                                max_new_tokens=config.max_new_tokens, seed=config.seed)  # fmt: skip
-    summary["sft_gold_spread"] = gold_spread(eval_prompts, sft_samples)
-    done("sft samples: gold-reward spread")
-
-    stage("pairs")
-    train_prompts = [r["prompt"] for r in _read(paths.world / "prompts_train.jsonl")]
-    responses = sample_policy(
-        paths.sft / "model", train_prompts, n=2, max_new_tokens=config.max_new_tokens,
-        seed=config.seed + 1,
-    )  # fmt: skip
-    pairs = [{"prompt": p, "responses": rs} for p, rs in zip(train_prompts, responses, strict=True)]
-    write_jsonl(paths.root / "pairs.jsonl", pairs)
-    done("pairs")
-
-    stage("simulated annotators")
-    summary["labels"] = label_preferences(config, pairs, paths.root)
-    summary["annotator_agreement"] = summary["labels"]["annotator_agreement"]
-    done("simulated annotators")
-
-    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+        eval_prompts = [r["prompt"] for r in _read(paths.world / "prompts_eval.jsonl")]
+        spread_prompts = (eval_prompts * (256 // len(eval_prompts) + 1))[:256]
+        spread = sample_policy(str(paths.sft / "model"), spread_prompts, n=1,
+                               max_new_tokens=config.max_new_tokens, seed=config.seed)  # fmt: skip
+        summary["sft_gold_spread"] = gold_spread(spread.prompts, spread.responses)
+    with _stage("pairs", timings):
+        train_prompts = [r["prompt"] for r in _read(paths.world / "prompts_train.jsonl")]
+        sampled = sample_policy(
+            str(paths.sft / "model"),
+            train_prompts,
+            n=2,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed + 1,
+        )
+        pairs = [
+            {"prompt": p, "responses": sampled.responses[2 * i : 2 * i + 2]}
+            for i, p in enumerate(train_prompts)
+        ]
+        write_jsonl(paths.root / "pairs.jsonl", pairs)
+    with _stage("simulated annotators (through the annotation API)", timings):
+        summary["labels"] = label_preferences(config, pairs, paths.root)
+        summary["annotator_agreement"] = summary["labels"]["annotator_agreement"]
+    with _stage("reward model", timings):
+        rm_summary = train_reward_model(config, paths)
+        summary["rm_accuracy"] = rm_summary.get("eval_accuracy")
+    with _stage("ppo", timings):
+        train_ppo(config, paths, paths.ppo, steps=config.ppo_steps, kl_coef=config.ppo_kl_coef)
+    with _stage("dpo (β sweep)", timings):
+        for beta in config.dpo_betas:
+            train_dpo(config, paths, beta)
+    with _stage("ppo without KL penalty", timings):
+        train_ppo(config, paths, paths.ppo_no_kl, steps=config.no_kl_steps, kl_coef=0.0)
+    with _stage("constitutional AI", timings):
+        summary["cai"] = run_cai(config, paths)
+    with _stage("evaluation", timings):
+        policies = {"ppo": paths.ppo / "model", "ppo_no_kl": paths.ppo_no_kl / "model"}
+        for beta in config.dpo_betas:
+            policies[f"dpo_beta{beta:g}"] = paths.root / f"dpo_beta{beta:g}" / "model"
+        evaluation = evaluate_policies(config, paths, policies)
+        default_beta = 0.1 if 0.1 in config.dpo_betas else config.dpo_betas[0]
+        evaluation["policies"]["dpo"] = evaluation["policies"][f"dpo_beta{default_beta:g}"]
+        write_json(paths.root / "eval.json", evaluation)
+        for warning in evaluation["warnings"]:
+            console.print(f"[yellow]warning[/]: {warning['message']}")
+    summary["gold_reward_max"] = gold_reward_max(eval_prompts)
+    for name in ("sft", f"best_of_{config.best_of}", "ppo", "dpo", "ppo_no_kl"):
+        numbers = evaluation["policies"].get(name, {})
+        key = "best_of_16" if name.startswith("best_of_") and config.best_of == 16 else name
+        summary[key] = {k: numbers.get(k) for k in ("gold_reward", "proxy_reward", "kl")}
+    summary["dpo_sweep"] = {
+        f"{beta:g}": {
+            k: evaluation["policies"][f"dpo_beta{beta:g}"].get(k) for k in ("gold_reward", "kl")
+        }
+        for beta in config.dpo_betas
+    }
+    summary["timings_s"] = timings
+    summary["total_s"] = round(time.perf_counter() - started, 1)
     write_json(paths.root / "summary.json", summary)
-    _print_table(summary, paths)
+    with _stage("report", timings):
+        report = write_report(paths.root, title="rlhfkit demo — the embedded world")
+    _print_table(summary, evaluation, paths, report)
     return 0
 
 
-def _read(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _print_table(summary: dict, paths: DemoPaths) -> None:
-    spread = summary["sft_gold_spread"]
-    labels = summary["labels"]
-    table = Table(title="rlhfkit demo — the embedded world")
-    table.add_column("stage")
-    table.add_column("result")
-    table.add_column("time", justify="right")
-    t = summary["timings_s"]
-    table.add_row(
-        "world",
-        f"{summary['world']['corpus']} SFT records, "
-        f"{summary['world']['train_prompts']} + {summary['world']['eval_prompts']} prompts",
-        f"{t['world']}s",
-    )
-    table.add_row(
-        "sft", f"train loss {summary['sft_train_loss']:.3f} → {paths.sft / 'model'}", f"{t['sft']}s"
-    )
-    table.add_row(
-        "sft gold reward",
-        f"mean {spread['mean']:.3f}  std {spread['std']:.3f}  min {spread['min']:.3f}  "
-        f"max {spread['max']:.3f}  (n={spread['n']})",
-        f"{t['sft samples: gold-reward spread']}s",
-    )
-    table.add_row(
-        "pairs", f"{labels['pairs']} pairs → {paths.root / 'pairs.jsonl'}", f"{t['pairs']}s"
-    )
-    table.add_row(
-        "preferences",
-        f"{labels['train']} train + {labels['eval']} held-out → "
-        f"{paths.root / 'preferences_train.jsonl'}"
-        f" ({labels['skipped_identical']} identical pairs skipped, {labels['ties']} ties); "
-        "annotator agreement ceiling "
-        f"{labels['annotator_agreement']:.3f}",
-        f"{t['simulated annotators']}s",
-    )
+def _print_table(summary: dict, evaluation: dict, paths: DemoPaths, report: Path) -> None:
+    spread, labels = summary["sft_gold_spread"], summary["labels"]
+    table = Table(title="rlhfkit demo — the embedded world (gold reward ∈ [0, 1])")
+    for column in ("policy", "gold reward", "proxy reward", "KL to SFT", "win rate vs SFT (gold)"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, numbers in evaluation["policies"].items():
+        if name == "dpo":
+            continue
+        table.add_row(
+            name,
+            _fmt(numbers.get("gold_reward")),
+            _fmt(numbers.get("proxy_reward")),
+            _fmt(numbers.get("kl"), 2),
+            _fmt(numbers.get("win_rate_gold")),
+        )
+    table.add_row("best reachable", _fmt(summary["gold_reward_max"]), "", "", "")
     console.print(table)
+    facts = Table(show_header=False, title="stages")
+    facts.add_row(
+        "SFT samples' gold reward",
+        f"mean {spread['mean']:.3f}  std {spread['std']:.3f}  "
+        f"min {spread['min']:.3f}  max {spread['max']:.3f}  (n={spread['n']})",
+    )
+    facts.add_row(
+        "preferences",
+        f"{labels['train']} train + {labels['eval']} held-out "
+        f"({labels['skipped_identical']} identical pairs skipped, {labels['ties']} ties)",
+    )
+    facts.add_row(
+        "reward model",
+        f"held-out accuracy {_fmt(summary['rm_accuracy'])} vs annotators' "
+        f"ceiling {_fmt(summary['annotator_agreement'])}",
+    )
+    cai = summary.get("cai", {})
+    facts.add_row(
+        "constitutional AI",
+        f"safety {_fmt(cai.get('safety_before'))} → "
+        f"{_fmt(cai.get('safety_after'))} after self-revision; AI judge agrees with gold on "
+        f"{_fmt(cai.get('judge_gold_agreement'))} of {cai.get('judge_pairs')} pairs",
+    )
+    facts.add_row(
+        "time",
+        " ".join(f"{k} {v}s," for k, v in summary["timings_s"].items())
+        + f" total {summary['total_s']}s",
+    )
+    facts.add_row("outputs", f"{paths.root / 'summary.json'}, {report}")
+    console.print(facts)

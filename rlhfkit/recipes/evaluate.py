@@ -49,6 +49,17 @@ class EvalConfig(BaseConfig):
     normalized: bool = option(True, "apply the reward model's stored normalisation")
     max_length: int = option(0, "maximum prompt + response tokens; 0 = as the model was trained")
     progress: bool = option(True, "show a progress bar")
+    # Policy evaluation (`policies=...`): each policy against the reference, on `prompts`.
+    policies: list[str] = option(
+        [], "policies to evaluate: model dirs, optionally named (name=DIR); comma-separated"
+    )
+    reference: str = option("", "the reference policy (e.g. the SFT model) for KL and win rates")
+    prompts: str = option("", "held-out prompts ({prompt} records) to sample the policies on")
+    gold_reward: str = option("", "a known gold reward (same specs as reward_model), if any")
+    best_of_n: int = option(
+        64, "best-of-n of the reference for n = 1, 2, 4, ... up to this; 0 = off"
+    )
+    max_new_tokens: int = option(64, "maximum tokens per sampled response")
 
 
 def _texts(record) -> tuple[str, list, object]:
@@ -151,7 +162,49 @@ def score_data(config: EvalConfig) -> dict:
 
 
 # (predicate on the config, mode function); the first whose predicate holds runs.
+def evaluate_policies(config: EvalConfig) -> dict:
+    """Policy mode: reward, gold reward, KL to the reference, win rates, best-of-n; writes
+    OUTPUT_DIR/eval.json (the report's input) and summary.json."""
+    from rlhfkit.data.datasets import load_prompts
+    from rlhfkit.data.io import write_json
+    from rlhfkit.eval.policy_eval import evaluate_against_reference
+    from rlhfkit.models.reward_fn import load_reward_function
+
+    if not config.reference or not config.prompts:
+        raise ConfigError("eval: policy evaluation needs reference=DIR and prompts=FILE")
+    named = {}
+    for i, item in enumerate(config.policies):
+        name, _, directory = item.rpartition("=")
+        named[name or Path(directory).parent.name or f"policy{i}"] = directory
+    prompts = [e.prompt for e in load_prompts(config.prompts)]
+    if any(not isinstance(p, str) for p in prompts):
+        raise ConfigError("prompts: policy evaluation takes plain-text prompts")
+    run = Run(config, "eval")
+    evaluation = evaluate_against_reference(
+        named,
+        reference=config.reference,
+        prompts=prompts,
+        proxy=load_reward_function(config.reward_model) if config.reward_model else None,
+        gold=load_reward_function(config.gold_reward) if config.gold_reward else None,
+        best_of=config.best_of_n,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
+    write_json(run.out / "eval.json", evaluation)
+    for warning in evaluation["warnings"]:
+        run.print(f"[yellow]warning[/]: {warning['message']}")
+    summary = {
+        name: {k: v for k, v in numbers.items() if isinstance(v, (int, float))}
+        for name, numbers in evaluation["policies"].items()
+    }
+    run.summary(summary)
+    for name, numbers in summary.items():
+        run.print(name, {k: round(v, 4) for k, v in numbers.items()})
+    return summary
+
+
 MODES: list[tuple[Callable[[EvalConfig], bool], Callable[[EvalConfig], dict]]] = [
+    (lambda c: bool(c.policies), evaluate_policies),
     (lambda c: bool(c.reward_model and c.data), score_data),
 ]
 
@@ -161,6 +214,6 @@ def run(config: EvalConfig) -> dict:
         if wanted(config):
             return mode(config)
     raise ConfigError(
-        "eval: nothing to do; score data with `rlhfkit eval reward_model=DIR data=FILE` "
-        "(see rlhfkit eval --help)"
+        "eval: nothing to do; score data with `rlhfkit eval reward_model=DIR data=FILE`, or "
+        "evaluate policies with `policies=DIR,... reference=DIR prompts=FILE` (see --help)"
     )
