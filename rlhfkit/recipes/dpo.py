@@ -1,0 +1,727 @@
+"""Direct preference optimisation and its family on (prompt, chosen, rejected) pairs.
+
+The loss variants live in `rlhfkit.losses.dpo` (registered functions); this module is the loop:
+
+* **Reference.** `dpo.reference` empty means the starting model. Its log-probs are precomputed in
+  one pass before training (`dpo.precompute_ref=true`, the default) and cached in
+  `OUT/reference_logps.pt` under a fingerprint of the data and the reference, so a resumed run
+  reads them back instead of recomputing. At step 0 of full fine-tuning the policy itself *is*
+  the reference, and with LoRA the reference is the policy with its adapters switched off, so
+  neither needs a second copy of the model (`rlhfkit.training.reference`). Only a separate
+  `dpo.reference` path, or on-the-fly reference log-probs with full fine-tuning, load a copy.
+  SimPO is reference-free and uses none.
+* **Log-probs.** Chosen and rejected rows go through the model in one concatenated forward
+  (2B rows); `TokenLogprobs` sends only completion positions through the LM head, in chunks, so
+  no (rows x length x vocab) fp32 tensor exists. Pairs are grouped by length (`length_bucketing`)
+  so a micro-batch pads little; `padding_free` packs all rows into one with restarting position
+  ids, for flash-attention's varlen kernels on a GPU.
+* **Normalisation.** The loss of an optimizer step is the sum of per-pair losses over the global
+  batch divided by the global number of pairs, so 1x8 equals 8x1 equals 2 processes x 4.
+* **Length-averaged log-probs** go to the variants defined on them (`ipo`, `simpo`: see
+  `LENGTH_AVERAGED`); the others get summed log-probs.
+* **RPO.** `dpo.sft_weight = alpha > 0` adds ``alpha * NLL(chosen) / |chosen|`` per pair (Pang et
+  al. 2024, "Iterative Reasoning Preference Optimization").
+
+Metrics (per logged step, and with an `eval_` prefix on evaluation): `loss`, `rewards/chosen`,
+`rewards/rejected` (the variant's implicit rewards, ``beta x log-ratio``), `rewards/accuracy`
+(chosen reward strictly above rejected), `rewards/margin`, `logps/chosen`, `logps/rejected`
+(summed policy log-probs), and `kl`: the mean over chosen and rejected responses of the sequence
+log-ratio ``log pi(y|x) - log pi_ref(y|x)``, an estimate of KL(pi || pi_ref) on the preference data
+(not on the policy's own samples, which `benchmarks/world_dpo.py` measures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import TrainConfig, group, option
+from rlhfkit.data.collate import pad_right
+from rlhfkit.data.datasets import load_comparisons
+from rlhfkit.data.formats import PreferenceExample, RankingExample
+from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
+from rlhfkit.errors import ConfigError
+from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.recipes.sft import export_policy, lora_settings
+from rlhfkit.training.batches import BatchPlan, eval_shards
+from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.reference import reference_kind, reference_logprobs
+from rlhfkit.training.run import Run, check_finite
+from rlhfkit.training.steps import global_sum, optimizer_step, sync_context
+
+# Variants whose papers define the log-likelihoods as per-token averages.
+LENGTH_AVERAGED = frozenset({"ipo", "simpo"})
+REFERENCE_CACHE = "reference_logps.pt"
+
+
+@dataclass
+class DPOOptions:
+    beta: float = option(0.1, "strength of the implicit KL constraint (reward scale)")
+    loss_type: str = option(
+        "sigmoid",
+        "loss variant: " + ", ".join(available_dpo_losses()) + " (rlhfkit.losses.dpo)",
+    )
+    label_smoothing: float = option(
+        0.0, "assumed label-flip rate for cdpo/sigmoid, robust and simpo (0 = off)"
+    )
+    simpo_gamma: float = option(0.5, "SimPO target reward margin gamma (reward units)")
+    sft_weight: float = option(0.0, "weight of the NLL of the chosen response per token (RPO)")
+    precompute_ref: bool = option(
+        True, "compute reference log-probs in one pass before training (cached in OUT)"
+    )
+    reference: str = option(
+        "", "reference model path; empty = the starting model (no second copy with LoRA)"
+    )
+    length_bucketing: bool = option(True, "group pairs of similar length into batches")
+    padding_free: bool = option(
+        False, "pack rows without padding (needs attn_implementation=flash_attention_2, a GPU)"
+    )
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    output_dir: str = option("runs/dpo", "where config.yaml, metrics, the model and checkpoints go")
+    learning_rate: float = option(5e-7, "peak learning rate (AdamW)")
+    dpo: DPOOptions = group(DPOOptions, "DPO options")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: preference and ranking records to tokenised pairs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        """Row length of the longer of the two sequences."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of both sequences (what one forward over the pair processes)."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def _text_pairs(example: PreferenceExample | RankingExample):
+    if isinstance(example, RankingExample):
+        # Every pair of a ranking (best first) is one preference: K(K-1)/2 pairs.
+        for better, worse in combinations(example.ranking, 2):
+            yield example.prompt, example.responses[better], example.responses[worse]
+    else:
+        yield example.prompt, example.chosen, example.rejected
+
+
+def load_pairs(
+    spec: str, tokenizer, *, max_length: int, max_prompt_length: int
+) -> tuple[list[Pair], TokenStats]:
+    """Tokenised pairs of `spec` (preference or ranking records); skipped pairs are counted."""
+    stats = TokenStats()
+    pairs = []
+    for example in load_comparisons(spec):
+        for prompt, chosen, rejected in _text_pairs(example):
+            stats.examples += 1
+            if chosen == rejected:
+                stats.skipped["chosen == rejected"] += 1
+                continue
+            prompt_ids = encode_prompt(tokenizer, prompt)
+            sides = [
+                truncate(
+                    prompt_ids,
+                    encode_completion(tokenizer, prompt, completion),
+                    max_length=max_length,
+                    max_prompt_length=max_prompt_length,
+                )
+                for completion in (chosen, rejected)
+            ]
+            stats.prompt_truncated += sides[0].prompt_truncated
+            stats.completion_truncated += sum(s.completion_truncated for s in sides)
+            if not sides[0].completion_ids or not sides[1].completion_ids:
+                stats.skipped["no completion token fits max_length"] += 1
+                continue
+            stats.kept += 1
+            chosen, rejected = (side.completion_ids for side in sides)
+            pairs.append(Pair(sides[0].prompt_ids, chosen, rejected))
+    return pairs, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: the concatenated (chosen rows, then rejected rows) forward, padded or packed
+# ---------------------------------------------------------------------------------------------
+
+
+def _sequences(pairs: list[Pair], indices: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Ids and target masks of the 2B rows: chosen responses first, then rejected ones."""
+    chosen = [pairs[i] for i in indices]
+    ids, masks = [], []
+    for completion_of in (lambda p: p.chosen_ids, lambda p: p.rejected_ids):
+        for pair in chosen:
+            completion = completion_of(pair)
+            ids.append(pair.prompt_ids + completion)
+            masks.append([0] * len(pair.prompt_ids) + [1] * len(completion))
+    return ids, masks
+
+
+def pair_batch(
+    pairs: list[Pair], indices: list[int], pad_id: int, device, *, padding_free: bool = False
+) -> dict[str, torch.Tensor]:
+    """One model batch holding both sides of the pairs `indices`.
+
+    Padded: `input_ids`, `attention_mask`, `target_mask`, each (2B, T). Packed
+    (`padding_free`): one row (1, N) with `position_ids` restarting per sequence and
+    `sequence_ids` (1, N) naming each token's row in 0..2B-1.
+    """
+    ids, masks = _sequences(pairs, indices)
+    if not padding_free:
+        batch = {
+            "input_ids": pad_right(ids, pad_id),
+            "attention_mask": pad_right([[1] * len(row) for row in ids], 0),
+            "target_mask": pad_right(masks, 0),
+        }
+    else:
+        flat_mask = []
+        for mask in masks:
+            # A sequence's first token has no prediction of its own (it would be predicted from
+            # the previous sequence's last token), exactly like position 0 of a padded row.
+            flat_mask += [0] + mask[1:]
+        batch = {
+            "input_ids": torch.tensor([sum(ids, [])]),
+            "position_ids": torch.tensor([[t for row in ids for t in range(len(row))]]),
+            "target_mask": torch.tensor([flat_mask]),
+            "sequence_ids": torch.tensor([[k for k, row in enumerate(ids) for _ in row]]),
+        }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def sequence_logps(forward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs and completion lengths of every row of `pair_batch`.
+
+    Args:
+        forward: The policy (`TokenLogprobs`) or a reference function with the same signature.
+        batch: A `pair_batch`.
+
+    Returns:
+        `(logps (2B,), lengths (2B,))`: chosen rows first, then rejected rows.
+    """
+    inputs = {k: v for k, v in batch.items() if k != "sequence_ids"}
+    token_logps = forward(**inputs)["logprobs"]  # (rows, T), 0 off-target
+    targets = batch["target_mask"].clone()
+    targets[:, 0] = 0  # position 0 is never predicted
+    if "sequence_ids" not in batch:
+        return token_logps.sum(-1), targets.sum(-1).to(token_logps.dtype)  # (2B,), (2B,)
+    rows = int(batch["sequence_ids"].max()) + 1
+    segment = batch["sequence_ids"][0]  # (N,)
+    logps = token_logps.new_zeros(rows).index_add(0, segment, token_logps[0])  # (2B,)
+    lengths = token_logps.new_zeros(rows).index_add(0, segment, targets[0].to(token_logps.dtype))
+    return logps, lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and metrics of a batch of pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _variant_kwargs(options: DPOOptions) -> dict:
+    """The extra keywords the chosen variant accepts (e.g. `simpo_gamma`), from the options."""
+    parameters = inspect.signature(DPO_LOSSES.lookup(options.loss_type).fn).parameters
+    extra = {"simpo_gamma": options.simpo_gamma}
+    return {name: value for name, value in extra.items() if name in parameters}
+
+
+def is_reference_free(loss_type: str) -> bool:
+    return DPO_LOSSES.lookup(loss_type).reference_free
+
+
+def pair_losses(
+    policy_logps: torch.Tensor,
+    lengths: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    options: DPOOptions,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair losses and per-pair metrics.
+
+    Args:
+        policy_logps: (2B,) summed policy log-probs, chosen rows then rejected rows.
+        lengths: (2B,) completion lengths of those rows.
+        ref_logps: (2B,) summed reference log-probs, or None for a reference-free variant.
+        options: The `dpo` options.
+
+    Returns:
+        `(losses (B,), metrics)` with metrics of shape (B,), detached.
+    """
+    pairs = policy_logps.shape[0] // 2
+    averaged = options.loss_type in LENGTH_AVERAGED
+    policy_in = policy_logps / lengths if averaged else policy_logps  # (2B,)
+    ref_in = None
+    if ref_logps is not None and not is_reference_free(options.loss_type):
+        ref_in = ref_logps / lengths if averaged else ref_logps  # (2B,)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        policy_in[:pairs],
+        policy_in[pairs:],
+        None if ref_in is None else ref_in[:pairs],
+        None if ref_in is None else ref_in[pairs:],
+        beta=options.beta,
+        loss_type=options.loss_type,
+        label_smoothing=options.label_smoothing,
+        **_variant_kwargs(options),
+    )  # (B,) each
+    metrics = {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float(),
+        "rewards/margin": chosen_rewards - rejected_rewards,
+        "logps/chosen": policy_logps[:pairs].detach(),
+        "logps/rejected": policy_logps[pairs:].detach(),
+    }
+    if ref_logps is not None:
+        logratio = (policy_logps.detach() - ref_logps).view(2, pairs)  # (2, B)
+        metrics["kl"] = logratio.mean(0)
+    if options.sft_weight > 0:
+        chosen_nll = -policy_logps[:pairs] / lengths[:pairs]  # (B,)
+        losses = losses + options.sft_weight * chosen_nll
+        metrics["nll/chosen"] = chosen_nll.detach()
+    metrics["loss"] = losses.detach()
+    return losses, metrics
+
+
+def check_options(config: DPOConfig) -> None:
+    """Turn every inconsistent `dpo.*` setting into a ConfigError before any model is loaded."""
+    options = config.dpo
+    names = available_dpo_losses()
+    if options.loss_type not in names:
+        raise ConfigError(
+            f"dpo.loss_type: unknown loss {options.loss_type!r}; choose one of {', '.join(names)}"
+        )
+    if options.sft_weight < 0:
+        raise ConfigError(f"dpo.sft_weight: must be >= 0, got {options.sft_weight}")
+    # Let the loss function judge beta / label_smoothing for this variant on a dummy pair.
+    zeros = torch.zeros(1)
+    try:
+        dpo_loss(
+            zeros,
+            zeros,
+            zeros,
+            zeros,
+            beta=options.beta,
+            loss_type=options.loss_type,
+            label_smoothing=options.label_smoothing,
+            **_variant_kwargs(options),
+        )
+    except ValueError as err:
+        raise ConfigError(f"dpo: {err}") from None
+    if options.padding_free:
+        impl = config.attn_implementation or "the default (sdpa)"
+        if "flash" not in config.attn_implementation or not torch.cuda.is_available():
+            raise ConfigError(
+                "dpo.padding_free: unavailable with attention "
+                f"{impl}{'' if torch.cuda.is_available() else ' on this machine (no CUDA GPU)'}. "
+                "Packing rows without padding needs a variable-length kernel "
+                "(attn_implementation=flash_attention_2 on a CUDA GPU); with sdpa or eager a "
+                "packed row needs a dense block-diagonal mask over the whole pack, which costs "
+                "more than the padding it removes. Leave dpo.padding_free=false: "
+                "dpo.length_bucketing already keeps padding small."
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch order: length-bucketed global batches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LengthBucketedPlan(BatchPlan):
+    """A `BatchPlan` whose global batches hold pairs of similar length.
+
+    Per epoch: the seeded permutation decides which pairs are used (the same ones as an
+    unbucketed plan); they are sorted by length within windows of `window` global batches, cut
+    into global batches, and the batches are shuffled. Everything depends on (seed, epoch) and
+    the global batch size only, so resume, 1x8 vs 8x1 and process counts stay exact.
+    """
+
+    lengths: list[int] = field(default_factory=list)
+    window: int = 32
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = super()._permutation(epoch)
+        used = self.steps_per_epoch * self.global_batch
+        kept, dropped = order[:used], order[used:]
+        span = self.global_batch * self.window
+        grouped = []
+        for start in range(0, used, span):
+            grouped += sorted(kept[start : start + span], key=lambda i: self.lengths[i])
+        batches = [
+            grouped[b * self.global_batch : (b + 1) * self.global_batch]
+            for b in range(self.steps_per_epoch)
+        ]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
+        shuffled = [batches[b] for b in torch.randperm(len(batches), generator=generator)]
+        return [i for batch in shuffled for i in batch] + dropped
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        indices = sorted(self.global_indices(step), key=lambda i: self.lengths[i])
+        out = []
+        for micro in range(self.grad_accum):
+            start = (micro * self.world_size + rank) * self.batch_size
+            out.append(indices[start : start + self.batch_size])
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference log-probs: one pass, cached in OUT
+# ---------------------------------------------------------------------------------------------
+
+
+def _fingerprint(config: DPOConfig, *pair_sets: list[Pair]) -> str:
+    reference = config.dpo.reference or config.model
+    if os.path.isdir(reference):
+        reference = os.path.abspath(reference)
+    digest = hashlib.sha256(f"{reference}|{config.dtype}|{config.attn_implementation}".encode())
+    if os.path.isdir(reference):
+        # Weights rewritten in place (same path, new model) must not reuse the old cache.
+        for path in sorted(Path(reference).glob("*")):
+            if path.suffix in (".safetensors", ".bin", ".json"):
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for pairs in pair_sets:
+        digest.update(b"#")
+        for pair in pairs:
+            digest.update(repr((pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)).encode())
+    return digest.hexdigest()
+
+
+def compute_reference_logps(
+    acc, ref_fn, pairs: list[Pair], batch_size: int, pad_id: int, padding_free: bool = False
+) -> torch.Tensor:
+    """(N, 2) summed reference log-probs (chosen, rejected) of every pair, computed once.
+
+    Pairs go in length order (little padding); each process takes a shard, and the shards are
+    summed across processes.
+    """
+    result = torch.zeros(len(pairs), 2, dtype=torch.float64, device=acc.device)
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    for shard in eval_shards(len(pairs), batch_size, acc.num_processes, acc.process_index):
+        indices = [order[i] for i in shard]
+        batch = pair_batch(pairs, indices, pad_id, acc.device, padding_free=padding_free)
+        logps, _ = sequence_logps(ref_fn, batch)  # (2B,)
+        result[indices] = logps.view(2, -1).t().to(torch.float64)
+    if acc.num_processes > 1:
+        result = acc.reduce(result, reduction="sum")
+    return result.float().cpu()
+
+
+def _load_cache(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    cache = torch.load(path, map_location="cpu", weights_only=True)
+    return cache if cache.get("fingerprint") == fingerprint else None
+
+
+def _save_cache(acc, path: Path, cache: dict) -> None:
+    if acc.is_main_process:
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        torch.save(cache, tmp)
+        os.replace(tmp, path)
+    acc.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _batch_ref(ref_table: torch.Tensor, indices: list[int], device) -> torch.Tensor:
+    """(2B,) cached reference log-probs of `indices`, in `pair_batch` row order."""
+    return ref_table[indices].t().reshape(-1).to(device)
+
+
+def evaluate(
+    run: Run,
+    model,
+    pairs: list[Pair],
+    config: DPOConfig,
+    pad_id: int,
+    *,
+    ref_table: torch.Tensor | None,
+    ref_fn,
+) -> dict[str, float]:
+    """Mean loss and metrics over `pairs` (every process takes a shard)."""
+    acc = run.accelerator
+    model.eval()
+    totals: dict[str, float] = {}
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    with torch.no_grad():
+        for shard in eval_shards(
+            len(pairs), config.eval_batch_size, acc.num_processes, acc.process_index
+        ):
+            indices = [order[i] for i in shard]
+            batch = pair_batch(
+                pairs, indices, pad_id, acc.device, padding_free=config.dpo.padding_free
+            )
+            policy_logps, lengths = sequence_logps(model, batch)
+            ref_logps = _reference_for(batch, indices, ref_table, ref_fn, acc.device)
+            _, metrics = pair_losses(policy_logps, lengths, ref_logps, config.dpo)
+            for key, values in metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(values.sum())
+    model.train()
+    count = max(len(pairs), 1)
+    return {f"eval_{key}": global_sum(acc, totals[key]) / count for key in sorted(totals)}
+
+
+def _reference_for(batch, indices, ref_table, ref_fn, device) -> torch.Tensor | None:
+    if ref_table is not None:
+        return _batch_ref(ref_table, indices, device)
+    if ref_fn is None:
+        return None
+    logps, _ = sequence_logps(ref_fn, batch)
+    return logps
+
+
+def train(config: DPOConfig) -> dict:
+    check_options(config)
+    run = Run(config, "dpo")
+    acc = run.accelerator
+    options = config.dpo
+    tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id
+    if not config.train_data:
+        raise ConfigError("train_data: no training data given")
+    lengths_kw = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
+    pairs, stats = load_pairs(config.train_data, tokenizer, **lengths_kw)
+    run.print(f"[bold]train data[/] {config.train_data}: {stats.summary()}")
+    eval_pairs: list[Pair] = []
+    if config.eval_data:
+        eval_pairs, eval_stats = load_pairs(config.eval_data, tokenizer, **lengths_kw)
+        run.print(f"[bold]eval data[/] {config.eval_data}: {eval_stats.summary()}")
+
+    lm = load_causal_lm(
+        config.model,
+        dtype=config.dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        lora=lora_settings(config),
+        attn_implementation=config.attn_implementation or None,
+    )
+    model = TokenLogprobs(lm)
+    plan_args = (
+        len(pairs),
+        config.batch_size,
+        config.grad_accum,
+        acc.num_processes,
+        config.seed,
+        config.max_steps,
+        config.epochs,
+    )
+    if options.length_bucketing:
+        plan = LengthBucketedPlan(*plan_args, lengths=[p.length for p in pairs])
+    else:
+        plan = BatchPlan(*plan_args)
+    try:
+        plan.check()
+    except ValueError as err:
+        raise ConfigError(f"train_data: {err}") from None
+    if plan.dropped_per_epoch:
+        run.print(
+            f"each epoch leaves out {plan.dropped_per_epoch} pairs of its shuffled order "
+            "(fewer than one global batch)"
+        )
+    optimizer = build_optimizer(
+        model,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=config.adam_betas,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=plan.total_steps,
+        warmup_ratio=config.warmup_ratio,
+        schedule=config.lr_scheduler,
+    )
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+
+    start_step, totals = 0, {"loss_sum": 0.0, "loss_steps": 0}
+    last = latest_checkpoint(run.checkpoints)
+    if config.resume and last is not None:
+        state = load_checkpoint(acc, last)
+        start_step, totals = state["step"], state["totals"]
+        run.truncate_metrics(start_step)
+        run.print(f"resumed from {last} at step {start_step}")
+    else:
+        if config.resume:
+            run.print("resume=true but no checkpoint found: starting from scratch")
+        run.reset_metrics()
+
+    with ExitStack() as stack:
+        started = time.perf_counter()
+        ref_tables, ref_fn, ref_source = _prepare_reference(
+            run, stack, model, config, pairs, eval_pairs, pad_id, initial=start_step == 0
+        )
+        reference_seconds = time.perf_counter() - started
+        summary = _train_loop(
+            run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, pad_id,
+            start_step=start_step, totals=totals, ref_tables=ref_tables, ref_fn=ref_fn,
+        )  # fmt: skip
+    summary["reference_logps"] = ref_source
+    summary["reference_seconds"] = reference_seconds
+    summary["train_seconds"] = reference_seconds + summary.pop("step_seconds")
+    summary["data"] = stats.as_dict()
+    export_policy(run, model, tokenizer)
+    run.summary(summary)
+    message = f"[green]dpo done[/]: train_loss {summary['train_loss']:.4f}"
+    if eval_pairs:
+        message += (
+            f", eval_loss {summary['eval_loss']:.4f}, eval_reward_accuracy "
+            f"{summary['eval_reward_accuracy']:.3f}, eval_reward_margin "
+            f"{summary['eval_reward_margin']:.4f}"
+        )
+    run.print(message + f" → {run.out / 'model'}")
+    return summary
+
+
+def _prepare_reference(run, stack, model, config, pairs, eval_pairs, pad_id, *, initial):
+    """Reference tables (precomputed or cached) or an on-the-fly reference function.
+
+    Returns:
+        `(tables, ref_fn, source)`: tables `{"train": (N, 2), "eval": (M, 2)}` or None; ref_fn
+        for on-the-fly log-probs or None; source says which happened (reported in the summary).
+    """
+    acc, options = run.accelerator, config.dpo
+    if is_reference_free(options.loss_type):
+        return None, None, "none (reference-free loss)"
+    policy = acc.unwrap_model(model)
+    reference_args = {
+        "model_path": config.model,
+        "reference": options.reference,
+        "dtype": config.dtype,
+        "attn_implementation": config.attn_implementation or None,
+    }
+    if not options.precompute_ref:
+        ref_fn = stack.enter_context(reference_logprobs(policy, initial=False, **reference_args))
+        kind = reference_kind(policy, options.reference, initial=False)
+        return None, ref_fn, f"on the fly ({kind})"
+
+    cache_path = run.out / REFERENCE_CACHE
+    fingerprint = _fingerprint(config, pairs, eval_pairs)
+    cache = _load_cache(cache_path, fingerprint)
+    if cache is not None:
+        run.print(f"reference log-probs read from {cache_path}")
+        return {"train": cache["train"], "eval": cache["eval"]}, None, "loaded from cache"
+    kind = reference_kind(policy, options.reference, initial=initial)
+    started = time.perf_counter()
+    with reference_logprobs(policy, initial=initial, **reference_args) as ref_fn:
+        tables = {
+            name: compute_reference_logps(
+                acc, ref_fn, items, config.eval_batch_size, pad_id, options.padding_free
+            )
+            for name, items in (("train", pairs), ("eval", eval_pairs))
+        }
+    _save_cache(acc, cache_path, {"fingerprint": fingerprint, **tables})
+    run.print(
+        f"reference log-probs of {len(pairs) + len(eval_pairs)} pairs computed ({kind}) in "
+        f"{time.perf_counter() - started:.1f}s → {cache_path}"
+    )
+    return tables, None, f"computed ({kind})"
+
+
+def _train_loop(
+    run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, pad_id, *,
+    start_step, totals, ref_tables, ref_fn,
+) -> dict:  # fmt: skip
+    acc, options = run.accelerator, config.dpo
+    train_table = None if ref_tables is None else ref_tables["train"]
+    eval_table = None if ref_tables is None else ref_tables["eval"]
+
+    def run_eval() -> dict[str, float]:
+        return evaluate(run, model, eval_pairs, config, pad_id, ref_table=eval_table, ref_fn=ref_fn)
+
+    model.train()
+    window_tokens, window_start = 0, time.perf_counter()
+    step_seconds = 0.0  # optimizer steps only: no evaluation, no checkpoint writes
+    with run.progress(plan.total_steps, start_step, "dpo"):
+        for step in range(start_step, plan.total_steps):
+            step_started = time.perf_counter()
+            micro_batches = plan.micro_batches(step, acc.process_index)
+            global_pairs = plan.global_batch
+            sums: dict[str, float] = {}
+            for micro, indices in enumerate(micro_batches):
+                batch = pair_batch(
+                    pairs, indices, pad_id, acc.device, padding_free=options.padding_free
+                )
+                with sync_context(acc, model, micro, len(micro_batches)):
+                    policy_logps, lengths = sequence_logps(model, batch)  # (2B,), (2B,)
+                    ref_logps = _reference_for(batch, indices, train_table, ref_fn, acc.device)
+                    losses, metrics = pair_losses(policy_logps, lengths, ref_logps, options)
+                    # DDP averages gradients over processes, hence the factor num_processes.
+                    acc.backward(losses.sum() * acc.num_processes / global_pairs)
+                for key, values in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(values.sum())
+                window_tokens += sum(pairs[i].tokens for i in indices)
+            means = {key: global_sum(acc, value) / global_pairs for key, value in sums.items()}
+            check_finite(means["loss"], step + 1, run)
+            grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
+            step_seconds += time.perf_counter() - step_started
+            totals["loss_sum"] += means["loss"]
+            totals["loss_steps"] += 1
+            done = step + 1
+            tokens_per_s = (
+                window_tokens * acc.num_processes / max(time.perf_counter() - window_start, 1e-9)
+            )
+            run.advance(
+                f"loss {means['loss']:.4f}  acc {means['rewards/accuracy']:.2f}  "
+                f"{tokens_per_s:,.0f} tok/s"
+            )
+            if done % config.logging_steps == 0 or done == plan.total_steps:
+                run.log(
+                    done,
+                    {
+                        **means,
+                        "grad_norm": grad_norm,
+                        "lr": scheduler.get_last_lr()[0],
+                        "epoch": step / plan.steps_per_epoch,
+                        "tokens_per_s": tokens_per_s,
+                    },
+                )
+                window_tokens, window_start = 0, time.perf_counter()
+            if (
+                eval_pairs
+                and config.eval_steps
+                and done % config.eval_steps == 0
+                and done < plan.total_steps
+            ):
+                run.log(done, run_eval())
+            if (config.save_steps and done % config.save_steps == 0) or done == plan.total_steps:
+                save_checkpoint(
+                    acc, run.checkpoints, done, {"totals": totals}, keep=config.save_total_limit
+                )
+
+    summary = {
+        "train_loss": totals["loss_sum"] / max(totals["loss_steps"], 1),
+        "steps": plan.total_steps,
+        "step_seconds": step_seconds,
+    }
+    if eval_pairs:
+        evaluation = run_eval()
+        run.log(plan.total_steps, evaluation)
+        summary.update(
+            eval_loss=evaluation["eval_loss"],
+            eval_reward_accuracy=evaluation["eval_rewards/accuracy"],
+            eval_reward_margin=evaluation["eval_rewards/margin"],
+            eval_kl=evaluation.get("eval_kl"),
+        )
+        if summary["eval_kl"] is None:
+            del summary["eval_kl"]
+    return summary
