@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 
 "$PY" benchmarks/gpu_dpo.py --rounds 2 "$@"
+"$PY" benchmarks/gpu_ppo.py --json runs/gpu_ppo.json
