@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/rlhfkit demo $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=20 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check rlhfkit tests benchmarks

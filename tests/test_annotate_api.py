@@ -27,16 +27,16 @@ from rlhfkit.feedback.annotation.db import (
 CRITERIA = {"helpfulness": "A", "accuracy": "tie", "safety": "both_bad"}
 
 
-def _reset_postgres(url: str) -> None:
+def _reset_postgres(url: str) -> str:
+    """A fresh, empty schema for this test process (pytest-xdist workers run side by side)."""
+    schema = "test_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "DROP TABLE IF EXISTS item_events, labels, assignments, items, users, "
-                "rlhfkit_schema CASCADE"
-            )
-        )
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     engine.dispose()
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -46,8 +46,7 @@ def db_url(request, tmp_path):
     url = os.environ.get("RLHFKIT_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("RLHFKIT_TEST_POSTGRES_URL is not set (.ci/services.sh sets it in CI)")
-    _reset_postgres(url)
-    return url
+    return _reset_postgres(url)
 
 
 class Clock:
