@@ -51,9 +51,14 @@ def test_pearson_and_trend():
 
 
 def test_diagnostics_flag_divergence_and_only_then():
-    proxy = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-    assert proxy_gold_divergence(proxy, [0.5, 0.6, 0.6, 0.5, 0.4, 0.3]) is not None
-    assert proxy_gold_divergence(proxy, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) is None
+    """Window 1/4 of 8 steps = 2 steps. Proxy means 0.15 → 0.75 (up). Gold (0.5, 0.6, ..., 0.3,
+    0.2): means 0.55 → 0.25, a fall of 0.30 > 0.02: flagged. Gold ending at 0.54 (fall 0.01 <
+    0.02) or rising is not."""
+    proxy = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    flagged = proxy_gold_divergence(proxy, [0.5, 0.6, 0.6, 0.5, 0.4, 0.4, 0.3, 0.2])
+    assert flagged is not None and flagged["gold"] == pytest.approx([0.55, 0.25])
+    assert proxy_gold_divergence(proxy, [0.5, 0.6, 0.6, 0.5, 0.4, 0.4, 0.54, 0.54]) is None
+    assert proxy_gold_divergence(proxy, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) is None
     assert length_correlation(0.8) is not None and length_correlation(0.1) is None
     assert kl_growth([1, 5, 9, 14, 20]) is not None and kl_growth([1, 1, 1, 1]) is None
 

@@ -132,8 +132,10 @@ def _split_implicit_prompt(record: Record, chosen: list[Message], rejected: list
 
 def parse_preference(record: Record) -> PreferenceExample:
     data = record.data
-    chosen = _text(record, "chosen", _require(record, "chosen"))
-    rejected = _text(record, "rejected", _require(record, "rejected"))
+    # An empty response is a legitimate (bad) answer a policy can give, so preferences may hold
+    # one; SFT completions may not.
+    chosen = _text(record, "chosen", _require(record, "chosen"), allow_empty=True)
+    rejected = _text(record, "rejected", _require(record, "rejected"), allow_empty=True)
     if "prompt" in data and data["prompt"] is not None:
         prompt = _text(record, "prompt", data["prompt"])
     elif isinstance(chosen, list) and isinstance(rejected, list):
@@ -161,7 +163,9 @@ def parse_ranking(record: Record) -> RankingExample:
     responses = _require(record, "responses")
     if not isinstance(responses, list) or len(responses) < 2:
         raise record.error("responses", "expected a list of at least 2 responses")
-    responses = [_text(record, f"responses[{i}]", r) for i, r in enumerate(responses)]
+    responses = [
+        _text(record, f"responses[{i}]", r, allow_empty=True) for i, r in enumerate(responses)
+    ]
     ranking = _require(record, "ranking")
     if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
         raise record.error(

@@ -1,7 +1,7 @@
 """Reward-hacking diagnostics: signs that the policy optimises the proxy, not the goal.
 
-- proxy–gold divergence: over the last part of training the proxy reward rises while the gold
-  reward falls (Gao et al. 2022's over-optimisation);
+- proxy–gold divergence: from the start to the end of training the proxy reward rises while the
+  gold reward falls (Gao et al. 2022's over-optimisation);
 - reward–length correlation: a reward that pays for length invites padding (Singhal et al. 2023);
 - KL growth: the policy keeps moving away from the reference (no leash);
 - ensemble disagreement: reward models trained alike disagree on the policy's samples.
@@ -27,20 +27,24 @@ def trend(values: list[float]) -> float:
 
 
 def proxy_gold_divergence(
-    proxy: list[float], gold: list[float], *, tail: float = 0.5
+    proxy: list[float], gold: list[float], *, window: float = 0.25, tolerance: float = 0.02
 ) -> dict | None:
-    """Flag when, over the last `tail` fraction of a run, the proxy trends up and the gold down."""
+    """Flag a run whose proxy reward ends higher than it started while its gold reward ends
+    lower (by more than `tolerance`), comparing the means of the first and last `window`
+    fraction of the steps (means, because per-step rewards are noisy)."""
     if len(proxy) < 4 or len(proxy) != len(gold):
         return None
-    start = int(len(proxy) * (1 - tail))
-    proxy_slope, gold_slope = trend(proxy[start:]), trend(gold[start:])
-    if proxy_slope > 0 and gold_slope < 0:
+    width = max(1, int(len(proxy) * window))
+    proxy_start, proxy_end = statistics.fmean(proxy[:width]), statistics.fmean(proxy[-width:])
+    gold_start, gold_end = statistics.fmean(gold[:width]), statistics.fmean(gold[-width:])
+    if proxy_end > proxy_start and gold_end < gold_start - tolerance:
         return {
             "check": "proxy_gold_divergence",
-            "message": f"proxy reward rising ({proxy_slope:+.4f}/step) while gold reward falls "
-            f"({gold_slope:+.4f}/step): the policy is over-optimising the reward model",
-            "proxy_slope": proxy_slope,
-            "gold_slope": gold_slope,
+            "message": f"proxy reward rose {proxy_start:.3f} → {proxy_end:.3f} while the gold "
+            f"reward fell {gold_start:.3f} → {gold_end:.3f}: the policy over-optimises the "
+            "reward model",
+            "proxy": [proxy_start, proxy_end],
+            "gold": [gold_start, gold_end],
         }
     return None
 
@@ -57,10 +61,11 @@ def length_correlation(correlation: float, *, threshold: float = 0.5) -> dict | 
 
 
 def kl_growth(kl: list[float], *, limit: float = 10.0) -> dict | None:
-    if len(kl) >= 4 and kl[-1] > limit and trend(kl[len(kl) // 2 :]) > 0:
+    if len(kl) >= 4 and kl[-1] > limit and kl[-1] > kl[0]:
         return {
             "check": "kl_growth",
-            "message": f"KL to the reference is {kl[-1]:.1f} nats and still growing",
+            "message": f"KL to the reference grew to {kl[-1]:.1f} nats (> {limit:g}): the policy "
+            "has left the region where the reward model was trained",
             "kl_end": kl[-1],
         }
     return None

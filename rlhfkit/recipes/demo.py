@@ -60,15 +60,16 @@ class DemoConfig:
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
     best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
-    ppo_steps: int = option(60, "PPO steps with the KL penalty (quick: 25)")
+    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 20)")
     ppo_kl_coef: float = option(0.05, "PPO KL coefficient")
     ppo_learning_rate: float = option(5e-4, "PPO learning rate")
-    no_kl_steps: int = option(120, "PPO steps without a KL penalty (quick: 50)")
+    no_kl_steps: int = option(50, "PPO steps without a KL penalty (quick: 30)")
     dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
     dpo_learning_rate: float = option(5e-4, "DPO learning rate")
     dpo_epochs: float = option(1.0, "DPO epochs over the preferences")
     cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 48)")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
+    reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
     progress: bool = option(True, "show progress bars")
 
 
@@ -85,8 +86,8 @@ def _scale(config: DemoConfig) -> DemoConfig:
         config.sft_steps = min(config.sft_steps, 100)
         config.pair_prompts = min(config.pair_prompts, 384)
         config.eval_prompts = min(config.eval_prompts, 128)
-        config.ppo_steps = min(config.ppo_steps, 25)
-        config.no_kl_steps = min(config.no_kl_steps, 50)
+        config.ppo_steps = min(config.ppo_steps, 20)
+        config.no_kl_steps = min(config.no_kl_steps, 30)
         config.dpo_betas = [0.1]
         config.cai_prompts = min(config.cai_prompts, 48)
         config.best_of = min(config.best_of, 16)
@@ -341,25 +342,31 @@ def run(config: DemoConfig) -> int:
 
     with _stage("world", timings):
         summary["world"] = build_world(config, paths.world)
+    reuse = config.reuse_sft and (paths.sft / "summary.json").is_file()
     with _stage("base model", timings):
-        init_model(InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed))
+        if not reuse:
+            init_model(InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed))
     with _stage("sft", timings):
-        sft_summary = train_sft(
-            SFTConfig(
-                model=str(paths.base),
-                train_data=str(paths.world / "sft.jsonl"),
-                output_dir=str(paths.sft),
-                seed=config.seed,
-                max_steps=config.sft_steps,
-                batch_size=config.sft_batch_size,
-                learning_rate=config.sft_learning_rate,
-                warmup_ratio=0.05,
-                max_length=256,
-                sft=SFTOptions(packing=True),
-                logging_steps=20,
-                progress=config.progress,
-                dtype="float32",
-            )  # fmt: skip
+        sft_summary = (
+            json.loads((paths.sft / "summary.json").read_text())
+            if reuse
+            else train_sft(
+                SFTConfig(
+                    model=str(paths.base),
+                    train_data=str(paths.world / "sft.jsonl"),
+                    output_dir=str(paths.sft),
+                    seed=config.seed,
+                    max_steps=config.sft_steps,
+                    batch_size=config.sft_batch_size,
+                    learning_rate=config.sft_learning_rate,
+                    warmup_ratio=0.05,
+                    max_length=256,
+                    sft=SFTOptions(packing=True),
+                    logging_steps=20,
+                    progress=config.progress,
+                    dtype="float32",
+                )  # fmt: skip
+            )
         )
         summary["sft_train_loss"] = sft_summary["train_loss"]
     with _stage("sft samples: gold-reward spread", timings):
