@@ -54,10 +54,10 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.training.batches import BatchPlan, eval_shards
-from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.checkpoint import save_checkpoint
 from rlhfkit.training.reference import reference_kind, reference_logprobs
 from rlhfkit.training.run import Run, check_finite
+from rlhfkit.training.setup import checked_plan, prepare_optimization, resume_or_start
 from rlhfkit.training.steps import global_sum, optimizer_step, sync_context
 
 # Variants whose papers define the log-likelihoods as per-token averages.
@@ -529,41 +529,11 @@ def train(config: DPOConfig) -> dict:
         plan = LengthBucketedPlan(*plan_args, lengths=[p.length for p in pairs])
     else:
         plan = BatchPlan(*plan_args)
-    try:
-        plan.check()
-    except ValueError as err:
-        raise ConfigError(f"train_data: {err}") from None
-    if plan.dropped_per_epoch:
-        run.print(
-            f"each epoch leaves out {plan.dropped_per_epoch} pairs of its shuffled order "
-            "(fewer than one global batch)"
-        )
-    optimizer = build_optimizer(
-        model,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        betas=config.adam_betas,
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        total_steps=plan.total_steps,
-        warmup_ratio=config.warmup_ratio,
-        schedule=config.lr_scheduler,
-    )
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)
+    checked_plan(run, plan, "pairs")
+    model, optimizer, scheduler = prepare_optimization(run, model, config, plan.total_steps)
 
-    start_step, totals = 0, {"loss_sum": 0.0, "loss_steps": 0}
-    last = latest_checkpoint(run.checkpoints)
-    if config.resume and last is not None:
-        state = load_checkpoint(acc, last)
-        start_step, totals = state["step"], state["totals"]
-        run.truncate_metrics(start_step)
-        run.print(f"resumed from {last} at step {start_step}")
-    else:
-        if config.resume:
-            run.print("resume=true but no checkpoint found: starting from scratch")
-        run.reset_metrics()
+    totals = {"loss_sum": 0.0, "loss_steps": 0}
+    start_step, totals = resume_or_start(run, config, totals)
 
     with ExitStack() as stack:
         started = time.perf_counter()

@@ -56,9 +56,9 @@ from rlhfkit.models.reward_model import (
 )
 from rlhfkit.recipes.sft import lora_settings
 from rlhfkit.training.batches import BatchPlan, eval_shards
-from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.checkpoint import save_checkpoint
 from rlhfkit.training.run import Run, check_finite
+from rlhfkit.training.setup import checked_plan, prepare_optimization, resume_or_start
 from rlhfkit.training.steps import global_sum, optimizer_step, sync_context
 
 
@@ -393,42 +393,11 @@ def train(config: RMConfig) -> dict:
         config.max_steps,
         config.epochs,
     )
-    try:
-        plan.check()
-    except ValueError as err:
-        raise ConfigError(f"train_data: {err}") from None
-    if plan.dropped_per_epoch:
-        run.print(
-            f"each epoch leaves out the last {plan.dropped_per_epoch} comparisons of its shuffled "
-            "order (fewer than one global batch)"
-        )
-    optimizer = build_optimizer(
-        model,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        betas=config.adam_betas,
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        total_steps=plan.total_steps,
-        warmup_ratio=config.warmup_ratio,
-        schedule=config.lr_scheduler,
-    )
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)
+    checked_plan(run, plan, "comparisons")
+    model, optimizer, scheduler = prepare_optimization(run, model, config, plan.total_steps)
 
-    start_step = 0
     totals = {"loss_sum": 0.0, "loss_steps": 0, "accuracy_sum": 0.0, "tokens": 0, "seconds": 0.0}
-    last = latest_checkpoint(run.checkpoints)
-    if config.resume and last is not None:
-        state = load_checkpoint(acc, last)
-        start_step, totals = state["step"], state["totals"]
-        run.truncate_metrics(start_step)
-        run.print(f"resumed from {last} at step {start_step}")
-    else:
-        if config.resume:
-            run.print("resume=true but no checkpoint found: starting from scratch")
-        run.reset_metrics()
+    start_step, totals = resume_or_start(run, config, totals)
 
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
