@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -184,10 +182,3 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         elif isinstance(value, (int, float, str, bool)):
             out[prefix + key] = value
     return out
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
