@@ -60,3 +60,14 @@ def test_pipeline_errors_name_the_stage(tmp_path, tiny_model, sft_data):
     )
     with pytest.raises(ConfigError, match=r"\$\{nope\} names no earlier stage"):
         plan(bad)
+
+
+def test_shipped_example_pipelines_are_valid():
+    """Every example validates (keys, types, stage references) without running anything."""
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml"))
+    assert examples
+    for path in examples:
+        stages = plan(path)
+        assert stages and len({s.name for s in stages}) == len(stages)

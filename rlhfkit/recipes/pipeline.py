@@ -93,7 +93,10 @@ def plan(path: Path) -> list[PlannedStage]:
 
     if not path.is_file():
         raise ConfigError(f"pipeline: file {str(path)!r} not found")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
         raise ConfigError(f"{path}: expected a mapping with a list under 'stages'")
     root = Path(spec.get("output_dir", "runs/pipeline"))
