@@ -45,6 +45,8 @@ def db_url(request, tmp_path):
         return f"sqlite:///{tmp_path / 'labels.db'}"
     url = os.environ.get("RLHFKIT_TEST_POSTGRES_URL")
     if not url:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("RLHFKIT_TEST_POSTGRES_URL is unset; .ci/services.sh sets it")
         pytest.skip("RLHFKIT_TEST_POSTGRES_URL is not set (.ci/services.sh sets it in CI)")
     return _reset_postgres(url)
 

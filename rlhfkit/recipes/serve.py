@@ -239,6 +239,22 @@ class Choice:
     top_logprobs: list[list[tuple[str, float]]] | None
 
 
+def _per_token(choice: Choice):
+    """(token text, a one-token Choice) for each token of `choice`, for streaming chunks."""
+    for k, piece in enumerate(choice.tokens):
+        yield (
+            piece,
+            Choice(
+                piece,
+                choice.finish_reason,
+                [piece],
+                choice.token_ids[k : k + 1],
+                choice.logprobs[k : k + 1] if choice.logprobs is not None else None,
+                choice.top_logprobs[k : k + 1] if choice.top_logprobs is not None else None,
+            ),
+        )
+
+
 def _finish(tokenizer, row: GenRow, stop: list[str]) -> Choice:
     pieces = _pieces(tokenizer, row.token_ids)
     text = "".join(pieces)
@@ -467,15 +483,7 @@ def create_app(
             events = []
             for i, c in enumerate(choices):
                 offset = 0
-                for k, piece in enumerate(c.tokens):
-                    one = Choice(
-                        piece,
-                        c.finish_reason,
-                        [piece],
-                        c.token_ids[k : k + 1],
-                        c.logprobs[k : k + 1] if c.logprobs is not None else None,
-                        c.top_logprobs[k : k + 1] if c.top_logprobs is not None else None,
-                    )
+                for piece, one in _per_token(c):
                     events.append(
                         _chunk(
                             rid,
@@ -567,15 +575,7 @@ def create_app(
                         },
                     )
                 )
-                for k, piece in enumerate(c.tokens):
-                    one = Choice(
-                        piece,
-                        c.finish_reason,
-                        [piece],
-                        c.token_ids[k : k + 1],
-                        c.logprobs[k : k + 1] if c.logprobs is not None else None,
-                        c.top_logprobs[k : k + 1] if c.top_logprobs is not None else None,
-                    )
+                for piece, one in _per_token(c):
                     events.append(
                         _chunk(
                             rid,
