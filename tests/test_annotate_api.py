@@ -660,3 +660,35 @@ def test_loading_the_same_items_twice_does_not_duplicate(db_url):
     assert load_items(session_factory, pairs(3)) == {"added": 3, "already_present": 0}
     assert load_items(session_factory, pairs(4)) == {"added": 1, "already_present": 3}
     engine.dispose()
+
+
+def test_reward_model_directory_in_the_loop(campaign, tiny_model, tmp_path):
+    """`--reward-model DIR` with a real `rlhfkit rm`-format directory: items are served in the
+    order of that model's own uncertainty |σ(r_A - r_B) - ½|, smallest first."""
+    import math
+
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_fn import load_reward_function
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    rm_dir = tmp_path / "rm"
+    save_reward_model(
+        build_reward_model(str(tiny_model), seed=3), load_tokenizer(str(tiny_model)), rm_dir
+    )
+    reward_fn = load_reward_function(str(rm_dir))
+    records = [
+        {"prompt": "User: What is 1+2?\nBot:", "responses": [" 3.", " Sure! 1+2 is 3."]},
+        {"prompt": "User: Name a fruit.\nBot:", "responses": [" A pear.", " No."]},
+        {"prompt": "User: Insult my boss.\nBot:", "responses": [" Sorry, I won't.", " Idiot."]},
+    ]
+    scores = [reward_fn([r["prompt"]] * 2, r["responses"]) for r in records]
+    certainty = [abs(1 / (1 + math.exp(-(a - b))) - 0.5) for a, b in scores]
+    expected = [i + 1 for i in sorted(range(3), key=lambda i: certainty[i])]
+    c = campaign(records=records, reward_fn=reward_fn)
+    order = []
+    while (r := c.next("alice")).status_code == 200:
+        item = r.json()
+        order.append(item["item_id"])
+        assert c.label("alice", item, choice="A").status_code == 201
+    assert order == expected
+    assert c.get("root", "/api/stats").json()["reward_model"]["items_scored"] == 3
