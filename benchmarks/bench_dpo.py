@@ -13,6 +13,8 @@ Sides:
   computed on the fly at every step.
 * ``trl-precompute`` -- TRL with ``precompute_ref_log_probs=True``.
 * ``rlhfkit-onthefly`` -- (optional) rlhfkit with ``dpo.precompute_ref=false`` (frozen copy).
+* ``rlhfkit-gc`` -- (optional) rlhfkit with gradient checkpointing, which TRL's `DPOConfig`
+  turns on by default (so memory is compared at equal settings).
 
 Rows compared: defaults (rlhfkit vs trl), and precomputed reference on both sides (rlhfkit vs
 trl-precompute; rlhfkit's default *is* its precomputed mode, so it is the same measurement).
@@ -132,7 +134,7 @@ def _gpu_extra(args, model_dir) -> dict:
 # --- sides -----------------------------------------------------------------------------------
 
 
-def _run_rlhfkit(args, precompute: bool) -> SideResult:
+def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideResult:
     from rlhfkit.config import load_config
     from rlhfkit.data.io import write_jsonl
     from rlhfkit.recipes.dpo import DPOConfig, train
@@ -151,7 +153,7 @@ def _run_rlhfkit(args, precompute: bool) -> SideResult:
             f"max_length={args.prompt_tokens + args.response_tokens}",
             f"max_prompt_length={args.prompt_tokens}", f"eval_batch_size={args.batch_size}",
             "logging_steps=1000000", "progress=false", f"dpo.precompute_ref={precompute}",
-            f"dtype={args.dtype}",
+            f"dtype={args.dtype}", *extra,
         ],
     )  # fmt: skip
     _reset_gpu_peak(args)
@@ -244,6 +246,10 @@ SIDES = {
     "trl": lambda args: _run_trl(args, precompute=False),
     "trl-precompute": lambda args: _run_trl(args, precompute=True),
     "rlhfkit-onthefly": lambda args: _run_rlhfkit(args, precompute=False),
+    # TRL turns gradient checkpointing on by default; this row compares memory at equal settings.
+    "rlhfkit-gc": lambda args: _run_rlhfkit(
+        args, precompute=True, extra=("gradient_checkpointing=true",)
+    ),
 }
 COMPARISONS = [
     ("defaults vs defaults", "rlhfkit", "trl"),

@@ -1,9 +1,62 @@
 #!/usr/bin/env bash
-# The GPU benchmark set: one command per benchmark, on one H100, under 8 minutes in all.
-# Needs the `bench` extra (trl) in the same interpreter. Tables go to stdout; JSON to runs/.
-set -euo pipefail
+# The GPU check set, run as one command on a lent H100/H200 (about 8 minutes in all):
+#   1. versions of the stack (the GPU machine runs torch 2.11 / transformers 5.17);
+#   2. DPO, rlhfkit vs TRL's DPOTrainer (qwen2-0.5b preset, bf16, prompt 128 / responses 384):
+#      tokens/s, peak GPU memory, MFU  (benchmarks/gpu_dpo.py);
+#   2b. a profile of rlhfkit's DPO step: GPU busy share, top operators (gpu_profile_dpo.py);
+#   3. PPO steps (qwen2-0.5b, bf16): samples/s, generated tokens/s, ratio to bare `generate`
+#      (benchmarks/gpu_ppo.py);
+#   4. the CPU test suite under this machine's torch/transformers (GPU hidden): the
+#      "code runs on torch 2.11 / transformers 5.17" check.
+#
+# Usage:  benchmarks/gpu.sh [SECTION...]   (on the GPU machine; TRL etc. importable)
+#         benchmarks/gpu.sh --dry-run      (here, on CPU: tiny preset, checks the script end to end)
+# SECTIONs: env dpo profile ppo tests (default: all). DPO_SIDES, DPO_ROUNDS and TESTS override
+# what runs, LIMIT_DPO / LIMIT_PROFILE / LIMIT_PPO / LIMIT_TESTS the seconds each may take.
+# Each section has its own time limit, so one that hangs cannot eat the others' time. Logs and
+# JSON go to $OUT (the device tool's folder) or runs/gpu.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PY:-.venv/bin/python}"
+PY="${PY:-python3}"
+RESULTS="${OUT:-runs/gpu}"
+mkdir -p "$RESULTS"
+DRY=()
+SECTIONS=()
+for arg in "$@"; do
+    if [[ $arg == --dry-run ]]; then DRY=(--dry-run); else SECTIONS+=("$arg"); fi
+done
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PY" benchmarks/gpu_dpo.py --rounds 2 "$@"
-"$PY" benchmarks/gpu_ppo.py --json runs/gpu_ppo.json
+section() {  # section NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    local started=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$RESULTS/$name.log"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started))s"
+}
+
+want() {  # run a section when no section was named, or when it was named
+    [[ ${#SECTIONS[@]} -eq 0 ]] || [[ " ${SECTIONS[*]} " == *" $1 "* ]]
+}
+
+want env && section env 60 "$PY" -c "
+import platform, torch, transformers, accelerate
+print('python', platform.python_version(), 'torch', torch.__version__,
+      'transformers', transformers.__version__, 'accelerate', accelerate.__version__)
+for name in ('trl', 'datasets', 'peft', 'pyarrow'):
+    try:
+        print(name, __import__(name).__version__)
+    except Exception as error:
+        print(name, 'NOT IMPORTABLE:', repr(error))
+print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
+"
+want profile && section profile "${LIMIT_PROFILE:-120}" "$PY" benchmarks/gpu_profile_dpo.py --max-steps 8 "${DRY[@]}"
+want ppo && section ppo "${LIMIT_PPO:-150}" "$PY" benchmarks/gpu_ppo.py --json "$RESULTS/gpu_ppo.json" "${DRY[@]}"
+if [[ ${#DRY[@]} -eq 0 ]] && want tests; then
+    section tests "${LIMIT_TESTS:-150}" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q -n 14 -p no:cacheprovider \
+        ${TESTS:-tests/}
+fi
+want dpo && section dpo "${LIMIT_DPO:-280}" "$PY" benchmarks/gpu_dpo.py --rounds "${DPO_ROUNDS:-2}" --threads 8 \
+    --sides "${DPO_SIDES:-rlhfkit,trl,trl-precompute,rlhfkit-gc}" \
+    --json "$RESULTS/gpu_dpo.json" "${DRY[@]}"

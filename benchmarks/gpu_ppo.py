@@ -12,6 +12,9 @@ Rows printed:
 * ``rollout sampling``: generated tokens/s inside PPO's sampler (`rollout/fast_sampling.py`);
 * ``bare generate``: `model.generate(do_sample=True, top_k=0)` on the same batch of prompts,
   same new-token count, same model (after a warm-up call): generated tokens/s;
+* ``lean sampler alone``: `sample_with_logprobs` on the same model and batch as bare generate,
+  checking for "every row ended" at every step or every 8 (the GPU default): isolates the loop
+  from the rest of a PPO step;
 * ratio = rollout sampling tokens/s / bare generate tokens/s (goal: >= 0.8; above 1 means the
   lean loop is faster than `generate`).
 
@@ -153,9 +156,30 @@ def bare_generate(args, policy: Path, prompts: Path) -> dict:
         new = out[:, query.shape[1] :]
         return int((new != tokenizer.pad_token_id).sum()), time.perf_counter() - started
 
-    once()  # warm-up
-    runs = [once() for _ in range(args.generate_repeats)]
-    return {"generate_tokens_per_s": statistics.median(t / s for t, s in runs)}
+    def lean(check_every: int) -> tuple[int, float]:
+        from rlhfkit.rollout.fast_sampling import sample_with_logprobs
+
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        rollout = sample_with_logprobs(
+            model, query, mask, max_new_tokens=args.new_tokens, eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id, check_every=check_every,
+        )  # fmt: skip
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return int(rollout.response_mask.sum()), time.perf_counter() - started
+
+    result = {}
+    for name, call in (
+        ("generate_tokens_per_s", once),
+        ("lean_check1_tokens_per_s", lambda: lean(1)),
+        ("lean_check8_tokens_per_s", lambda: lean(8)),
+    ):
+        call()  # warm-up
+        runs = [call() for _ in range(args.generate_repeats)]
+        result[name] = statistics.median(t / s for t, s in runs)
+    return result
 
 
 def main(argv=None) -> None:
@@ -176,6 +200,13 @@ def main(argv=None) -> None:
         f"{result['generation_ratio']:.2f}x |"
     )
     print(f"| bare generate | | {result['generate_tokens_per_s']:,.0f} | | 1.00x |")
+    for key, label in (
+        ("lean_check1", "lean sampler alone, end checked every step"),
+        ("lean_check8", "lean sampler alone, end checked every 8 steps"),
+    ):
+        value = result[f"{key}_tokens_per_s"]
+        ratio = value / result["generate_tokens_per_s"]
+        print(f"| {label} | | {value:,.0f} | | {ratio:.2f}x |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -183,3 +183,16 @@ def test_packing_keeps_examples_whole_and_positions_restart():
     assert tokens == list(range(1, 11))
     for r in rows:
         assert r["position_ids"][0] == 0 and len(r["position_ids"]) == len(r["input_ids"])
+
+
+def test_packing_masks_prompts_unless_told_to_train_on_every_token():
+    """Rows: [4,5,6,10] then [1,2,7 | 3,8,9] (first-fit, longest first, block 6). Completion-only
+    masks mark 10, 7, 8 and 9; with completion_only=False every token but each example's first
+    is a target (the first has nothing before it in its example to predict it)."""
+    prompts, completions = [[1, 2], [3], [4, 5, 6]], [[7], [8, 9], [10]]
+    rows = pack_examples(prompts, completions, block_size=6)
+    assert [r["input_ids"] for r in rows] == [[4, 5, 6, 10], [1, 2, 7, 3, 8, 9]]
+    assert [r["completion_mask"] for r in rows] == [[0, 0, 0, 1], [0, 0, 1, 0, 1, 1]]
+    every = pack_examples(prompts, completions, block_size=6, completion_only=False)
+    assert [r["input_ids"] for r in every] == [r["input_ids"] for r in rows]
+    assert [r["completion_mask"] for r in every] == [[0, 1, 1, 1], [0, 1, 1, 0, 1, 1]]

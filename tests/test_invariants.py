@@ -42,12 +42,19 @@ def test_same_seed_same_result(tiny_model, sft_data, tmp_path):
 
 
 def test_grad_accum_1x8_equals_8x1(tiny_model, sft_data, tmp_path):
+    """One batch of 8 and 8 accumulated micro-batches of 1 give the same run in fp32.
+
+    The losses agree to 1e-5 relative. The weights after 3 AdamW steps agree to 5e-5 absolute:
+    the gradients differ only by fp32 summation order (~1e-7 relative), but Adam divides by
+    sqrt(v), which magnifies that for the rare element whose gradient is nearly zero (seen: one
+    element in 71,680 off by 1.4e-5 with torch 2.11's CPU kernels).
+    """
     _sft(tiny_model, sft_data, tmp_path / "big", "max_steps=3", "batch_size=8", "grad_accum=1")
     _sft(tiny_model, sft_data, tmp_path / "acc", "max_steps=3", "batch_size=1", "grad_accum=8")
     assert _losses(tmp_path / "big") == pytest.approx(_losses(tmp_path / "acc"), rel=1e-5)
     a, b = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=5e-5)
 
 
 def test_resume_after_kill_equals_uninterrupted(tiny_model, sft_data, tmp_path):
@@ -95,4 +102,4 @@ def test_two_processes_equal_one(tiny_model, sft_data, tmp_path):
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), rel=1e-5)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=5e-5)

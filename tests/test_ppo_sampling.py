@@ -145,6 +145,49 @@ def test_stops_at_eos_and_pads_after_it(lm_and_tokenizer):
     assert rollout.response_mask.tolist() == [[1]] * 3
 
 
+@pytest.mark.parametrize("check_every", [3, 8])
+def test_checking_for_the_end_less_often_changes_nothing(lm_and_tokenizer, check_every):
+    """Every row is forced to EOS at its 2nd token. Checked at every step the loop stops after
+    2 columns; checked every 3 or 8 steps it decodes a few pad-only columns more and cuts them
+    off: same tokens, mask, log-probs and has_eos (what a GPU run gets by default)."""
+    lm, tokenizer = lm_and_tokenizer
+    query, query_mask = left_padded(tokenizer, PROMPTS)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    calls = {"n": 0}
+
+    def force(_module, _inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first decode step: the second token
+            output[..., eos] += 1e4
+        return output
+
+    handle = lm.get_output_embeddings().register_forward_hook(force)
+    rollouts = []
+    try:
+        for every in (1, check_every):
+            calls["n"] = 0
+            torch.manual_seed(2)
+            rollouts.append(
+                sample_with_logprobs(
+                    lm,
+                    query,
+                    query_mask,
+                    max_new_tokens=12,
+                    eos_id=eos,
+                    pad_id=pad,
+                    check_every=every,
+                )  # fmt: skip
+            )
+    finally:
+        handle.remove()
+    every_step, sparse = rollouts
+    assert every_step.response_ids.shape == (3, 2)
+    assert torch.equal(sparse.response_ids, every_step.response_ids)
+    assert torch.equal(sparse.response_mask, every_step.response_mask)
+    assert torch.equal(sparse.logprobs, every_step.logprobs)
+    assert torch.equal(sparse.has_eos, every_step.has_eos)
+
+
 def test_rows_that_end_early_are_padded_and_masked(lm_and_tokenizer):
     """Row 0 is forced to EOS on its 2nd token; the others run on. After the EOS row 0 holds
     the pad id, mask 0 and log-prob 0; pad id != EOS id."""

@@ -46,27 +46,39 @@ def collate_completions(
 
 
 def pack_examples(
-    prompts: list[list[int]], completions: list[list[int]], block_size: int
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    block_size: int,
+    completion_only: bool = True,
 ) -> list[dict[str, list[int]]]:
     """Greedy first-fit packing into rows of at most `block_size` tokens.
 
     Each packed row keeps position ids restarting at 0 for every example; transformers turns
     that into a block-diagonal causal mask (no attention across examples) when no 2-D attention
     mask is passed. Examples longer than `block_size` get a row of their own (already truncated
-    upstream).
+    upstream). `completion_mask` marks the completion tokens, or (``completion_only=False``)
+    every token but each example's first, which nothing in the example predicts.
     """
     order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
+    shortest = min((len(p) + len(c) for p, c in zip(prompts, completions, strict=True)), default=0)
     rows: list[dict[str, list[int]]] = []
+    open_rows: list[dict[str, list[int]]] = []  # rows with room for at least the shortest example
     for i in order:
         ids = prompts[i] + completions[i]
-        mask = [0] * len(prompts[i]) + [1] * len(completions[i])
-        for row in rows:
+        if completion_only:
+            mask = [0] * len(prompts[i]) + [1] * len(completions[i])
+        else:
+            mask = [0] + [1] * (len(ids) - 1)
+        for row in open_rows:
             if len(row["input_ids"]) + len(ids) <= block_size:
                 break
         else:
             row = {"input_ids": [], "completion_mask": [], "position_ids": []}
             rows.append(row)
+            open_rows.append(row)
         row["input_ids"] += ids
         row["completion_mask"] += mask
         row["position_ids"] += list(range(len(ids)))
+        if len(row["input_ids"]) + shortest > block_size:
+            open_rows.remove(row)  # full for good: no later example fits
     return rows

@@ -5,8 +5,13 @@ log-probs, PPO's ratios). A plain forward materialises logits of shape (B, T, V)
 fp32 for a stable log-softmax, that tensor dominates memory for real vocabularies (151,936 for
 Qwen2: 8 × 512 × 151,936 × 4 bytes = 2.5 GB). Here the backbone runs once, hidden states are
 gathered at the N completion positions only, and the LM head plus log-softmax run over them in
-chunks of `chunk_size` rows; with `recompute=True` (default when a chunk's logits are large) each
-chunk's logits are recomputed in the backward pass instead of being kept.
+chunks of rows; with `recompute=True` (default when the logits are large) each chunk's logits are
+recomputed in the backward pass instead of being kept.
+
+A chunk holds at most `LOGITS_PER_CHUNK` logits (2^27: 512 MB in fp32), so its rows follow the
+vocabulary: 883 rows for Qwen2's 151,936 tokens, every row at once for a small vocabulary. Fewer,
+larger chunks launch fewer kernels; smaller ones hold less memory (the chunk's logits live in
+bf16 and fp32 at once, and again in the backward pass).
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ from torch.utils.checkpoint import checkpoint
 
 # Above this many logits elements per call, chunks are recomputed in backward to save memory.
 RECOMPUTE_THRESHOLD = 1 << 24
+# Most logits elements in one chunk (rows per chunk = this // vocabulary size).
+LOGITS_PER_CHUNK = 1 << 27
+
+
+def rows_per_chunk(vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
+    """Rows of hidden states per LM-head chunk so that a chunk has at most `budget` logits."""
+    return max(1, budget // max(1, vocab_size))
 
 
 def _chunk_logprobs(
@@ -48,7 +60,7 @@ def chunked_token_logprobs(
     targets: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     recompute: bool | None = None,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,7 +71,7 @@ def chunked_token_logprobs(
         head: The LM head (weight (V, H), optional bias).
         targets: (N,) token ids.
         temperature: Sampling temperature; log-probs are those of the tempered distribution.
-        chunk_size: Rows per chunk.
+        chunk_size: Rows per chunk; None = `rows_per_chunk(V)`.
         recompute: Recompute chunk logits in backward (memory O(N·H) instead of O(N·V)).
             None chooses by size.
         with_entropy: Also return the entropy of each row's distribution (no gradient).
@@ -68,6 +80,7 @@ def chunked_token_logprobs(
         (logprobs (N,), entropy (N,) or None).
     """
     n_rows, vocab = hidden.shape[0], head.weight.shape[0]
+    chunk_size = chunk_size or rows_per_chunk(vocab)
     if recompute is None:
         recompute = torch.is_grad_enabled() and n_rows * vocab > RECOMPUTE_THRESHOLD
     pieces, entropies = [], []
@@ -97,7 +110,7 @@ class TokenLogprobs(torch.nn.Module):
     save it with `save_pretrained` as usual.
     """
 
-    def __init__(self, lm: torch.nn.Module, *, chunk_size: int = 4096):
+    def __init__(self, lm: torch.nn.Module, *, chunk_size: int | None = None):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size

@@ -150,7 +150,7 @@ class ActorCritic(torch.nn.Module):
         critic: ValueModel | None = None,
         value_head: torch.nn.Linear | None = None,
         *,
-        chunk_size: int = 4096,
+        chunk_size: int | None = None,
     ):
         super().__init__()
         if critic is not None and value_head is not None:

@@ -55,6 +55,7 @@ def _rows(examples: list[Encoded], config: SFTConfig) -> list[dict[str, list[int
             [e.prompt_ids for e in examples],
             [e.completion_ids for e in examples],
             config.max_length,
+            completion_only=config.sft.completion_only_loss,
         )
     rows = []
     for e in examples:
