@@ -70,3 +70,22 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", arithmetic_sft(64))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def playwright_or_skip():
+    """playwright's `sync_playwright`, or a skip where playwright or Debian's chromium is
+    missing; under CI (CI=true, where .ci/services.sh installs both) a missing one fails."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{CHROMIUM} is missing; .ci/services.sh installs it")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    return sync_playwright

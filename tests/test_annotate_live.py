@@ -20,6 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from conftest import CHROMIUM, playwright_or_skip
+
 from rlhfkit.feedback.annotation.db import add_user, open_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,25 +333,8 @@ def test_killed_server_loses_no_acknowledged_label(tmp_path):
 
 # ----------------------------------------------------------------------------- browser
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _playwright():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"{CHROMIUM} is missing; .ci/services.sh installs it")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return sync_playwright
-
-
 def test_page_labels_by_keyboard_and_mouse_then_undo(tmp_path):
-    sync_playwright = _playwright()
+    sync_playwright = playwright_or_skip()
     from playwright.sync_api import expect
 
     hostile = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'> 5"

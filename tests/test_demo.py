@@ -4,8 +4,10 @@ each); the full-size quality numbers are measured by running the demo itself."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-from conftest import run_cli
+from conftest import CHROMIUM, playwright_or_skip, run_cli
 
 MINIATURE = [
     "quick=true", "sft_steps=2", "corpus_size=300", "pair_prompts=40", "eval_prompts=8",
@@ -34,3 +36,50 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     page = (out / "report.html").read_text()
     assert "Reward–KL frontier" in page and "data:image/png;base64," in page
     assert "gold reward" in result.stderr  # the final table
+    _renders_in_chromium_without_errors(out / "report.html", tmp_path)
+
+
+def _renders_in_chromium_without_errors(report: Path, tmp_path: Path) -> None:
+    """Open the report from disk in headless Chromium with the network cut off: no console or
+    page errors, every plot decoded (naturalWidth > 0), and a full-page screenshot."""
+    sync_playwright = playwright_or_skip()
+    errors: list[str] = []
+    shots = Path(os.environ.get("RLHFKIT_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        page.screenshot(path=str(shots / "demo_report.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(images) >= 3 and all(width > 0 for width in images), images
+    assert (shots / "demo_report.png").stat().st_size > 10_000
+
+
+def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
+    """`rlhfkit demo --quick` (its real settings, ~3 minutes): what its quality bar can check at
+    this size. The full run's bar (RM within 3 points of the annotators' ceiling, PPO and DPO
+    closing half of the gap to the best gold reward) is measured by running `make demo` and
+    reported in docs/demo.md; the quick run trains 3x less SFT and 3x fewer pairs, and its PPO
+    (12 steps against a weaker reward model) is not reliably above the SFT policy: measured
+    0.48 vs 0.30 in one run and 0.32 vs 0.34 in another, so it is reported, not asserted."""
+    out = tmp_path / "quick"
+    run_cli("demo", "--quick", f"output_dir={out}", "progress=false", timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    sft, ppo, best = summary["sft"], summary["ppo"], summary["best_of_16"]
+    print({k: summary[k] for k in ("sft", "best_of_16", "ppo", "dpo", "ppo_no_kl", "rm_accuracy")})
+    assert summary["rm_accuracy"] > 0.5  # the reward model learned something from the labels
+    assert best["gold_reward"] > sft["gold_reward"]  # ...enough for best-of-16 to pick better
+    assert ppo["kl"] > 0 and ppo["proxy_reward"] > sft["proxy_reward"]  # PPO moved, up the proxy
+    assert summary["dpo"]["gold_reward"] > sft["gold_reward"] - 0.02  # DPO does no harm
+    # Without the leash: the proxy rises while the gold falls, and the diagnostics say so.
+    no_kl = summary["ppo_no_kl"]
+    assert no_kl["proxy_reward"] > sft["proxy_reward"] and no_kl["kl"] > ppo["kl"]
+    warnings = json.loads((out / "eval.json").read_text())["warnings"]
+    assert any("ppo_no_kl" in w["message"] and "gold reward fell" in w["message"] for w in warnings)

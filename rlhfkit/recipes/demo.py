@@ -14,7 +14,7 @@ Stages (each writes under `output_dir`, default `runs/demo`):
 8. best-of-n — n SFT samples per prompt, the reward model picks one (analytic KL);
 9. ppo       — PPO against the reward model with a KL penalty to the SFT policy;
 10. dpo      — DPO on the same preferences, a small β sweep;
-11. ppo_no_kl — PPO with `kl_coef=0` for longer: the proxy rises while the gold reward falls;
+11. ppo_no_kl — PPO with `kl_coef=0` and a larger step: the proxy rises while the gold falls;
 12. cai      — the SFT model critiques and revises its own answers (SL-CAI) and judges pairs
                by the world's constitution (RL-CAI);
 13. eval + report — gold reward, proxy reward and KL to the SFT policy for every policy, the
@@ -49,25 +49,28 @@ class DemoConfig:
     seed: int = option(0, "seed of the world, the models and the sampling")
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(20000, "SFT corpus records (behaviour mix + CAI demonstrations)")
-    sft_steps: int = option(250, "SFT optimizer steps (quick: 100)")
-    sft_batch_size: int = option(16, "SFT rows per step (packed rows of 256 tokens)")
+    sft_steps: int = option(720, "SFT optimizer steps (quick: 240)")
+    sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
     sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
     pair_prompts: int = option(
         1024, "training prompts answered twice for preference pairs (quick: 384)"
     )
-    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 128)")
+    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 64)")
     max_new_tokens: int = option(48, "maximum tokens per sampled response")
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
     best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
-    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 20)")
-    ppo_kl_coef: float = option(0.05, "PPO KL coefficient")
-    ppo_learning_rate: float = option(5e-4, "PPO learning rate")
-    no_kl_steps: int = option(50, "PPO steps without a KL penalty (quick: 30)")
+    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 12)")
+    ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
+    ppo_learning_rate: float = option(2e-4, "PPO learning rate")
+    no_kl_steps: int = option(40, "PPO steps without a KL penalty (quick: 12)")
+    no_kl_learning_rate: float = option(
+        5e-4, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
+    )
     dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
     dpo_learning_rate: float = option(1e-4, "DPO learning rate")
     dpo_epochs: float = option(2.0, "DPO epochs over the preferences")
-    cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 48)")
+    cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 32)")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
     progress: bool = option(True, "show progress bars")
@@ -83,13 +86,13 @@ class DemoPaths:
 
 def _scale(config: DemoConfig) -> DemoConfig:
     if config.quick:
-        config.sft_steps = min(config.sft_steps, 100)
+        config.sft_steps = min(config.sft_steps, 240)
         config.pair_prompts = min(config.pair_prompts, 384)
-        config.eval_prompts = min(config.eval_prompts, 128)
-        config.ppo_steps = min(config.ppo_steps, 20)
-        config.no_kl_steps = min(config.no_kl_steps, 30)
+        config.eval_prompts = min(config.eval_prompts, 64)
+        config.ppo_steps = min(config.ppo_steps, 12)
+        config.no_kl_steps = min(config.no_kl_steps, 12)
         config.dpo_betas = [0.1]
-        config.cai_prompts = min(config.cai_prompts, 48)
+        config.cai_prompts = min(config.cai_prompts, 32)
         config.best_of = min(config.best_of, 16)
     return config
 
@@ -199,7 +202,13 @@ def train_reward_model(config: DemoConfig, paths: DemoPaths) -> dict:
 
 
 def train_ppo(
-    config: DemoConfig, paths: DemoPaths, out: Path, *, steps: int, kl_coef: float
+    config: DemoConfig,
+    paths: DemoPaths,
+    out: Path,
+    *,
+    steps: int,
+    kl_coef: float,
+    learning_rate: float,
 ) -> dict:
     from rlhfkit.recipes.ppo import PPOConfig, PPOOptions
     from rlhfkit.recipes.ppo import train as train_ppo_recipe
@@ -211,7 +220,7 @@ def train_ppo(
             output_dir=str(out),
             seed=config.seed,
             max_steps=steps,
-            learning_rate=config.ppo_learning_rate,
+            learning_rate=learning_rate,
             max_new_tokens=config.max_new_tokens,
             progress=config.progress,
             dtype="float32",
@@ -361,7 +370,11 @@ def run(config: DemoConfig) -> int:
                     learning_rate=config.sft_learning_rate,
                     warmup_ratio=0.05,
                     max_length=256,
-                    sft=SFTOptions(packing=True),
+                    # Every token, prompts included: the world's prompts (and the responses
+                    # quoted in its critique and comparison prompts) teach the tiny model the
+                    # world's words, which it must spell to answer well. Measured at equal
+                    # tokens (737k): 0.43 mean gold with it, 0.39 without.
+                    sft=SFTOptions(packing=True, completion_only_loss=False),
                     logging_steps=20,
                     progress=config.progress,
                     dtype="float32",
@@ -398,12 +411,18 @@ def run(config: DemoConfig) -> int:
         rm_summary = train_reward_model(config, paths)
         summary["rm_accuracy"] = rm_summary.get("eval_accuracy")
     with _stage("ppo", timings):
-        train_ppo(config, paths, paths.ppo, steps=config.ppo_steps, kl_coef=config.ppo_kl_coef)
+        train_ppo(
+            config, paths, paths.ppo, steps=config.ppo_steps, kl_coef=config.ppo_kl_coef,
+            learning_rate=config.ppo_learning_rate,
+        )  # fmt: skip
     with _stage("dpo (β sweep)", timings):
         for beta in config.dpo_betas:
             train_dpo(config, paths, beta)
     with _stage("ppo without KL penalty", timings):
-        train_ppo(config, paths, paths.ppo_no_kl, steps=config.no_kl_steps, kl_coef=0.0)
+        train_ppo(
+            config, paths, paths.ppo_no_kl, steps=config.no_kl_steps, kl_coef=0.0,
+            learning_rate=config.no_kl_learning_rate,
+        )  # fmt: skip
     with _stage("constitutional AI", timings):
         summary["cai"] = run_cai(config, paths)
     with _stage("evaluation", timings):
