@@ -17,9 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
-
 from conftest import CHROMIUM, playwright_or_skip
 
 from rlhfkit.feedback.annotation.db import add_user, open_database
@@ -332,6 +330,7 @@ def test_killed_server_loses_no_acknowledged_label(tmp_path):
 
 
 # ----------------------------------------------------------------------------- browser
+
 
 def test_page_labels_by_keyboard_and_mouse_then_undo(tmp_path):
     sync_playwright = playwright_or_skip()
