@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from conftest import run_cli, write_jsonl
+from conftest import ROOT, cli_env, run_cli, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -159,6 +164,41 @@ def test_grad_accumulation_invariant(tiny_model, world_data, tmp_path):
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_rm_resume_after_kill_equals_uninterrupted(tiny_model, world_data, tmp_path):
+    """Kill `rlhfkit rm` (SIGKILL) once its step-10 checkpoint exists, resume it: the same losses
+    and bit-identical weights as a run never interrupted (data order, optimizer, RNG restored)."""
+    args = [
+        f"model={tiny_model}", f"train_data={world_data['train']}", "batch_size=2",
+        "max_steps=40", "save_steps=5", "learning_rate=1e-3", "logging_steps=1",
+        "rm.normalize=false", "progress=false",
+    ]  # fmt: skip
+    run_cli("rm", *args, f"output_dir={tmp_path / 'full'}")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit", "rm", *args, f"output_dir={out}"],
+        env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-00000010").exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "model").exists()
+
+    run_cli("rm", *args, f"output_dir={out}", "resume=true")
+    losses = [
+        [m["loss"] for m in _read_jsonl(d / "metrics.jsonl") if "loss" in m]
+        for d in (tmp_path / "full", out)
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 40
+    full = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    resumed = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_rm_errors_are_one_line(tiny_model, tmp_path):
