@@ -67,8 +67,8 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     this size. The full run's bar (RM within 3 points of the annotators' ceiling, PPO and DPO
     closing half of the gap to the best gold reward) is measured by running `make demo` and
     reported in docs/demo.md; the quick run trains 3x less SFT and 3x fewer pairs, and its PPO
-    (12 steps against a weaker reward model) is not reliably above the SFT policy: measured
-    0.48 vs 0.30 in one run and 0.32 vs 0.34 in another, so it is reported, not asserted; DPO
+    (8 steps against a weaker reward model) is not reliably above the SFT policy: measured
+    0.36 vs 0.34 with these settings, 0.32 vs 0.34 with 12 steps, so it is reported, not asserted; DPO
     likewise (0.34 and 0.32 against 0.34). Its 12 no-KL steps are too few for the training-curve
     divergence check (start vs end windows), so the test reads the held-out evaluation."""
     out = tmp_path / "quick"

@@ -60,7 +60,7 @@ class DemoConfig:
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
     best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
-    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 12)")
+    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 8)")
     ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
     ppo_learning_rate: float = option(2e-4, "PPO learning rate")
     no_kl_steps: int = option(40, "PPO steps without a KL penalty (quick: 12)")
@@ -89,7 +89,7 @@ def _scale(config: DemoConfig) -> DemoConfig:
         config.sft_steps = min(config.sft_steps, 240)
         config.pair_prompts = min(config.pair_prompts, 384)
         config.eval_prompts = min(config.eval_prompts, 64)
-        config.ppo_steps = min(config.ppo_steps, 12)
+        config.ppo_steps = min(config.ppo_steps, 8)
         config.no_kl_steps = min(config.no_kl_steps, 12)
         config.dpo_betas = [0.1]
         config.cai_prompts = min(config.cai_prompts, 32)
