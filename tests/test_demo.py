@@ -68,9 +68,10 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     closing half of the gap to the best gold reward) is measured by running `make demo` and
     reported in docs/demo.md; the quick run trains 3x less SFT and 3x fewer pairs, and its PPO
     (8 steps against a weaker reward model) is not reliably above the SFT policy: measured
-    0.36 vs 0.34 with these settings, 0.32 vs 0.34 with 12 steps, so it is reported, not asserted; DPO
-    likewise (0.34 and 0.32 against 0.34). Its 12 no-KL steps are too few for the training-curve
-    divergence check (start vs end windows), so the test reads the held-out evaluation."""
+    0.36 vs 0.34 with these settings, 0.32 vs 0.34 with 12 steps, so it is reported, not
+    asserted; DPO likewise (0.34 and 0.32 against 0.34). Its 12 no-KL steps are too few for
+    the training-curve divergence check (start vs end windows), so the test reads the held-out
+    evaluation."""
     out = tmp_path / "quick"
     run_cli("demo", "--quick", f"output_dir={out}", "progress=false", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
