@@ -151,7 +151,8 @@ def hacking_plot(evaluation: dict) -> str | None:
 def _table(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'  # wide tables scroll inside the page
 
 
 def _fmt(value) -> str:
@@ -165,7 +166,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 h1{font-size:1.6em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f3f3f3} img{max-width:100%}
+th{background:#f3f3f3} img{max-width:100%} .scroll{overflow-x:auto}
 .warn{background:#fff4e5;border-left:4px solid #f0a030;padding:.5em 1em;margin:.4em 0}
 .sample{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.85em}
 """
