@@ -134,15 +134,20 @@ def _stage_help(name: str, stage: Stage) -> str:
     if doc and not doc.startswith(cls.__name__ + "("):
         head += ["", doc]
     head += ["", "keys (key=value or --key value; nested keys with dots, e.g. lora.r=8):"]
+    return "\n".join(head + key_lines(rows))
+
+
+def key_lines(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """Two lines per config key (`describe`'s rows): its help, then its type and default."""
     width = min(max(len(r[0]) for r in rows), 28)
-    body = []
+    lines = []
     for key, type_name, default, help_text in rows:
-        body.append(f"  {key.ljust(width)}  {help_text}")
-        body.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
-    return "\n".join(head + body)
+        lines.append(f"  {key.ljust(width)}  {help_text}")
+        lines.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
+    return lines
 
 
-def _split_args(argv: list[str], positional: tuple[str, ...]) -> tuple[str | None, list[str]]:
+def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
     """(config file, overrides) from `--config F`, `key=value`, `--key value`, `--key=value`."""
     config_file, overrides, free = None, [], list(positional)
     i = 0
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = [
             "--from_stage" + a[len("--from") :] if a.split("=")[0] == "--from" else a for a in rest
         ]
-        config_file, overrides = _split_args(rest, stage.positional)
+        config_file, overrides = split_args(rest, stage.positional)
         config = load_config(_load(stage.config), config_file, overrides)
         result = _load(stage.entry)(config)
         return result if isinstance(result, int) else 0

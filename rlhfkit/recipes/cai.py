@@ -296,44 +296,10 @@ USAGE = "usage: rlhfkit cai revise [--config FILE.yaml] [key=value ...]"
 
 
 def _help() -> str:
-    rows = describe(CAIReviseConfig)
-    width = min(max(len(r[0]) for r in rows), 28)
+    from rlhfkit.cli import key_lines
+
     lines = [USAGE, "", (CAIReviseConfig.__doc__ or "").strip(), "", "keys (key=value):"]
-    for key, type_name, default, help_text in rows:
-        lines.append(f"  {key.ljust(width)}  {help_text}")
-        lines.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
-    return "\n".join(lines)
-
-
-def _split(argv: list[str]) -> tuple[str | None, list[str]]:
-    config_file, overrides, i = None, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("--config", "-c"):
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a file")
-            config_file, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config_file, i = arg.split("=", 1)[1], i + 1
-            continue
-        if arg.startswith("--"):
-            key = arg[2:].replace("-", "_")
-            if "=" in key:
-                overrides.append(key)
-                i += 1
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                overrides.append(f"{key}={argv[i + 1]}")
-                i += 2
-            else:
-                overrides.append(f"{key}=true")
-                i += 1
-            continue
-        if "=" not in arg:
-            raise ConfigError(f"unexpected argument {arg!r} (expected key=value)")
-        overrides.append(arg)
-        i += 1
-    return config_file, overrides
+    return "\n".join(lines + key_lines(describe(CAIReviseConfig)))
 
 
 def main(argv: list[str]) -> int:
@@ -351,7 +317,9 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_help())
         return 0
-    config_file, overrides = _split(rest)
+    from rlhfkit.cli import split_args
+
+    config_file, overrides = split_args(rest)
     revise(load_config(CAIReviseConfig, config_file, overrides))
     return 0
 
