@@ -14,10 +14,18 @@ sequences), and runs one `generate` call per group of equal (temperature, top_p)
 concurrent clients share forward passes. Log-probs are those of the model's own distribution
 (temperature 1, before top-p), as OpenAI reports them.
 
-Limits: streaming sends each token as its own event, but only once the batch holding the request
-has finished generating (no incremental decoding); ``echo``, ``best_of``, ``logit_bias``, tools
-and prompts given as token ids are not supported (a 400 error says so); the request ``seed`` is
-ignored (the server's generator is seeded once at start).
+Streaming (``stream: true``) is incremental: a streamer inside the batched `generate` call hands
+each row's new token to its request as it is made, and the request turns tokens into text events
+with `TextStream`, the same code that makes the non-streamed text, so both say the same. A
+character split over several byte tokens goes out whole, with its last token; with ``stop``
+strings the last ``len(longest stop) - 1`` characters are held back until more text (or the
+row's end) shows whether a stop string starts there, so nothing past a stop string is sent. Each
+choice gets its finish event as soon as its row ends; log-probs stream with their tokens.
+
+Limits: a client that disconnects mid-stream does not stop its rows from being generated (the
+batch they share runs on); streams carry no ``usage``; ``echo``, ``best_of``, ``logit_bias``,
+tools and prompts given as token ids are not supported (a 400 error says so); the request
+``seed`` is ignored (the server's generator is seeded once at start).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,6 +47,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from transformers.generation.streamers import BaseStreamer
 
 from rlhfkit.config import option
 from rlhfkit.data.collate import pad_left
@@ -77,13 +87,29 @@ class ApiError(Exception):
 
 
 @dataclass
+class StepToken:
+    """One step of one streamed row: a new token (with its log-probs when the job asked for
+    them), or, with ``token_id`` None, the end of the row and why it ended."""
+
+    token_id: int | None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # "stop" (EOS) or "length", on the row's end only
+
+
+@dataclass
 class GenJob:
+    """One prompt to generate ``n`` rows for. With ``on_token``, the worker thread calls
+    ``on_token(row, step)`` for each row's tokens as they are generated and once at the row's end
+    (the future still resolves to every row, at the end of the batch)."""
+
     prompt_ids: list[int]
     n: int
     max_tokens: int
     temperature: float
     top_p: float
     top_logprobs: int  # alternatives per token; -1 = no log-probs at all
+    on_token: Callable[[int, StepToken], None] | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -97,8 +123,76 @@ class GenRow:
     top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
+def _logits_recorder(logits: list) -> Callable:
+    """A forward hook that appends each forward's next-token logits (B, V), as the float32 copy
+    `generate` samples from, to ``logits``."""
+
+    def hook(_module, _args, output) -> None:
+        logits.append(output.logits[:, -1].to(torch.float32, copy=True))
+
+    return hook
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each token of a batched `generate` call, as it is made, to the ``on_token`` of the
+    job its row belongs to. A row ends at its EOS (which is not passed on, nor the padding that
+    follows it) or at its job's ``max_tokens``.
+
+    Args:
+        rows: (job, row within the job) of each batch row.
+        eos_id: The end-of-sequence token id.
+        logits: The list a forward hook appends each step's next-token logits (B, V) to, or None
+            when no streamed row wants log-probs.
+    """
+
+    def __init__(self, rows: list[tuple[GenJob, int]], eos_id: int, logits: list | None):
+        self.rows, self.eos_id, self.logits = rows, eos_id, logits
+        self.made = [0] * len(rows)
+        self.live = [job.on_token is not None for job, _ in rows]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # `generate` hands over the prompts (B, P) first
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(-1).tolist()  # (B,)
+        # first in, first out: `generate` may run one forward ahead of what it streams
+        logps = self.logits.pop(0).log_softmax(-1) if self.logits is not None else None  # (B, V)
+        for b, token in enumerate(tokens):
+            if not self.live[b]:
+                continue
+            job, _ = self.rows[b]
+            if token == self.eos_id:
+                self._send(b, StepToken(None, finish_reason="stop"))
+                continue
+            step = StepToken(token)
+            if logps is not None and job.top_logprobs >= 0:
+                step.logprob = logps[b, token].item()
+                values, indices = logps[b].topk(job.top_logprobs)
+                step.top_logprobs = list(zip(indices.tolist(), values.tolist(), strict=True))
+            self.made[b] += 1
+            self._send(b, step)
+            if self.live[b] and self.made[b] >= job.max_tokens:
+                self._send(b, StepToken(None, finish_reason="length"))
+
+    def end(self) -> None:
+        for b in range(len(self.rows)):
+            if self.live[b]:
+                self._send(b, StepToken(None, finish_reason="length"))
+
+    def _send(self, b: int, step: StepToken) -> None:
+        job, row = self.rows[b]
+        if step.token_id is None:
+            self.live[b] = False
+        try:
+            job.on_token(row, step)
+        except Exception:  # noqa: BLE001 - e.g. a closed event loop: this row's client is gone
+            self.live[b] = False
+
+
 class BatchedGenerator:
-    """A worker thread that gathers concurrent jobs into shared `generate` calls."""
+    """A worker thread that gathers concurrent jobs into shared `generate` calls, and streams the
+    tokens of jobs that have an ``on_token`` callback while they are generated."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 32, wait_s: float = 0.005):
         self.model = model
@@ -157,18 +251,19 @@ class BatchedGenerator:
 
     @torch.no_grad()
     def _run(self, jobs: list[GenJob]) -> list[list[GenRow]]:
-        rows = [(j, job) for j, job in enumerate(jobs) for _ in range(job.n)]
+        rows = [(j, job, r) for j, job in enumerate(jobs) for r in range(job.n)]
         out: list[list[GenRow]] = [[] for _ in jobs]
         device = next(self.model.parameters()).device
         pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         for start in range(0, len(rows), self.max_batch_size):
             chunk = rows[start : start + self.max_batch_size]
-            input_ids = pad_left([job.prompt_ids for _, job in chunk], pad_id).to(device)  # (B, P)
-            attention = pad_left([[1] * len(job.prompt_ids) for _, job in chunk], 0).to(device)
+            prompts = [job.prompt_ids for _, job, _ in chunk]
+            input_ids = pad_left(prompts, pad_id).to(device)  # (B, P)
+            attention = pad_left([[1] * len(ids) for ids in prompts], 0).to(device)  # (B, P)
             temperature, top_p = chunk[0][1].temperature, chunk[0][1].top_p
-            want_logprobs = any(job.top_logprobs >= 0 for _, job in chunk)
+            want_logprobs = any(job.top_logprobs >= 0 for _, job, _ in chunk)
             kwargs: dict[str, Any] = {
-                "max_new_tokens": max(job.max_tokens for _, job in chunk),
+                "max_new_tokens": max(job.max_tokens for _, job, _ in chunk),
                 "pad_token_id": pad_id,
                 "eos_token_id": eos_id,
                 "use_cache": True,
@@ -179,14 +274,30 @@ class BatchedGenerator:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False)
-            generated = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+            hook = None
+            if any(job.on_token is not None for _, job, _ in chunk):
+                logits = None
+                if any(job.on_token is not None and job.top_logprobs >= 0 for _, job, _ in chunk):
+                    logits = []
+                    # one recorded entry per forward, so one forward per token: the prefill is
+                    # not split in chunks
+                    kwargs["prefill_chunk_size"] = None
+                    hook = self.model.register_forward_hook(_logits_recorder(logits))
+                kwargs["streamer"] = _RowStreamer([(job, r) for _, job, r in chunk], eos_id, logits)
+            try:
+                generated = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention, **kwargs
+                )
+            finally:
+                if hook is not None:
+                    hook.remove()
             self.stats["generate_calls"] += 1
             self.stats["sequences"] += len(chunk)
             new_tokens = generated.sequences[:, input_ids.shape[1] :]  # (B, N)
             logps = None
             if want_logprobs:
                 logps = torch.stack(generated.logits, dim=1).float().log_softmax(-1)  # (B, N, V)
-            for b, (j, job) in enumerate(chunk):
+            for b, (j, job, _) in enumerate(chunk):
                 ids = new_tokens[b].tolist()[: job.max_tokens]
                 finish = "length"
                 if eos_id in ids:
@@ -215,74 +326,159 @@ class BatchedGenerator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds (decoding prefixes, so multi-byte characters come out whole)."""
-    pieces, previous = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        if text.endswith("\ufffd") and i + 1 < len(ids):
-            pieces.append("")  # an incomplete UTF-8 character: wait for its other bytes
-            continue
-        shared = len(os.path.commonprefix([text, previous]))
-        pieces.append(text[shared:])
-        previous = text
-    return pieces
-
-
 @dataclass
 class Choice:
+    """Generated text with its tokens; also one streamed chunk of it (``finish_reason`` None)."""
+
     text: str
-    finish_reason: str
+    finish_reason: str | None
     tokens: list[str]
     token_ids: list[int]
     logprobs: list[float] | None
     top_logprobs: list[list[tuple[str, float]]] | None
 
 
-def _per_token(choice: Choice):
-    """(token text, a one-token Choice) for each token of `choice`, for streaming chunks."""
-    for k, piece in enumerate(choice.tokens):
-        yield (
-            piece,
-            Choice(
-                piece,
-                choice.finish_reason,
-                [piece],
-                choice.token_ids[k : k + 1],
-                choice.logprobs[k : k + 1] if choice.logprobs is not None else None,
-                choice.top_logprobs[k : k + 1] if choice.top_logprobs is not None else None,
-            ),
+@dataclass
+class _Pending:
+    """A token of a `TextStream` not handed out yet."""
+
+    token_id: int
+    logprob: float | None
+    top: list[tuple[int, float]] | None
+    piece: str | None = None  # its text; None while it may end inside a multi-byte character
+    end: int = 0  # where its text ends in the row's text
+
+
+class TextStream:
+    """One generated row turned into text chunks token by token, never past a stop string.
+
+    A token's text (its piece) is what decoding the row so far adds to the previous decoding; a
+    token that leaves an incomplete UTF-8 character (a trailing U+FFFD) adds "" and the token
+    that completes the character carries it, unless it is the row's last token. A token is handed
+    out once its piece is known and it ends at least ``len(longest stop) - 1`` characters before
+    the text known so far, so no stop string can start inside it. Once the earliest stop string
+    is certain, the text up to it goes out -- the part of a token before it as a text-only chunk
+    (no token, no log-probs) -- and the row is over with finish_reason "stop".
+
+    Fed the whole row at once it gives what a non-streamed request returns (`_finish`), so the
+    chunks of a stream add up to the non-streamed choice.
+
+    Args:
+        tokenizer: Decodes the row's token ids.
+        stop: Stop strings (empty ones are ignored).
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.decoded = ""  # the decoding of the tokens whose pieces are known
+        self.text = ""  # those pieces joined: the row's text so far
+        self.sent = 0  # characters of `text` handed out; no stop string starts before them
+        self.pending: list[_Pending] = []
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(
+        self,
+        token_id: int,
+        logprob: float | None = None,
+        top: list[tuple[int, float]] | None = None,
+    ) -> list[Choice]:
+        """Add the row's next token; returns the chunks that can now be handed out."""
+        if self.done:
+            return []
+        if self.pending and self.pending[-1].piece is None:
+            self._settle(self.pending[-1], "")  # a later token carries its character
+        self.ids.append(token_id)
+        entry = _Pending(token_id, logprob, top)
+        self.pending.append(entry)
+        decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not decoded.endswith("\ufffd"):
+            self._settle(entry, self._added(decoded))
+        return self._release(final=False)
+
+    def close(self, finish_reason: str) -> list[Choice]:
+        """End the row (``finish_reason`` unless a stop string ended it first); returns the
+        chunks still held back."""
+        if self.done:
+            return []
+        if self.pending and self.pending[-1].piece is None:  # the last token: send what it has
+            decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            self._settle(self.pending[-1], self._added(decoded))
+        chunks = self._release(final=True)
+        if not self.done:
+            self.finish_reason = finish_reason
+        return chunks
+
+    def _added(self, decoded: str) -> str:
+        piece = decoded[len(os.path.commonprefix([decoded, self.decoded])) :]
+        self.decoded = decoded
+        return piece
+
+    def _settle(self, entry: _Pending, piece: str) -> None:
+        entry.piece = piece
+        self.text += piece
+        entry.end = len(self.text)
+
+    def _release(self, final: bool) -> list[Choice]:
+        # A stop string starting before `limit` is already whole in `text`, so the earliest one
+        # found there is the earliest the row will have.
+        limit = len(self.text) if final else len(self.text) - self.hold
+        cut = min((at for s in self.stop if (at := self.text.find(s, self.sent)) != -1), default=-1)
+        stopped = cut != -1 and cut <= limit
+        bound = cut if stopped else limit
+        chunks = []
+        while self.pending and self.pending[0].piece is not None and self.pending[0].end <= bound:
+            entry = self.pending.pop(0)
+            chunks.append(self._token_chunk(entry))
+            self.sent = entry.end
+        if stopped:
+            if self.sent < cut:
+                chunks.append(Choice(self.text[self.sent : cut], None, [], [], None, None))
+                self.sent = cut
+            self.pending.clear()
+            self.finish_reason = "stop"
+        return chunks
+
+    def _token_chunk(self, entry: _Pending) -> Choice:
+        top = None
+        if entry.top is not None:
+            top = [
+                [(self.tokenizer.decode([t], skip_special_tokens=False), v) for t, v in entry.top]
+            ]
+        return Choice(
+            entry.piece,
+            None,
+            [entry.piece],
+            [entry.token_id],
+            None if entry.logprob is None else [entry.logprob],
+            top,
         )
 
 
 def _finish(tokenizer, row: GenRow, stop: list[str]) -> Choice:
-    pieces = _pieces(tokenizer, row.token_ids)
-    text = "".join(pieces)
-    finish = row.finish_reason
-    keep = len(pieces)
-    cut = min((at for s in stop if (at := text.find(s)) != -1), default=-1)
-    if cut != -1:
-        text, finish = text[:cut], "stop"
-        length = 0
-        for keep, piece in enumerate(pieces):  # noqa: B007 - keep is used after the loop
-            if length + len(piece) > cut:
-                break
-            length += len(piece)
-        else:
-            keep = len(pieces)
-    top = None
-    if row.top_logprobs is not None:
-        top = [
-            [(tokenizer.decode([t], skip_special_tokens=False), v) for t, v in alts]
-            for alts in row.top_logprobs[:keep]
-        ]
+    """The choice a non-streamed request returns for ``row``: `TextStream` fed the whole row."""
+    stream = TextStream(tokenizer, stop)
+    chunks = []
+    for k, token_id in enumerate(row.token_ids):
+        chunks += stream.push(
+            token_id,
+            row.logprobs[k] if row.logprobs is not None else None,
+            row.top_logprobs[k] if row.top_logprobs is not None else None,
+        )
+    chunks += stream.close(row.finish_reason)
     return Choice(
-        text,
-        finish,
-        pieces[:keep],
-        row.token_ids[:keep],
-        row.logprobs[:keep] if row.logprobs is not None else None,
-        top,
+        "".join(c.text for c in chunks),
+        stream.finish_reason,
+        [t for c in chunks for t in c.tokens],
+        [t for c in chunks for t in c.token_ids],
+        [v for c in chunks for v in c.logprobs or []] if row.logprobs is not None else None,
+        [a for c in chunks for a in c.top_logprobs or []] if row.top_logprobs is not None else None,
     )
 
 
@@ -422,18 +618,61 @@ def create_app(
             raise ApiError(f"prompt has {len(ids)} tokens; at most {max_prompt_tokens}", "prompt")
         return ids
 
-    async def _generate(prompts: list[list[int]], body: dict, max_default: int, top: int):
+    def _jobs(prompts: list[list[int]], body: dict, max_default: int, top: int):
+        """The jobs of a request (validating its sampling keys), and its prompt token count."""
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", max_default, int, 1, 1 << 20)
         temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
         top_p = _number(body, "top_p", 1.0, float, 0.0, 1.0)
         n = _number(body, "n", 1, int, 1, 128)
         jobs = [GenJob(ids, n, max_tokens, temperature, top_p, top) for ids in prompts]
+        return jobs, sum(len(ids) * n for ids in prompts)
+
+    async def _generate(jobs: list[GenJob]) -> list[GenRow]:
         futures = [batcher.submit(job) for job in jobs]
         rows = []
         for fut in futures:
             rows.extend(await asyncio.wrap_future(fut))
-        return rows, sum(len(ids) * n for ids in prompts)
+        return rows
+
+    async def _stream(jobs: list[GenJob], stop: list[str]) -> AsyncIterator[tuple[int, Choice]]:
+        """Generate ``jobs`` and yield (choice index, chunk) as their text can be sent: each
+        choice's text chunks (finish_reason None), then one empty chunk with its finish_reason.
+        Raises what generation raised."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def deliver(item: tuple) -> None:  # called on the worker thread
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        n = jobs[0].n
+        streams = [TextStream(tokenizer, stop) for _ in range(len(jobs) * n)]
+        for j, job in enumerate(jobs):
+            job.on_token = lambda row, step, j=j: deliver(("token", j * n + row, step))
+            # the worker resolves a future after the last token of its job: the queue keeps order
+            job.future.add_done_callback(lambda fut, j=j: deliver(("done", j, fut)))
+            batcher.submit(job)
+        ended = [False] * len(streams)  # whether the choice's finish chunk is sent
+        while not all(ended):
+            kind, key, item = await inbox.get()
+            if kind == "done":
+                if item.exception() is not None:
+                    raise item.exception()
+                ends = [(key * n + r, row.finish_reason) for r, row in enumerate(item.result())]
+            elif item.token_id is None:
+                ends = [(key, item.finish_reason)]
+            else:
+                stream = streams[key]
+                for chunk in stream.push(item.token_id, item.logprob, item.top_logprobs):
+                    yield key, chunk
+                ends = [(key, "stop")] if stream.done else []  # a stop string ended it
+            for i, finish in ends:
+                if ended[i]:
+                    continue
+                for chunk in streams[i].close(finish):
+                    yield i, chunk
+                yield i, Choice("", streams[i].finish_reason, [], [], None, None)
+                ended[i] = True
 
     def _usage(prompt_tokens: int, choices: list[Choice]) -> dict:
         completion = sum(len(c.token_ids) for c in choices)
@@ -443,10 +682,18 @@ def create_app(
             "total_tokens": prompt_tokens + completion,
         }
 
-    def _sse(events: list[dict]) -> StreamingResponse:
+    def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
+        """Server-sent events, each sent as soon as ``events`` yields it; an error after the
+        response has started goes out as a last event in OpenAI's error shape."""
+
         async def stream():
-            for event in events:
-                yield f"data: {json.dumps(event)}\n\n"
+            try:
+                async for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+            except Exception as err:  # noqa: BLE001 - the status line is sent: report in-stream
+                error = {"message": str(err), "type": "server_error", "param": None, "code": None}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
@@ -476,44 +723,32 @@ def create_app(
         top = -1 if logprobs is None else _number(body, "logprobs", 0, int, 0, vocab)
         stop = _stop_list(body)
         encoded = [_encode(p, True) for p in prompts]
-        rows, prompt_tokens = await _generate(encoded, body, 16, top)
-        choices = [_finish(tokenizer, row, stop) for row in rows]
+        jobs, prompt_tokens = _jobs(encoded, body, 16, top)
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
-            events = []
-            for i, c in enumerate(choices):
-                offset = 0
-                for piece, one in _per_token(c):
-                    events.append(
-                        _chunk(
-                            rid,
-                            now,
-                            name,
-                            "text_completion",
-                            {
-                                "index": i,
-                                "text": piece,
-                                "logprobs": _completion_logprobs(one, offset),
-                                "finish_reason": None,
-                            },
-                        )
-                    )
-                    offset += len(piece)
-                events.append(
-                    _chunk(
+
+            async def events():
+                offsets = [0] * (len(jobs) * jobs[0].n)  # text_offset of each choice's next token
+                async for i, c in _stream(jobs, stop):
+                    if c.finish_reason is None and not c.text and c.logprobs is None:
+                        continue  # nothing to say
+                    yield _chunk(
                         rid,
                         now,
                         name,
                         "text_completion",
                         {
                             "index": i,
-                            "text": "",
-                            "logprobs": None,
+                            "text": c.text,
+                            "logprobs": _completion_logprobs(c, offsets[i]),
                             "finish_reason": c.finish_reason,
                         },
                     )
-                )
-            return _sse(events)
+                    offsets[i] += len(c.text)
+
+            return _sse(events())
+        rows = await _generate(jobs)
+        choices = [_finish(tokenizer, row, stop) for row in rows]
         return {
             "id": rid,
             "object": "text_completion",
@@ -555,56 +790,46 @@ def create_app(
         if body.get("logprobs"):
             top = _number(body, "top_logprobs", 0, int, 0, vocab)
         stop = _stop_list(body)
-        rows, prompt_tokens = await _generate([_encode(text, False)], body, default_max_tokens, top)
-        choices = [_finish(tokenizer, row, stop) for row in rows]
+        jobs, prompt_tokens = _jobs([_encode(text, False)], body, default_max_tokens, top)
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
-            events = []
-            for i, c in enumerate(choices):
-                events.append(
-                    _chunk(
-                        rid,
-                        now,
-                        name,
-                        "chat.completion.chunk",
+
+            def event(choice: dict) -> dict:
+                return _chunk(rid, now, name, "chat.completion.chunk", choice)
+
+            async def events():
+                for i in range(jobs[0].n):
+                    yield event(
                         {
                             "index": i,
                             "delta": {"role": "assistant", "content": ""},
                             "logprobs": None,
                             "finish_reason": None,
-                        },
+                        }
                     )
-                )
-                for piece, one in _per_token(c):
-                    events.append(
-                        _chunk(
-                            rid,
-                            now,
-                            name,
-                            "chat.completion.chunk",
+                async for i, c in _stream(jobs, stop):
+                    if c.finish_reason is not None:
+                        yield event(
                             {
                                 "index": i,
-                                "delta": {"content": piece},
-                                "logprobs": _chat_logprobs(one),
-                                "finish_reason": None,
-                            },
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": c.finish_reason,
+                            }
                         )
-                    )
-                events.append(
-                    _chunk(
-                        rid,
-                        now,
-                        name,
-                        "chat.completion.chunk",
-                        {
-                            "index": i,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": c.finish_reason,
-                        },
-                    )
-                )
-            return _sse(events)
+                    elif c.text or c.logprobs is not None:
+                        yield event(
+                            {
+                                "index": i,
+                                "delta": {"content": c.text},
+                                "logprobs": _chat_logprobs(c),
+                                "finish_reason": None,
+                            }
+                        )
+
+            return _sse(events())
+        rows = await _generate(jobs)
+        choices = [_finish(tokenizer, row, stop) for row in rows]
         return {
             "id": rid,
             "object": "chat.completion",
