@@ -69,7 +69,7 @@ from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.rollout.fast_sampling import positions_from_mask, sample_with_logprobs
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
 from rlhfkit.training.run import Run, check_finite
 from rlhfkit.training.steps import optimizer_step
 
@@ -434,6 +434,7 @@ def train(config: PPOConfig) -> dict:
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         betas=config.adam_betas,
+        fused=fused_adamw_supported(acc),
     )
     scheduler = build_scheduler(
         optimizer,

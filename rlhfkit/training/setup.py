@@ -9,7 +9,7 @@ from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint
-from rlhfkit.training.optim import build_optimizer, build_scheduler
+from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
 from rlhfkit.training.run import Run
 
 
@@ -41,6 +41,7 @@ def prepare_optimization(run: Run, model: torch.nn.Module, config: TrainConfig, 
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         betas=config.adam_betas,
+        fused=fused_adamw_supported(run.accelerator),
     )
     scheduler = build_scheduler(
         optimizer,
