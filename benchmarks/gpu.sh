@@ -12,7 +12,7 @@
 # Usage:  benchmarks/gpu.sh [SECTION...]   (on the GPU machine; TRL etc. importable)
 #         benchmarks/gpu.sh --dry-run      (here, on CPU: tiny preset, checks the script end to end)
 # SECTIONs: env dpo profile ppo tests (default: all). DPO_SIDES, DPO_ROUNDS and TESTS override
-# what runs, LIMIT_DPO / LIMIT_PROFILE / LIMIT_PPO / LIMIT_TESTS the seconds each may take.
+# what runs, DPO_BATCHES the DPO batch sizes (default 8), LIMIT_DPO / LIMIT_PROFILE / LIMIT_PPO / LIMIT_TESTS the seconds each may take.
 # Each section has its own time limit, so one that hangs cannot eat the others' time. Logs and
 # JSON go to $OUT (the device tool's folder) or runs/gpu.
 set -uo pipefail
@@ -57,6 +57,15 @@ if [[ ${#DRY[@]} -eq 0 ]] && want tests; then
     section tests "${LIMIT_TESTS:-150}" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q -n 14 -p no:cacheprovider \
         ${TESTS:-tests/}
 fi
-want dpo && section dpo "${LIMIT_DPO:-280}" "$PY" benchmarks/gpu_dpo.py --rounds "${DPO_ROUNDS:-2}" --threads 8 \
-    --sides "${DPO_SIDES:-rlhfkit,trl,trl-precompute,rlhfkit-gc}" \
-    --json "$RESULTS/gpu_dpo.json" "${DRY[@]}"
+# DPO at each batch size of DPO_BATCHES (pairs per step; 32 steps each): a larger batch gives each
+# kernel more work, which is what a launch-bound host needs.
+if want dpo; then
+    for batch in ${DPO_BATCHES:-8}; do
+        pairs=()
+        [[ ${#DRY[@]} -eq 0 ]] && pairs=(--pairs $((32 * batch)))
+        section "dpo-batch$batch" "${LIMIT_DPO:-280}" "$PY" benchmarks/gpu_dpo.py --rounds "${DPO_ROUNDS:-2}" \
+            --threads 8 --batch-size "$batch" "${pairs[@]}" \
+            --sides "${DPO_SIDES:-rlhfkit,trl,trl-precompute,rlhfkit-gc}" \
+            --json "$RESULTS/gpu_dpo_batch$batch.json" "${DRY[@]}"
+    done
+fi
