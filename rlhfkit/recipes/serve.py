@@ -280,8 +280,9 @@ class BatchedGenerator:
                 if any(job.on_token is not None and job.top_logprobs >= 0 for _, job, _ in chunk):
                     logits = []
                     # one recorded entry per forward, so one forward per token: the prefill is
-                    # not split in chunks
-                    kwargs["prefill_chunk_size"] = None
+                    # not split in chunks (only set when the model's config asks for chunks)
+                    if getattr(self.model.generation_config, "prefill_chunk_size", None):
+                        kwargs["prefill_chunk_size"] = None
                     hook = self.model.register_forward_hook(_logits_recorder(logits))
                 kwargs["streamer"] = _RowStreamer([(job, r) for _, job, r in chunk], eos_id, logits)
             try:
