@@ -21,18 +21,18 @@ def test_fused_adamw_takes_the_same_steps_as_the_default():
     models = [_two_layer(0), _two_layer(0)]
     optimizers = [
         build_optimizer(m, learning_rate=1e-2, weight_decay=0.1, fused=fused)
-        for m, fused in zip(models, (False, True))
+        for m, fused in zip(models, (False, True), strict=True)
     ]
     assert optimizers[1].defaults["fused"] and not optimizers[0].defaults.get("fused")
     decayed = {id(p) for p in optimizers[0].param_groups[0]["params"]}
     assert decayed == {id(models[0][0].weight), id(models[0][2].weight)}
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     for _ in range(3):
-        for model, optimizer in zip(models, optimizers):
+        for model, optimizer in zip(models, optimizers, strict=True):
             optimizer.zero_grad()
             model(x).square().sum().backward()
             optimizer.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
