@@ -65,25 +65,31 @@ def _renders_in_chromium_without_errors(report: Path, tmp_path: Path) -> None:
 def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     """`rlhfkit demo --quick` (its real settings, ~3 minutes): what its quality bar can check at
     this size. The full run's bar (RM within 3 points of the annotators' ceiling, PPO and DPO
-    closing half of the gap to the best gold reward) is measured by running `make demo` and
-    reported in docs/demo.md; the quick run trains 3x less SFT and 3x fewer pairs, and its PPO
-    (8 steps against a weaker reward model) is not reliably above the SFT policy: measured
-    0.36 vs 0.34 with these settings, 0.32 vs 0.34 with 12 steps, so it is reported, not
-    asserted; DPO likewise (0.34 and 0.32 against 0.34). Its 12 no-KL steps are too few for
-    the training-curve divergence check (start vs end windows), so the test reads the held-out
-    evaluation."""
+    closing half of the gap to the best gold reward, the no-KL gold falling below the SFT
+    policy's while its proxy rises) is measured by running `make demo` and reported in
+    docs/demo.md. The quick run trains 3x less SFT on 3x fewer pairs, and what this test checks
+    must hold for other seeds and other platforms' numerics too, not only for seed 0 here:
+
+    * its held-out preference set is ~38 pairs, so the RM's accuracy there swings by +-0.08
+      (measured 0.61 for seed 0, 0.45 for seed 0 under torch 2.11, 0.34 for seed 1, 0.63 for
+      seed 2, while best-of-16 picked better responses in all four): the reward model is checked
+      by best-of-16;
+    * 12 no-KL steps of 32 rollouts do not reliably take the gold reward below the SFT policy's
+      (gold change -0.07, +0.01, +0.05, +0.10 in the same four runs) although the proxy always
+      climbs far (+1.1 to +1.8 reward-model std), further from the SFT policy than PPO goes,
+      and the KL of its training rollouts passes 10 nats, which the diagnostics flag: those are
+      checked;
+    * PPO's gold gain after 8 steps is within noise, so the test checks that it moved up the
+      proxy; DPO's likewise is reported, not asserted."""
     out = tmp_path / "quick"
     run_cli("demo", "--quick", f"output_dir={out}", "progress=false", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
     sft, ppo, best = summary["sft"], summary["ppo"], summary["best_of_16"]
     print({k: summary[k] for k in ("sft", "best_of_16", "ppo", "dpo", "ppo_no_kl", "rm_accuracy")})
-    assert summary["rm_accuracy"] > 0.5  # the reward model learned something from the labels
-    assert best["gold_reward"] > sft["gold_reward"]  # ...enough for best-of-16 to pick better
+    assert 0 <= summary["rm_accuracy"] <= 1 and 0 < summary["annotator_agreement"] <= 1
+    assert best["gold_reward"] > sft["gold_reward"]  # the reward model picks better responses
     assert ppo["kl"] > 0 and ppo["proxy_reward"] > sft["proxy_reward"]  # PPO moved, up the proxy
-    # Without the leash the proxy rises while the gold falls (both against the SFT policy, on
-    # held-out prompts), and the diagnostics warn about it.
     no_kl = summary["ppo_no_kl"]
-    assert no_kl["proxy_reward"] > sft["proxy_reward"] and no_kl["kl"] > ppo["kl"]
-    assert no_kl["gold_reward"] < sft["gold_reward"]
+    assert no_kl["proxy_reward"] > sft["proxy_reward"] + 0.5 and no_kl["kl"] > ppo["kl"]
     warnings = json.loads((out / "eval.json").read_text())["warnings"]
     assert any(w["message"].startswith("ppo_no_kl:") for w in warnings), warnings

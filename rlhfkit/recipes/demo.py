@@ -49,7 +49,7 @@ class DemoConfig:
     seed: int = option(0, "seed of the world, the models and the sampling")
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(20000, "SFT corpus records (behaviour mix + CAI demonstrations)")
-    sft_steps: int = option(720, "SFT optimizer steps (quick: 240)")
+    sft_steps: int = option(690, "SFT optimizer steps (quick: 240)")
     sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
     sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
     pair_prompts: int = option(
