@@ -87,6 +87,8 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     sft, ppo, best = summary["sft"], summary["ppo"], summary["best_of_16"]
     print({k: summary[k] for k in ("sft", "best_of_16", "ppo", "dpo", "ppo_no_kl", "rm_accuracy")})
     assert 0 <= summary["rm_accuracy"] <= 1 and 0 < summary["annotator_agreement"] <= 1
+    agreement = summary["rm_agreement"]  # noise-free in the labels; the ceiling bounds it
+    assert 0 < agreement["rm_expected_accuracy"] <= agreement["annotator_ceiling_same_pairs"] <= 1
     assert best["gold_reward"] > sft["gold_reward"]  # the reward model picks better responses
     assert ppo["kl"] > 0 and ppo["proxy_reward"] > sft["proxy_reward"]  # PPO moved, up the proxy
     no_kl = summary["ppo_no_kl"]

@@ -12,6 +12,7 @@ from rlhfkit.synthetic import (
     SimulatedAnnotator,
     agreement_ceiling,
     default_annotators,
+    expected_agreement,
     expected_inter_annotator_agreement,
     gold_reward,
     inter_annotator_agreement,
@@ -80,6 +81,26 @@ def test_agreement_ceiling_by_hand():
     assert agreement_ceiling(records, pool) == pytest.approx(0.675, rel=1e-6)
     # one known annotator: (0.8 + 0.5) / 2
     assert agreement_ceiling(pairs, pool[:1]) == pytest.approx(0.65, rel=1e-6)
+
+
+def test_expected_agreement_by_hand():
+    """The pool of `test_agreement_ceiling_by_hand`: pbar = 0.85 on pair 1 (BEST first), 0.5 on
+    pair 2. Preferring the first response of both: (0.85 + 0.5) / 2 = 0.675 (the ceiling, since
+    pair 2 is a coin either way); preferring the second of pair 1: (0.15 + 0.5) / 2 = 0.325; a
+    tie on pair 1: (0.5 * 0.85 + 0.5 * 0.15 + 0.5) / 2 = 0.5."""
+    pool = [
+        SimulatedAnnotator("a", {"accuracy": 1.0}, tau=1 / math.log(4)),
+        SimulatedAnnotator("b", {"accuracy": 1.0}, tau=1 / math.log(9)),
+    ]
+    pairs = [(MATH, BEST, REFUSAL), (MATH, " 9.", " 8.")]
+    assert expected_agreement(pairs, pool, [1.0, 1.0]) == pytest.approx(0.675, rel=1e-6)
+    assert expected_agreement(pairs, pool, [1.0, 0.0]) == pytest.approx(0.675, rel=1e-6)
+    assert expected_agreement(pairs, pool, [0.0, 1.0]) == pytest.approx(0.325, rel=1e-6)
+    assert expected_agreement(pairs, pool, [0.5, 1.0]) == pytest.approx(0.5, rel=1e-6)
+    records = [{"prompt": MATH, "chosen": REFUSAL, "rejected": BEST}]  # first = chosen = REFUSAL
+    assert expected_agreement(records, pool, [1.0]) == pytest.approx(0.15, rel=1e-6)
+    with pytest.raises(ValueError):
+        expected_agreement(pairs, pool, [1.0])  # one choice per pair
 
 
 def test_default_annotators_are_diverse_and_deterministic():

@@ -209,6 +209,34 @@ def agreement_ceiling(pairs: Iterable[object], annotators: Sequence[SimulatedAnn
     return ceiling_from_probs(probs)
 
 
+def expected_agreement(
+    pairs: Iterable[object],
+    annotators: Sequence[SimulatedAnnotator],
+    prefers_first: Sequence[float],
+) -> float:
+    """Expected accuracy of a predictor's choices against these annotators' labels.
+
+    ``mean_i c_i pbar_i + (1 - c_i)(1 - pbar_i)``, with ``pbar_i`` as in `agreement_ceiling`
+    and ``c_i`` = 1 when the predictor prefers the pair's first response, 0 for the second, 0.5
+    for a tie. It is the accuracy the predictor would score averaged over every draw of the
+    labels, so, unlike accuracy on one set of labels, it carries no label noise; with the best
+    choices it equals `agreement_ceiling`, which bounds it. A pair is ``(prompt, a, b)`` or a
+    record with ``responses`` (first = responses[0]) or ``chosen``/``rejected`` (first =
+    chosen).
+    """
+    if not annotators:
+        raise ValueError("no annotators")
+    total, count = 0.0, 0
+    for item, choice in zip(pairs, prefers_first, strict=True):
+        prompt, a, b = _as_pair(item)
+        pbar = sum(k.prob_prefers(prompt, a, b) for k in annotators) / len(annotators)
+        total += choice * pbar + (1.0 - choice) * (1.0 - pbar)
+        count += 1
+    if not count:
+        raise ValueError("no pairs")
+    return total / count
+
+
 def expected_inter_annotator_agreement(
     pairs: Iterable[object], annotators: Sequence[SimulatedAnnotator]
 ) -> float:
