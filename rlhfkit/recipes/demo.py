@@ -65,13 +65,13 @@ class DemoConfig:
     ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 8)")
     ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
     ppo_learning_rate: float = option(2e-4, "PPO learning rate")
-    no_kl_steps: int = option(30, "PPO steps without a KL penalty (quick: 12)")
+    no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 12)")
     no_kl_learning_rate: float = option(
         5e-4, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
     )
     dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
     dpo_learning_rate: float = option(1e-4, "DPO learning rate")
-    dpo_epochs: float = option(2.0, "DPO epochs over the preferences")
+    dpo_epochs: float = option(1.5, "DPO epochs over the preferences")
     cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 32)")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
