@@ -50,14 +50,16 @@ class DemoConfig:
     output_dir: str = option("runs/demo", "where every stage of the demo writes")
     seed: int = option(0, "seed of the world, the models and the sampling")
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
-    corpus_size: int = option(20000, "SFT corpus records (behaviour mix + CAI demonstrations)")
+    corpus_size: int = option(
+        20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)"
+    )
     sft_steps: int = option(690, "SFT optimizer steps (quick: 240)")
     sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
     sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
     pair_prompts: int = option(
         1024, "training prompts answered twice for preference pairs (quick: 384)"
     )
-    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 64)")
+    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 48)")
     max_new_tokens: int = option(48, "maximum tokens per sampled response")
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
@@ -89,8 +91,9 @@ class DemoPaths:
 def _scale(config: DemoConfig) -> DemoConfig:
     if config.quick:
         config.sft_steps = min(config.sft_steps, 240)
+        config.corpus_size = min(config.corpus_size, 8000)  # 240 x 1,024 tokens need ~4,000
         config.pair_prompts = min(config.pair_prompts, 384)
-        config.eval_prompts = min(config.eval_prompts, 64)
+        config.eval_prompts = min(config.eval_prompts, 48)
         config.ppo_steps = min(config.ppo_steps, 8)
         config.no_kl_steps = min(config.no_kl_steps, 12)
         config.dpo_betas = [0.1]
