@@ -67,6 +67,20 @@ def tiny_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def serve_client(tiny_model):
+    """`rlhfkit serve` in process over the tiny model, one app per test module; the app itself
+    is at `serve_client.app_ref` (its batcher: `app_ref.state.batcher`)."""
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.recipes.serve import create_app
+
+    app = create_app(str(tiny_model), model_name="tiny-test", batch_wait_ms=1.0)
+    with TestClient(app) as client:
+        client.app_ref = app
+        yield client
+
+
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", arithmetic_sft(64))

@@ -7,29 +7,20 @@ import json
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
-from rlhfkit.recipes.serve import BatchedGenerator, GenJob, create_app
+from rlhfkit.recipes.serve import BatchedGenerator, GenJob
 
 PROMPT = "User: What is 3+4?\nBot:"
 
 
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    app = create_app(str(tiny_model), model_name="tiny-test", batch_wait_ms=1.0)
-    with TestClient(app) as c:
-        c.app_ref = app
-        yield c
-
-
-def test_models_and_health(client):
-    body = client.get("/v1/models").json()
+def test_models_and_health(serve_client):
+    body = serve_client.get("/v1/models").json()
     assert body["object"] == "list" and body["data"][0]["id"] == "tiny-test"
-    assert client.get("/health").json()["status"] == "ok"
+    assert serve_client.get("/health").json()["status"] == "ok"
 
 
-def test_greedy_completion_logprobs_are_the_models(client):
-    body = client.post(
+def test_greedy_completion_logprobs_are_the_models(serve_client):
+    body = serve_client.post(
         "/v1/completions",
         json={
             "model": "tiny-test",
@@ -45,7 +36,7 @@ def test_greedy_completion_logprobs_are_the_models(client):
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"])
     assert "".join(lp["tokens"]) == choice["text"]
     # recompute with one forward pass of the same model
-    app = client.app_ref
+    app = serve_client.app_ref
     model, tokenizer = app.state.batcher.model, app.state.batcher.tokenizer
     prompt_ids = tokenizer(PROMPT).input_ids
     new_ids = tokenizer(choice["text"], add_special_tokens=False).input_ids
@@ -60,8 +51,8 @@ def test_greedy_completion_logprobs_are_the_models(client):
     assert body["usage"]["prompt_tokens"] == len(prompt_ids)
 
 
-def test_n_samples_stop_and_several_prompts(client):
-    body = client.post(
+def test_n_samples_stop_and_several_prompts(serve_client):
+    body = serve_client.post(
         "/v1/completions",
         json={
             "prompt": [PROMPT, "User: Hi\nBot:"],
@@ -73,21 +64,21 @@ def test_n_samples_stop_and_several_prompts(client):
     ).json()
     assert [c["index"] for c in body["choices"]] == list(range(6))
     assert all(c["logprobs"] is None for c in body["choices"])
-    greedy = client.post(
+    greedy = serve_client.post(
         "/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "temperature": 0}
     ).json()
     text = greedy["choices"][0]["text"]
     if len(text) >= 2:
-        cut = client.post(
+        cut = serve_client.post(
             "/v1/completions",
             json={"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "stop": [text[1:]]},
         ).json()["choices"][0]
         assert cut["text"] == text[: text.find(text[1:])] and cut["finish_reason"] == "stop"
 
 
-def test_chat_completion_uses_the_chat_template_and_streams(client):
+def test_chat_completion_uses_the_chat_template_and_streams(serve_client):
     messages = [{"role": "user", "content": "What is 3+4?"}]
-    body = client.post(
+    body = serve_client.post(
         "/v1/chat/completions",
         json={
             "messages": messages,
@@ -102,13 +93,13 @@ def test_chat_completion_uses_the_chat_template_and_streams(client):
     content = choice["logprobs"]["content"]
     assert "".join(t["token"] for t in content) == choice["message"]["content"]
     assert all(len(t["top_logprobs"]) == 2 for t in content)
-    tokenizer = client.app_ref.state.batcher.tokenizer
+    tokenizer = serve_client.app_ref.state.batcher.tokenizer
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert body["usage"]["prompt_tokens"] == len(
         tokenizer(rendered, add_special_tokens=False).input_ids
     )
 
-    with client.stream(
+    with serve_client.stream(
         "POST",
         "/v1/chat/completions",
         json={"messages": messages, "max_tokens": 5, "temperature": 0, "stream": True},
@@ -122,14 +113,16 @@ def test_chat_completion_uses_the_chat_template_and_streams(client):
     assert events[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]
 
 
-def test_errors_have_the_openai_shape(client):
-    bad = client.post("/v1/completions", json={"prompt": 3})
+def test_errors_have_the_openai_shape(serve_client):
+    bad = serve_client.post("/v1/completions", json={"prompt": 3})
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "prompt"
-    assert client.post("/v1/completions", json={"prompt": "x", "temperature": 5}).status_code == 400
-    assert client.post("/v1/completions", json={"prompt": "x", "model": "gpt-9"}).status_code == 404
-    assert client.post("/v1/completions", content=b"{not json").status_code == 400
-    assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 400
+    hot = {"prompt": "x", "temperature": 5}
+    assert serve_client.post("/v1/completions", json=hot).status_code == 400
+    unknown = {"prompt": "x", "model": "gpt-9"}
+    assert serve_client.post("/v1/completions", json=unknown).status_code == 404
+    assert serve_client.post("/v1/completions", content=b"{not json").status_code == 400
+    assert serve_client.post("/v1/chat/completions", json={"messages": []}).status_code == 400
 
 
 def test_concurrent_requests_share_generate_calls(tiny_model):

@@ -10,7 +10,6 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from fastapi.testclient import TestClient
 
 from rlhfkit.recipes.serve import (
     BatchedGenerator,
@@ -18,7 +17,6 @@ from rlhfkit.recipes.serve import (
     GenRow,
     TextStream,
     _finish,
-    create_app,
 )
 
 PROMPT = "User: What is 3+4?\nBot:"
@@ -26,21 +24,13 @@ SCRIPT = "the cat sat; é漢 on the mat"  # what `_scripted` makes the tiny mode
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model):
-    app = create_app(str(tiny_model), model_name="tiny-test", batch_wait_ms=1.0)
-    with TestClient(app) as c:
-        c.app_ref = app
-        yield c
+def tokenizer(serve_client):
+    return serve_client.app_ref.state.batcher.tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer(client):
-    return client.app_ref.state.batcher.tokenizer
-
-
-def _events(client, path: str, body: dict) -> tuple[list[dict], bool]:
+def _events(serve_client, path: str, body: dict) -> tuple[list[dict], bool]:
     """The parsed events of a streamed request, and whether it ended with [DONE]."""
-    with client.stream("POST", path, json={**body, "stream": True}) as response:
+    with serve_client.stream("POST", path, json={**body, "stream": True}) as response:
         assert response.status_code == 200
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     done = bool(lines) and lines[-1] == "data: [DONE]"
@@ -191,8 +181,8 @@ def _collect(job: GenJob, forwards: list[int], seen: dict) -> None:
     job.on_token = on_token
 
 
-def test_worker_hands_tokens_over_while_generating_and_they_match_the_rows(client, tokenizer):
-    model = client.app_ref.state.batcher.model
+def test_worker_hands_tokens_over_while_generating_and_they_match_the_rows(serve_client, tokenizer):
+    model = serve_client.app_ref.state.batcher.model
     batcher = BatchedGenerator(model, tokenizer, max_batch_size=16, wait_s=0.5)
     forwards = [0]
     handle = model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
@@ -227,8 +217,8 @@ def test_worker_hands_tokens_over_while_generating_and_they_match_the_rows(clien
     assert rows[2][0].token_ids == rows[0][0].token_ids  # streaming does not change the rows
 
 
-def test_worker_ends_a_streamed_row_at_its_eos_and_streams_no_padding(client, tokenizer):
-    model = client.app_ref.state.batcher.model
+def test_worker_ends_a_streamed_row_at_its_eos_and_streams_no_padding(serve_client, tokenizer):
+    model = serve_client.app_ref.state.batcher.model
     batcher = BatchedGenerator(model, tokenizer, max_batch_size=8, wait_s=0.5)
     ended = GenJob(tokenizer(PROMPT).input_ids, 1, 10, 0.0, 1.0, 0)
     longer = GenJob(tokenizer(PROMPT).input_ids, 1, 10, 0.0, 1.0, -1)
@@ -259,10 +249,10 @@ def test_worker_ends_a_streamed_row_at_its_eos_and_streams_no_padding(client, to
 # ---------------------------------------------------------------------------------------------
 
 
-def test_first_tokens_reach_the_client_while_the_model_is_still_generating(client, tokenizer):
+def test_first_tokens_reach_the_client_while_the_model_is_still_generating(serve_client, tokenizer):
     """The third forward pass blocks until the client has read a token event: without
     incremental streaming no token event could come before it, and the test would stall."""
-    model = client.app_ref.state.batcher.model
+    model = serve_client.app_ref.state.batcher.model
     body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 1}
     forwards, blocked, release, stalled = [0], threading.Event(), threading.Event(), []
 
@@ -275,10 +265,10 @@ def test_first_tokens_reach_the_client_while_the_model_is_still_generating(clien
 
     events = []
     with _scripted(model, tokenizer, [SCRIPT]):
-        whole = client.post("/v1/completions", json=body).json()["choices"][0]
+        whole = serve_client.post("/v1/completions", json=body).json()["choices"][0]
         handle = model.register_forward_hook(hold_third_forward)
         try:
-            with client.stream(
+            with serve_client.stream(
                 "POST", "/v1/completions", json={**body, "stream": True}
             ) as response:
                 for line in response.iter_lines():
@@ -308,7 +298,7 @@ def test_first_tokens_reach_the_client_while_the_model_is_still_generating(clien
 
 
 @pytest.mark.parametrize("chat", [False, True])
-def test_streamed_text_stops_where_the_non_streamed_text_does(client, tokenizer, chat):
+def test_streamed_text_stops_where_the_non_streamed_text_does(serve_client, tokenizer, chat):
     path = "/v1/chat/completions" if chat else "/v1/completions"
     base = {"max_tokens": 60, "temperature": 0, "logprobs": True if chat else 0}
     if chat:
@@ -317,7 +307,7 @@ def test_streamed_text_stops_where_the_non_streamed_text_does(client, tokenizer,
         base["prompt"] = PROMPT
 
     def whole(body):
-        choice = client.post(path, json=body).json()["choices"][0]
+        choice = serve_client.post(path, json=body).json()["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
         logprobs = choice["logprobs"]
         tokens = [t["token"] for t in logprobs["content"]] if chat else logprobs["tokens"]
@@ -331,29 +321,29 @@ def test_streamed_text_stops_where_the_non_streamed_text_does(client, tokenizer,
         (["at;", "at"], "the c", "stop"),
         (["no such text"], SCRIPT, "stop"),
     ]
-    with _scripted(client.app_ref.state.batcher.model, tokenizer, [SCRIPT]):
+    with _scripted(serve_client.app_ref.state.batcher.model, tokenizer, [SCRIPT]):
         for stop, expected_text, expected_finish in cases:
             body = {**base, "stop": stop}
             text, finish, tokens = whole(body)
             assert (text, finish) == (expected_text, expected_finish), stop
-            events, done = _events(client, path, body)
+            events, done = _events(serve_client, path, body)
             streamed = _streamed_choices(events, chat)[0]
             assert done and streamed["text"] == expected_text, stop
             assert streamed["finish"] == [finish] and streamed["tokens"] == tokens
         body = {**base, "max_tokens": 14}  # ends inside "漢": its bytes so far give U+FFFD
         text, finish, _ = whole(body)
         assert text == "the cat sat; \ufffd" and finish == "length"
-        events, _ = _events(client, path, body)
+        events, _ = _events(serve_client, path, body)
         assert _streamed_choices(events, chat)[0]["text"] == text
 
 
-def test_n_choices_and_several_prompts_stream_side_by_side(client, tokenizer):
+def test_n_choices_and_several_prompts_stream_side_by_side(serve_client, tokenizer):
     """Row b of a batch says "one two" (even b) or "three" (odd b), then EOS."""
-    with _scripted(client.app_ref.state.batcher.model, tokenizer, ["one two", "three"]):
+    with _scripted(serve_client.app_ref.state.batcher.model, tokenizer, ["one two", "three"]):
         messages = [{"role": "user", "content": "Hi"}]
         chat = {"messages": messages, "max_tokens": 20, "temperature": 0, "n": 2}
-        expected = client.post("/v1/chat/completions", json=chat).json()["choices"]
-        events, done = _events(client, "/v1/chat/completions", chat)
+        expected = serve_client.post("/v1/chat/completions", json=chat).json()["choices"]
+        events, done = _events(serve_client, "/v1/chat/completions", chat)
         roles = [e for e in events if e["choices"][0]["delta"].get("role") == "assistant"]
         assert done and sorted(e["choices"][0]["index"] for e in roles) == [0, 1]
         streamed = _streamed_choices(events, chat=True)
@@ -364,8 +354,8 @@ def test_n_choices_and_several_prompts_stream_side_by_side(client, tokenizer):
             assert streamed[i]["finish"] == [expected[i]["finish_reason"]]
 
         prompts = {"prompt": [PROMPT, "User: Hi\nBot:"], "max_tokens": 6, "temperature": 0, "n": 2}
-        expected = client.post("/v1/completions", json=prompts).json()["choices"]
-        events, done = _events(client, "/v1/completions", prompts)
+        expected = serve_client.post("/v1/completions", json=prompts).json()["choices"]
+        events, done = _events(serve_client, "/v1/completions", prompts)
         streamed = _streamed_choices(events, chat=False)
         assert [c["text"] for c in expected] == ["one tw", "three"] * 2
         assert [c["finish_reason"] for c in expected] == ["length", "stop"] * 2
@@ -375,14 +365,14 @@ def test_n_choices_and_several_prompts_stream_side_by_side(client, tokenizer):
             assert streamed[i]["finish"] == [expected[i]["finish_reason"]]
 
         sampled = {"prompt": PROMPT, "max_tokens": 4, "temperature": 1.0, "n": 3}
-        events, done = _events(client, "/v1/completions", sampled)
+        events, done = _events(serve_client, "/v1/completions", sampled)
         streamed = _streamed_choices(events, chat=False)
         assert done and sorted(streamed) == [0, 1, 2]
         assert all(len(c["finish"]) == 1 for c in streamed.values())
 
 
-def test_an_error_during_generation_ends_the_stream_with_an_error_event(client):
-    model = client.app_ref.state.batcher.model
+def test_an_error_during_generation_ends_the_stream_with_an_error_event(serve_client):
+    model = serve_client.app_ref.state.batcher.model
     forwards = [0]
 
     def fail_on_second_forward(*_):
@@ -393,7 +383,7 @@ def test_an_error_during_generation_ends_the_stream_with_an_error_event(client):
     handle = model.register_forward_hook(fail_on_second_forward)
     try:
         events, done = _events(
-            client,
+            serve_client,
             "/v1/completions",
             {"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "logprobs": 0},
         )
@@ -403,6 +393,5 @@ def test_an_error_during_generation_ends_the_stream_with_an_error_event(client):
     assert events[-1]["error"]["type"] == "server_error"
     assert len(events) == 2 and events[0]["choices"][0]["logprobs"] is not None  # token 1 went out
     # the server goes on serving
-    assert (
-        client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).status_code == 200
-    )
+    after = serve_client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+    assert after.status_code == 200
