@@ -15,6 +15,8 @@ Sides:
 * ``rlhfkit-onthefly`` -- (optional) rlhfkit with ``dpo.precompute_ref=false`` (frozen copy).
 * ``rlhfkit-gc`` -- (optional) rlhfkit with gradient checkpointing, which TRL's `DPOConfig`
   turns on by default (so memory is compared at equal settings).
+* ``rlhfkit-stacked`` -- (optional) rlhfkit with ``dpo.shared_prompt=false``: chosen and
+  rejected rows stacked, the prompt encoded twice as TRL does (what sharing the prompt gains).
 
 Rows compared: defaults (rlhfkit vs trl), and precomputed reference on both sides (rlhfkit vs
 trl-precompute; rlhfkit's default *is* its precomputed mode, so it is the same measurement).
@@ -249,6 +251,9 @@ SIDES = {
     # TRL turns gradient checkpointing on by default; this row compares memory at equal settings.
     "rlhfkit-gc": lambda args: _run_rlhfkit(
         args, precompute=True, extra=("gradient_checkpointing=true",)
+    ),
+    "rlhfkit-stacked": lambda args: _run_rlhfkit(
+        args, precompute=True, extra=("dpo.shared_prompt=false",)
     ),
 }
 COMPARISONS = [

@@ -9,6 +9,10 @@ MFU = model FLOPs per second / the GPU's bf16 matmul peak, measured here with a 
 not the implementation): a reference forward plus a training forward and backward (1 + 3 = 4
 forwards) over both rows, each forward costing per token ``2 N_body + 2 L d T`` (weights, causal
 attention over a row of T tokens) plus ``2 d V`` for the LM head at completion tokens only.
+rlhfkit's default shared-prompt rows encode each prompt once, so it executes fewer FLOPs than
+this count (at 128 / 384, 896 of 1,024 tokens a pair): its MFU here is algorithmic FLOPs per
+second, directly comparable with TRL's; ``--sides rlhfkit-stacked`` runs it with the prompt
+encoded twice, where the count is exact.
 
 Usage (from `benchmarks/gpu.sh`)::
 

@@ -129,11 +129,46 @@ def test_packed_rows_equal_padded_rows(tiny_model):
     policy = _policy(tiny_model)
     with torch.no_grad():
         padded = sequence_logps(policy, pair_batch(PAIRS, [0, 1, 2], 0, "cpu"))
-        packed_batch = pair_batch(PAIRS, [0, 1, 2], 0, "cpu", padding_free=True)
+        packed_batch = pair_batch(PAIRS, [0, 1, 2], 0, "cpu", layout="packed")
         packed = sequence_logps(policy, packed_batch)
     assert packed_batch["input_ids"].shape == (1, sum(p.tokens for p in PAIRS))
     torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(packed[1], padded[1])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rows_equal_padded_rows_values_and_gradients(tiny_model, attention):
+    """One row `prompt + chosen + rejected` per pair (bool mask for sdpa, additive for eager)
+    gives every sequence the log-prob and the gradient of its own padded row, with B rows
+    instead of 2B. The last pair has no prompt: its first tokens are predicted by nothing in
+    either layout, so both count one token fewer than the response has."""
+    pairs = [*PAIRS, Pair([], [20, 21, 22], [23, 24])]
+    policy = TokenLogprobs(load_causal_lm(str(tiny_model), attn_implementation=attention))
+    results = {}
+    for layout in ("padded", "shared_prompt"):
+        policy.zero_grad()
+        dtype = torch.bool if attention == "sdpa" else torch.float32
+        batch = pair_batch(pairs, [0, 1, 2, 3], 0, "cpu", layout=layout, mask_dtype=dtype)
+        logps, lengths = sequence_logps(policy, batch)  # (8,), (8,)
+        # A loss that weighs each sequence differently, so a mixed-up gradient would show.
+        (logps * torch.arange(1.0, 9.0)).sum().backward()
+        grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+        results[layout] = (batch, logps.detach(), lengths, grads)
+    shared_batch = results["shared_prompt"][0]
+    assert shared_batch["input_ids"].shape == (4, max(p.tokens - len(p.prompt_ids) for p in pairs))
+    assert shared_batch["attention_mask"].dtype == dtype
+    shared_logps, padded_logps = results["shared_prompt"][1], results["padded"][1]
+    torch.testing.assert_close(shared_logps, padded_logps, rtol=1e-5, atol=1e-5)
+    assert results["shared_prompt"][2].tolist() == results["padded"][2].tolist()
+    assert results["padded"][2].tolist() == [4, 1, 3, 2, 2, 6, 5, 1]
+    # The prompt's gradient is one sum here and two there: fp32 rounding apart, equal.
+    for shared, padded in zip(results["shared_prompt"][3], results["padded"][3], strict=True):
+        torch.testing.assert_close(shared, padded, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_layout_is_an_error():
+    with pytest.raises(ValueError, match="layout"):
+        pair_batch(PAIRS, [0], 0, "cpu", layout="diagonal")
 
 
 # --- reference -------------------------------------------------------------------------------

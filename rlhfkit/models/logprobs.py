@@ -121,6 +121,7 @@ class TokenLogprobs(torch.nn.Module):
         target_mask: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        predicted_from: torch.Tensor | None = None,
         temperature: float = 1.0,
         with_entropy: bool = False,
     ) -> dict[str, torch.Tensor]:
@@ -128,9 +129,14 @@ class TokenLogprobs(torch.nn.Module):
 
         Args:
             input_ids: (B, T) token ids.
-            target_mask: (B, T) 1 where log π(x_t | x_<t) is wanted (position 0 is ignored).
-            attention_mask: (B, T) 1 for real tokens; None with `position_ids` for packed rows.
+            target_mask: (B, T) 1 where log π(x_t | x_<t) is wanted (position 0 is ignored
+                unless `predicted_from` says where it is predicted from).
+            attention_mask: (B, T) 1 for real tokens; (B, 1, T, T) for shared-prompt rows
+                (`rlhfkit.models.shared_prompt`); None with `position_ids` for packed rows.
             position_ids: (B, T) explicit positions (left padding, packing); None = 0..T-1.
+            predicted_from: (B, T) for each target position t, the position whose hidden state
+                predicts it; None = t - 1. Shared-prompt rows need it: every response's first
+                token is predicted from the prompt's last token.
             temperature: Divide logits by this before the softmax.
             with_entropy: Also return per-token entropy (B, T), no gradient.
 
@@ -144,28 +150,32 @@ class TokenLogprobs(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state  # (B, T, H)
-        predict_mask = target_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
-        rows = hidden[:, :-1][predict_mask]  # (N, H)
-        targets = input_ids[:, 1:][predict_mask]  # (N,)
+        if predicted_from is None:
+            predict_mask = target_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
+            rows = hidden[:, :-1][predict_mask]  # (N, H)
+            where = F.pad(predict_mask, (1, 0))  # (B, T): the targets (never position 0)
+        else:
+            where = target_mask.bool()  # (B, T)
+            rows_of_targets = where.nonzero(as_tuple=True)[0]  # (N,)
+            rows = hidden[rows_of_targets, predicted_from[where]]  # (N, H)
         logps, entropy = chunked_token_logprobs(
             rows,
             self.lm.get_output_embeddings(),
-            targets,
+            input_ids[where],  # (N,)
             temperature=temperature,
             chunk_size=self.chunk_size,
             with_entropy=with_entropy,
         )
-        out = {"logprobs": _scatter(logps, predict_mask)}
+        out = {"logprobs": _scatter(logps, where)}
         if with_entropy:
-            out["entropy"] = _scatter(entropy, predict_mask)
+            out["entropy"] = _scatter(entropy, where)
         return out
 
 
-def _scatter(values: torch.Tensor, predict_mask: torch.Tensor) -> torch.Tensor:
-    """Put N values back at the masked positions of a (B, T) zero tensor (shifted by one)."""
-    batch, length_minus_one = predict_mask.shape
-    full = values.new_zeros(batch, length_minus_one + 1)  # (B, T)
-    full[:, 1:][predict_mask] = values
+def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Put N values back at the True positions of a (B, T) zero tensor."""
+    full = values.new_zeros(where.shape)  # (B, T)
+    full[where] = values
     return full
 
 

@@ -42,6 +42,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_tokenizer, resolve_dtype
+from rlhfkit.models.shared_prompt import mask_dtype, shared_prompt_mask
 
 REWARD_INFO_FILE = "rlhfkit_reward.json"
 INFO_FORMAT = 1
@@ -134,12 +135,7 @@ class RewardModel(torch.nn.Module):
 
     def shared_prompt_mask_dtype(self) -> torch.dtype | None:
         """dtype of the 4-D mask this backbone's attention takes; None if it takes none."""
-        implementation = getattr(self.config, "_attn_implementation", None) or "eager"
-        if implementation in ("sdpa", "flex_attention"):
-            return torch.bool
-        if implementation == "eager":
-            return next(p for p in self.parameters() if p.is_floating_point()).dtype
-        return None  # flash-attention kernels take no custom mask
+        return mask_dtype(self.seqcls)
 
     def set_normalization(self, gain: Sequence[float], bias: Sequence[float], on: str) -> None:
         self.info.gain, self.info.bias, self.info.normalized_on = list(gain), list(bias), on
@@ -558,31 +554,6 @@ def _last_not_pad(ids: list[int], start: int, pad_id: int | None, fallback: int)
         if ids[index] != pad_id:
             return index
     return max(fallback, 0)
-
-
-def shared_prompt_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention mask for rows `prompt + y_1 + ... + y_K + padding`.
-
-    Args:
-        segments: (B, T) 0 on prompt tokens, i on tokens of response i (1-based), -1 on padding.
-        dtype: `torch.bool` for a boolean mask (sdpa, flex), else the model's compute dtype for
-            an additive mask (eager attention adds it to the scores).
-
-    Returns:
-        (B, 1, T, T): where query t may attend to key s (s <= t, and s is a prompt token or in
-        t's own segment): True / 0; elsewhere False / the dtype's minimum. Padding attends to
-        padding (never read).
-    """
-    length = segments.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
-    to_prompt = (segments == 0)[:, None, :]  # (B, 1, T)
-    allowed = causal & (same | to_prompt)  # (B, T, T)
-    if dtype == torch.bool:
-        return allowed[:, None]  # (B, 1, T, T), True = attend (sdpa's convention)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]  # (B, 1, T, T)
 
 
 def pack_responses(

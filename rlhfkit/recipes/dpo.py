@@ -10,11 +10,14 @@ The loss variants live in `rlhfkit.losses.dpo` (registered functions); this modu
   neither needs a second copy of the model (`rlhfkit.training.reference`). Only a separate
   `dpo.reference` path, or on-the-fly reference log-probs with full fine-tuning, load a copy.
   SimPO is reference-free and uses none.
-* **Log-probs.** Chosen and rejected rows go through the model in one concatenated forward
-  (2B rows); `TokenLogprobs` sends only completion positions through the LM head, in chunks, so
+* **Log-probs.** Both sides of a micro-batch go through the model in one forward. By default
+  (`shared_prompt`) a pair is one row ``prompt + chosen + rejected`` whose mask keeps the two
+  responses apart, so the prompt is encoded once and every token gets the hidden state of its
+  own sequence (`rlhfkit.models.shared_prompt`); otherwise chosen and rejected rows are stacked
+  (2B rows). `TokenLogprobs` sends only completion positions through the LM head, in chunks, so
   no (rows x length x vocab) fp32 tensor exists. Pairs are grouped by length (`length_bucketing`)
-  so a micro-batch pads little; `padding_free` packs all rows into one with restarting position
-  ids, for flash-attention's varlen kernels on a GPU.
+  so a micro-batch pads little; `padding_free` packs all sequences into one row with restarting
+  position ids, for flash-attention's varlen kernels on a GPU.
 * **Normalisation.** The loss of an optimizer step is the sum of per-pair losses over the global
   batch divided by the global number of pairs, so 1x8 equals 8x1 equals 2 processes x 4.
 * **Length-averaged log-probs** go to the variants defined on them (`ipo`, `simpo`: see
@@ -32,10 +35,12 @@ log-ratio ``log pi(y|x) - log pi_ref(y|x)``, an estimate of KL(pi || pi_ref) on 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -52,6 +57,8 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
+from rlhfkit.models.shared_prompt import shared_prompt_mask
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.training.batches import BatchPlan, eval_shards
 from rlhfkit.training.checkpoint import save_checkpoint
@@ -84,8 +91,15 @@ class DPOOptions:
         "", "reference model path; empty = the starting model (no second copy with LoRA)"
     )
     length_bucketing: bool = option(True, "group pairs of similar length into batches")
+    shared_prompt: bool = option(
+        True,
+        "one row prompt+chosen+rejected per pair with a block mask, so the prompt is encoded "
+        "once (needs sdpa or eager attention; turned off for flash-attention)",
+    )
     padding_free: bool = option(
-        False, "pack rows without padding (needs attn_implementation=flash_attention_2, a GPU)"
+        False,
+        "pack rows without padding (needs attn_implementation=flash_attention_2, a GPU; "
+        "takes precedence over shared_prompt)",
     )
 
 
@@ -161,8 +175,13 @@ def load_pairs(
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches: the concatenated (chosen rows, then rejected rows) forward, padded or packed
+# Batches: both sides of B pairs in one forward, in one of three layouts
 # ---------------------------------------------------------------------------------------------
+
+#: `pair_batch` layouts: one row per sequence (chosen rows, then rejected rows), right-padded;
+#: one row per pair, `prompt + chosen + rejected`, the prompt encoded once; all 2B sequences
+#: packed into one row without padding (flash-attention varlen).
+LAYOUTS = ("padded", "shared_prompt", "packed")
 
 
 def _sequences(pairs: list[Pair], indices: list[int]) -> tuple[list[list[int]], list[list[int]]]:
@@ -177,23 +196,77 @@ def _sequences(pairs: list[Pair], indices: list[int]) -> tuple[list[list[int]], 
     return ids, masks
 
 
-def pair_batch(
-    pairs: list[Pair], indices: list[int], pad_id: int, device, *, padding_free: bool = False
+def _shared_prompt_rows(
+    pairs: list[Pair], indices: list[int], pad_id: int, mask_dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """One model batch holding both sides of the pairs `indices`.
+    """B rows `prompt + chosen + rejected`; see `pair_batch`."""
+    ids, segments, positions, targets, sources, sequences = [], [], [], [], [], []
+    count = len(indices)
+    for k, pair in enumerate(pairs[i] for i in indices):
+        prompt_len = len(pair.prompt_ids)
+        row, pos = list(pair.prompt_ids), list(range(prompt_len))
+        seg, target, source, sequence = ([0] * prompt_len for _ in range(4))
+        for side, completion in enumerate((pair.chosen_ids, pair.rejected_ids), start=1):
+            start = len(row)
+            row += completion
+            seg += [side] * len(completion)
+            pos += range(prompt_len, prompt_len + len(completion))
+            # Token j of a response is predicted from token j-1 of it; token 0 from the
+            # prompt's last token (as in its own row, where a first token at position 0 with
+            # no prompt has no prediction either).
+            source += [prompt_len - 1] + list(range(start, start + len(completion) - 1))
+            target += [int(prompt_len > 0)] + [1] * (len(completion) - 1)
+            sequence += [k if side == 1 else count + k] * len(completion)
+        for column, item in zip(
+            (ids, segments, positions, targets, sources, sequences),
+            (row, seg, pos, target, [max(s, 0) for s in source], sequence),
+            strict=True,
+        ):
+            column.append(item)
+    return {
+        "input_ids": pad_right(ids, pad_id),
+        "attention_mask": shared_prompt_mask(pad_right(segments, -1), mask_dtype),
+        "position_ids": pad_right(positions, 0),
+        "target_mask": pad_right(targets, 0),
+        "predicted_from": pad_right(sources, 0),
+        "sequence_ids": pad_right(sequences, 0),
+    }
 
-    Padded: `input_ids`, `attention_mask`, `target_mask`, each (2B, T). Packed
-    (`padding_free`): one row (1, N) with `position_ids` restarting per sequence and
-    `sequence_ids` (1, N) naming each token's row in 0..2B-1.
+
+def pair_batch(
+    pairs: list[Pair],
+    indices: list[int],
+    pad_id: int,
+    device,
+    *,
+    layout: str = "padded",
+    mask_dtype: torch.dtype = torch.bool,
+) -> dict[str, torch.Tensor]:
+    """One model batch holding both sides of the pairs `indices` (B of them).
+
+    Layouts (`LAYOUTS`):
+
+    * ``padded``: `input_ids`, `attention_mask`, `target_mask`, each (2B, T): chosen rows, then
+      rejected rows.
+    * ``shared_prompt``: B rows `prompt + chosen + rejected` (`rlhfkit.models.shared_prompt`):
+      `input_ids`, `position_ids` (both responses start at `len(prompt)`), `target_mask`,
+      `predicted_from` (the position predicting each target), `sequence_ids` (0..B-1 on chosen
+      tokens, B..2B-1 on rejected ones), each (B, T), and a (B, 1, T, T) `attention_mask` of
+      `mask_dtype` (bool for sdpa, the model dtype for eager attention).
+    * ``packed``: one row (1, N) with `position_ids` restarting per sequence and `sequence_ids`
+      (1, N) naming each token's sequence in 0..2B-1.
     """
+    if layout == "shared_prompt":
+        batch = _shared_prompt_rows(pairs, indices, pad_id, mask_dtype)
+        return {k: v.to(device) for k, v in batch.items()}
     ids, masks = _sequences(pairs, indices)
-    if not padding_free:
+    if layout == "padded":
         batch = {
             "input_ids": pad_right(ids, pad_id),
             "attention_mask": pad_right([[1] * len(row) for row in ids], 0),
             "target_mask": pad_right(masks, 0),
         }
-    else:
+    elif layout == "packed":
         flat_mask = []
         for mask in masks:
             # A sequence's first token has no prediction of its own (it would be predicted from
@@ -205,30 +278,51 @@ def pair_batch(
             "target_mask": torch.tensor([flat_mask]),
             "sequence_ids": torch.tensor([[k for k, row in enumerate(ids) for _ in row]]),
         }
+    else:
+        raise ValueError(f"layout: {layout!r} is not one of {LAYOUTS}")
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def sequence_logps(forward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs and completion lengths of every row of `pair_batch`.
+    """Summed completion log-probs and completion lengths of the 2B sequences of `pair_batch`.
 
     Args:
         forward: The policy (`TokenLogprobs`) or a reference function with the same signature.
-        batch: A `pair_batch`.
+        batch: A `pair_batch` (any layout).
 
     Returns:
-        `(logps (2B,), lengths (2B,))`: chosen rows first, then rejected rows.
+        `(logps (2B,), lengths (2B,))`: chosen sequences first, then rejected ones.
     """
     inputs = {k: v for k, v in batch.items() if k != "sequence_ids"}
     token_logps = forward(**inputs)["logprobs"]  # (rows, T), 0 off-target
     targets = batch["target_mask"].clone()
-    targets[:, 0] = 0  # position 0 is never predicted
+    if "predicted_from" not in batch:
+        targets[:, 0] = 0  # position 0 is never predicted in its own row
+    targets = targets.to(token_logps.dtype)
     if "sequence_ids" not in batch:
-        return token_logps.sum(-1), targets.sum(-1).to(token_logps.dtype)  # (2B,), (2B,)
-    rows = int(batch["sequence_ids"].max()) + 1
-    segment = batch["sequence_ids"][0]  # (N,)
-    logps = token_logps.new_zeros(rows).index_add(0, segment, token_logps[0])  # (2B,)
-    lengths = token_logps.new_zeros(rows).index_add(0, segment, targets[0].to(token_logps.dtype))
-    return logps, lengths
+        return token_logps.sum(-1), targets.sum(-1)  # (2B,), (2B,)
+    segment = batch["sequence_ids"].reshape(-1)  # (rows * T,), 0 on padding (adds zeros)
+    count = int(segment.max()) + 1
+    logps = token_logps.new_zeros(count).index_add(0, segment, token_logps.reshape(-1))
+    lengths = token_logps.new_zeros(count).index_add(0, segment, targets.reshape(-1))
+    return logps, lengths  # (2B,), (2B,)
+
+
+#: `pair_batch` with everything but the pairs and the indices bound.
+BatchMaker = Callable[[list[Pair], list[int]], dict[str, torch.Tensor]]
+
+
+def batch_layout(run, options: DPOOptions, lm: torch.nn.Module) -> tuple[str, torch.dtype]:
+    """The `pair_batch` layout these options ask for on this model, and its mask dtype."""
+    if options.padding_free:
+        return "packed", torch.bool
+    if not options.shared_prompt:
+        return "padded", torch.bool
+    dtype = model_mask_dtype(lm)
+    if dtype is None:
+        run.print("this attention kernel takes no 4-D mask: dpo.shared_prompt is turned off")
+        return "padded", torch.bool
+    return "shared_prompt", dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +499,7 @@ def _fingerprint(config: DPOConfig, *pair_sets: list[Pair]) -> str:
 
 
 def compute_reference_logps(
-    acc, ref_fn, pairs: list[Pair], batch_size: int, pad_id: int, padding_free: bool = False
+    acc, ref_fn, pairs: list[Pair], batch_size: int, make_batch: BatchMaker
 ) -> torch.Tensor:
     """(N, 2) summed reference log-probs (chosen, rejected) of every pair, computed once.
 
@@ -416,8 +510,7 @@ def compute_reference_logps(
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     for shard in eval_shards(len(pairs), batch_size, acc.num_processes, acc.process_index):
         indices = [order[i] for i in shard]
-        batch = pair_batch(pairs, indices, pad_id, acc.device, padding_free=padding_free)
-        logps, _ = sequence_logps(ref_fn, batch)  # (2B,)
+        logps, _ = sequence_logps(ref_fn, make_batch(pairs, indices))  # (2B,)
         result[indices] = logps.view(2, -1).t().to(torch.float64)
     if acc.num_processes > 1:
         result = acc.reduce(result, reduction="sum")
@@ -454,7 +547,7 @@ def evaluate(
     model,
     pairs: list[Pair],
     config: DPOConfig,
-    pad_id: int,
+    make_batch: BatchMaker,
     *,
     ref_table: torch.Tensor | None,
     ref_fn,
@@ -469,9 +562,7 @@ def evaluate(
             len(pairs), config.eval_batch_size, acc.num_processes, acc.process_index
         ):
             indices = [order[i] for i in shard]
-            batch = pair_batch(
-                pairs, indices, pad_id, acc.device, padding_free=config.dpo.padding_free
-            )
+            batch = make_batch(pairs, indices)
             policy_logps, lengths = sequence_logps(model, batch)
             ref_logps = _reference_for(batch, indices, ref_table, ref_fn, acc.device)
             _, metrics = pair_losses(policy_logps, lengths, ref_logps, config.dpo)
@@ -516,6 +607,10 @@ def train(config: DPOConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
     )
     model = TokenLogprobs(lm)
+    layout, mask_dtype = batch_layout(run, options, lm)
+    make_batch = functools.partial(
+        pair_batch, pad_id=pad_id, device=acc.device, layout=layout, mask_dtype=mask_dtype
+    )
     plan_args = (
         len(pairs),
         config.batch_size,
@@ -538,11 +633,11 @@ def train(config: DPOConfig) -> dict:
     with ExitStack() as stack:
         started = time.perf_counter()
         ref_tables, ref_fn, ref_source = _prepare_reference(
-            run, stack, model, config, pairs, eval_pairs, pad_id, initial=start_step == 0
+            run, stack, model, config, pairs, eval_pairs, make_batch, initial=start_step == 0
         )
         reference_seconds = time.perf_counter() - started
         summary = _train_loop(
-            run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, pad_id,
+            run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, make_batch,
             start_step=start_step, totals=totals, ref_tables=ref_tables, ref_fn=ref_fn,
         )  # fmt: skip
     summary["reference_logps"] = ref_source
@@ -562,7 +657,7 @@ def train(config: DPOConfig) -> dict:
     return summary
 
 
-def _prepare_reference(run, stack, model, config, pairs, eval_pairs, pad_id, *, initial):
+def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch, *, initial):
     """Reference tables (precomputed or cached) or an on-the-fly reference function.
 
     Returns:
@@ -594,9 +689,7 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, pad_id, *, 
     started = time.perf_counter()
     with reference_logprobs(policy, initial=initial, **reference_args) as ref_fn:
         tables = {
-            name: compute_reference_logps(
-                acc, ref_fn, items, config.eval_batch_size, pad_id, options.padding_free
-            )
+            name: compute_reference_logps(acc, ref_fn, items, config.eval_batch_size, make_batch)
             for name, items in (("train", pairs), ("eval", eval_pairs))
         }
     _save_cache(acc, cache_path, {"fingerprint": fingerprint, **tables})
@@ -608,7 +701,7 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, pad_id, *, 
 
 
 def _train_loop(
-    run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, pad_id, *,
+    run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, make_batch, *,
     start_step, totals, ref_tables, ref_fn,
 ) -> dict:  # fmt: skip
     acc, options = run.accelerator, config.dpo
@@ -616,7 +709,9 @@ def _train_loop(
     eval_table = None if ref_tables is None else ref_tables["eval"]
 
     def run_eval() -> dict[str, float]:
-        return evaluate(run, model, eval_pairs, config, pad_id, ref_table=eval_table, ref_fn=ref_fn)
+        return evaluate(
+            run, model, eval_pairs, config, make_batch, ref_table=eval_table, ref_fn=ref_fn
+        )
 
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
@@ -628,9 +723,7 @@ def _train_loop(
             global_pairs = plan.global_batch
             sums: dict[str, float] = {}
             for micro, indices in enumerate(micro_batches):
-                batch = pair_batch(
-                    pairs, indices, pad_id, acc.device, padding_free=options.padding_free
-                )
+                batch = make_batch(pairs, indices)
                 with sync_context(acc, model, micro, len(micro_batches)):
                     policy_logps, lengths = sequence_logps(model, batch)  # (2B,), (2B,)
                     ref_logps = _reference_for(batch, indices, train_table, ref_fn, acc.device)
