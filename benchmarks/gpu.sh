@@ -65,7 +65,7 @@ if want dpo; then
         [[ ${#DRY[@]} -eq 0 ]] && pairs=(--pairs $((32 * batch)))
         section "dpo-batch$batch" "${LIMIT_DPO:-280}" "$PY" benchmarks/gpu_dpo.py --rounds "${DPO_ROUNDS:-2}" \
             --threads 8 --batch-size "$batch" "${pairs[@]}" \
-            --sides "${DPO_SIDES:-rlhfkit,trl,trl-precompute,rlhfkit-gc}" \
+            --sides "${DPO_SIDES:-rlhfkit,rlhfkit-stacked,trl,trl-precompute}" \
             --json "$RESULTS/gpu_dpo_batch$batch.json" "${DRY[@]}"
     done
 fi
