@@ -3,11 +3,15 @@ RLOO/GRPO and value-head paths, the critic built from a reward model, and resume
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rlhfkit.config import load_config
+from rlhfkit.errors import ConfigError
 from rlhfkit.losses import kl_penalty, ppo_policy_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
@@ -15,13 +19,14 @@ from rlhfkit.models.value_model import ActorCritic, is_reward_model_dir, load_va
 from rlhfkit.recipes.ppo import (
     PPOConfig,
     PPOOptions,
+    _validate_processes,
     forward_in_chunks,
     rollout,
     shape_scores,
     train,
 )
 from rlhfkit.synthetic import make_prompts
-from tests.conftest import write_jsonl
+from tests.conftest import ROOT, cli_env, run_cli, write_jsonl
 
 GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
 
@@ -224,3 +229,45 @@ def test_resume_equals_an_uninterrupted_run(tiny_model, prompt_file, tmp_path):
     for a, b in zip(full, split, strict=True):
         for key in ("score_mean", "kl", "kl_coef", "policy_loss", "value_loss", "entropy"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_two_processes_equal_one(tiny_model, prompt_file, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo DDP) gives one process's run: the same
+    samples (per-row sampling noise), scores, KL and losses at every step, and the same final
+    weights. Each process samples 2 of the 4 prompts of a step and trains on 1 row of each
+    2-row minibatch."""
+    args = [
+        f"model={tiny_model}", f"train_data={prompt_file}", f"ppo.reward_model={GOLD}",
+        "max_steps=2", "max_new_tokens=6", "ppo.rollout_batch_size=4", "ppo.ppo_epochs=2",
+        "ppo.num_minibatches=2", "learning_rate=1e-3", "progress=false", "logging_steps=1",
+        "ppo.reward_norm_samples=0",
+    ]  # fmt: skip
+    run_cli("ppo", *args, f"output_dir={tmp_path / 'one'}")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit",
+        "ppo", *args, f"output_dir={tmp_path / 'two'}",
+    ]  # fmt: skip
+    env = {**cli_env(), "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2]
+    keys = ("score_mean", "kl", "entropy", "response_length", "policy_loss", "value_loss")
+    for a, b in zip(one, two, strict=True):
+        for key in (*keys, "clipfrac", "approx_kl", "grad_norm"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=5e-5)
+
+
+def test_process_count_must_divide_the_prompts_and_the_minibatches():
+    _validate_processes(PPOOptions(rollout_batch_size=3, num_minibatches=3), 1)  # one: anything
+    _validate_processes(PPOOptions(rollout_batch_size=8, num_minibatches=2), 2)
+    with pytest.raises(ConfigError, match="rollout_batch_size: with 2 processes"):
+        _validate_processes(PPOOptions(rollout_batch_size=6, num_minibatches=6), 2)  # 1-row mb
+    with pytest.raises(ConfigError, match="divide by 4"):
+        _validate_processes(PPOOptions(rollout_batch_size=6, num_minibatches=1), 4)

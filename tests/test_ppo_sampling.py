@@ -10,6 +10,8 @@ from rlhfkit.data.collate import pad_left
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.rollout.fast_sampling import (
+    RowNoise,
+    gumbel_max,
     positions_from_mask,
     sample_with_logprobs,
     top_p_filter,
@@ -236,3 +238,41 @@ def test_top_p_filter_by_hand():
 def test_positions_from_mask():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+
+
+def test_gumbel_max_draws_from_the_softmax_and_skips_filtered_tokens():
+    """argmax(s + Gumbel) is distributed as softmax(s). Scores log([0.5, 0.3, 0.2]) and a token
+    at -inf: over 40,000 draws the frequencies are 0.5 / 0.3 / 0.2 / 0 within 0.01 (3.5 binomial
+    standard deviations: sqrt(0.25 / 40,000) = 0.0025)."""
+    torch.manual_seed(0)
+    scores = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.2), float("-inf")]])
+    draws = 40_000
+    tokens = gumbel_max(scores.expand(draws, 4), torch.rand(draws, 4))
+    frequencies = torch.bincount(tokens, minlength=4).float() / draws
+    assert torch.allclose(frequencies, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.01)
+    assert frequencies[3] == 0
+
+
+def test_row_noise_makes_a_row_sample_the_same_in_any_batch(lm_and_tokenizer):
+    """With `RowNoise`, the rows of a global batch sampled in two halves get the tokens (and
+    log-probs) they get when the whole batch is sampled at once: what makes PPO on two processes
+    sample what one process samples."""
+    lm, tokenizer = lm_and_tokenizer
+    prompts = PROMPTS + ["User: Pick a color.\nBot:"]
+    common = {"max_new_tokens": 12, "eos_id": tokenizer.eos_token_id}
+    common.update(pad_id=tokenizer.pad_token_id, temperature=1.0, top_p=0.95)
+    query, query_mask = left_padded(tokenizer, prompts)
+    whole = sample_with_logprobs(lm, query, query_mask, **common, row_noise=RowNoise(7, 0, 4))
+    for first in (0, 2):
+        half_query, half_mask = left_padded(tokenizer, prompts[first : first + 2])
+        half = sample_with_logprobs(
+            lm, half_query, half_mask, **common, row_noise=RowNoise(7, first, 4)
+        )
+        width = half.response_ids.shape[1]
+        assert torch.equal(half.response_ids, whole.response_ids[first : first + 2, :width])
+        assert not whole.response_mask[first : first + 2, width:].any()
+        torch.testing.assert_close(
+            half.logprobs, whole.logprobs[first : first + 2, :width], rtol=1e-5, atol=1e-6
+        )
+    other = sample_with_logprobs(lm, query, query_mask, **common, row_noise=RowNoise(8, 0, 4))
+    assert not torch.equal(other.response_ids, whole.response_ids)  # the seed matters

@@ -166,17 +166,23 @@ class TokenLogprobs(torch.nn.Module):
             chunk_size=self.chunk_size,
             with_entropy=with_entropy,
         )
-        out = {"logprobs": _scatter(logps, where)}
+        out = {"logprobs": _place(logps, where)}
         if with_entropy:
-            out["entropy"] = _scatter(entropy, where)
+            out["entropy"] = _place(entropy, where)
         return out
 
 
-def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Put N values back at the True positions of a (B, T) zero tensor."""
+def _place(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Put N values at the True positions of a (B, T) zero tensor."""
     full = values.new_zeros(where.shape)  # (B, T)
     full[where] = values
     return full
+
+
+def _scatter(values: torch.Tensor, predict_mask: torch.Tensor) -> torch.Tensor:
+    """Put N values back at the masked positions of a (B, T) zero tensor (shifted by one):
+    `predict_mask` (B, T-1) marks the positions t-1 whose prediction of token t was taken."""
+    return _place(values, F.pad(predict_mask, (1, 0)))
 
 
 def sequence_logprobs(

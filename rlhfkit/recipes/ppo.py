@@ -24,7 +24,15 @@ Objective: maximise ``E[r(x, y)] - beta KL(pi(.|x) || pi_ref(.|x))`` over prompt
 
 Departures, each deliberate: GRPO's KL is a k3 loss term (as in DeepSeekMath) rather than a
 reward term; RLOO puts the sequence KL into the reward before the leave-one-out baseline (as
-Ahmadian et al.). Multi-process training is not supported yet (one process, any device).
+Ahmadian et al.).
+
+Data parallelism (`accelerate launch`, DDP): each process samples its contiguous share of a
+step's rows (per-row sampling noise, so the responses are those of one process), scores them,
+and the rows are gathered so that every process holds the step's whole batch; the no-gradient
+forwards (old log-probs, values, reference) and the advantages are then computed on it by every
+process alike, and each process trains on its part of every minibatch, its loss scaled so that
+DDP's gradient average is the minibatch's token mean. Generation and the PPO epochs are split;
+the forwards and the evaluation are repeated on every process.
 """
 
 from __future__ import annotations
@@ -66,12 +74,12 @@ from rlhfkit.models.value_model import (
     new_value_head,
 )
 from rlhfkit.recipes.sft import export_policy, lora_settings
-from rlhfkit.rollout.fast_sampling import positions_from_mask, sample_with_logprobs
+from rlhfkit.rollout.fast_sampling import RowNoise, positions_from_mask, sample_with_logprobs
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
 from rlhfkit.training.run import Run, check_finite
-from rlhfkit.training.steps import optimizer_step
+from rlhfkit.training.steps import global_sum, optimizer_step
 
 
 @dataclass
@@ -105,7 +113,9 @@ class PPOOptions:
     vf_coef: float = option(0.1, "weight of the value loss")
     ppo_epochs: int = option(4, "passes over each rollout batch")
     num_minibatches: int = option(1, "minibatches (optimizer steps) per PPO epoch")
-    rollout_batch_size: int = option(8, "prompts per PPO step")
+    rollout_batch_size: int = option(
+        8, "prompts per PPO step (split over processes: must divide by their count)"
+    )
     advantage_estimator: str = option("gae", "gae (learned critic), rloo or grpo (critic-free)")
     samples_per_prompt: int = option(1, "responses per prompt (K >= 2 for rloo and grpo)")
     ptx_coef: float = option(0.0, "PPO-ptx: weight of the SFT NLL on ptx_data (InstructGPT)")
@@ -161,8 +171,12 @@ def rollout(
     prompt_texts: list[str],
     config: PPOConfig,
     device: torch.device,
+    row_noise: RowNoise | None = None,
 ) -> RolloutBatch:
-    """Sample one response per row of `prompt_ids` and lay prompt + response out as model input."""
+    """Sample one response per row of `prompt_ids` and lay prompt + response out as model input.
+
+    `row_noise` (fast sampler only): the rows' sampling noise as rows of a larger global batch
+    (`RowNoise`), so that a process sampling its share draws what one process would."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     query = pad_left(prompt_ids, pad_id).to(device)  # (B, P)
     query_mask = pad_left([[1] * len(ids) for ids in prompt_ids], 0).to(device)  # (B, P)
@@ -180,15 +194,21 @@ def rollout(
             pad_id=pad_id,
             temperature=config.temperature,
             top_p=config.top_p,
+            row_noise=row_noise,
         )
         response_ids, mask, has_eos = sampled.response_ids, sampled.response_mask, sampled.has_eos
     lm.train(was_training)
-    input_ids = torch.cat([query, response_ids], dim=1)  # (B, T)
-    attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, T)
     responses = []
     for row, row_mask in zip(response_ids.tolist(), mask.tolist(), strict=True):
         ids = [t for t, keep in zip(row, row_mask, strict=True) if keep and t != eos_id]
         responses.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return _layout(query, query_mask, response_ids, mask, has_eos, prompt_texts, responses)
+
+
+def _layout(query, query_mask, response_ids, mask, has_eos, prompts, responses) -> RolloutBatch:
+    """A `RolloutBatch` from left-padded prompts (B, P) and right-padded responses (B, N)."""
+    input_ids = torch.cat([query, response_ids], dim=1)  # (B, T)
+    attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, T)
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -197,9 +217,47 @@ def rollout(
         prompt_length=query.shape[1],
         mask=mask,
         has_eos=has_eos,
-        prompts=prompt_texts,
+        prompts=prompts,
         responses=responses,
     )
+
+
+def gather_rollout(
+    acc, batch: RolloutBatch, scores: torch.Tensor, pad_id: int
+) -> tuple[RolloutBatch, torch.Tensor]:
+    """Every process's rows (and their scores), in rank order, on every process.
+
+    Prompts are left-padded and responses right-padded to the longest across processes, which
+    is the layout one process sampling the whole batch gives them.
+    """
+    from accelerate.utils import gather_object
+
+    width = batch.prompt_length
+    pieces = {
+        "query": acc.pad_across_processes(
+            batch.input_ids[:, :width], dim=1, pad_index=pad_id, pad_first=True
+        ),
+        "query_mask": acc.pad_across_processes(
+            batch.attention_mask[:, :width], dim=1, pad_index=0, pad_first=True
+        ),
+        "response_ids": acc.pad_across_processes(
+            batch.input_ids[:, width:], dim=1, pad_index=pad_id
+        ),
+        "mask": acc.pad_across_processes(batch.mask, dim=1, pad_index=0),
+        "has_eos": batch.has_eos.long(),  # gloo gathers no bool tensors
+        "scores": scores,
+    }
+    full = {name: acc.gather(tensor.contiguous()) for name, tensor in pieces.items()}
+    gathered = _layout(
+        full["query"],
+        full["query_mask"],
+        full["response_ids"],
+        full["mask"],
+        full["has_eos"].bool(),
+        gather_object(batch.prompts),
+        gather_object(batch.responses),
+    )
+    return gathered, full["scores"]
 
 
 @torch.no_grad()
@@ -331,6 +389,19 @@ def _validate(config: PPOConfig) -> None:
         raise ConfigError("temperature: PPO samples, so it must be > 0")
 
 
+def _validate_processes(options: PPOOptions, processes: int) -> None:
+    """Data parallelism splits every step's prompts and every minibatch evenly over processes."""
+    if processes == 1:
+        return
+    minibatch = options.rollout_batch_size * options.samples_per_prompt // options.num_minibatches
+    if options.rollout_batch_size % processes or minibatch % processes:
+        raise ConfigError(
+            f"ppo.rollout_batch_size: with {processes} processes the prompts of a step "
+            f"({options.rollout_batch_size}) and the rows of a minibatch ({minibatch}) must "
+            f"both divide by {processes}"
+        )
+
+
 def _kl_controller(options: PPOOptions):
     if options.target_kl > 0:
         return AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
@@ -351,8 +422,8 @@ def train(config: PPOConfig) -> dict:
     options = config.ppo
     run = Run(config, "ppo")
     acc = run.accelerator
-    if acc.num_processes > 1:
-        raise ConfigError("ppo: multi-process training is not supported yet; run one process")
+    rank, world = acc.process_index, acc.num_processes
+    _validate_processes(options, world)
     device = acc.device
     tokenizer = load_tokenizer(config.model)
 
@@ -513,16 +584,27 @@ def train(config: PPOConfig) -> dict:
             done = step + 1
             t0 = time.perf_counter()
             indices = [i for i in plan.global_indices(step) for _ in range(k)]
-            torch.manual_seed(_step_seed(config.seed, step))
+            # Each process samples its contiguous share of the rows (K samples of a prompt stay
+            # together); the noise belongs to the rows, so the responses do not depend on the
+            # number of processes.
+            share = rows_per_step // world
+            mine = indices[rank * share : (rank + 1) * share]
+            torch.manual_seed(_step_seed(config.seed, step, 2 * rank))  # ppo.sampler=hf only
             batch = rollout(
                 unwrapped.lm,
                 tokenizer,
-                [prompt_ids[i] for i in indices],
-                [prompt_texts[i] for i in indices],
+                [prompt_ids[i] for i in mine],
+                [prompt_texts[i] for i in mine],
                 config,
                 device,
+                RowNoise(_step_seed(config.seed, step), rank * share, rows_per_step),
             )
             t_generate = time.perf_counter() - t0
+            raw_scores = torch.tensor(
+                reward_fn(batch.prompts, batch.responses), dtype=torch.float32, device=device
+            )  # (B,)
+            if world > 1:
+                batch, raw_scores = gather_rollout(acc, batch, raw_scores, tokenizer.pad_token_id)
 
             # Log-probs, entropies and values in the same batch shapes as the PPO minibatches.
             model.eval()
@@ -532,9 +614,6 @@ def train(config: PPOConfig) -> dict:
             ref_logprobs = forward_in_chunks(reference_forward, batch, minibatch_size)["logprobs"]
             model.train()
             mask = batch.mask  # (B, N)
-            raw_scores = torch.tensor(
-                reward_fn(batch.prompts, batch.responses), dtype=torch.float32, device=device
-            )  # (B,)
             scores = shape_scores(raw_scores, batch.has_eos, options, tuple(state["norm"]))
             kl = kl_penalty(old["logprobs"], ref_logprobs, options.kl_estimator) * mask  # (B, N)
             sequence_kl = ((old["logprobs"] - ref_logprobs) * mask).sum(dim=1)  # (B,) k1
@@ -545,14 +624,19 @@ def train(config: PPOConfig) -> dict:
                 advantages = masked_whiten(advantages, mask)
             t_score = time.perf_counter() - t0 - t_generate
 
-            # PPO epochs over shuffled minibatches.
+            # PPO epochs over shuffled minibatches. Every process holds the whole batch and takes
+            # its part of each minibatch; its loss is scaled by its share of the minibatch's
+            # tokens times the process count, so DDP's gradient average is the token mean over
+            # the whole minibatch, as one process computes it.
             generator = torch.Generator().manual_seed(_step_seed(config.seed, step, 1))
             sums: dict[str, float] = {}
             updates = 0
             for _epoch in range(options.ppo_epochs):
                 order = torch.randperm(rows_per_step, generator=generator).to(device)
                 for start in range(0, rows_per_step, minibatch_size):
-                    index = order[start : start + minibatch_size]
+                    minibatch = order[start : start + minibatch_size]
+                    index = minibatch.chunk(world)[rank]
+                    tokens_share = float(mask[index].sum() / mask[minibatch].sum())
                     out = policy_forward(batch.rows(index))
                     logprobs = out["logprobs"][:, batch.prompt_length :]  # (b, N)
                     mb_mask = mask[index]
@@ -581,6 +665,8 @@ def train(config: PPOConfig) -> dict:
                         )
                         loss = loss + kl_ctl.value * kl_loss
                         info["kl_loss"] = kl_loss.detach()
+                    if world > 1:  # token means above are over this process's rows
+                        loss = loss * (tokens_share * world)
                     if ptx_rows:
                         ptx_loss = _ptx_loss(
                             model,
@@ -599,8 +685,10 @@ def train(config: PPOConfig) -> dict:
                         acc, model, optimizer, scheduler, config.max_grad_norm
                     )
                     for key, value in info.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
+                        sums[key] = sums.get(key, 0.0) + float(value) * tokens_share
                     updates += 1
+            if world > 1:  # token-weighted means over the processes' parts
+                sums = {key: global_sum(acc, value) for key, value in sums.items()}
             kl_coef_used = kl_ctl.value
             kl_ctl.update(sequence_kl.mean(), rows_per_step)
             elapsed = time.perf_counter() - t0

@@ -15,6 +15,11 @@ in its forward pass. PPO samples every step, so this module keeps only what samp
    (`TokenLogprobs(temperature=T)`): top-p changes which tokens can be drawn, not the
    probabilities the ratio compares.
 
+With `row_noise` the draw of step 2 is a Gumbel-max draw instead, ``argmax(filtered scores +
+Gumbel noise)`` (the same distribution), whose noise comes from a generator seeded for the whole
+global batch: row i gets row i of a (total rows, V) draw whatever the process and batch it is
+sampled in, so a batch split over processes samples the same responses as one process does.
+
 The loop stops when every row has emitted EOS or after `max_new_tokens` tokens. Asking "has
 every row ended?" copies a flag from the GPU, which makes the host wait for the device; on a GPU
 the loop asks only every `check_every` steps (default 8), so the host can queue the next steps'
@@ -29,6 +34,38 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class RowNoise:
+    """Sampling noise owned by rows of a global batch rather than by the batch sampled.
+
+    Attributes:
+        seed: Seeds the generator; decoding step t uses the t-th (total_rows, V) uniform draw.
+        first_row: Row of the global batch that this batch's row 0 is.
+        total_rows: Rows of the global batch.
+    """
+
+    seed: int
+    first_row: int
+    total_rows: int
+
+
+def gumbel_max(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One sample per row of softmax(scores), by the Gumbel-max trick.
+
+    ``argmax_v (scores_v - log(-log u_v))`` with ``u ~ U(0, 1)`` is distributed as
+    softmax(scores); tokens at -inf (filtered by top-p) are never drawn.
+
+    Args:
+        scores: (B, V) logits, filtered.
+        uniform: (B, V) draws from U(0, 1).
+
+    Returns:
+        (B,) sampled token ids.
+    """
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(uniform.dtype).tiny)))
+    return (scores + gumbel).argmax(dim=-1)
 
 
 @dataclass
@@ -96,6 +133,7 @@ def sample_with_logprobs(
     temperature: float = 1.0,
     top_p: float = 1.0,
     check_every: int | None = None,
+    row_noise: RowNoise | None = None,
 ) -> Rollout:
     """Sample responses to left-padded prompts with a KV cache.
 
@@ -110,6 +148,8 @@ def sample_with_logprobs(
         top_p: Nucleus sampling mass.
         check_every: Test for "every row ended" every this many steps; None = 1 on a CPU
             (no host-device wait to save), 8 on an accelerator.
+        row_noise: Draw tokens with per-row noise of a global batch (Gumbel-max; see the module
+            docstring) instead of `torch.multinomial` on the global RNG.
 
     Returns:
         A `Rollout`; N is at most `max_new_tokens` (shorter if every row ended earlier).
@@ -138,14 +178,23 @@ def sample_with_logprobs(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
     tokens, logps, alive = [], [], []
     ones = torch.ones(batch, 1, dtype=attention_mask.dtype, device=device)
+    noise_rows = generator = None
+    if row_noise is not None and not greedy:
+        generator = torch.Generator(device=device).manual_seed(row_noise.seed)
+        noise_rows = slice(row_noise.first_row, row_noise.first_row + batch)
     for step in range(max_new_tokens):
         scores = logits.float() / scale  # (B, V)
         log_probs = scores.log_softmax(dim=-1)  # (B, V) tempered, unfiltered
         if greedy:
             token = scores.argmax(dim=-1)  # (B,)
         else:
-            probs = top_p_filter(scores, top_p).softmax(dim=-1)  # (B, V)
-            token = torch.multinomial(probs, num_samples=1).squeeze(1)  # (B,)
+            filtered = top_p_filter(scores, top_p)  # (B, V)
+            if generator is None:
+                token = torch.multinomial(filtered.softmax(dim=-1), num_samples=1).squeeze(1)
+            else:
+                shape = (row_noise.total_rows, filtered.shape[1])
+                uniform = torch.rand(shape, generator=generator, device=device)[noise_rows]
+                token = gumbel_max(filtered, uniform)  # (B,)
         token = torch.where(unfinished, token, torch.full_like(token, pad_id))  # (B,)
         tokens.append(token)
         logps.append(log_probs.gather(1, token[:, None]).squeeze(1) * unfinished)
@@ -173,6 +222,8 @@ def sample_with_logprobs(
 
 __all__ = [
     "Rollout",
+    "RowNoise",
+    "gumbel_max",
     "cache_keyword",
     "positions_from_mask",
     "sample_with_logprobs",
