@@ -13,8 +13,8 @@ Rows printed:
 * ``bare generate``: `model.generate(do_sample=True, top_k=0)` on the same batch of prompts,
   same new-token count, same model (after a warm-up call): generated tokens/s;
 * ``lean sampler alone``: `sample_with_logprobs` on the same model and batch as bare generate,
-  checking for "every row ended" at every step or every 8 (the GPU default): isolates the loop
-  from the rest of a PPO step;
+  checking for "every row ended" at every step or every 8 (the GPU default), and with PPO's
+  per-row Gumbel-max noise (`RowNoise`): isolates the loop from the rest of a PPO step;
 * ratio = rollout sampling tokens/s / bare generate tokens/s (goal: >= 0.8; above 1 means the
   lean loop is faster than `generate`).
 
@@ -156,15 +156,17 @@ def bare_generate(args, policy: Path, prompts: Path) -> dict:
         new = out[:, query.shape[1] :]
         return int((new != tokenizer.pad_token_id).sum()), time.perf_counter() - started
 
-    def lean(check_every: int) -> tuple[int, float]:
-        from rlhfkit.rollout.fast_sampling import sample_with_logprobs
+    def lean(check_every: int, row_noise: bool = False) -> tuple[int, float]:
+        from rlhfkit.rollout.fast_sampling import RowNoise, sample_with_logprobs
+
+        noise = RowNoise(0, 0, query.shape[0]) if row_noise else None
 
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
         rollout = sample_with_logprobs(
             model, query, mask, max_new_tokens=args.new_tokens, eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id, check_every=check_every,
+            pad_id=tokenizer.pad_token_id, check_every=check_every, row_noise=noise,
         )  # fmt: skip
         if device == "cuda":
             torch.cuda.synchronize()
@@ -175,6 +177,7 @@ def bare_generate(args, policy: Path, prompts: Path) -> dict:
         ("generate_tokens_per_s", once),
         ("lean_check1_tokens_per_s", lambda: lean(1)),
         ("lean_check8_tokens_per_s", lambda: lean(8)),
+        ("lean_check8_row_noise_tokens_per_s", lambda: lean(8, row_noise=True)),
     ):
         call()  # warm-up
         runs = [call() for _ in range(args.generate_repeats)]
@@ -203,6 +206,7 @@ def main(argv=None) -> None:
     for key, label in (
         ("lean_check1", "lean sampler alone, end checked every step"),
         ("lean_check8", "lean sampler alone, end checked every 8 steps"),
+        ("lean_check8_row_noise", "lean sampler alone, every 8 steps, PPO's row noise"),
     ):
         value = result[f"{key}_tokens_per_s"]
         ratio = value / result["generate_tokens_per_s"]

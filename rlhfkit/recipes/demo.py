@@ -69,7 +69,7 @@ class DemoConfig:
     ppo_learning_rate: float = option(2e-4, "PPO learning rate")
     no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 12)")
     no_kl_learning_rate: float = option(
-        5e-4, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
+        1e-3, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
     )
     dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
     dpo_learning_rate: float = option(1e-4, "DPO learning rate")
