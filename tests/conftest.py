@@ -46,6 +46,30 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
     return result
 
 
+def run_cli_two_processes(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `rlhfkit ARGS` in two CPU processes (gloo DDP) under `accelerate launch`.
+
+    accelerate 1.x starts CPU processes itself only through mpirun (`--cpu --num_processes 2`
+    runs a single process without an MPI hostfile); its torchrun launcher with
+    ACCELERATE_USE_CPU=1 gives the same gloo-backed DDP without MPI.
+    """
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit",
+        *args,
+    ]  # fmt: skip
+    env = {**cli_env(), "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"accelerate launch (2 processes) rlhfkit {' '.join(args)} exited "
+            f"{result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli, write_jsonl
+from conftest import run_cli, run_cli_two_processes, write_jsonl
 from safetensors.torch import load_file
 from test_dpo_recipe import world_pairs
 
@@ -99,3 +99,19 @@ def test_bad_loss_type_exits_2_with_one_line(tiny_model, pairs_file, tmp_path):
     message = result.stderr.strip()
     assert "dpo.loss_type" in message and "sigmoid" in message and "Traceback" not in message
     assert len(message.splitlines()) == 1
+
+
+def test_two_processes_equal_one(tiny_model, pairs_file, tmp_path):
+    """2 gloo processes x 2 pairs = 1 process x 4 pairs: the reference pass is sharded and
+    summed, the loss normalised by the global pair count; same losses and final weights."""
+    args = [f"model={tiny_model}", f"train_data={pairs_file}", "max_steps=3", "logging_steps=1"]
+    args += ["progress=false", "learning_rate=2e-3"]
+    run_cli("dpo", *args, "batch_size=4", f"output_dir={tmp_path / 'one'}")
+    run_cli_two_processes("dpo", *args, "batch_size=2", f"output_dir={tmp_path / 'two'}")
+    one = [r["loss"] for r in _rows(tmp_path / "one") if "loss" in r]
+    two = [r["loss"] for r in _rows(tmp_path / "two") if "loss" in r]
+    assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=5e-5)

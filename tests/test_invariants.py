@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, run_cli, run_cli_two_processes
 from safetensors.torch import load_file
 
 COMMON = ["learning_rate=3e-3", "logging_steps=1", "progress=false", "warmup_ratio=0.1"]
@@ -86,18 +86,10 @@ def test_resume_after_kill_equals_uninterrupted(tiny_model, sft_data, tmp_path):
 
 def test_two_processes_equal_one(tiny_model, sft_data, tmp_path):
     _sft(tiny_model, sft_data, tmp_path / "one", "max_steps=3", "batch_size=8")
-    # accelerate 1.x starts CPU processes itself only through mpirun (`--cpu --num_processes 2`
-    # runs a single process without an MPI hostfile); its torchrun launcher with
-    # ACCELERATE_USE_CPU=1 gives the same gloo-backed DDP without MPI.
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit",
+    run_cli_two_processes(
         "sft", f"model={tiny_model}", f"train_data={sft_data}", f"output_dir={tmp_path / 'two'}",
         *COMMON, "max_steps=3", "batch_size=4",
-    ]  # fmt: skip
-    env = {**cli_env(), "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )  # fmt: skip
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), rel=1e-5)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")

@@ -3,8 +3,6 @@ RLOO/GRPO and value-head paths, the critic built from a reward model, and resume
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +24,7 @@ from rlhfkit.recipes.ppo import (
     train,
 )
 from rlhfkit.synthetic import make_prompts
-from tests.conftest import ROOT, cli_env, run_cli, write_jsonl
+from tests.conftest import run_cli, run_cli_two_processes, write_jsonl
 
 GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
 
@@ -243,14 +241,7 @@ def test_two_processes_equal_one(tiny_model, prompt_file, tmp_path):
         "ppo.reward_norm_samples=0",
     ]  # fmt: skip
     run_cli("ppo", *args, f"output_dir={tmp_path / 'one'}")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit",
-        "ppo", *args, f"output_dir={tmp_path / 'two'}",
-    ]  # fmt: skip
-    env = {**cli_env(), "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli_two_processes("ppo", *args, f"output_dir={tmp_path / 'two'}")
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [r["step"] for r in two] == [1, 2]
     keys = ("score_mean", "kl", "entropy", "response_length", "policy_loss", "value_loss")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, run_cli, write_jsonl
+from conftest import ROOT, cli_env, run_cli, run_cli_two_processes, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -164,6 +164,23 @@ def test_grad_accumulation_invariant(tiny_model, world_data, tmp_path):
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_equal_one(tiny_model, world_data, tmp_path):
+    """2 gloo processes x 2 comparisons = 1 process x 4: same losses and final weights."""
+    args = [f"model={tiny_model}", f"train_data={world_data['train']}", "max_steps=2"]
+    args += ["learning_rate=1e-4", "logging_steps=1", "rm.normalize=false", "progress=false"]
+    run_cli("rm", *args, "batch_size=4", f"output_dir={tmp_path / 'one'}")
+    run_cli_two_processes("rm", *args, "batch_size=2", f"output_dir={tmp_path / 'two'}")
+    one, two = (
+        [m["loss"] for m in _read_jsonl(tmp_path / name / "metrics.jsonl") if "loss" in m]
+        for name in ("one", "two")
+    )
+    assert len(one) == 2 and two == pytest.approx(one, rel=1e-5)
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
 def test_rm_resume_after_kill_equals_uninterrupted(tiny_model, world_data, tmp_path):

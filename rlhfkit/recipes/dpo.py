@@ -128,7 +128,8 @@ class Pair:
 
     @property
     def tokens(self) -> int:
-        """Tokens of both sequences (what one forward over the pair processes)."""
+        """Tokens of both sequences, the prompt counted twice: the unit of tokens/s whatever the
+        layout (shared-prompt rows process `len(prompt)` fewer)."""
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 

@@ -740,6 +740,7 @@ def train(config: PPOConfig) -> dict:
                 )
 
     summary = _summary(state, metrics, plan.total_steps)
+    summary["num_processes"] = world
     if evaluation is not None:
         end = evaluation("eval_end")
         run.log(plan.total_steps, end)
