@@ -16,7 +16,7 @@ from rlhfkit.eval.policy_eval import (
     response_logprob_sums,
     win_rate,
 )
-from rlhfkit.eval.report import write_report
+from rlhfkit.eval.report import needs_log_kl_axis, write_report
 from rlhfkit.models.logprobs import sequence_logprobs
 from rlhfkit.models.presets import build_preset
 
@@ -100,3 +100,13 @@ def test_report_is_self_contained_and_escapes_model_text(tmp_path):
     assert page.count("data:image/png;base64,") == 4  # frontier, best-of-n, hacking, sft curves
     assert "http://" not in page and "https://" not in page
     assert "proxy rising while gold falls" in page
+
+
+def test_frontier_axis_turns_logarithmic_for_one_far_off_policy():
+    """Largest KL 600 against a next of 2.1: 600 > 10 x 2.1, log axis. 15 against 2: 15 < 20,
+    linear. 9 against 0.5: the next counts as at least 1 nat, 9 < 10, linear. One policy: linear."""
+    assert needs_log_kl_axis([0.0, 1.8, 2.1, 600.0])
+    assert not needs_log_kl_axis([0.0, 2.0, 15.0])
+    assert not needs_log_kl_axis([0.0, 0.5, 9.0])
+    assert needs_log_kl_axis([0.0, 0.5, 10.5])
+    assert not needs_log_kl_axis([600.0])

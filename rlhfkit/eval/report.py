@@ -73,6 +73,13 @@ def training_curves(root: Path) -> list[tuple[str, str]]:
     return figures
 
 
+def needs_log_kl_axis(kls: list[float]) -> bool:
+    """True when the largest KL is over 10x the next (and over 10 nats): one far-off policy, such
+    as an unconstrained run at hundreds of nats, would squash the others against a linear axis."""
+    ordered = sorted(max(kl, 0.0) for kl in kls)
+    return len(ordered) > 1 and ordered[-1] > 10 * max(ordered[-2], 1.0)
+
+
 def frontier_plot(evaluation: dict) -> str | None:
     """Gold reward against KL for every policy, with the best-of-n curve (DPO paper, Fig. 2)."""
     policies = evaluation.get("policies", {})
@@ -98,7 +105,11 @@ def frontier_plot(evaluation: dict) -> str | None:
         ax.annotate(
             name, (p["kl"], p["gold_reward"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
         )
-    ax.set_xlabel("KL to the reference (nats)")
+    if needs_log_kl_axis([p["kl"] for _, p in points]):
+        ax.set_xscale("symlog", linthresh=1.0)  # linear up to 1 nat, logarithmic beyond
+        ax.set_xlabel("KL to the reference (nats, log scale above 1)")
+    else:
+        ax.set_xlabel("KL to the reference (nats)")
     ax.set_ylabel("gold reward")
     ax.set_title("reward–KL frontier")
     ax.grid(alpha=0.3)
