@@ -26,26 +26,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlhfkit.data.collate import pad_right  # noqa: E402
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer  # noqa: E402
+from rlhfkit.models.logprobs import sequence_logprobs  # noqa: E402
 from rlhfkit.synthetic.prompts import article, format_prompt  # noqa: E402
 from rlhfkit.synthetic.vocab import CATEGORIES, MATH_OPERANDS  # noqa: E402
 
 
 def continuation_logps(lm, tokenizer, prefix: str, continuations: list[str]) -> torch.Tensor:
-    """(K,) log p(continuation | prefix) of each continuation, in one padded batch."""
+    """(K,) log p(continuation | prefix) of each continuation, in one right-padded batch."""
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    rows = [prefix_ids + tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # (K, T)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # (K, T)
+    endings = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    ids = pad_right([prefix_ids + ending for ending in endings], tokenizer.pad_token_id)  # (K, T)
+    rows = [[1] * (len(prefix_ids) + len(ending)) for ending in endings]
+    targets = [[0] * len(prefix_ids) + [1] * len(ending) for ending in endings]
     with torch.no_grad():
-        logp = lm(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (K, T, V)
-    token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (K, T-1)
-    scored = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
-    for k, row in enumerate(rows):
-        scored[k, len(prefix_ids) - 1 : len(row) - 1] = True
-    return (token_logp * scored).sum(-1)  # (K,)
+        logps = sequence_logprobs(lm, ids, pad_right(targets, 0), pad_right(rows, 0))  # (K, T)
+    return logps.sum(-1)
 
 
 def math_knowledge(lm, tokenizer) -> tuple[float, float]:

@@ -636,7 +636,9 @@ def train(config: PPOConfig) -> dict:
                 for start in range(0, rows_per_step, minibatch_size):
                     minibatch = order[start : start + minibatch_size]
                     index = minibatch.chunk(world)[rank]
-                    tokens_share = float(mask[index].sum() / mask[minibatch].sum())
+                    tokens_share = 1.0  # this process's share of the minibatch's tokens
+                    if world > 1:
+                        tokens_share = float(mask[index].sum() / mask[minibatch].sum())
                     out = policy_forward(batch.rows(index))
                     logprobs = out["logprobs"][:, batch.prompt_length :]  # (b, N)
                     mb_mask = mask[index]

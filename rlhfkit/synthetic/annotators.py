@@ -189,6 +189,21 @@ def ceiling_from_probs(probs: Iterable[float]) -> float:
     return sum(values) / len(values)
 
 
+def pool_probabilities(
+    pairs: Iterable[object], annotators: Sequence[SimulatedAnnotator]
+) -> list[float]:
+    """``pbar_i = mean_k P_k(a_i > b_i)`` for each pair: the probability that the pair's label,
+    given by an annotator drawn uniformly from ``annotators`` (as `label_pairs` does), prefers
+    its first response."""
+    if not annotators:
+        raise ValueError("no annotators")
+    probs = []
+    for item in pairs:
+        prompt, a, b = _as_pair(item)
+        probs.append(sum(k.prob_prefers(prompt, a, b) for k in annotators) / len(annotators))
+    return probs
+
+
 def agreement_ceiling(pairs: Iterable[object], annotators: Sequence[SimulatedAnnotator]) -> float:
     """The best expected accuracy any reward model can reach on these annotators' labels.
 
@@ -200,13 +215,7 @@ def agreement_ceiling(pairs: Iterable[object], annotators: Sequence[SimulatedAnn
             (the order of a and b does not matter).
         annotators: the pool the labelling annotator is drawn from.
     """
-    if not annotators:
-        raise ValueError("no annotators")
-    probs = []
-    for item in pairs:
-        prompt, a, b = _as_pair(item)
-        probs.append(sum(k.prob_prefers(prompt, a, b) for k in annotators) / len(annotators))
-    return ceiling_from_probs(probs)
+    return ceiling_from_probs(pool_probabilities(pairs, annotators))
 
 
 def expected_agreement(
@@ -224,17 +233,11 @@ def expected_agreement(
     record with ``responses`` (first = responses[0]) or ``chosen``/``rejected`` (first =
     chosen).
     """
-    if not annotators:
-        raise ValueError("no annotators")
-    total, count = 0.0, 0
-    for item, choice in zip(pairs, prefers_first, strict=True):
-        prompt, a, b = _as_pair(item)
-        pbar = sum(k.prob_prefers(prompt, a, b) for k in annotators) / len(annotators)
-        total += choice * pbar + (1.0 - choice) * (1.0 - pbar)
-        count += 1
-    if not count:
+    probs = pool_probabilities(pairs, annotators)
+    values = [c * p + (1.0 - c) * (1.0 - p) for p, c in zip(probs, prefers_first, strict=True)]
+    if not values:
         raise ValueError("no pairs")
-    return total / count
+    return sum(values) / len(values)
 
 
 def expected_inter_annotator_agreement(
