@@ -70,7 +70,9 @@ def test_response_logprob_sums_match_the_full_softmax():
     for p, r, s in zip(prompts, responses, sums, strict=True):
         ids = torch.tensor([p + r])
         mask = torch.tensor([[0] * len(p) + [1] * len(r)])
-        assert s == pytest.approx(float(sequence_logprobs(model, ids, mask).sum()), abs=1e-4)
+        with torch.no_grad():
+            expected = float(sequence_logprobs(model, ids, mask).sum())
+        assert s == pytest.approx(expected, abs=1e-4)
 
 
 def test_report_is_self_contained_and_escapes_model_text(tmp_path):
