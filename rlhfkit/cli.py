@@ -38,6 +38,11 @@ STAGES: dict[str, Stage] = {
         "rlhfkit.recipes.init_model:InitModelConfig",
         "rlhfkit.recipes.init_model:run",
     ),
+    "world": Stage(
+        "write the embedded world's SFT corpus and prompt splits (a pipeline's first stage)",
+        "rlhfkit.recipes.world:WorldConfig",
+        "rlhfkit.recipes.world:run",
+    ),
     "demo": Stage(
         "the embedded world end to end",
         "rlhfkit.recipes.demo:DemoConfig",

@@ -71,3 +71,81 @@ def test_shipped_example_pipelines_are_valid():
     for path in examples:
         stages = plan(path)
         assert stages and len({s.name for s in stages}) == len(stages)
+
+
+def test_embedded_world_example_runs_end_to_end(tmp_path):
+    """`examples/embedded_world.yaml`, every stage as shipped but scaled down: the world's data,
+    a base model, SFT, pairs, simulated labels, RM, PPO, DPO, eval against the gold reward and
+    the report (which finds the eval stage's eval.json under the pipeline's root)."""
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "embedded_world.yaml"
+    spec = yaml.safe_load(example.read_text())
+    spec["output_dir"] = str(tmp_path / "run")
+    smaller = {
+        "world": {"corpus_size": 300, "train_prompts": 24, "eval_prompts": 8},
+        "sft": {"max_steps": 6},
+        "pairs": {"max_new_tokens": 12},
+        "eval_pairs": {"max_new_tokens": 12},
+        "rm": {"epochs": 1},
+        "ppo": {"max_steps": 2, "ppo.rollout_batch_size": 8, "max_new_tokens": 12},
+        "dpo": {"epochs": 1},
+        "eval": {"best_of_n": 4, "max_new_tokens": 12},
+    }
+    for stage in spec["stages"]:
+        stage["config"].update(smaller.get(stage["name"], {}))
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    run_cli("pipeline", str(path))
+    root = tmp_path / "run"
+    labels = [json.loads(line) for line in (root / "labels" / "preferences.jsonl").open()]
+    assert labels and all(0.5 <= r["soft_label"] <= 1.0 for r in labels)
+    assert "eval_accuracy" in json.loads((root / "rm" / "summary.json").read_text())
+    assert "gold_reward_end" in json.loads((root / "ppo" / "summary.json").read_text())
+    policies = json.loads((root / "eval" / "eval.json").read_text())["policies"]
+    assert {"sft", "ppo", "dpo", "best_of_4"} <= set(policies)
+    assert all(0.0 <= policies[name]["gold_reward"] <= 1.0 for name in ("sft", "ppo", "dpo"))
+    report = (root / "report.html").read_text()
+    assert "Final numbers" in report and "best_of_4" in report
+
+
+def test_root_reference_and_reserved_names(tmp_path):
+    """`${root}` is the pipeline's output_dir and makes a stage depend on every earlier one;
+    `root` and `out` cannot name a stage."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        "  - {name: w, stage: world, config: {corpus_size: 5}}\n"
+        "  - {name: report, stage: report, config: {runs: '${root}'}}\n"
+    )
+    world, report = plan(path)
+    assert report.values["runs"] == str(tmp_path / "r")
+    path.write_text(path.read_text().replace("corpus_size: 5", "corpus_size: 6"))
+    assert plan(path)[1].digest != report.digest  # the world changed, so the report reruns
+    path.write_text(f"output_dir: {tmp_path}\nstages:\n  - {{name: root, stage: world}}\n")
+    with pytest.raises(ConfigError, match="'root' is reserved"):
+        plan(path)
+
+
+def test_world_stage_writes_the_demo_world(tmp_path):
+    """`rlhfkit world` writes the corpus and prompt splits the demo builds from the same seed."""
+    from pathlib import Path
+
+    from rlhfkit.recipes.demo import DemoConfig, build_world
+    from rlhfkit.synthetic import parse_prompt
+
+    run_cli("world", f"output_dir={tmp_path / 'w'}", "corpus_size=40", "train_prompts=6",
+            "eval_prompts=3", "seed=4")  # fmt: skip
+    build_world(DemoConfig(seed=4, corpus_size=40, pair_prompts=6, eval_prompts=3), tmp_path / "d")
+    for name in ("sft.jsonl", "prompts_train.jsonl", "prompts_eval.jsonl"):
+        assert (tmp_path / "w" / name).read_text() == (tmp_path / "d" / name).read_text()
+    lines = (tmp_path / "w" / "prompts_eval.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines]
+    assert len(prompts) == 3 and all(parse_prompt(p).kind for p in prompts)
+    summary = json.loads(Path(tmp_path / "w" / "summary.json").read_text())
+    assert summary == {"corpus": 40, "train_prompts": 6, "eval_prompts": 3}
+    bad = run_cli("world", f"output_dir={tmp_path / 'x'}", "corpus_size=0", check=False)
+    assert bad.returncode != 0 and "corpus_size: must be at least 1" in bad.stderr

@@ -2,7 +2,7 @@
 
 Inputs under one runs directory:
 - `*/metrics.jsonl` of every stage → training curves;
-- `eval.json` (written by `rlhfkit eval` / the demo):
+- `eval.json` (written by `rlhfkit eval` / the demo), at the root or in one stage's directory:
   `{"policies": {name: {"gold_reward", "proxy_reward", "kl", ...}},
     "best_of_n": [{"n", "kl", "proxy_reward", "gold_reward"}],
     "samples": [{"prompt", "responses": {policy: text}}],
@@ -183,10 +183,18 @@ th{background:#f3f3f3} img{max-width:100%} .scroll{overflow-x:auto}
 """
 
 
+def find_evaluation(root: Path) -> Path | None:
+    """`root/eval.json` (the demo's layout), else the newest `root/*/eval.json` (a pipeline's
+    eval stage writes into its own directory under the pipeline's root)."""
+    if (root / "eval.json").is_file():
+        return root / "eval.json"
+    found = sorted(root.glob("*/eval.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def render_report(root: Path, title: str = "rlhfkit report") -> str:
-    evaluation = (
-        json.loads((root / "eval.json").read_text()) if (root / "eval.json").is_file() else {}
-    )
+    evaluation_path = find_evaluation(root)
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path else {}
     summary = (
         json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
     )

@@ -103,21 +103,16 @@ def _scale(config: DemoConfig) -> DemoConfig:
 
 
 def build_world(config: DemoConfig, out: Path) -> dict:
-    """Write the SFT corpus and the prompt splits of the embedded world."""
-    from rlhfkit.synthetic import make_prompts, sft_corpus
+    """Write the SFT corpus and the prompt splits of the embedded world (`rlhfkit world`)."""
+    from rlhfkit.recipes.world import write_world
 
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = sft_corpus(config.corpus_size, seed=config.seed)
-    write_jsonl(out / "sft.jsonl", corpus)
-    train_prompts = make_prompts(config.pair_prompts, seed=config.seed + 1)
-    eval_prompts = make_prompts(config.eval_prompts, seed=config.seed + 2)
-    write_jsonl(out / "prompts_train.jsonl", [{"prompt": p.text} for p in train_prompts])
-    write_jsonl(out / "prompts_eval.jsonl", [{"prompt": p.text} for p in eval_prompts])
-    return {
-        "corpus": len(corpus),
-        "train_prompts": len(train_prompts),
-        "eval_prompts": len(eval_prompts),
-    }
+    return write_world(
+        out,
+        seed=config.seed,
+        corpus_size=config.corpus_size,
+        train_prompts=config.pair_prompts,
+        eval_prompts=config.eval_prompts,
+    )
 
 
 def _read(path: Path) -> list[dict]:

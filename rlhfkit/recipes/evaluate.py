@@ -53,7 +53,9 @@ class EvalConfig(BaseConfig):
     policies: list[str] = option(
         [], "policies to evaluate: model dirs, optionally named (name=DIR); comma-separated"
     )
-    reference: str = option("", "the reference policy (e.g. the SFT model) for KL and win rates")
+    reference: str = option(
+        "", "the reference policy (e.g. the SFT model) for KL and win rates; optionally NAME=DIR"
+    )
     prompts: str = option("", "held-out prompts ({prompt} records) to sample the policies on")
     gold_reward: str = option("", "a known gold reward (same specs as reward_model), if any")
     best_of_n: int = option(
@@ -176,13 +178,15 @@ def evaluate_policies(config: EvalConfig) -> dict:
     for i, item in enumerate(config.policies):
         name, _, directory = item.rpartition("=")
         named[name or Path(directory).parent.name or f"policy{i}"] = directory
+    reference_name, _, reference = config.reference.rpartition("=")
     prompts = [e.prompt for e in load_prompts(config.prompts)]
     if any(not isinstance(p, str) for p in prompts):
         raise ConfigError("prompts: policy evaluation takes plain-text prompts")
     run = Run(config, "eval")
     evaluation = evaluate_against_reference(
         named,
-        reference=config.reference,
+        reference=reference,
+        reference_name=reference_name or "reference",
         prompts=prompts,
         proxy=load_reward_function(config.reward_model) if config.reward_model else None,
         gold=load_reward_function(config.gold_reward) if config.gold_reward else None,

@@ -11,7 +11,8 @@ stages:
     config: {model: "${sft}/model", prompts: data/prompts.jsonl, n: 2, output: "${out}/pairs.jsonl"}
 ```
 
-`${NAME}` is stage NAME's output directory and `${out}` the current stage's. A stage is skipped
+`${NAME}` is stage NAME's output directory, `${out}` the current stage's and `${root}` the
+pipeline's `output_dir` (a stage naming it depends on every earlier stage). A stage is skipped
 when its resolved config, the content of the input files it names and the hashes of the stages
 it refers to are unchanged since it last completed (`OUT/.pipeline.json` records the hash).
 `--from NAME` reruns NAME and everything after it. An interrupted stage that supports
@@ -54,13 +55,18 @@ class PlannedStage:
     digest: str
 
 
-def _substitute(value: Any, outputs: dict[str, Path], current: Path, used: set[str]) -> Any:
+def _substitute(
+    value: Any, outputs: dict[str, Path], current: Path, root: Path, used: set[str]
+) -> Any:
     if isinstance(value, str):
 
         def replace(match: re.Match) -> str:
             key = match.group(1)
             if key == "out":
                 return str(current)
+            if key == "root":  # the pipeline's output_dir: everything so far is an input
+                used.update(outputs)
+                return str(root)
             if key not in outputs:
                 raise ConfigError(f"pipeline: ${{{key}}} names no earlier stage")
             used.add(key)
@@ -68,9 +74,9 @@ def _substitute(value: Any, outputs: dict[str, Path], current: Path, used: set[s
 
         return REFERENCE.sub(replace, value)
     if isinstance(value, list):
-        return [_substitute(v, outputs, current, used) for v in value]
+        return [_substitute(v, outputs, current, root, used) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, outputs, current, used) for k, v in value.items()}
+        return {k: _substitute(v, outputs, current, root, used) for k, v in value.items()}
     return value
 
 
@@ -111,12 +117,14 @@ def plan(path: Path) -> list[PlannedStage]:
         if kind not in STAGES or STAGES[kind].config is None or kind in ("pipeline", "demo"):
             raise ConfigError(f"{where}: stage {kind!r} cannot run in a pipeline")
         name = str(entry.get("name", kind))
+        if name in ("out", "root"):
+            raise ConfigError(f"{where}: {name!r} is reserved (${{{name}}}); rename the stage")
         if name in outputs:
             raise ConfigError(f"{where}: stage name {name!r} is used twice")
         values = dict(entry.get("config") or {})
         out = Path(values.get("output_dir") or root / name)
         used: set[str] = set()
-        values = _substitute(values, outputs, out, used)
+        values = _substitute(values, outputs, out, root, used)
         cls = _config_class(kind)
         if "output_dir" in {f.name for f in dataclasses.fields(cls)}:
             values["output_dir"] = str(out)
