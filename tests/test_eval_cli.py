@@ -41,3 +41,30 @@ def test_eval_policies_against_the_reference_and_report(tiny_model, tmp_path):
 def test_eval_without_a_mode_is_a_clear_error(tmp_path):
     result = run_cli("eval", f"output_dir={tmp_path}", check=False)
     assert result.returncode == 2 and "nothing to do" in result.stderr
+
+
+def test_eval_names_the_reference_and_checks_diagnosed_runs(tiny_model, tmp_path):
+    """`reference=NAME=DIR` names the reference's row; `diagnose_runs` must name RL run
+    directories (with metrics.jsonl), checked before any sampling."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "User: What is 3+4?\nBot:"}])
+    common = (f"policies=same={tiny_model}", f"prompts={prompts}", f"gold_reward={GOLD}",
+              "best_of_n=0", "max_new_tokens=4")  # fmt: skip
+    bad = run_cli("eval", *common, f"reference={tiny_model}", f"diagnose_runs={tmp_path}",
+                  f"output_dir={tmp_path / 'bad'}", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "holds no metrics.jsonl" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    run = tmp_path / "ppo_run"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [
+        {"step": s, "score_mean": 0.1 * s, "gold_reward_mean": 0.5 - 0.05 * s, "kl": 2.0 * s}
+        for s in range(1, 9)
+    ])  # fmt: skip
+    out = tmp_path / "eval"
+    run_cli("eval", *common, f"reference=sft={tiny_model}", f"diagnose_runs={run}",
+            f"output_dir={out}")  # fmt: skip
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert set(evaluation["policies"]) == {"sft", "same"}
+    assert evaluation["curves"]["ppo_run"]["gold"][0] == 0.45
+    checks = {w.get("check") for w in evaluation["warnings"]}
+    assert {"proxy_gold_divergence", "kl_growth"} <= checks

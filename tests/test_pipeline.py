@@ -91,6 +91,7 @@ def test_embedded_world_example_runs_end_to_end(tmp_path):
         "eval_pairs": {"max_new_tokens": 12},
         "rm": {"epochs": 1},
         "ppo": {"max_steps": 2, "ppo.rollout_batch_size": 8, "max_new_tokens": 12},
+        "ppo_no_kl": {"max_steps": 2, "ppo.rollout_batch_size": 8, "max_new_tokens": 12},
         "dpo": {"epochs": 1},
         "eval": {"best_of_n": 4, "max_new_tokens": 12},
     }
@@ -105,8 +106,11 @@ def test_embedded_world_example_runs_end_to_end(tmp_path):
     assert labels and all(0.5 <= r["soft_label"] <= 1.0 for r in labels)
     assert "eval_accuracy" in json.loads((root / "rm" / "summary.json").read_text())
     assert "gold_reward_end" in json.loads((root / "ppo" / "summary.json").read_text())
-    policies = json.loads((root / "eval" / "eval.json").read_text())["policies"]
-    assert {"sft", "ppo", "dpo", "best_of_4"} <= set(policies)
+    evaluation = json.loads((root / "eval" / "eval.json").read_text())
+    policies = evaluation["policies"]
+    assert {"sft", "ppo", "dpo", "ppo_no_kl", "best_of_4"} <= set(policies)
+    assert set(evaluation["curves"]) == {"ppo", "ppo_no_kl"}
+    assert len(evaluation["curves"]["ppo"]["gold"]) == 2  # one point per PPO step
     assert all(0.0 <= policies[name]["gold_reward"] <= 1.0 for name in ("sft", "ppo", "dpo"))
     report = (root / "report.html").read_text()
     assert "Final numbers" in report and "best_of_4" in report
@@ -149,3 +153,23 @@ def test_world_stage_writes_the_demo_world(tmp_path):
     assert summary == {"corpus": 40, "train_prompts": 6, "eval_prompts": 3}
     bad = run_cli("world", f"output_dir={tmp_path / 'x'}", "corpus_size=0", check=False)
     assert bad.returncode != 0 and "corpus_size: must be at least 1" in bad.stderr
+
+
+def test_inputs_written_by_earlier_stages_do_not_rerun_later_ones(tmp_path, tiny_model):
+    """A stage reading a file that an earlier stage writes is skipped on the second run: such a
+    file does not exist when the first run plans the pipeline, so it must not enter the hash
+    (the earlier stage's digest stands for it)."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        "  - {name: w, stage: world,"
+        " config: {corpus_size: 30, train_prompts: 2, eval_prompts: 2}}\n"
+        f"  - {{name: sft, stage: sft, config: {{model: {tiny_model}, "
+        "train_data: '${w}/sft.jsonl', max_steps: 1, batch_size: 2}}\n"
+    )
+    run_cli("pipeline", str(path))
+    second = run_cli("pipeline", str(path))
+    assert "skip w" in second.stderr and "skip sft" in second.stderr
+    path.write_text(path.read_text().replace("corpus_size: 30", "corpus_size: 31"))
+    third = run_cli("pipeline", str(path))
+    assert "skip w" not in third.stderr and "skip sft" not in third.stderr

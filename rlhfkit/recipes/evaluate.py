@@ -62,6 +62,11 @@ class EvalConfig(BaseConfig):
         64, "best-of-n of the reference for n = 1, 2, 4, ... up to this; 0 = off"
     )
     max_new_tokens: int = option(64, "maximum tokens per sampled response")
+    diagnose_runs: list[str] = option(
+        [],
+        "RL run directories (ppo output_dir) whose metrics.jsonl is checked for the proxy rising "
+        "while the gold reward falls, and for KL growth; their curves go in the report",
+    )
 
 
 def _texts(record) -> tuple[str, list, object]:
@@ -169,7 +174,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
     OUTPUT_DIR/eval.json (the report's input) and summary.json."""
     from rlhfkit.data.datasets import load_prompts
     from rlhfkit.data.io import write_json
-    from rlhfkit.eval.policy_eval import evaluate_against_reference
+    from rlhfkit.eval.policy_eval import evaluate_against_reference, training_diagnostics
     from rlhfkit.models.reward_fn import load_reward_function
 
     if not config.reference or not config.prompts:
@@ -179,6 +184,10 @@ def evaluate_policies(config: EvalConfig) -> dict:
         name, _, directory = item.rpartition("=")
         named[name or Path(directory).parent.name or f"policy{i}"] = directory
     reference_name, _, reference = config.reference.rpartition("=")
+    runs = {Path(d).name: Path(d) for d in config.diagnose_runs}
+    for directory in runs.values():
+        if not (directory / "metrics.jsonl").is_file():
+            raise ConfigError(f"diagnose_runs: {directory} holds no metrics.jsonl")
     prompts = [e.prompt for e in load_prompts(config.prompts)]
     if any(not isinstance(p, str) for p in prompts):
         raise ConfigError("prompts: policy evaluation takes plain-text prompts")
@@ -194,6 +203,9 @@ def evaluate_policies(config: EvalConfig) -> dict:
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
     )
+    if runs:
+        evaluation["curves"], warnings = training_diagnostics(runs)
+        evaluation["warnings"] = warnings + evaluation["warnings"]
     write_json(run.out / "eval.json", evaluation)
     for warning in evaluation["warnings"]:
         run.print(f"[yellow]warning[/]: {warning['message']}")

@@ -80,18 +80,23 @@ def _substitute(
     return value
 
 
-def _file_digest(value: Any, hasher, own_dir: Path) -> None:
-    """Fold the content of every existing input file a config value names into the hash (files
-    inside the stage's own output directory are its outputs, not inputs)."""
+def _file_digest(value: Any, hasher, stage_dirs: list[Path]) -> None:
+    """Fold the content of every existing input file a config value names into the hash.
+
+    Files inside a stage directory of this pipeline (the stage's own: its outputs; an earlier
+    stage's: that stage's digest already stands for them) are left out: they may not exist yet
+    when the pipeline is planned, and hashing them on a later run only would rerun a stage that
+    did not change."""
     if isinstance(value, str) and value and Path(value).is_file():
-        if own_dir.resolve() not in Path(value).resolve().parents:
+        parents = Path(value).resolve().parents
+        if not any(directory.resolve() in parents for directory in stage_dirs):
             hasher.update(Path(value).read_bytes())
     elif isinstance(value, list):
         for v in value:
-            _file_digest(v, hasher, own_dir)
+            _file_digest(v, hasher, stage_dirs)
     elif isinstance(value, dict):
         for v in value.values():
-            _file_digest(v, hasher, own_dir)
+            _file_digest(v, hasher, stage_dirs)
 
 
 def plan(path: Path) -> list[PlannedStage]:
@@ -133,7 +138,7 @@ def plan(path: Path) -> list[PlannedStage]:
         except ConfigError as err:
             raise ConfigError(f"{where} ({name}): {err}") from None
         hasher = hashlib.sha256(json.dumps([kind, values], sort_keys=True, default=str).encode())
-        _file_digest(values, hasher, out)
+        _file_digest(values, hasher, [out, *outputs.values()])
         for ref in sorted(used):
             hasher.update(digests[ref].encode())
         outputs[name], digests[name] = out, hasher.hexdigest()
