@@ -184,7 +184,9 @@ def evaluate_policies(config: EvalConfig) -> dict:
         name, _, directory = item.rpartition("=")
         named[name or Path(directory).parent.name or f"policy{i}"] = directory
     reference_name, _, reference = config.reference.rpartition("=")
-    runs = {Path(d).name: Path(d) for d in config.diagnose_runs}
+    runs: dict[str, Path] = {}
+    for directory in map(Path, config.diagnose_runs):  # named by directory, unless two clash
+        runs[directory.name if directory.name not in runs else str(directory)] = directory
     for directory in runs.values():
         if not (directory / "metrics.jsonl").is_file():
             raise ConfigError(f"diagnose_runs: {directory} holds no metrics.jsonl")
