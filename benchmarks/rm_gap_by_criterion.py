@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhfkit.eval.policy_eval import sample_policy  # noqa: E402
 from rlhfkit.models.reward_model import load_reward_scorer  # noqa: E402
-from rlhfkit.synthetic.annotators import default_annotators, pool_probabilities  # noqa: E402
+from rlhfkit.synthetic.annotators import (  # noqa: E402
+    agreement_from_probs,
+    ceiling_from_probs,
+    default_annotators,
+    pool_probabilities,
+)
 from rlhfkit.synthetic.gold import GOLD_WEIGHTS, gold_criteria  # noqa: E402
 
 
@@ -64,13 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     second = scorer([p for p, _, _ in pairs], [b for _, _, b in pairs])
     probs = pool_probabilities(pairs, default_annotators())  # P(label prefers a)
 
-    groups: dict[str, list[tuple[float, float]]] = {}
+    groups: dict[str, list[tuple[float, float]]] = {}  # (P(label prefers a), RM's choice)
     for (prompt, a, b), p, ra, rb in zip(pairs, probs, first, second, strict=True):
         choice = 1.0 if ra > rb else 0.0 if ra < rb else 0.5
-        expected = choice * p + (1.0 - choice) * (1.0 - p)
-        best = max(p, 1.0 - p)
         for key in (separating_criterion(prompt, a, b), "all"):
-            groups.setdefault(key, []).append((expected, best))
+            groups.setdefault(key, []).append((p, choice))
 
     print(f"{len(pairs)} distinct pairs of SFT samples ({args.samples} per prompt, all pairs)\n")
     print("| pairs separated most by | pairs | ceiling | reward model | gap (points) |")
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = groups.get(key, [])
         if not rows:
             continue
-        rm = sum(e for e, _ in rows) / len(rows)
-        ceiling = sum(b for _, b in rows) / len(rows)
+        group_probs, choices = zip(*rows, strict=True)
+        rm = agreement_from_probs(group_probs, choices)
+        ceiling = ceiling_from_probs(group_probs)
         print(f"| {key} | {len(rows)} | {ceiling:.3f} | {rm:.3f} | {100 * (ceiling - rm):.1f} |")
 
 

@@ -136,8 +136,6 @@ def test_root_reference_and_reserved_names(tmp_path):
 
 def test_world_stage_writes_the_demo_world(tmp_path):
     """`rlhfkit world` writes the corpus and prompt splits the demo builds from the same seed."""
-    from pathlib import Path
-
     from rlhfkit.recipes.demo import DemoConfig, build_world
     from rlhfkit.synthetic import parse_prompt
 
@@ -149,7 +147,7 @@ def test_world_stage_writes_the_demo_world(tmp_path):
     lines = (tmp_path / "w" / "prompts_eval.jsonl").read_text().splitlines()
     prompts = [json.loads(line)["prompt"] for line in lines]
     assert len(prompts) == 3 and all(parse_prompt(p).kind for p in prompts)
-    summary = json.loads(Path(tmp_path / "w" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary == {"corpus": 40, "train_prompts": 6, "eval_prompts": 3}
     bad = run_cli("world", f"output_dir={tmp_path / 'x'}", "corpus_size=0", check=False)
     assert bad.returncode != 0 and "corpus_size: must be at least 1" in bad.stderr

@@ -189,6 +189,15 @@ def ceiling_from_probs(probs: Iterable[float]) -> float:
     return sum(values) / len(values)
 
 
+def agreement_from_probs(probs: Iterable[float], prefers_first: Iterable[float]) -> float:
+    """``mean(c p + (1 - c)(1 - p))``: expected accuracy of choices ``c`` (1 first, 0 second,
+    0.5 tie) against labels that prefer the first response with probability ``p``."""
+    values = [c * p + (1.0 - c) * (1.0 - p) for p, c in zip(probs, prefers_first, strict=True)]
+    if not values:
+        raise ValueError("no pairs")
+    return sum(values) / len(values)
+
+
 def pool_probabilities(
     pairs: Iterable[object], annotators: Sequence[SimulatedAnnotator]
 ) -> list[float]:
@@ -233,11 +242,7 @@ def expected_agreement(
     record with ``responses`` (first = responses[0]) or ``chosen``/``rejected`` (first =
     chosen).
     """
-    probs = pool_probabilities(pairs, annotators)
-    values = [c * p + (1.0 - c) * (1.0 - p) for p, c in zip(probs, prefers_first, strict=True)]
-    if not values:
-        raise ValueError("no pairs")
-    return sum(values) / len(values)
+    return agreement_from_probs(pool_probabilities(pairs, annotators), prefers_first)
 
 
 def expected_inter_annotator_agreement(
