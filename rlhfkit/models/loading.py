@@ -103,8 +103,7 @@ def load_causal_lm(
     # forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.
     disable_dropout(model)
     if gradient_checkpointing and trainable:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if lora is not None and lora.r > 0 and trainable:
         model = apply_lora(model, lora, gradient_checkpointing=gradient_checkpointing)
     if not trainable:
@@ -130,6 +129,20 @@ def apply_lora(
         # Frozen embeddings give checkpointed blocks inputs without grad; this restores the graph.
         model.enable_input_require_grads()
     return get_peft_model(model, config)
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing (non-reentrant) on a transformers model; no KV cache.
+
+    transformers renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    (the old name warns from 5.2x and goes in v6); the new name is used where it exists.
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    model.config.use_cache = False
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -41,7 +41,14 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import LoraSettings, disable_dropout, load_tokenizer, resolve_dtype
+from rlhfkit.models.loading import (
+    LoraSettings,
+    disable_dropout,
+    enable_checkpointing,
+    load_tokenizer,
+    resolve_dtype,
+)
+from rlhfkit.models.readout import last_layer_at
 from rlhfkit.models.shared_prompt import mask_dtype, shared_prompt_mask
 
 REWARD_INFO_FILE = "rlhfkit_reward.json"
@@ -164,12 +171,14 @@ class RewardModel(torch.nn.Module):
         Returns:
             (N, K) raw rewards, fp32.
         """
-        hidden = self.backbone()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state  # (B, T, H)
+        backbone = self.backbone()
+        with last_layer_at(backbone, reward_rows, reward_cols, input_ids.shape[1]):
+            hidden = backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (B, T, H); exact only at the rows read out
         last = hidden[reward_rows, reward_cols]  # (N, H): only these rows go through the head
         return self.head()(last).float()  # (N, K)
 
@@ -285,8 +294,7 @@ def build_reward_model(
         seqcls.config.pad_token_id = pad_token_id
         seqcls.config.get_text_config().pad_token_id = pad_token_id
     if gradient_checkpointing:
-        seqcls.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        seqcls.config.use_cache = False
+        enable_checkpointing(seqcls)
     if lora is not None and lora.r > 0:
         from peft import LoraConfig, get_peft_model
 

@@ -25,7 +25,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import _check_source, disable_dropout, resolve_dtype
+from rlhfkit.models.loading import (
+    _check_source,
+    disable_dropout,
+    enable_checkpointing,
+    resolve_dtype,
+)
 from rlhfkit.models.logprobs import _scatter, chunked_token_logprobs
 
 
@@ -106,7 +111,7 @@ def load_value_model(
         raise ConfigError(f"ppo.value_model: cannot load a critic from {path!r}: {err}") from err
     disable_dropout(model)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     backbone = getattr(model, model.base_model_prefix)
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear):
