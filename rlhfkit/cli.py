@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             "--from_stage" + a[len("--from") :] if a.split("=")[0] == "--from" else a for a in rest
         ]
         config_file, overrides = split_args(rest, stage.positional)
-        config = load_config(_load(stage.config), config_file, overrides)
+        config = load_config(_load(stage.config), config_file, overrides, stage=name)
         result = _load(stage.entry)(config)
         return result if isinstance(result, int) else 0
     except RlhfkitError as err:

@@ -231,8 +231,14 @@ def load_config(
     config_file: str | None = None,
     overrides: list[str] | None = None,
     defaults: dict[str, Any] | None = None,
+    stage: str | None = None,
 ) -> Any:
-    """Stage defaults < YAML file < `key=value` overrides, then type-checked into `cls`."""
+    """Stage defaults < YAML file < `key=value` overrides, then type-checked into `cls`.
+
+    A run's `OUT/config.yaml` starts with `stage: NAME`; given `stage`, a file whose `stage`
+    names it loads as it is (so a run can be repeated with `--config OUT/config.yaml`), and one
+    that names another stage is an error.
+    """
     tree: dict[str, Any] = {}
     for key, value in (defaults or {}).items():
         _set_dotted(tree, key, value)
@@ -246,6 +252,12 @@ def load_config(
             raise ConfigError(f"{config_file}: not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: expected a mapping of keys at the top level")
+        if stage is not None and "stage" in loaded:
+            written_for = loaded.pop("stage")
+            if written_for != stage:
+                raise ConfigError(
+                    f"{config_file}: stage: the file is a {written_for!r} config, not {stage!r}"
+                )
         _deep_merge(tree, loaded)
     for item in overrides or []:
         key, value = _parse_override(item)

@@ -63,3 +63,19 @@ def test_every_key_is_described():
     ):
         assert key in keys
     assert all(r[3] for r in rows), [r[0] for r in rows if not r[3]]
+
+
+def test_a_runs_config_file_loads_back(tmp_path):
+    """OUT/config.yaml (with its `stage:` line) repeats the run through `--config`."""
+    from rlhfkit.recipes.rm import RMConfig
+    from rlhfkit.training.run import Run
+
+    out = tmp_path / "out"
+    config = load_config(SFTConfig, None, [f"output_dir={out}", "learning_rate=0.003", "lora.r=4"])
+    Run(config, "sft")
+    written = str(out / "config.yaml")
+    assert load_config(SFTConfig, written, stage="sft") == config
+    with pytest.raises(ConfigError, match="stage: the file is a 'sft' config, not 'rm'"):
+        load_config(RMConfig, written, stage="rm")
+    with pytest.raises(ConfigError, match="unknown key 'stage'"):
+        load_config(SFTConfig, written)  # without a stage to check against, `stage` is unknown

@@ -320,7 +320,7 @@ def main(argv: list[str]) -> int:
     from rlhfkit.cli import split_args
 
     config_file, overrides = split_args(rest)
-    revise(load_config(CAIReviseConfig, config_file, overrides))
+    revise(load_config(CAIReviseConfig, config_file, overrides, stage="cai-revise"))
     return 0
 
 
