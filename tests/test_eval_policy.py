@@ -16,7 +16,7 @@ from rlhfkit.eval.policy_eval import (
     response_logprob_sums,
     win_rate,
 )
-from rlhfkit.eval.report import needs_log_kl_axis, write_report
+from rlhfkit.eval.report import _same_points, needs_log_kl_axis, write_report
 from rlhfkit.models.logprobs import sequence_logprobs
 from rlhfkit.models.presets import build_preset
 
@@ -88,7 +88,9 @@ def test_report_is_self_contained_and_escapes_model_text(tmp_path):
     sample = {"prompt": "User: hi\nBot:", "responses": responses}
     evaluation = {
         "policies": {"sft": {"gold_reward": 0.4, "proxy_reward": 0.0, "kl": 0.0},
-                     "ppo": {"gold_reward": 0.8, "proxy_reward": 1.2, "kl": 3.0}},
+                     "ppo": {"gold_reward": 0.8, "proxy_reward": 1.2, "kl": 3.0},
+                     "dpo": {"gold_reward": 0.6, "proxy_reward": 0.5, "kl": 0.9},
+                     "dpo_beta0.1": {"gold_reward": 0.6, "proxy_reward": 0.5, "kl": 0.9}},
         "best_of_n": best_of_n,
         "samples": [sample],
         "warnings": [{"check": "x", "message": "proxy rising while gold falls"}],
@@ -112,3 +114,14 @@ def test_frontier_axis_turns_logarithmic_for_one_far_off_policy():
     assert not needs_log_kl_axis([0.0, 0.5, 9.0])
     assert needs_log_kl_axis([0.0, 0.5, 10.5])
     assert not needs_log_kl_axis([600.0])
+
+
+def test_frontier_merges_policies_at_the_same_point():
+    """The demo's `dpo` is its `dpo_beta0.1` run: one legend entry, both names."""
+    points = [
+        ("sft", {"kl": 0.0, "gold_reward": 0.44}),
+        ("dpo_beta0.1", {"kl": 0.8410878, "gold_reward": 0.5922}),
+        ("ppo", {"kl": 2.1, "gold_reward": 0.71}),
+        ("dpo", {"kl": 0.8410878, "gold_reward": 0.5922}),
+    ]
+    assert list(_same_points(points).values()) == [["sft"], ["dpo_beta0.1", "dpo"], ["ppo"]]

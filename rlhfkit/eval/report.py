@@ -59,7 +59,9 @@ def training_curves(root: Path) -> list[tuple[str, str]]:
         keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
         if not rows or not keys:
             continue
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False, layout="constrained"
+        )  # constrained: the run's title sits above the panels' titles, not on them
         for ax, key in zip(axes[0], keys, strict=True):
             points = [
                 (r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float))
@@ -100,11 +102,15 @@ def frontier_plot(evaluation: dict) -> str | None:
             linewidth=1,
             label="best-of-n",
         )
-    for name, p in points:
-        ax.scatter([p["kl"]], [p["gold_reward"]], s=40)
-        ax.annotate(
-            name, (p["kl"], p["gold_reward"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
-        )
+    # One legend entry per point, not text beside it: policies near each other (PPO next to
+    # best-of-16, a β sweep) would print their names over one another. Policies at the very
+    # same point (the demo's `dpo` is one of its `dpo_beta*` runs) share an entry.
+    markers = "osD^vP*Xhp<>"
+    for index, (point, names) in enumerate(_same_points(points).items()):
+        ax.scatter(
+            [point[0]], [point[1]], s=40, marker=markers[index % len(markers)],
+            label=" = ".join(names), zorder=3,
+        )  # fmt: skip
     if needs_log_kl_axis([p["kl"] for _, p in points]):
         ax.set_xscale("symlog", linthresh=1.0)  # linear up to 1 nat, logarithmic beyond
         ax.set_xlabel("KL to the reference (nats, log scale above 1)")
@@ -113,8 +119,17 @@ def frontier_plot(evaluation: dict) -> str | None:
     ax.set_ylabel("gold reward")
     ax.set_title("reward–KL frontier")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _png(fig)
+
+
+def _same_points(points: list[tuple[str, dict]]) -> dict[tuple[float, float], list[str]]:
+    """{(kl, gold): names} in first-seen order; names of policies at the same point together."""
+    merged: dict[tuple[float, float], list[str]] = {}
+    for name, p in points:
+        key = (round(float(p["kl"]), 6), round(float(p["gold_reward"]), 6))
+        merged.setdefault(key, []).append(name)
+    return merged
 
 
 def best_of_n_plot(evaluation: dict) -> str | None:
