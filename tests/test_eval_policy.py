@@ -104,6 +104,8 @@ def test_report_is_self_contained_and_escapes_model_text(tmp_path):
     assert page.count("data:image/png;base64,") == 4  # frontier, best-of-n, hacking, sft curves
     assert "http://" not in page and "https://" not in page
     assert "proxy rising while gold falls" in page
+    # The final-numbers table leads with gold, proxy and KL.
+    assert "<th>policy</th><th>gold_reward</th><th>proxy_reward</th><th>kl</th>" in page
 
 
 def test_frontier_axis_turns_logarithmic_for_one_far_off_policy():

@@ -31,6 +31,13 @@ CURVE_KEYS = (
 )  # fmt: skip
 
 
+# Leading columns of the final-numbers table, in this order; other keys follow alphabetically.
+TABLE_FIRST = (
+    "gold_reward", "proxy_reward", "kl", "win_rate_gold", "win_rate_proxy", "length",
+    "proxy_length_correlation",
+)  # fmt: skip
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -223,9 +230,9 @@ def render_report(root: Path, title: str = "rlhfkit report") -> str:
         parts += [f'<div class="warn">{html.escape(w["message"])}</div>' for w in warnings]
     policies = evaluation.get("policies", {})
     if policies:
-        keys = sorted(
-            {k for p in policies.values() for k in p if not isinstance(p[k], (dict, list))}
-        )
+        present = {k for p in policies.values() for k in p if not isinstance(p[k], (dict, list))}
+        # The numbers the page is about first (they stay in view when the table scrolls).
+        keys = [k for k in TABLE_FIRST if k in present] + sorted(present - set(TABLE_FIRST))
         rows = [
             [html.escape(name)] + [_fmt(p.get(k)) for k in keys] for name, p in policies.items()
         ]
