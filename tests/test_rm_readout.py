@@ -30,7 +30,7 @@ def _model(model_type: str, num_labels: int = 1) -> RewardModel:
     if model_type == "qwen3":
         config.head_dim = 8
     seqcls = AutoModelForSequenceClassification.from_config(config).float()
-    # A random head, so that every position's hidden state matters to the reward.
+    # A random head (not transformers' small init), so rewards and their gradients are sizeable.
     torch.nn.init.normal_(seqcls.score.weight, std=0.5)
     return RewardModel(seqcls)
 
@@ -78,6 +78,17 @@ def test_readout_equals_full_forward(model_type, shared, monkeypatch):
         torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-5, atol=1e-6)
     # The duplicated read-out position gives the same reward twice.
     assert torch.equal(fast[-1], fast[-2])
+    # And the shortcut did run: positions not read out differ from the full forward.
+    inputs = {k: v for k, v in packed.model_inputs().items() if not k.startswith("reward_")}
+    with torch.no_grad():
+        full_hidden = model.backbone()(**inputs).last_hidden_state
+        length = packed.input_ids.shape[1]
+        with last_layer_at(model.backbone(), packed.reward_rows, packed.reward_cols, length):
+            fast_hidden = model.backbone()(**inputs).last_hidden_state
+    read = torch.zeros(full_hidden.shape[:2], dtype=torch.bool)
+    read[packed.reward_rows, packed.reward_cols] = True
+    torch.testing.assert_close(fast_hidden[read], full_hidden[read], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fast_hidden[~read], full_hidden[~read])
 
 
 def test_readout_hooks_are_removed_and_used_only_inside(monkeypatch):
