@@ -265,6 +265,15 @@ def load_config(
     return build(cls, tree)
 
 
+def write_config(out: Path, stage: str, config: Any) -> None:
+    """`OUT/config.yaml`: `stage: NAME` and then every key, which `load_config(...,
+    stage=NAME)` reads back."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump({"stage": stage, **dataclasses.asdict(config)}, sort_keys=False)
+    )
+
+
 def _deep_merge(into: dict, other: dict) -> None:
     for key, value in other.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):

@@ -25,7 +25,6 @@ red-team prompts; this stage produces the data and leaves the fine-tuning to `rl
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import sys
@@ -33,9 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rlhfkit.config import describe, load_config, option
+from rlhfkit.config import describe, load_config, option, write_config
 from rlhfkit.data.datasets import load_prompts
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
@@ -141,10 +138,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
     if config.limit > 0:
         examples = examples[: config.limit]
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump({"stage": "cai-revise", **dataclasses.asdict(config)}, sort_keys=False)
-    )
+    write_config(out, "cai-revise", config)
     chains_path = out / "chains.jsonl"
     if config.overwrite and chains_path.exists():
         chains_path.unlink()

@@ -17,12 +17,10 @@ runs the same world with more stages and a final table.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from rlhfkit.config import option
+from rlhfkit.config import option, write_config
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.run import console
@@ -69,10 +67,7 @@ def run(config: WorldConfig) -> int:
     if not 0.0 <= config.cai_fraction < 1.0:
         raise ConfigError(f"cai_fraction: must be in [0, 1), got {config.cai_fraction}")
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump({"stage": "world", **asdict(config)}, sort_keys=False)
-    )
+    write_config(out, "world", config)
     sizes = write_world(
         out,
         seed=config.seed,

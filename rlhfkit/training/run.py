@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
@@ -33,6 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rlhfkit.config import write_config
 from rlhfkit.data.io import write_json
 from rlhfkit.errors import ConfigError, TrainingDiverged
 
@@ -73,10 +73,7 @@ class Run:
         self.is_main = self.accelerator.is_main_process
         set_seed(config.seed)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(
-                yaml.safe_dump({"stage": stage, **dataclasses.asdict(config)}, sort_keys=False)
-            )
+            write_config(self.out, stage, config)
         self.accelerator.wait_for_everyone()
         if getattr(config, "report_to", None) and self.accelerator.log_with:
             self.accelerator.init_trackers(
