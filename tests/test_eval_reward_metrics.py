@@ -43,6 +43,17 @@ def test_bradley_terry_nll():
     assert close(bradley_terry_nll([0.0], [1000.0]), 1000.0)
 
 
+def test_bradley_terry_nll_with_soft_labels():
+    """Pair 1: Δr = 1, p = 0.8: 0.8 softplus(-1) + 0.2 softplus(1) = 0.8 * 0.3132617
+    + 0.2 * 1.3132617 = 0.5132617. Pair 2: Δr = 0, p = 0.5: log 2 = 0.6931472. Mean 0.6032044.
+    Hard labels (p = 1) give the plain NLL."""
+    nll = bradley_terry_nll([1.0, 0.0], [0.0, 0.0], [0.8, 0.5])
+    assert close(nll, (0.5132616875182229 + math.log(2)) / 2)
+    assert close(bradley_terry_nll([1.0, 0.0], [0.0, 1.0], [1.0, 1.0]), 0.8132616875182228)
+    with pytest.raises(ValueError, match="1 labels for 2 pairs"):
+        bradley_terry_nll([1.0, 0.0], [0.0, 1.0], [0.5])
+
+
 def test_expected_calibration_error_by_hand():
     """probs [0.9, 0.2, 0.6, 0.5], labels [1, 1, 0, 1], 5 bins of width 0.1 over [0.5, 1]:
     0.9 -> confidence 0.9 (bin 4), predicts 1, correct 1;

@@ -1,5 +1,7 @@
 """Bradley-Terry loss, metrics and ranking pairs, against values worked by hand."""
 
+import math
+
 import pytest
 import torch
 
@@ -88,3 +90,43 @@ def test_ranking_pairs():
 def test_ranking_pairs_rejects_repeated_index():
     with pytest.raises(ValueError, match="more than once"):
         ranking_pairs([0, 1, 0])
+
+
+def test_soft_labels_are_the_expected_loss_over_the_label():
+    """loss = p * softplus(-(d - m)) + (1 - p) * softplus(d + m), d = r_w - r_l, m the margin.
+
+    Pair 1: d = log 3, so sigmoid(d) = 3 / (1 + 3) = 0.75; p = 0.75:
+        0.75 * (-log 0.75) + 0.25 * (-log 0.25) = 0.75 * 0.2876821 + 0.25 * 1.3862944
+        = 0.2157616 + 0.3465736 = 0.5623351 (the label's entropy: the minimum over d).
+    Pair 2: d = 0, p = 0.9: 0.9 log 2 + 0.1 log 2 = log 2 = 0.6931472.
+    Pair 3: p = 1 is the hard loss: d = 1.5 -> 0.2014133 (as in test_loss_without_margin).
+    """
+    chosen = f64([math.log(3.0), 0.0, 2.0])
+    rejected = f64([0.0, 0.0, 0.5])
+    losses = bradley_terry_loss(chosen, rejected, soft_labels=f64([0.75, 0.9, 1.0]))
+    assert_values(losses, [0.5623351446188083, math.log(2.0), 0.2014132779827524])
+
+
+def test_soft_label_gradient_is_sigmoid_gap_minus_label():
+    """d/dd [p softplus(-d) + (1-p) softplus(d)] = -p (1 - sigmoid(d)) + (1 - p) sigmoid(d)
+    = sigmoid(d) - p. At d = log 3, p = 0.75: 0.75 - 0.75 = 0 (the minimum). At d = 0, p = 0.9:
+    0.5 - 0.9 = -0.4 (the chosen reward is pushed up). At d = 0, p = 0.5: 0 (an even label
+    teaches no side)."""
+    gap = f64([math.log(3.0), 0.0, 0.0]).requires_grad_()
+    losses = bradley_terry_loss(
+        gap, torch.zeros(3, dtype=torch.float64), soft_labels=f64([0.75, 0.9, 0.5])
+    )
+    (grad,) = torch.autograd.grad(losses.sum(), gap)
+    assert_values(grad, [0.0, -0.4, 0.0])
+
+
+def test_soft_labels_with_a_margin():
+    """d = 1, m = 0.5, p = 0.5: 0.5 softplus(-(1 - 0.5)) + 0.5 softplus(1 + 0.5)
+    = 0.5 log(1 + e^-0.5) + 0.5 log(1 + e^1.5) = 0.5 * 0.4740770 + 0.5 * 1.7014132 = 1.0877451.
+    Swapping the pair and using 1 - p gives the same loss (the label is about the pair, not its
+    order on the page)."""
+    loss = bradley_terry_loss(f64([1.0]), f64([0.0]), 0.5, soft_labels=0.5)
+    assert_values(loss, [1.0877451310814297])
+    chosen, rejected, p = f64([0.3, -1.2]), f64([0.9, 0.4]), f64([0.8, 0.6])
+    swapped = bradley_terry_loss(rejected, chosen, soft_labels=1.0 - p)
+    assert_values(bradley_terry_loss(chosen, rejected, soft_labels=p), swapped.tolist())

@@ -218,3 +218,45 @@ def test_register_a_custom_variant():
             register_dpo_loss("sigmoid")(squared_gap)
     finally:
         del DPO_LOSSES["test_squared_gap"]
+
+
+def test_soft_labels_sigmoid_is_cross_entropy_against_p():
+    """h = 1 - 0 = 1, beta = 1, z = 1; softplus(-1) = 0.3132617, softplus(1) = 1.3132617.
+    p = 0.8: 0.8 * 0.3132617 + 0.2 * 1.3132617 = 0.2506094 + 0.2626523 = 0.5132617.
+    p = 1 is plain DPO: softplus(-1) = 0.3132617. The rewards do not depend on the label."""
+    pc, pr, rc, rr = f64([1.0, 1.0]), f64([0.0, 0.0]), f64([0.0, 0.0]), f64([0.0, 0.0])
+    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta=1.0, soft_labels=f64([0.8, 1.0]))
+    assert_values(losses, [0.5132616875182229, 0.31326168751822286])
+    assert_values(chosen, [1.0, 1.0])
+    assert_values(rejected, [0.0, 0.0])
+
+
+def test_soft_labels_move_the_ipo_target():
+    """IPO with label p: p (h - c)^2 + (1 - p)(-h - c)^2 with c = 1/(2 beta); beta = 0.5 -> c = 1.
+    h = 1, p = 0.75: 0.75 * 0 + 0.25 * (-2)^2 = 1.0.
+    Its minimiser is h = (2p - 1) c = 0.5: loss 0.75 * 0.25 + 0.25 * 2.25 = 0.75, gradient
+    2 * 0.75 * (0.5 - 1) + 2 * 0.25 * (0.5 + 1) = -0.75 + 0.75 = 0."""
+    zero = f64([0.0])
+    loss, _, _ = dpo_loss(
+        f64([1.0]), zero, zero, zero, beta=0.5, loss_type="ipo", soft_labels=f64([0.75])
+    )
+    assert_values(loss, [1.0])
+    h = f64([0.5]).requires_grad_()
+    loss, _, _ = dpo_loss(h, zero, zero, zero, beta=0.5, loss_type="ipo", soft_labels=f64([0.75]))
+    (grad,) = torch.autograd.grad(loss.sum(), h)
+    assert_values(loss.detach(), [0.75])
+    assert_values(grad, [0.0])
+
+
+def test_even_soft_label_is_symmetric_for_every_variant():
+    """p = 1/2 is the average of the loss as written and swapped, so it is unchanged when the
+    pair is swapped, for every built-in variant; p = 1 equals no soft label at all."""
+    pc, pr, rc, rr = f64([-3.0, -7.5]), f64([-4.0, -6.0]), f64([-3.5, -7.0]), f64([-3.9, -6.2])
+    half = f64([0.5, 0.5])
+    for name in ("sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo"):
+        as_written, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name, soft_labels=half)
+        swapped, _, _ = dpo_loss(pr, pc, rr, rc, beta=0.5, loss_type=name, soft_labels=half)
+        assert_values(as_written, swapped.tolist())
+        hard, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name)
+        ones, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name, soft_labels=f64([1, 1]))
+        assert_values(ones, hard.tolist())

@@ -6,8 +6,10 @@ Formats follow TRL's conventions, each either plain text or conversational
 - SFT: `{"prompt", "completion"}`, `{"messages"}` (the last assistant turn is the completion),
   or `{"text"}` (plain language modelling: every token is trained);
 - prompts: `{"prompt"}`;
-- preference: `{"prompt", "chosen", "rejected"}`, optional `margin` (float) and `criteria`
-  (per-criterion verdicts); conversations may leave the prompt implicit (the shared prefix);
+- preference: `{"prompt", "chosen", "rejected"}`, optional `margin` (float), `criteria`
+  (per-criterion verdicts) and `soft_label` (P(chosen beats rejected) in [0, 1], as `rlhfkit
+  label` and `annotate export --aggregate soft` write it); conversations may leave the prompt
+  implicit (the shared prefix);
 - ranking: `{"prompt", "responses": [...], "ranking": [best ... worst]}` (indices into responses).
 
 Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`.
@@ -49,6 +51,7 @@ class PreferenceExample:
     criteria: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     line: int = 0
+    soft_label: float | None = None  # P(chosen beats rejected); None = a hard win for chosen
 
 
 @dataclass
@@ -155,7 +158,57 @@ def parse_preference(record: Record) -> PreferenceExample:
     criteria = data.get("criteria") or {}
     if not isinstance(criteria, dict):
         raise record.error("criteria", f"expected an object, got {type(criteria).__name__}")
-    return PreferenceExample(prompt, chosen, rejected, margin, criteria, record.source, record.line)
+    return PreferenceExample(
+        prompt,
+        chosen,
+        rejected,
+        margin,
+        criteria,
+        record.source,
+        record.line,
+        soft_label=_soft_label(record),
+    )
+
+
+def _soft_label(record: Record) -> float | None:
+    """The record's ``soft_label`` (P(chosen beats rejected), in [0, 1]), or None if absent."""
+    value = record.data.get("soft_label")
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise record.error("soft_label", f"expected a probability in [0, 1], got {value!r}")
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise record.error(
+            "soft_label", f"expected a probability in [0, 1], got {value!r}"
+        ) from None
+    if not 0.0 <= p <= 1.0:  # also refuses NaN
+        raise record.error("soft_label", f"expected a probability in [0, 1], got {value!r}")
+    return p
+
+
+def soft_label_note(labels: list[float | None], key: str, use: bool) -> str:
+    """One console line on the soft labels of a training set ("" when no pair has one).
+
+    Args:
+        labels: Each pair's soft label, None where the record had none.
+        key: The option that turns them off, e.g. ``"rm.soft_labels"``.
+        use: Whether the run trains on them.
+    """
+    carried = [p for p in labels if p is not None]
+    if not carried:
+        return ""
+    even = sum(p == 0.5 for p in carried)
+    head = f"{len(carried)} of {len(labels)} pairs carry a soft_label"
+    if not use:
+        tail = f" ({even} of them 0.5: no preference)" if even else ""
+        return f"{head}{tail}; {key}=false trains every pair as a hard win for `chosen`"
+    mean = sum(carried) / len(carried)
+    return (
+        f"{head} (mean {mean:.3f}, {even} at 0.5): trained as P(chosen beats rejected) with the "
+        f"expected loss; {key}=false would train them as hard wins"
+    )
 
 
 def parse_ranking(record: Record) -> RankingExample:

@@ -2,7 +2,8 @@
 
 * `pairwise_accuracy`: fraction of pairs with r_chosen > r_rejected (a tie counts half).
 * `mean_margin`: mean of r_chosen - r_rejected.
-* `bradley_terry_nll`: mean of -log σ(r_chosen - r_rejected) (the training loss without margin).
+* `bradley_terry_nll`: mean of -log σ(r_chosen - r_rejected) (the training loss without margin),
+  or with soft labels p the mean of -p log σ(Δr) - (1 - p) log σ(-Δr).
 * `expected_calibration_error`: ECE (Guo et al. 2017) of a binary predictor. For a reward model,
   the prediction for a pair is P(chosen ≻ rejected) = σ(Δr) and the label is 1 (the annotator
   chose it); each pair is scored by its *confidence* max(p, 1 - p) and whether its predicted
@@ -51,10 +52,20 @@ def sigmoid(x: float) -> float:
     return math.exp(_log_sigmoid(x))
 
 
-def bradley_terry_nll(chosen: Sequence[float], rejected: Sequence[float]) -> float:
-    """Mean of -log σ(r_chosen - r_rejected)."""
+def bradley_terry_nll(
+    chosen: Sequence[float], rejected: Sequence[float], labels: Sequence[float] | None = None
+) -> float:
+    """Mean of -log σ(r_chosen - r_rejected); with `labels` p = P(chosen beats rejected), the
+    mean of -p log σ(Δr) - (1 - p) log σ(-Δr)."""
     _check_pairs(chosen, rejected)
-    return -sum(_log_sigmoid(c - r) for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+    if labels is None:
+        labels = [1.0] * len(chosen)
+    if len(labels) != len(chosen):
+        raise ValueError(f"{len(labels)} labels for {len(chosen)} pairs")
+    total = 0.0
+    for c, r, p in zip(chosen, rejected, labels, strict=True):
+        total -= p * _log_sigmoid(c - r) + ((1.0 - p) * _log_sigmoid(r - c) if p != 1.0 else 0.0)
+    return total / len(chosen)
 
 
 def expected_calibration_error(

@@ -10,6 +10,16 @@ with an optional per-pair margin ``m`` (Llama 2, Touvron et al. 2023: a larger r
 pairs the labellers rated as clearly better). ``-log sigmoid`` is computed with ``logsigmoid``,
 which stays finite for any reward gap.
 
+Soft labels (AI feedback, Bai et al. 2022; an annotation campaign's vote shares): a record may
+carry ``p = P(y_w beats y_l)`` instead of a hard win. The loss is then the expected loss over the
+label, the cross-entropy of ``sigmoid(r_w - r_l)`` against ``p``::
+
+    loss = p * (-log sigmoid(r_w - r_l - m)) + (1 - p) * (-log sigmoid(r_l - r_w - m))
+
+Its gradient in the gap ``d = r_w - r_l`` (no margin) is ``sigmoid(d) - p``: it is smallest where
+the model's preference probability equals the label, so ``p = 1/2`` pulls the two rewards
+together rather than teaching a side. ``p = 1`` is the hard loss above.
+
 Rankings of K responses (InstructGPT, Ouyang et al. 2022) become all K(K-1)/2 pairs with
 ``ranking_pairs``; InstructGPT trains the pairs of one prompt together as one batch element, which
 is the recipe's business (it averages their losses), not this module's.
@@ -27,6 +37,8 @@ def bradley_terry_loss(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,
     margin: Tensor | float | None = None,
+    *,
+    soft_labels: Tensor | float | None = None,
 ) -> Tensor:
     """Per-pair Bradley-Terry negative log-likelihood ``-log sigmoid(r_w - r_l - margin)``.
 
@@ -35,6 +47,9 @@ def bradley_terry_loss(
         rejected_rewards: Rewards of the rejected responses, shape (B,).
         margin: Optional margin the chosen reward should exceed the rejected one by, a float or
             shape (B,). ``None`` means no margin.
+        soft_labels: Optional ``p = P(chosen beats rejected)`` in [0, 1], a float or shape (B,);
+            the loss is then ``p * l(w, l) + (1 - p) * l(l, w)`` (module docstring). ``None``
+            means hard labels (``p = 1``).
 
     Returns:
         Per-pair losses, shape (B,). Reduce them (usually with a mean) in the recipe.
@@ -45,9 +60,12 @@ def bradley_terry_loss(
             f"{tuple(rejected_rewards.shape)} must have the same shape"
         )
     reward_gap = chosen_rewards - rejected_rewards  # (B,)
-    if margin is not None:
-        reward_gap = reward_gap - margin  # (B,)
-    return -F.logsigmoid(reward_gap)  # (B,)
+    required = 0.0 if margin is None else margin  # float or (B,)
+    chosen_wins = -F.logsigmoid(reward_gap - required)  # (B,)
+    if soft_labels is None:
+        return chosen_wins
+    rejected_wins = -F.logsigmoid(-reward_gap - required)  # (B,)
+    return soft_labels * chosen_wins + (1.0 - soft_labels) * rejected_wins  # (B,)
 
 
 def bradley_terry_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:

@@ -35,6 +35,14 @@ Variants (``loss_type``), each a function registered with ``@register_dpo_loss``
   meant for larger betas than DPO (the paper uses 2.0-2.5). ``label_smoothing`` applies as in
   cDPO. The rewards returned are SimPO's ``beta * avg_logp``.
 
+Soft labels (``soft_labels=p``, ``p = P(y_w beats y_l)`` per pair, e.g. AI feedback or vote
+shares): every variant becomes its expected loss over the label,
+``p * loss(y_w, y_l) + (1 - p) * loss(y_l, y_w)``, the variant evaluated once with the pair as
+written and once swapped. For ``sigmoid`` that is the cross-entropy of ``sigmoid(beta h)``
+against ``p`` (cDPO with a per-pair ``eps = 1 - p``); for ``ipo`` the minimiser moves from
+``h = 1 / (2 beta)`` to ``h = (2p - 1) / (2 beta)``, so ``p = 1/2`` asks for no preference.
+``label_smoothing`` still applies inside each term (noise on top of the soft label).
+
 Registering a variant::
 
     @register_dpo_loss("my_loss")
@@ -270,6 +278,7 @@ def dpo_loss(
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    soft_labels: Tensor | None = None,
     **variant_kwargs: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair loss of a DPO-family variant, and the detached implicit rewards.
@@ -284,6 +293,9 @@ def dpo_loss(
         beta: Strength of the implicit KL constraint (reward scale), > 0.
         loss_type: A name from ``available_dpo_losses()``.
         label_smoothing: Label-noise rate ``eps`` for the variants that use it.
+        soft_labels: Optional ``p = P(chosen beats rejected)`` per pair, shape (B,), in [0, 1];
+            the loss is then ``p * loss(w, l) + (1 - p) * loss(l, w)`` (module docstring).
+            ``None`` means hard labels (``p = 1``).
         **variant_kwargs: Extra keywords of the variant, e.g. ``simpo_gamma``.
 
     Returns:
@@ -313,13 +325,11 @@ def dpo_loss(
         chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
         rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
 
-    losses = variant(
-        chosen_logratios,
-        rejected_logratios,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        **variant_kwargs,
-    )  # (B,)
+    kwargs = {"beta": beta, "label_smoothing": label_smoothing, **variant_kwargs}
+    losses = variant(chosen_logratios, rejected_logratios, **kwargs)  # (B,)
+    if soft_labels is not None:
+        swapped = variant(rejected_logratios, chosen_logratios, **kwargs)  # (B,)
+        losses = soft_labels * losses + (1.0 - soft_labels) * swapped  # (B,)
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
     return losses, chosen_rewards, rejected_rewards

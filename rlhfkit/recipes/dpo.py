@@ -51,7 +51,7 @@ import torch
 from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.datasets import load_comparisons
-from rlhfkit.data.formats import PreferenceExample, RankingExample
+from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
 from rlhfkit.errors import ConfigError
 from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
@@ -84,6 +84,11 @@ class DPOOptions:
     )
     simpo_gamma: float = option(0.5, "SimPO target reward margin gamma (reward units)")
     sft_weight: float = option(0.0, "weight of the NLL of the chosen response per token (RPO)")
+    soft_labels: bool = option(
+        True,
+        "train a record's `soft_label` p = P(chosen beats rejected) as the expected loss "
+        "p*loss(chosen, rejected) + (1-p)*loss(rejected, chosen); false = every pair a hard win",
+    )
     precompute_ref: bool = option(
         True, "compute reference log-probs in one pass before training (cached in OUT)"
     )
@@ -120,6 +125,7 @@ class Pair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    soft_label: float | None = None  # the record's P(chosen beats rejected); None = hard win
 
     @property
     def length(self) -> int:
@@ -134,22 +140,24 @@ class Pair:
 
 
 def _text_pairs(example: PreferenceExample | RankingExample):
+    """(prompt, chosen, rejected, soft label or None) of every pair of a record."""
     if isinstance(example, RankingExample):
         # Every pair of a ranking (best first) is one preference: K(K-1)/2 pairs.
         for better, worse in combinations(example.ranking, 2):
-            yield example.prompt, example.responses[better], example.responses[worse]
+            yield example.prompt, example.responses[better], example.responses[worse], None
     else:
-        yield example.prompt, example.chosen, example.rejected
+        yield example.prompt, example.chosen, example.rejected, example.soft_label
 
 
 def load_pairs(
     spec: str, tokenizer, *, max_length: int, max_prompt_length: int
 ) -> tuple[list[Pair], TokenStats]:
-    """Tokenised pairs of `spec` (preference or ranking records); skipped pairs are counted."""
+    """Tokenised pairs of `spec` (preference or ranking records); skipped pairs are counted.
+    A preference record's `soft_label` is kept on its pair (pairs of a ranking have none)."""
     stats = TokenStats()
     pairs = []
     for example in load_comparisons(spec):
-        for prompt, chosen, rejected in _text_pairs(example):
+        for prompt, chosen, rejected, soft_label in _text_pairs(example):
             stats.examples += 1
             if chosen == rejected:
                 stats.skipped["chosen == rejected"] += 1
@@ -171,8 +179,19 @@ def load_pairs(
                 continue
             stats.kept += 1
             chosen, rejected = (side.completion_ids for side in sides)
-            pairs.append(Pair(sides[0].prompt_ids, chosen, rejected))
+            pairs.append(Pair(sides[0].prompt_ids, chosen, rejected, soft_label))
     return pairs, stats
+
+
+def soft_label_tensor(
+    pairs: list[Pair], indices: list[int], device, *, use: bool
+) -> torch.Tensor | None:
+    """(B,) P(chosen beats rejected) of `indices` (1 where a pair has no soft label), or None
+    when `use` is off or every pair is a hard win: the hard loss then runs exactly as before."""
+    labels = [1.0 if pairs[i].soft_label is None else pairs[i].soft_label for i in indices]
+    if not use or all(label == 1.0 for label in labels):
+        return None
+    return torch.tensor(labels, dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +366,7 @@ def pair_losses(
     lengths: torch.Tensor,
     ref_logps: torch.Tensor | None,
     options: DPOOptions,
+    soft_labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair losses and per-pair metrics.
 
@@ -355,6 +375,7 @@ def pair_losses(
         lengths: (2B,) completion lengths of those rows.
         ref_logps: (2B,) summed reference log-probs, or None for a reference-free variant.
         options: The `dpo` options.
+        soft_labels: (B,) P(chosen beats rejected) per pair, or None for hard labels.
 
     Returns:
         `(losses (B,), metrics)` with metrics of shape (B,), detached.
@@ -373,6 +394,7 @@ def pair_losses(
         beta=options.beta,
         loss_type=options.loss_type,
         label_smoothing=options.label_smoothing,
+        soft_labels=soft_labels,
         **_variant_kwargs(options),
     )  # (B,) each
     metrics = {
@@ -566,7 +588,8 @@ def evaluate(
             batch = make_batch(pairs, indices)
             policy_logps, lengths = sequence_logps(model, batch)
             ref_logps = _reference_for(batch, indices, ref_table, ref_fn, acc.device)
-            _, metrics = pair_losses(policy_logps, lengths, ref_logps, config.dpo)
+            labels = soft_label_tensor(pairs, indices, acc.device, use=config.dpo.soft_labels)
+            _, metrics = pair_losses(policy_logps, lengths, ref_logps, config.dpo, labels)
             for key, values in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(values.sum())
     model.train()
@@ -595,6 +618,9 @@ def train(config: DPOConfig) -> dict:
     lengths_kw = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
     pairs, stats = load_pairs(config.train_data, tokenizer, **lengths_kw)
     run.print(f"[bold]train data[/] {config.train_data}: {stats.summary()}")
+    note = soft_label_note([p.soft_label for p in pairs], "dpo.soft_labels", options.soft_labels)
+    if note:
+        run.print(note)
     eval_pairs: list[Pair] = []
     if config.eval_data:
         eval_pairs, eval_stats = load_pairs(config.eval_data, tokenizer, **lengths_kw)
@@ -728,7 +754,8 @@ def _train_loop(
                 with sync_context(acc, model, micro, len(micro_batches)):
                     policy_logps, lengths = sequence_logps(model, batch)  # (2B,), (2B,)
                     ref_logps = _reference_for(batch, indices, train_table, ref_fn, acc.device)
-                    losses, metrics = pair_losses(policy_logps, lengths, ref_logps, options)
+                    labels = soft_label_tensor(pairs, indices, acc.device, use=options.soft_labels)
+                    losses, metrics = pair_losses(policy_logps, lengths, ref_logps, options, labels)
                     # DDP averages gradients over processes, hence the factor num_processes.
                     acc.backward(losses.sum() * acc.num_processes / global_pairs)
                 for key, values in metrics.items():

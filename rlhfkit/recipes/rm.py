@@ -34,11 +34,12 @@ from accelerate.utils import gather_object
 
 from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.datasets import load_comparisons
-from rlhfkit.data.formats import PreferenceExample, RankingExample
+from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
 from rlhfkit.data.io import read_records
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.eval.reward_metrics import (
+    bradley_terry_nll,
     head_disagreement,
     length_correlation,
     normalization_from_rewards,
@@ -70,6 +71,11 @@ class RMOptions:
     center_coef: float = option(
         0.0, "reward-centring regulariser: adds coef * mean((r_w + r_l)^2); 0 = off"
     )
+    soft_labels: bool = option(
+        True,
+        "train a record's `soft_label` p = P(chosen beats rejected) with the soft loss "
+        "-p log σ(Δr) - (1-p) log σ(-Δr); false = every pair a hard win for `chosen`",
+    )
     ensemble: int = option(1, "K reward heads on one backbone; reports their disagreement")
     shared_prompt: bool = option(
         True, "encode a prompt once for all its responses (block mask); false = one row each"
@@ -99,6 +105,7 @@ class Comparison:
     responses: list[list[int]]
     pairs: list[tuple[int, int]]
     margins: list[float] = field(default_factory=list)  # one per pair (0.0 when absent)
+    soft_label: float | None = None  # a preference record's P(chosen beats rejected), if given
 
 
 def encode_comparisons(
@@ -145,13 +152,23 @@ def encode_comparisons(
             stats.skipped["no response token fits max_length"] += 1
             continue
         stats.kept += 1
-        out.append(Comparison(prompt_ids, responses, [p for p, _ in kept], [m for _, m in kept]))
+        soft_label = None if isinstance(example, RankingExample) else example.soft_label
+        pairs_kept, margins_kept = [p for p, _ in kept], [m for _, m in kept]
+        out.append(Comparison(prompt_ids, responses, pairs_kept, margins_kept, soft_label))
     return out
 
 
 def _batch_inputs(
-    comparisons: list[Comparison], indices: list[int], pad_id: int, shared: bool, dtype
+    comparisons: list[Comparison],
+    indices: list[int],
+    pad_id: int,
+    shared: bool,
+    dtype,
+    soft_labels: bool = True,
 ):
+    """The rows of `indices` (`pack_responses`) and their pairs: `better`, `worse` (P,) indices
+    into the rows' responses, `margin`, `weight` (1/|P_e|) and `label` (P(better beats worse):
+    the record's soft label when `soft_labels`, else 1), each (P,)."""
     chosen = [comparisons[i] for i in indices]
     rows = pack_responses(
         [c.prompt_ids for c in chosen],
@@ -160,20 +177,23 @@ def _batch_inputs(
         shared_prompt=shared,
         dtype=dtype,
     )
-    better, worse, margins, weights = [], [], [], []
+    better, worse, margins, weights, labels = [], [], [], [], []
     offset = 0
     for comparison in chosen:
+        label = comparison.soft_label if soft_labels else None
         for (w, lose), m in zip(comparison.pairs, comparison.margins, strict=True):
             better.append(offset + w)
             worse.append(offset + lose)
             margins.append(m)
             weights.append(1.0 / len(comparison.pairs))
+            labels.append(1.0 if label is None else label)
         offset += len(comparison.responses)
     pairs = {
         "better": torch.tensor(better, dtype=torch.long),
         "worse": torch.tensor(worse, dtype=torch.long),
         "margin": torch.tensor(margins, dtype=torch.float32),
         "weight": torch.tensor(weights, dtype=torch.float32),
+        "label": torch.tensor(labels, dtype=torch.float32),
     }
     return rows, pairs
 
@@ -199,7 +219,8 @@ def comparison_loss(
 
     Args:
         rewards: (N, K) rewards of the batch's responses.
-        pairs: `better`, `worse` (P,) indices into N; `margin` (P,); `weight` (P,) (1/|P_e|).
+        pairs: `better`, `worse` (P,) indices into N; `margin` (P,); `weight` (P,) (1/|P_e|);
+            optional `label` (P,) P(better beats worse), the soft Bradley-Terry loss where < 1.
         use_margin: Subtract `margin` from the gap.
         center_coef: Coefficient of (r_w + r_l)^2.
 
@@ -210,8 +231,13 @@ def comparison_loss(
     chosen = rewards[pairs["better"]]  # (P, K)
     rejected = rewards[pairs["worse"]]  # (P, K)
     margin = pairs["margin"][:, None] if use_margin else None  # (P, 1)
+    label = pairs.get("label")
+    soft = None if label is None or bool((label == 1.0).all()) else label[:, None]  # (P, 1)
     per_head = bradley_terry_loss(
-        chosen, rejected, None if margin is None else margin.expand_as(chosen)
+        chosen,
+        rejected,
+        None if margin is None else margin.expand_as(chosen),
+        soft_labels=None if soft is None else soft.expand_as(chosen),
     )  # (P, K)
     if center_coef:
         per_head = per_head + center_coef * (chosen + rejected) ** 2
@@ -251,15 +277,21 @@ def evaluate(
     pad_id: int,
     normalization: tuple[list[float], list[float]] | None = None,
 ) -> dict[str, float]:
-    """eval_accuracy, eval_loss, eval_margin, eval_ece, eval_length_correlation (+ ensemble)."""
+    """eval_accuracy, eval_loss, eval_margin, eval_ece, eval_length_correlation (+ ensemble).
+
+    With soft labels (`rm.soft_labels` and records that carry one), a pair counts for accuracy,
+    margin and ECE on the side its label favours (p < 1/2: `rejected`), pairs at p = 1/2 are left
+    out of those (`eval_undecided_pairs`), and `eval_loss` is the soft loss over every pair."""
     rewards = score_comparisons(run, model, comparisons, config, pad_id)
-    chosen, rejected, values, lengths, heads = [], [], [], [], []
+    chosen, rejected, labels, values, lengths, heads = [], [], [], [], [], []
     for index, comparison in enumerate(comparisons):
         per_response = rewards[index]
         means = [sum(r) / len(r) for r in per_response]
+        label = comparison.soft_label if config.rm.soft_labels else None
         for w, lose in comparison.pairs:
             chosen.append(means[w])
             rejected.append(means[lose])
+            labels.append(1.0 if label is None else label)
         for response, head_values in zip(comparison.responses, per_response, strict=True):
             values.append(sum(head_values) / len(head_values))
             lengths.append(len(response))
@@ -267,13 +299,30 @@ def evaluate(
                 gain, bias = normalization
                 head_values = [g * r + b for g, r, b in zip(gain, head_values, bias, strict=True)]
             heads.append(head_values)
-    metrics = reward_pair_metrics(chosen, rejected, n_bins=config.rm.calibration_bins)
-    out = {f"eval_{k}": v for k, v in metrics.items()}
+    out = {f"eval_{k}": v for k, v in _pair_metrics(chosen, rejected, labels, config).items()}
     out["eval_length_correlation"] = length_correlation(values, lengths)
     out["eval_pairs"] = len(chosen)
     if config.rm.ensemble > 1:
         out["eval_disagreement"] = head_disagreement(heads)
     return out
+
+
+def _pair_metrics(chosen, rejected, labels, config: RMConfig) -> dict[str, float]:
+    """`reward_pair_metrics` of the pairs oriented by their labels (see `evaluate`)."""
+    if all(p == 1.0 for p in labels):
+        return reward_pair_metrics(chosen, rejected, n_bins=config.rm.calibration_bins)
+    decided = [
+        (c, r) if p > 0.5 else (r, c)
+        for c, r, p in zip(chosen, rejected, labels, strict=True)
+        if p != 0.5
+    ]
+    metrics: dict[str, float] = {}
+    if decided:
+        better, worse = (list(side) for side in zip(*decided, strict=True))
+        metrics = reward_pair_metrics(better, worse, n_bins=config.rm.calibration_bins)
+    metrics["loss"] = bradley_terry_nll(chosen, rejected, labels)
+    metrics["undecided_pairs"] = len(chosen) - len(decided)
+    return metrics
 
 
 def reference_samples(config: RMConfig, tokenizer, comparisons: list[Comparison]):
@@ -362,6 +411,10 @@ def train(config: RMConfig) -> dict:
     run.print(f"[bold]train data[/] {config.train_data}: {stats.summary()}")
     if not config.rm.use_margin and any(any(c.margins) for c in comparisons):
         run.print("the data has margins; rm.use_margin=false ignores them")
+    use_soft = config.rm.soft_labels
+    note = soft_label_note([c.soft_label for c in comparisons], "rm.soft_labels", use_soft)
+    if note:
+        run.print(note)
     eval_comparisons: list[Comparison] = []
     if config.eval_data:
         eval_comparisons, eval_stats = _load(config.eval_data, tokenizer, config)
@@ -408,7 +461,7 @@ def train(config: RMConfig) -> dict:
             local_loss, local_correct = 0.0, 0.0
             for micro, indices in enumerate(micro_batches):
                 rows, pairs = _batch_inputs(
-                    comparisons, indices, pad_id, config.rm.shared_prompt, dtype
+                    comparisons, indices, pad_id, config.rm.shared_prompt, dtype, use_soft
                 )
                 rows = rows.to(acc.device)
                 pairs = {k: v.to(acc.device) for k, v in pairs.items()}
@@ -509,8 +562,8 @@ def train(config: RMConfig) -> dict:
     run.summary(summary)
     message = f"[green]rm done[/]: train_loss {summary['train_loss']:.4f}"
     if eval_comparisons:
-        message += (
-            f", eval_accuracy {summary['eval_accuracy']:.3f}, eval_loss {summary['eval_loss']:.4f}"
-        )
+        if "eval_accuracy" in summary:  # absent when every eval pair is undecided (p = 1/2)
+            message += f", eval_accuracy {summary['eval_accuracy']:.3f}"
+        message += f", eval_loss {summary['eval_loss']:.4f}"
     run.print(message + f" → {run.out / 'model'}")
     return summary
