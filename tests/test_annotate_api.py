@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.annotation.app import create_app
 from rlhfkit.feedback.annotation.db import (
+    MAX_ID,
     SCHEMA_VERSION,
     SchemaVersion,
     add_user,
@@ -283,11 +284,34 @@ def test_lease_timeout_returns_item_to_queue(campaign):
     c.clock.now += 61
     returned = c.next("bob")
     assert returned.status_code == 200 and returned.json()["item_id"] == held["item_id"]
-    # Alice comes back late: her item is now bob's; she has nothing else, but her late
-    # answer is still accepted rather than lost.
+    # Alice comes back late: her item is now bob's and its one place is taken, so her late
+    # answer is refused (it would make a second label on an overlap-1 item); bob's counts.
     assert c.next("alice").status_code == 204
-    assert c.label("alice", held).status_code == 201
+    late = c.label("alice", held)
+    assert late.status_code == 409 and "lease expired" in late.json()["detail"]
     assert c.label("bob", returned.json()).status_code == 201
+    assert c.sql("SELECT item_id, COUNT(*) FROM labels GROUP BY 1 ORDER BY 1") == [(1, 1), (2, 1)]
+
+
+def test_late_answer_is_taken_while_the_item_has_room(campaign):
+    c = campaign(records=pairs(1), overlap=2, lease_seconds=60)
+    held = c.next("alice").json()
+    c.clock.now += 61
+    taken = c.next("bob").json()  # the second place, and alice's expired one
+    assert taken["item_id"] == held["item_id"]
+    assert c.label("alice", held).status_code == 201  # bob's lease plus hers: 2 = overlap
+    assert c.label("bob", taken).status_code == 201
+
+
+def test_late_answer_on_a_gold_item_is_taken(campaign):
+    gold = [{"prompt": "g", "responses": ["x", "y"], "gold": {"overall": 0}}]
+    c = campaign(records=pairs(2) + gold, overlap=1, lease_seconds=60, gold_every=1)
+    assert c.label("alice", c.next("alice").json()).status_code == 201
+    gold_item = c.next("alice").json()
+    assert gold_item["prompt"] == "g"
+    c.clock.now += 61
+    assert c.next("bob").json()["prompt"] != "g"  # gold is not given out by overlap
+    assert c.label("alice", gold_item).status_code == 201  # gold items have no overlap
 
 
 def test_expired_lease_is_renewed_for_its_holder(campaign):
@@ -332,6 +356,7 @@ def test_skip_and_flag(campaign):
     no_reason = c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "  "})
     assert no_reason.status_code == 422
     assert c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "gibberish"}).is_success
+    assert c.next("carol").json()["item_id"] == first["item_id"]  # one flag: still queued
     assert c.post("carol", f"/api/items/{first['item_id']}/flag", {"reason": "broken"}).is_success
     # Flagged twice: out of the queue for everyone.
     c.post("alice", f"/api/items/{second['item_id']}/skip")
@@ -692,3 +717,175 @@ def test_reward_model_directory_in_the_loop(campaign, tiny_model, tmp_path):
         assert c.label("alice", item, choice="A").status_code == 201
     assert order == expected
     assert c.get("root", "/api/stats").json()["reward_model"]["items_scored"] == 3
+
+
+# ----------------------------------------------------------------------------- hardening
+
+
+def test_ids_beyond_the_database_range_are_404_and_offsets_422(campaign):
+    """Ids past 64 bits used to reach SQLite and come back as a plain-text 500."""
+    c = campaign()
+    item = c.next("alice").json()
+    for huge in (2**63, 10**20, MAX_ID + 1):
+        r = c.post("alice", "/api/labels", c.body(item, item_id=huge))
+        assert r.status_code == 404 and r.json()["detail"] == f"item {huge} does not exist"
+        r = c.post("alice", f"/api/labels/{huge}/undo")
+        assert r.status_code == 404 and f"label {huge} does not exist" in r.json()["detail"]
+        for action in ("skip", "flag"):
+            r = c.post("alice", f"/api/items/{huge}/{action}", {"reason": "why"})
+            assert r.status_code == 404 and r.json()["detail"] == f"item {huge} does not exist"
+    assert c.post("alice", "/api/labels", c.body(item, item_id=-1)).status_code == 404
+    assert c.post("alice", "/api/labels/0/undo").status_code == 404
+    for offset in (MAX_ID + 1, 10**20):
+        r = c.get("alice", "/api/labels", params={"offset": offset})
+        assert r.status_code == 422 and r.json()["detail"].startswith("query.offset:")
+    assert c.get("alice", "/api/labels", params={"offset": MAX_ID}).json() == {"labels": []}
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 0
+    assert c.label("alice", item).status_code == 201  # nothing above broke the lease
+
+
+def test_unexpected_errors_answer_json_and_log_the_traceback(campaign, monkeypatch, caplog):
+    import rlhfkit.feedback.annotation.app as app_module
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("stats exploded")
+
+    monkeypatch.setattr(app_module, "compute_stats", broken)
+    c = campaign()
+    with caplog.at_level("ERROR", logger=app_module.__name__):
+        r = c.get("root", "/api/stats")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": "internal error"}  # nothing about the cause leaks out
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    (record,) = [x for x in caplog.records if x.name == app_module.__name__]
+    assert "GET /api/stats" in record.getMessage()
+    assert record.exc_info and "stats exploded" in str(record.exc_info[1])
+    assert c.get("alice", "/api/me").status_code == 200  # the server carries on
+
+
+def test_chunked_bodies_are_held_to_the_size_limit(campaign):
+    """Without Content-Length (chunked), the bytes are counted as they arrive."""
+    c = campaign()
+    item = c.next("alice").json()
+    raw = {"Content-Type": "application/json", **c.headers("alice")}
+
+    def chunks(data: bytes, size: int = 65_536):
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+
+    huge = json.dumps(c.body(item, rationale="x" * 3_000_000)).encode()
+    r = c.client.post("/api/labels", content=chunks(huge), headers=raw)
+    assert r.status_code == 413 and r.json()["detail"] == "request body over 2000000 bytes"
+    good = json.dumps(c.body(item)).encode()
+    r = c.client.post("/api/labels", content=chunks(good, size=7), headers=raw)
+    assert r.status_code == 201, r.text
+    assert c.sql("SELECT COUNT(*) FROM labels")[0][0] == 1
+
+
+def test_body_limit_stops_reading_once_past_it():
+    """The guard answers 413 as soon as the limit is passed, without reading the rest."""
+    import asyncio
+
+    from rlhfkit.feedback.annotation.app import _Guard
+
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope["path"])
+
+    received = []
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}  # endless
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/labels", "headers": []}
+    asyncio.run(_Guard(app, max_body_bytes=10_000)(scope, receive, send))
+    assert len(received) == 11  # 11 000 bytes: the first chunk past the limit
+    assert called == []
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {"detail": "request body over 10000 bytes"}
+
+
+def test_interactive_docs_are_off_and_the_openapi_json_is_served(campaign):
+    c = campaign()
+    for path in ("/api/docs", "/docs", "/redoc", "/api/redoc"):
+        assert c.client.get(path).status_code == 404, path
+    r = c.client.get("/api/openapi.json")
+    assert r.status_code == 200
+    assert {"/api/labels", "/api/next", "/api/items/{item_id}/flag"} <= set(r.json()["paths"])
+
+
+def test_replaying_the_key_of_an_undone_label_is_a_conflict(campaign):
+    c = campaign()
+    item = c.next("alice").json()
+    body = c.body(item, key="b-3")
+    label = c.post("alice", "/api/labels", body).json()
+    assert c.post("alice", f"/api/labels/{label['label_id']}/undo").status_code == 200
+    replay = c.post("alice", "/api/labels", body)
+    assert replay.status_code == 409
+    assert replay.json()["detail"] == (
+        f"idempotency_key: that label ({label['label_id']}) was undone; use a new key"
+    )
+    again = c.post("alice", "/api/labels", dict(body, idempotency_key="b-3 again"))
+    assert again.status_code == 201 and again.json()["label_id"] != label["label_id"]
+    rows = c.sql("SELECT idempotency_key, undone_at IS NULL FROM labels ORDER BY id")
+    assert [(key, bool(live)) for key, live in rows] == [("b-3", False), ("b-3 again", True)]
+
+
+def test_malformed_json_names_the_character(campaign):
+    c = campaign()
+    raw = {"Content-Type": "application/json", **c.headers("alice")}
+    r = c.client.post("/api/labels", content=b'{"item_id": 1,, }', headers=raw)
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body: not valid JSON at character 14"
+    assert r.json()["problems"] == [{"field": "body", "problem": "not valid JSON at character 14"}]
+
+
+def test_skip_and_flag_only_items_you_were_given(campaign):
+    users = [("alice", "annotator"), ("bob", "annotator"), ("rev", "reviewer"), ("root", "admin")]
+    c = campaign(records=pairs(3), users=users, flag_limit=2)
+    alices = c.next("alice").json()["item_id"]
+    for name in ("bob", "rev"):
+        for action in ("skip", "flag"):
+            r = c.post(name, f"/api/items/{alices}/{action}", {"reason": "spam"})
+            assert r.status_code == 409, (name, action)
+            assert r.json()["detail"] == f"item {alices} was not given to you; GET /api/next first"
+    assert c.sql("SELECT COUNT(*) FROM item_events")[0][0] == 0
+    assert c.sql("SELECT COUNT(*) FROM assignments WHERE user_id != 1")[0][0] == 0
+    assert c.post("alice", f"/api/items/{alices}/flag", {"reason": "spam"}).status_code == 200
+    assert c.post("root", f"/api/items/{alices}/flag", {"reason": "spam"}).status_code == 200
+    assert c.next("bob").json()["item_id"] != alices  # two real flags: out of the queue
+    # A skipped item may still be flagged by the one who skipped it.
+    bobs = c.next("bob").json()["item_id"]
+    assert c.post("bob", f"/api/items/{bobs}/skip").status_code == 200
+    assert c.post("bob", f"/api/items/{bobs}/flag", {"reason": "odd"}).status_code == 200
+
+
+def test_settings_out_of_range_are_refused(tmp_path):
+    from rlhfkit.feedback.annotation.app import default_burst
+
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    for setting, message in [
+        ({"overlap": 0}, "overlap"),
+        ({"lease_seconds": -60}, "lease_seconds"),
+        ({"lease_seconds": 0}, "lease_seconds"),
+        ({"lease_seconds": float("inf")}, "lease_seconds"),
+        ({"gold_every": -3}, "gold_every"),
+        ({"flag_limit": 0}, "flag_limit"),
+        ({"rate_limit": -1}, "rate_limit"),
+        ({"rate_limit": float("nan")}, "rate_limit"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            create_app(db, **setting)
+    assert not (tmp_path / "labels.db").exists()
+    assert [default_burst(rate) for rate in (0.5, 3, 20, 100)] == [10, 10, 60, 300]
+    app = create_app(db, rate_limit=7)
+    assert (app.state.limiter.rate, app.state.limiter.burst) == (7, 21)
+    app.state.engine.dispose()

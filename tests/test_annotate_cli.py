@@ -249,3 +249,86 @@ def test_judgement_to_label_is_the_only_adapter():
         "overall": {"choice": "B", "strength": 4},
         "criteria": {"helpfulness": "B", "safety": "A", "honesty": "tie"},
     }
+
+
+def test_read_only_commands_refuse_a_missing_database(tmp_path, capsys):
+    db_file = tmp_path / "labels.db"
+    assert main(["load", str(_pairs_file(tmp_path)), "--db", f"sqlite:///{db_file}"]) == 0
+    capsys.readouterr()
+    typo = tmp_path / "lables.db"
+    for command in (["stats"], ["export", "--out", str(tmp_path / "out.jsonl")]):
+        assert main([*command, "--db", f"sqlite:///{typo}"]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: --db sqlite:///{typo}: no such database file (did you mean {db_file}?)\n"
+        )
+    assert main(["stats", "--db", f"sqlite:///{tmp_path / 'nothing-like-it.sqlite'}"]) == 2
+    assert capsys.readouterr().err.endswith(": no such database file\n")
+    assert not typo.exists() and not (tmp_path / "nothing-like-it.sqlite").exists()
+    assert not (tmp_path / "out.jsonl").exists()
+    assert main(["stats", "--db", f"sqlite:///{db_file}"]) == 0  # the real one still works
+
+
+def test_database_errors_do_not_print_the_password(capsys):
+    for url in ("postgresql://ann:s3cr3t-pw@127.0.0.1:1/labels", "mysql://ann:s3cr3t-pw@h/db"):
+        assert main(["stats", "--db", url]) == 2
+        err = capsys.readouterr().err
+        assert "s3cr3t-pw" not in err and "ann:***@" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["stats", "--db", "sqlite:/one-slash.db"]) == 2  # unparsable: no traceback
+    assert "expected sqlite:///FILE.db" in capsys.readouterr().err
+
+
+def test_load_reports_a_file_that_is_not_utf8_by_line(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    for content, line in [
+        (b'\xff\xfe{"prompt"\n', 1),
+        (b'{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "caf\xe9"}\n', 2),
+    ]:
+        path = tmp_path / "latin1.jsonl"
+        path.write_bytes(content)
+        assert main(["load", str(path), "--db", db]) == 2
+        assert capsys.readouterr().err == f"error: {path}:{line}: not valid UTF-8\n"
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(b'{"prompt": "\xc3\xa9t\xc3\xa9", "responses": ["a", "b"]}\r\n\r\n')
+    assert main(["load", str(crlf), "--db", db]) == 0
+    assert "1 new items" in capsys.readouterr().out
+
+
+def _pairs_file(folder: Path) -> Path:
+    path = folder / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "responses": ["a", "b"]}\n')
+    return path
+
+
+def test_serve_checks_every_input_before_touching_the_database(tmp_path, capsys):
+    pairs = _pairs_file(tmp_path)
+    db_file = tmp_path / "labels.db"
+    base = ["serve", str(pairs), "--db", f"sqlite:///{db_file}"]
+    for option, value, message in [
+        ("--lease-minutes", "-1", "--lease-minutes: must be a positive number of minutes"),
+        ("--lease-minutes", "0", "--lease-minutes: must be a positive number of minutes"),
+        ("--lease-minutes", "nan", "--lease-minutes: must be a positive number of minutes"),
+        ("--gold-every", "-3", "--gold-every: must be 0 (no gold items) or more"),
+        ("--rate-limit", "-1", "--rate-limit: must be 0 (no limit) or a positive number"),
+        ("--rate-limit", "inf", "--rate-limit: must be 0 (no limit) or a positive number"),
+        ("--flag-limit", "0", "--flag-limit: must be at least 1"),
+        ("--overlap", "0", "--overlap: must be at least 1"),
+        ("--port", "70000", "--port: must be between 0 and 65535"),
+        ("--criteria", str(tmp_path / "missing.yaml"), "missing.yaml: no such file"),
+    ]:
+        assert main([*base, option, value]) == 2, option
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert not db_file.exists(), option  # nothing was loaded or created
+
+
+def test_rate_limit_help_matches_the_burst_the_server_uses(capsys):
+    from rlhfkit.feedback.annotation.app import default_burst
+
+    assert main(["serve", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "in bursts of up to 3x that (at least 10)" in help_text
+    assert default_burst(20) == 3 * 20 and default_burst(1) == 10
+    docs = " ".join((ROOT / "docs" / "annotation.md").read_text().split())
+    assert "in bursts of up to three times that and at least 10 requests" in docs

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -234,6 +235,72 @@ def test_load_20_annotators_x_100_submissions(tmp_path, capsys):
     assert stored == n_annotators * per_annotator == len(acknowledged)
     assert report["duplicates"] == 0 and over_overlap == 0
     assert set(acknowledged) == stored_ids
+
+
+def _chunked_post(base: str, path: str, token: str, chunks) -> tuple[int, dict, int]:
+    """POST with ``Transfer-Encoding: chunked`` over a raw socket (no Content-Length), stopping
+    as soon as the server answers; returns (status, JSON body, body bytes sent)."""
+    host, port = base.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # answered before the end of the body
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        response = b""
+        while b"\r\n\r\n" not in response or not _complete(response):
+            data = sock.recv(65_536)
+            if not data:
+                break
+            response += data
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), sent
+
+
+def _complete(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def test_chunked_body_over_the_limit_is_refused_early(tmp_path):
+    """A 60 MB chunked body (no Content-Length) gets 413 once 2 MB are in, without the server
+    reading the rest; a small chunked label is stored as usual."""
+    pairs_file = _write_pairs(tmp_path / "pairs.jsonl", [{"prompt": "q", "responses": ["a", "b"]}])
+    db_url = f"sqlite:///{tmp_path / 'labels.db'}"
+    engine, session_factory = open_database(db_url)
+    token = add_user(session_factory, "ann", "annotator")
+    engine.dispose()
+    log = tmp_path / "server.log"
+    with serve(pairs_file, db_url, "--rate-limit", "0", log=log) as (base, _process):
+        headers = {"Authorization": f"Bearer {token}"}
+        item = httpx.get(f"{base}/api/next", headers=headers, timeout=10).json()
+        label = _random_label(item, "chunked", random.Random(0))
+        huge = json.dumps({**label, "rationale": "x" * 60_000_000}).encode()
+        pieces = (huge[i : i + 65_536] for i in range(0, len(huge), 65_536))
+        status, body, sent = _chunked_post(base, "/api/labels", token, pieces)
+        assert (status, body) == (413, {"detail": "request body over 2000000 bytes"})
+        assert sent < 30_000_000  # it stopped listening long before the end
+        small = json.dumps(label).encode()
+        pieces = (small[i : i + 10] for i in range(0, len(small), 10))
+        status, body, _sent = _chunked_post(base, "/api/labels", token, pieces)
+        assert status == 201 and body["item_id"] == item["item_id"], body
+        assert httpx.get(f"{base}/api/docs", timeout=10).status_code == 404
+    assert "Traceback" not in log.read_text()
 
 
 def test_killed_server_loses_no_acknowledged_label(tmp_path):

@@ -8,13 +8,20 @@ an ``admin`` may also export and read the statistics.
 
 Status codes: 201 label stored, 200 replayed/done, 204 nothing left to label, 401 no or
 unknown token, 403 role lacks the right, 404 unknown item/label, 409 conflicts with the state
-(not your item, already labelled, idempotency key reused for another body), 413 body over
-the size limit, 422 invalid input (``{"detail": "field: problem"}``), 429 rate limit (with
-``Retry-After``).
+(not your item, already labelled, lease expired and the item given to others, idempotency key
+reused for another body or for an undone label), 413 body over the size limit (however it is
+sent: ``Content-Length`` or chunked), 422 invalid input (``{"detail": "field: problem"}``),
+429 rate limit (with ``Retry-After``), 500 ``{"detail": "internal error"}`` (the traceback goes
+to the server's log, never to the client).
+
+The OpenAPI description is served at ``/api/openapi.json``; there is no interactive docs page,
+because FastAPI's loads its scripts from a CDN (the server needs no internet access, and its
+content security policy would block them anyway).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -30,11 +37,12 @@ from fastapi.staticfiles import StaticFiles
 
 from .assignment import Assigner, AssignmentPolicy, score_items
 from .criteria import Rubric, load_rubric
-from .db import SLOTS, Item, Label, User, hash_token, open_database
+from .db import MAX_ID, SLOTS, Item, Label, User, hash_token, open_database
 from .export import AGGREGATES, export_records, to_jsonl
 from .labels import ApiError, LabelIn, ReasonIn, label_json, skip_or_flag, submit_label, undo_label
 from .stats import compute_stats
 
+LOGGER = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 ROLE_RANK = {"annotator": 0, "reviewer": 1, "admin": 2}
 
@@ -50,30 +58,90 @@ SECURITY_HEADERS = [
 ]
 
 
+class _BodyTooLarge(Exception):
+    """The request body went past the limit while it was being read."""
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, counted as it arrives (``Content-Length`` or chunked alike).
+
+    Raises _BodyTooLarge as soon as more than ``limit`` bytes came in, without reading the
+    rest; None when the client disconnected first.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive):
+    """An ASGI ``receive`` that hands over ``body`` once, then defers to ``receive``."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class _Guard:
-    """ASGI middleware: refuses bodies over ``max_body_bytes`` and adds security headers."""
+    """ASGI middleware: refuses bodies over ``max_body_bytes`` (413), adds security headers,
+    and answers an unexpected error with a JSON 500, logging its traceback."""
 
     def __init__(self, app, max_body_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
 
+    def _declared_too_large(self, scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit():
+                return int(value) > self.max_body_bytes
+        return False
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit():
-                if int(value) > self.max_body_bytes:
-                    response = JSONResponse(
-                        {"detail": f"request body over {self.max_body_bytes} bytes"}, 413
-                    )
-                    return await response(scope, receive, send)
+        started = False
 
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
             await send(message)
 
-        return await self.app(scope, receive, send_with_headers)
+        async def answer(status: int, detail: str):
+            await JSONResponse({"detail": detail}, status)(scope, receive, send_with_headers)
+
+        too_large = f"request body over {self.max_body_bytes} bytes"
+        if self._declared_too_large(scope):
+            return await answer(413, too_large)
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLarge:
+            return await answer(413, too_large)
+        if body is None:
+            return None  # the client is gone
+        try:
+            await self.app(scope, _replaying(body, receive), send_with_headers)
+        except Exception:
+            LOGGER.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # too late for a clean answer; the server drops the connection
+            await answer(500, "internal error")
 
 
 class RateLimiter:
@@ -99,13 +167,43 @@ class RateLimiter:
             return (1.0 - tokens) / self.rate
 
 
+def default_burst(rate_limit: float) -> int:
+    """The rate limiter's burst for ``rate_limit`` requests/s: three seconds' worth, at least
+    10 (opening the page alone takes a few requests)."""
+    return max(10, int(rate_limit * 3))
+
+
+def _problem(error: dict) -> dict:
+    """One validation error as ``{"field", "problem"}``."""
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the character offset where a field name goes: ("body", 13).
+        offset = error.get("loc", ("body", "?"))[-1]
+        return {"field": "body", "problem": f"not valid JSON at character {offset}"}
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+    return {"field": ".".join(loc) or "body", "problem": error.get("msg", "")}
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
-    problems = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
-        problems.append({"field": ".".join(loc) or "body", "problem": error.get("msg", "")})
+    """``"field: problem; ..."`` (the first five) and every problem, for a 422 answer."""
+    problems = [_problem(error) for error in exc.errors()]
     message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return message or "invalid request", problems
+
+
+def _check_settings(
+    overlap: int, lease_seconds: float, gold_every: int, flag_limit: int, rate_limit: float
+) -> None:
+    """ValueError for settings that would break the campaign's rules."""
+    if overlap < 1:
+        raise ValueError("overlap must be at least 1")
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise ValueError("lease_seconds must be a positive number")
+    if gold_every < 0:
+        raise ValueError("gold_every must be 0 (never) or more")
+    if flag_limit < 1:
+        raise ValueError("flag_limit must be at least 1")
+    if not (math.isfinite(rate_limit) and rate_limit >= 0):
+        raise ValueError("rate_limit must be 0 (off) or a positive number")
 
 
 def create_app(
@@ -119,7 +217,7 @@ def create_app(
     flag_limit: int = 2,
     reward_fn: Callable[[list[str], list[str]], list[float]] | None = None,
     rate_limit: float = 20.0,
-    rate_burst: int = 60,
+    rate_burst: int | None = None,
     seed: int | None = None,
     clock: Callable[[], float] | None = None,
     max_body_bytes: int = 2_000_000,
@@ -137,13 +235,16 @@ def create_app(
         reward_fn: ``(prompts, responses) -> rewards``; items it is least sure about go
             first, and the stats report its accuracy against the labels.
         rate_limit / rate_burst: per-token token bucket (requests/s, burst); 0 disables.
+            The burst defaults to :func:`default_burst` of the rate.
         seed: seed of the side shuffling (None: unpredictable).
         clock: time source (tests); default ``time.time``.
         max_body_bytes: larger request bodies get 413.
         durable: False only for throw-away SQLite databases (see ``db.make_engine``).
+
+    Raises:
+        ValueError: a setting out of range (negative lease, gold_every, rate limit...).
     """
-    if overlap < 1:
-        raise ValueError("overlap must be at least 1")
+    _check_settings(overlap, lease_seconds, gold_every, flag_limit, rate_limit)
     rubric = rubric or load_rubric(criteria_file)
     clock = clock or time.time
     engine, session_factory = open_database(db_url, durable)
@@ -153,13 +254,15 @@ def create_app(
         overlap=overlap, lease_seconds=lease_seconds, gold_every=gold_every, flag_limit=flag_limit
     )
     assigner = Assigner(policy, seed=seed, clock=clock)
-    limiter = RateLimiter(rate_limit, rate_burst)
+    limiter = RateLimiter(
+        rate_limit, default_burst(rate_limit) if rate_burst is None else rate_burst
+    )
     user_cache: dict[str, tuple[float, User]] = {}
     cache_lock = threading.Lock()
 
     app = FastAPI(
         title="rlhfkit annotation server",
-        docs_url="/api/docs",
+        docs_url=None,  # FastAPI's docs page loads from a CDN; see the module docstring
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
@@ -168,6 +271,7 @@ def create_app(
     app.state.rubric = rubric
     app.state.policy = policy
     app.state.reward_fn = reward_fn
+    app.state.limiter = limiter
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
@@ -284,7 +388,9 @@ def create_app(
 
     @app.post("/api/labels", status_code=201)
     def post_label(body: LabelIn, user: User = Depends(current_user)):
-        status, payload = submit_label(session_factory, user, body, rubric, now=clock())
+        status, payload = submit_label(
+            session_factory, user, body, rubric, overlap=policy.overlap, now=clock()
+        )
         return JSONResponse(payload, status)
 
     @app.get("/api/labels")
@@ -293,7 +399,7 @@ def create_app(
         annotator: str | None = None,
         include_undone: bool = False,
         limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_ID),
     ):
         if annotator is not None and "\x00" in annotator:
             raise ApiError(422, "annotator: contains a NUL character")

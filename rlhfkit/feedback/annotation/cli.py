@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=20.0,
         metavar="PER_SECOND",
-        help="requests per second per token, on average (bursts of 3x); 0 disables "
-        "(default %(default)s)",
+        help="requests per second per token, on average, in bursts of up to 3x that (at least "
+        "10); 0 disables (default %(default)s)",
     )
     serve.add_argument("--seed", type=int, default=None, help="seed of the side shuffling")
 
@@ -180,15 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_serve_args(args: argparse.Namespace) -> None:
+    """One-line errors for option values the campaign cannot run with."""
+    if args.overlap < 1:
+        raise RlhfkitError("--overlap: must be at least 1")
+    if not (math.isfinite(args.lease_minutes) and args.lease_minutes > 0):
+        raise RlhfkitError("--lease-minutes: must be a positive number of minutes")
+    if args.gold_every < 0:
+        raise RlhfkitError("--gold-every: must be 0 (no gold items) or more")
+    if args.flag_limit < 1:
+        raise RlhfkitError("--flag-limit: must be at least 1")
+    if not (math.isfinite(args.rate_limit) and args.rate_limit >= 0):
+        raise RlhfkitError("--rate-limit: must be 0 (no limit) or a positive number")
+    if not 0 <= args.port <= 65535:
+        raise RlhfkitError("--port: must be between 0 and 65535")
+
+
+def _reward_function(spec: str | None):
+    """The ``--reward-model`` scorer, or None."""
+    if not spec:
+        return None
+    try:
+        from rlhfkit.models.reward_fn import load_reward_function
+    except ImportError as exc:
+        raise RlhfkitError(f"--reward-model: cannot load the scorer ({exc})") from exc
+    return load_reward_function(spec)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .criteria import load_rubric
     from .db import load_items, open_database, parse_pairs_file
 
-    if args.overlap < 1:
-        raise RlhfkitError("--overlap: must be at least 1")
+    # Every input is checked before the database is touched: a bad option or file leaves it
+    # as it was.
+    _check_serve_args(args)
+    rubric = load_rubric(args.criteria)
     records, skipped = parse_pairs_file(args.pairs)
+    reward_fn = _reward_function(args.reward_model)
     _engine, session_factory = open_database(args.db)
     loaded = load_items(session_factory, records)
     print(
@@ -197,23 +229,15 @@ def _serve(args: argparse.Namespace) -> int:
         f"{skipped['identical_responses']} with identical responses",
         flush=True,
     )
-    reward_fn = None
-    if args.reward_model:
-        try:
-            from rlhfkit.models.reward_fn import load_reward_function
-        except ImportError as exc:
-            raise RlhfkitError(f"--reward-model: cannot load the scorer ({exc})") from exc
-        reward_fn = load_reward_function(args.reward_model)
     app = create_app(
         args.db,
-        criteria_file=args.criteria,
+        rubric=rubric,
         overlap=args.overlap,
         lease_seconds=args.lease_minutes * 60.0,
         gold_every=args.gold_every,
         flag_limit=args.flag_limit,
         reward_fn=reward_fn,
-        rate_limit=args.rate_limit,
-        rate_burst=max(10, int(args.rate_limit * 3)),
+        rate_limit=args.rate_limit,  # bursts of app.default_burst(rate_limit)
         seed=args.seed,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -259,7 +283,7 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise RlhfkitError(f"--out {out}: folder {out.parent} does not exist")
-    _engine, session_factory = open_database(args.db)
+    _engine, session_factory = open_database(args.db, create=False)
     records, summary = export_records(
         session_factory, args.aggregate, args.include_gold, args.min_gold_accuracy
     )
@@ -273,7 +297,7 @@ def _stats(args: argparse.Namespace) -> int:
     from .db import open_database
     from .stats import compute_stats, format_stats
 
-    _engine, session_factory = open_database(args.db)
+    _engine, session_factory = open_database(args.db, create=False)
     stats = compute_stats(session_factory, overlap=args.overlap)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0

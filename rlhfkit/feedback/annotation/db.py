@@ -15,9 +15,11 @@ schema; a change to them must come with a new migration that brings an existing 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -35,6 +37,9 @@ from rlhfkit.errors import DataError, RlhfkitError
 ROLES = ("annotator", "reviewer", "admin")
 MAX_RESPONSES = 8  # slots A..H; more is too many for a person to rank (and for the keyboard)
 SLOTS = "ABCDEFGH"
+# The largest id a row can have on both databases (PostgreSQL INTEGER is 32-bit): a larger id
+# in a request names nothing, and SQLite cannot even bind one beyond 64 bits.
+MAX_ID = 2**31 - 1
 
 # Keys of PostgreSQL transaction-level advisory locks (pg_advisory_xact_lock).
 LOCK_MIGRATE = 7_000_001
@@ -198,15 +203,36 @@ def schema_version(engine: Engine) -> int:
 
 def normalize_url(url: str) -> str:
     """``sqlite:///x.db`` as is; ``postgresql://`` and ``postgres://`` go to psycopg 3."""
+    expected = (
+        f"--db {redact_url(url)!r}: expected sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB"
+    )
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if not (url.startswith("sqlite") or url.startswith("postgresql")):
-        raise RlhfkitError(
-            f"--db {url!r}: expected sqlite:///FILE.db or postgresql://USER:PASS@HOST/DB"
-        )
+        raise RlhfkitError(expected)
+    try:
+        sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise RlhfkitError(expected) from exc
     return url
+
+
+_PASSWORD_IN_URL = re.compile(r"^([\w+.-]+://[^:/@]*):([^/]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    return _PASSWORD_IN_URL.sub(r"\1:***@", url)
+
+
+def _redact_message(message: str, url: str) -> str:
+    """A driver's error message without the password of ``url``, should it quote it."""
+    match = _PASSWORD_IN_URL.match(url)
+    if match and match.group(2):
+        message = message.replace(match.group(2), "***")
+    return message
 
 
 _FILE_LOCKS: dict[str, threading.Lock] = {}
@@ -303,13 +329,43 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
 
 
-def open_database(url: str, durable: bool = True) -> tuple[Engine, sessionmaker]:
-    """Engine + session factory for ``url``, migrated to the latest schema."""
+def _similar_files(path: Path) -> str:
+    """`` (did you mean labels.db?)`` when a file beside ``path`` has a similar name."""
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
+
+
+def require_existing(url: str) -> None:
+    """Refuse a SQLite ``url`` whose file does not exist (read-only commands: a mistyped name
+    would otherwise create an empty database and report nothing to do)."""
+    if not normalize_url(url).startswith("sqlite"):
+        return  # a PostgreSQL database that does not exist fails to connect anyway
+    db_path = sa.engine.make_url(normalize_url(url)).database
+    if db_path and not Path(db_path).is_file():
+        raise RlhfkitError(f"--db {url}: no such database file{_similar_files(Path(db_path))}")
+
+
+def open_database(
+    url: str, durable: bool = True, create: bool = True
+) -> tuple[Engine, sessionmaker]:
+    """Engine + session factory for ``url``, migrated to the latest schema.
+
+    ``create=False`` refuses a SQLite file that does not exist yet (see
+    :func:`require_existing`). Connection errors become one line, the password left out.
+    """
+    if not create:
+        require_existing(url)
     engine = make_engine(url, durable)
     try:
         migrate(engine)
-    except sa.exc.OperationalError as exc:
-        raise RlhfkitError(f"--db {url}: cannot open the database: {exc.orig}") from exc
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        reason = " ".join(_redact_message(str(exc.orig), url).split())  # one line
+        raise RlhfkitError(f"--db {redact_url(url)}: cannot open the database: {reason}") from exc
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 
@@ -393,8 +449,12 @@ def parse_pairs_file(path: str | Path) -> tuple[list[dict], dict[str, int]]:
         raise RlhfkitError(f"{source}: no such file")
     records: list[dict] = []
     skipped = {"identical_responses": 0, "blank_lines": 0}
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(source, line_no, None, "not valid UTF-8") from None
             if not line.strip():
                 skipped["blank_lines"] += 1
                 continue

@@ -6,8 +6,13 @@ slot verdict back to an index into the item's original ``responses``.
 
 Idempotency: ``(annotator, idempotency_key)`` is unique. A retry with the same key and the
 same body gets the stored 201 body back with status 200 and stores nothing; the same key with
-a different body is a 409. Concurrent duplicates are settled by the database's unique
-constraints, never by a check-then-insert race.
+a different body, or the key of a label that was undone since, is a 409. Concurrent duplicates
+are settled by the database's unique constraints, never by a check-then-insert race.
+
+Leases: an answer that comes after the annotator's lease expired is still taken while the item
+has room, and refused (409) once the item went to enough other annotators to fill its overlap.
+Skips and flags are for items served to (or labelled by) the annotator; admins may skip or
+flag any item.
 """
 
 from __future__ import annotations
@@ -22,19 +27,20 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from .assignment import HAS_ROOM_SQL
 from .criteria import Rubric
-from .db import SLOTS, Assignment, Item, ItemEvent, Label, User
+from .db import LOCK_ASSIGN, MAX_ID, SLOTS, Assignment, Item, ItemEvent, Label, User
 
 LABELS = Label.__table__
 ASSIGNMENTS = Assignment.__table__
 ITEMS = Item.__table__
 # Hot-path statements, built once: building them per request cost more than running them.
 _L, _A, _I = LABELS.c, ASSIGNMENTS.c, ITEMS.c
-STORED_BY_KEY = sa.select(_L.id, _L.request_hash, _L.response_json).where(
+STORED_BY_KEY = sa.select(_L.id, _L.request_hash, _L.response_json, _L.undone_at).where(
     _L.user_id == sa.bindparam("user_id"), _L.idempotency_key == sa.bindparam("key")
 )
 ITEM_FOR_LABEL = sa.select(_I.id, _I.k, _I.is_gold).where(_I.id == sa.bindparam("item_id"))
-ASSIGNMENT_OF = sa.select(_A.id, _A.status, _A.display_order).where(
+ASSIGNMENT_OF = sa.select(_A.id, _A.status, _A.display_order, _A.expires_at).where(
     _A.item_id == sa.bindparam("item_id"), _A.user_id == sa.bindparam("user_id")
 )
 INSERT_LABEL = sa.insert(LABELS).returning(_L.id)
@@ -53,6 +59,14 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def check_id(kind: str, value: int) -> int:
+    """``value``, or ApiError(404) when no row can have that id (it is beyond ``MAX_ID``, which
+    the database could not even look up, or not positive)."""
+    if not 1 <= value <= MAX_ID:
+        raise ApiError(404, f"{kind} {value} does not exist")
+    return value
 
 
 def _no_nul(text: str) -> str:
@@ -161,13 +175,35 @@ def label_json(label: Label, annotator: str) -> dict:
 
 
 def _replayed(stored, digest: str) -> tuple[int, dict]:
-    """200 and the stored body, or 409 when the key came with a different body."""
-    label_id, request_hash, response_json = stored
+    """200 and the stored body; 409 when the key came with a different body, or when its label
+    was undone (replaying ``"undone": false`` would claim a label that no longer counts)."""
+    label_id, request_hash, response_json, undone_at = stored
     if request_hash != digest:
         raise ApiError(
             409, "idempotency_key: already used for a different label; use a new key per label"
         )
+    if undone_at is not None:
+        raise ApiError(409, f"idempotency_key: that label ({label_id}) was undone; use a new key")
     return 200, {"label_id": label_id, **json.loads(response_json)}
+
+
+def _check_lease(session, item, assignment, overlap: int, now: float) -> None:
+    """Refuse (409) a late answer whose item went to others in the meantime, up to its overlap.
+
+    Only when the lease has expired; the assignment lock (PostgreSQL) keeps ``Assigner``
+    from handing out the place while this answer takes it. Gold items have no overlap.
+    """
+    if assignment.status != "leased" or assignment.expires_at > now or item.is_gold:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_ASSIGN})
+    taken = session.scalar(HAS_ROOM_SQL, {"item_id": item.id, "now": now})
+    if taken >= overlap:
+        raise ApiError(
+            409,
+            f"item {item.id}: your lease expired and the item went to other annotators; "
+            "GET /api/next for another",
+        )
 
 
 def _replay(session_factory: sessionmaker, user: User, body: LabelIn, digest: str):
@@ -183,11 +219,14 @@ def submit_label(
     user: User,
     body: LabelIn,
     rubric: Rubric,
+    *,
+    overlap: int,
     now: float | None = None,
 ) -> tuple[int, dict]:
     """Store one label (201) or replay the stored one (200). Raises ApiError.
 
-    Plain Core statements in one transaction: this is the hot path of the server.
+    ``overlap`` is the campaign's labels per item, for answers that come after their lease
+    expired. Plain Core statements in one transaction: this is the hot path of the server.
     """
     digest = _request_hash(body)
     now = time.time() if now is None else now
@@ -198,6 +237,7 @@ def submit_label(
             ).first()
             if stored is not None:
                 return _replayed(stored, digest)
+            check_id("item", body.item_id)
             item = session.execute(ITEM_FOR_LABEL, {"item_id": body.item_id}).first()
             if item is None:
                 raise ApiError(404, f"item {body.item_id} does not exist")
@@ -212,6 +252,7 @@ def submit_label(
             if assignment.status == "labelled":  # undo puts it back to "leased"
                 # Maybe a concurrent request with this very key (PostgreSQL): replay then.
                 raise _Retry(f"you already labelled item {item.id}; undo that label first")
+            _check_lease(session, item, assignment, overlap, now)
             overall = body.overall
             response = {
                 "item_id": item.id,
@@ -271,6 +312,7 @@ def undo_label(
 ) -> dict:
     """Take a label back; the item returns to its annotator, first in their queue."""
     now = time.time() if now is None else now
+    check_id("label", label_id)
     with session_factory.begin() as session:
         label = session.get(Label, label_id)
         if label is None or (label.user_id != user.id and user.role != "admin"):
@@ -292,11 +334,15 @@ def skip_or_flag(
     reason: str,
     now: float | None = None,
 ) -> dict:
-    """Give an item back (skip) or report it (flag); either way it is not served to you again."""
+    """Give an item back (skip) or report it (flag); either way it is not served to you again.
+
+    Annotators and reviewers may do so only for items served to them; admins for any item.
+    """
     now = time.time() if now is None else now
     status = {"skip": "skipped", "flag": "flagged"}[kind]
     if kind == "flag" and not reason.strip():
         raise ApiError(422, "reason: say why the item is flagged")
+    check_id("item", item_id)
     with session_factory.begin() as session:
         item = session.get(Item, item_id)
         if item is None:
@@ -306,6 +352,8 @@ def skip_or_flag(
                 Assignment.item_id == item_id, Assignment.user_id == user.id
             )
         ).first()
+        if assignment is None and user.role != "admin":
+            raise ApiError(409, f"item {item_id} was not given to you; GET /api/next first")
         if assignment is not None and assignment.status == "labelled":
             raise ApiError(409, f"you labelled item {item_id}; undo the label first")
         if assignment is not None and assignment.status == status:
