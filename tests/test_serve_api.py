@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rlhfkit.recipes.serve import BatchedGenerator, GenJob
+from rlhfkit.recipes.serve import BatchedGenerator, GenJob, TokenTable
 
 PROMPT = "User: What is 3+4?\nBot:"
 
@@ -142,3 +142,224 @@ def test_concurrent_requests_share_generate_calls(tiny_model):
     for job, rows in zip(jobs, results, strict=True):
         assert len(rows) == 2 and rows[0].token_ids == rows[1].token_ids
         assert len(rows[0].token_ids) <= job.max_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs: as many alternatives as asked, best first, each token's own bytes
+# ---------------------------------------------------------------------------------------------
+
+
+def _expected_label(token_id: int) -> str:
+    """The byte tokenizer's ids, labelled by hand: 0-2 special, 3 + b the byte b, then none."""
+    if token_id < 3:
+        return ["<|pad|>", "<|im_end|>", "<|im_start|>"][token_id]
+    if token_id < 259:
+        byte = token_id - 3
+        return chr(byte) if byte < 0x80 else f"bytes:\\x{byte:02x}"
+    return f"token_id:{token_id}"
+
+
+def _expected_bytes(token_id: int) -> list[int] | None:
+    if token_id < 3:
+        return list(_expected_label(token_id).encode())
+    return [token_id - 3] if token_id < 259 else None
+
+
+def _first_step_top(serve_client, prompt_ids: list[int], k: int) -> tuple[list[int], list[float]]:
+    """The model's own k best next tokens after the prompt, and their log-probs."""
+    model = serve_client.app_ref.state.batcher.model
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids])).logits[0, -1].float()
+    values, indices = logits.log_softmax(-1).topk(k)
+    return indices.tolist(), values.tolist()
+
+
+def test_completion_top_logprobs_are_as_many_as_asked_and_best_first(serve_client):
+    body = serve_client.post(
+        "/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 3, "temperature": 0, "logprobs": 50},
+    ).json()
+    tops = body["choices"][0]["logprobs"]["top_logprobs"]
+    assert len(tops) >= 1
+    for top in tops:
+        values = list(top.values())
+        assert len(top) == 50 and values == sorted(values, reverse=True)
+    tokenizer = serve_client.app_ref.state.batcher.tokenizer
+    ids, values = _first_step_top(serve_client, tokenizer("Hi").input_ids, 50)
+    assert list(tops[0]) == [_expected_label(i) for i in ids]  # bytes:\x.. and token_id:N kept
+    assert list(tops[0].values()) == pytest.approx(values, abs=1e-4)
+    vocab = serve_client.app_ref.state.batcher.model.get_output_embeddings().weight.shape[0]
+    whole = serve_client.post(
+        "/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 1, "temperature": 0, "logprobs": vocab},
+    ).json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    assert len(whole) == vocab  # every row of the output layer, none merged
+
+
+def test_chat_top_logprobs_carry_each_tokens_own_bytes(serve_client):
+    messages = [{"role": "user", "content": "Hi"}]
+    body = serve_client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": messages,
+            "max_tokens": 2,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 50,
+        },
+    ).json()
+    first = body["choices"][0]["logprobs"]["content"][0]
+    tokenizer = serve_client.app_ref.state.batcher.tokenizer
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids, values = _first_step_top(
+        serve_client, tokenizer(rendered, add_special_tokens=False).input_ids, 50
+    )
+    alts = first["top_logprobs"]
+    assert [a["token"] for a in alts] == [_expected_label(i) for i in ids]
+    assert [a["bytes"] for a in alts] == [_expected_bytes(i) for i in ids]
+    assert [a["logprob"] for a in alts] == pytest.approx(values, abs=1e-4)
+    assert first["bytes"] == _expected_bytes(ids[0])  # greedy: the best alternative was taken
+
+
+def test_token_table_bytes_and_labels(serve_client):
+    tokenizer = serve_client.app_ref.state.batcher.tokenizer
+    table = TokenTable(tokenizer)
+    e_acute = "é".encode()  # two byte tokens, neither a character on its own
+    assert table.token_bytes(3 + e_acute[0]) == e_acute[:1]
+    assert table.label(3 + e_acute[0]) == f"bytes:\\x{e_acute[0]:02x}"
+    assert table.label(3 + ord("A")) == "A" and table.token_bytes(1) == b"<|im_end|>"
+    assert table.token_bytes(300) is None and table.label(300) == "token_id:300"
+    # two ids with the same text keep distinct labels, so a dict keeps both
+    table._bytes[301] = b"A"
+    labels = [label for label, _, _ in table.alternatives([(3 + ord("A"), -1.0), (301, -2.0)])]
+    assert labels == ["A", "token_id:301"]
+
+
+class _SentencePieceLike:
+    """A slow SentencePiece-style tokenizer: byte-fallback tokens and "▁" for spaces."""
+
+    added_tokens_decoder: dict = {}
+    TOKENS = ["<0xE6>", "\u2581the", "<unk>"]
+
+    def __len__(self):
+        return len(self.TOKENS)
+
+    def convert_ids_to_tokens(self, token_id):
+        return self.TOKENS[token_id]
+
+
+def test_token_table_reads_sentencepiece_byte_fallback_and_spaces():
+    table = TokenTable(_SentencePieceLike())
+    assert not table.byte_level
+    assert table.token_bytes(0) == b"\xe6" and table.label(0) == "bytes:\\xe6"
+    assert table.token_bytes(1) == b" the" and table.label(1) == " the"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, roles, content parts, unsupported parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_paths_and_methods_answer_in_the_openai_shape(serve_client):
+    missing = serve_client.post("/v1/embeddings", json={"input": "x"})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "message": "no such endpoint: POST /v1/embeddings",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    wrong = serve_client.get("/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["message"] == (
+        "GET /v1/chat/completions: method not allowed; use POST"
+    )
+
+
+USER_HI = {"role": "user", "content": "Hi"}
+
+
+def _chat(serve_client, messages, **extra):
+    return serve_client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 3, "temperature": 0, **extra},
+    )
+
+
+def test_chat_roles_are_checked(serve_client):
+    wizard = _chat(serve_client, [{"role": "wizard", "content": "Hi"}])
+    assert wizard.status_code == 400 and wizard.json()["error"]["param"] == "messages"
+    assert "messages[0].role must be one of system, developer, user, assistant" in wizard.text
+    tool = _chat(serve_client, [{"role": "tool", "content": "42"}])
+    assert tool.status_code == 400 and "tool calls are not supported" in tool.text
+    # "developer" is OpenAI's newer name for a system message
+    system = _chat(serve_client, [{"role": "system", "content": "Be brief."}, USER_HI]).json()
+    developer = _chat(serve_client, [{"role": "developer", "content": "Be brief."}, USER_HI])
+    assert developer.status_code == 200
+    assert developer.json()["usage"] == system["usage"]
+    assert developer.json()["choices"][0]["message"] == system["choices"][0]["message"]
+
+
+def test_text_content_parts_are_joined_and_other_parts_refused(serve_client):
+    parts = [{"type": "text", "text": "What is"}, {"type": "text", "text": "3+4?"}]
+    joined = _chat(serve_client, [{"role": "user", "content": parts}])
+    plain = _chat(serve_client, [{"role": "user", "content": "What is\n3+4?"}])
+    assert joined.status_code == 200
+    assert joined.json()["usage"] == plain.json()["usage"]
+    assert joined.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+    image = [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]
+    refused = _chat(serve_client, [{"role": "user", "content": image}])
+    assert refused.status_code == 400
+    assert (
+        "messages[0].content[0]: only text parts are supported, got type 'image_url'"
+        in (refused.json()["error"]["message"])
+    )
+    for content in ([], None, [{"type": "text", "text": 3}]):
+        assert _chat(serve_client, [{"role": "user", "content": content}]).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -1),
+        ("response_format", {"type": "json_object"}),
+        ("best_of", 2),
+        ("echo", True),
+        ("logit_bias", {"65": 5}),
+        ("tool_choice", "required"),
+        ("presence_penalty", False),
+    ],
+)
+def test_unsupported_parameters_are_refused(serve_client, key, value):
+    response = serve_client.post("/v1/completions", json={"prompt": "Hi", key: value})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == key and "is not supported by rlhfkit serve" in error["message"]
+
+
+def test_unsupported_parameters_at_their_defaults_are_accepted(serve_client):
+    defaults = {
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "response_format": {"type": "text"},
+        "best_of": 1,
+        "echo": False,
+        "logit_bias": {},
+        "tools": [],
+        "tool_choice": "none",
+        "suffix": None,
+    }
+    plain = serve_client.post(
+        "/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
+    ).json()
+    with_defaults = serve_client.post(
+        "/v1/completions",
+        json={"prompt": PROMPT, "max_tokens": 3, "temperature": 0, **defaults},
+    )
+    assert with_defaults.status_code == 200
+    assert with_defaults.json()["choices"] == plain["choices"]
+    chat = _chat(serve_client, [USER_HI], **defaults)
+    assert chat.status_code == 200

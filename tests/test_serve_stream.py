@@ -395,3 +395,40 @@ def test_an_error_during_generation_ends_the_stream_with_an_error_event(serve_cl
     # the server goes on serving
     after = serve_client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
     assert after.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprob_bytes_are_each_tokens_own_and_join_to_the_text(
+    serve_client, tokenizer, stream
+):
+    """SCRIPT has two- and three-byte characters, one byte token each: a token that ends inside
+    a character adds no text, but its ``bytes`` are its own byte, so the bytes of all tokens
+    join to the message's UTF-8."""
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 60,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 1,
+    }
+    with _scripted(serve_client.app_ref.state.batcher.model, tokenizer, [SCRIPT]):
+        if stream:
+            events, done = _events(serve_client, "/v1/chat/completions", body)
+            assert done
+            content = [
+                entry
+                for e in events
+                if e["choices"][0]["logprobs"] is not None
+                for entry in e["choices"][0]["logprobs"]["content"]
+            ]
+        else:
+            choice = serve_client.post("/v1/chat/completions", json=body).json()["choices"][0]
+            assert choice["message"]["content"] == SCRIPT
+            content = choice["logprobs"]["content"]
+    assert len(content) == len(SCRIPT.encode())
+    assert b"".join(bytes(entry["bytes"]) for entry in content) == SCRIPT.encode()
+    assert "".join(entry["token"] for entry in content) == SCRIPT
+    e_acute = content[SCRIPT.encode().index("é".encode())]
+    assert e_acute["token"] == "" and e_acute["bytes"] == list("é".encode()[:1])
+    # greedy: each step's best alternative is the token taken, with the same bytes
+    assert all(entry["top_logprobs"][0]["bytes"] == entry["bytes"] for entry in content)

@@ -1,0 +1,167 @@
+"""`rlhfkit serve model=RM_DIR`: a reward model served as the HTTP scorer that
+``ppo.reward_model``, ``eval`` and the annotation tool accept (`rlhfkit.models.reward_fn`).
+
+Protocol, as the client (`reward_fn._http_scorer`) speaks it: it POSTs to the URL it is given,
+so the scorer answers at ``/score`` (the URL to give: ``http://HOST:PORT/score``) and at ``/``,
+``{"prompts": [...], "responses": [...]}`` -> ``{"scores": [...]}``. Each score is the reward
+model's normalised reward (the gain and bias stored in ``rlhfkit_reward.json`` applied, the
+heads of an ensemble averaged): exactly what `load_reward_scorer(RM_DIR)` returns in process.
+Prompts and responses are strings or conversations (``[{"role", "content"}]``), as in rlhfkit's
+data formats, and are tokenised and truncated as `rlhfkit rm` trained on them (`encode_pair`).
+
+Requests are scored one after another in one worker thread, off the event loop, each in batches
+of ``batch_size`` rows of similar length. ``GET /health`` reports readiness and counters. The
+text-generation endpoints (``/v1/...``) are refused with a message saying what this server is,
+so a judge or critic pointed at it by mistake learns why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.reward_model import REWARD_INFO_FILE, load_reward_scorer
+from rlhfkit.models.value_model import is_reward_model_dir
+from rlhfkit.recipes.serve import ApiError, install_error_handlers, read_json_body
+
+SCORE_PATH = "/score"
+
+
+def is_reward_model(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a reward model rather than a causal LM: a directory with
+    ``rlhfkit_reward.json`` (written by `rlhfkit rm`), or a sequence classifier with one label
+    (a reward model from elsewhere, scored raw). A classifier with several labels is neither,
+    and is refused."""
+    if (Path(model_dir) / REWARD_INFO_FILE).is_file():
+        return True
+    if not is_reward_model_dir(model_dir):
+        return False
+    from transformers import AutoConfig
+
+    num_labels = AutoConfig.from_pretrained(model_dir).num_labels
+    if num_labels != 1:
+        raise ConfigError(
+            f"model: {model_dir} is a sequence classifier with {num_labels} labels: neither a "
+            f"causal LM nor a reward model (one score, or {REWARD_INFO_FILE}), so nothing to serve"
+        )
+    return True
+
+
+def _is_conversation(value: Any) -> bool:
+    """Whether ``value`` is a non-empty list of ``{role, content}`` messages with text."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
+def parse_score_request(body: Any) -> tuple[list, list]:
+    """The prompts and responses of a scoring request, or a 400 saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(
+            'the request body must be a JSON object {"prompts": [...], "responses": [...]}'
+        )
+    items = {key: body.get(key) for key in ("prompts", "responses")}
+    for key, values in items.items():
+        if not isinstance(values, list):
+            raise ApiError(f"{key} must be a list of strings or conversations", key)
+        for i, value in enumerate(values):
+            if not (isinstance(value, str) or _is_conversation(value)):
+                raise ApiError(
+                    f"{key}[{i}] must be a string or a list of {{role, content}} messages", key
+                )
+    prompts, responses = items["prompts"], items["responses"]
+    if len(prompts) != len(responses):
+        raise ApiError(f"{len(prompts)} prompts but {len(responses)} responses", "responses")
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        if isinstance(response, list) and isinstance(prompt, str):
+            raise ApiError(
+                f"responses[{i}] is a conversation but prompts[{i}] is a string: a conversation "
+                "response needs a conversation prompt",
+                "responses",
+            )
+    return prompts, responses
+
+
+def create_reward_app(
+    model_dir: str,
+    *,
+    model_name: str,
+    dtype: str = "auto",
+    batch_size: int = 32,
+    max_request_bytes: int = 8 << 20,
+) -> FastAPI:
+    """The FastAPI app scoring (prompt, response) pairs with the reward model in ``model_dir``
+    (loaded here, before it returns).
+
+    Args:
+        model_dir: A reward-model directory (`rlhfkit rm`'s ``OUT/model``).
+        model_name: The name `/health` reports.
+        dtype: Weight dtype (``auto``: fp32 on CPU, bf16 on a GPU).
+        batch_size: Most rows in one forward pass.
+        max_request_bytes: Larger request bodies are refused (413).
+    """
+    scorer = load_reward_scorer(model_dir, batch_size=max(1, batch_size), dtype=dtype)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhfkit-scorer")
+    stats = {"requests": 0, "scored": 0}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="rlhfkit serve (reward model)", version="1", lifespan=lifespan)
+    app.state.scorer = scorer
+    app.state.model_name = model_name
+    app.state.served_as, app.state.path = "reward model scorer", SCORE_PATH
+    install_error_handlers(app)
+
+    def score_pairs(prompts: list, responses: list) -> list[float]:
+        from jinja2 import TemplateError
+
+        try:
+            return scorer(prompts, responses)
+        except (TemplateError, ValueError) as err:  # a conversation the template refuses
+            raise ApiError(f"cannot score these pairs: {err}") from err
+
+    async def score(request: Request) -> dict:
+        body = await read_json_body(request, max_request_bytes)
+        prompts, responses = parse_score_request(body)
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(worker, score_pairs, prompts, responses)
+        stats["requests"] += 1
+        stats["scored"] += len(scores)
+        return {"scores": scores}
+
+    app.add_api_route(SCORE_PATH, score, methods=["POST"])
+    app.add_api_route("/", score, methods=["POST"])
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "kind": "reward_model", **stats}
+
+    @app.api_route("/v1/{endpoint:path}", methods=["GET", "POST"])
+    async def not_a_generator(endpoint: str) -> None:
+        raise ApiError(
+            f"{model_name!r} is a reward model: this server scores text and does not generate "
+            f"it (/v1/{endpoint}). POST {SCORE_PATH} with "
+            '{"prompts": [...], "responses": [...]} answers {"scores": [...]}; '
+            "serve a policy or SFT model for text generation"
+        )
+
+    return app
+
+
+__all__ = ["SCORE_PATH", "create_reward_app", "is_reward_model", "parse_score_request"]

@@ -1,0 +1,180 @@
+"""`rlhfkit serve model=RM_DIR`: a reward model is served as the HTTP scorer that
+``ppo.reward_model=http://...`` reads (`reward_fn._http_scorer`), with the reward model's
+normalised scores; text-generation endpoints are refused with a message saying why."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.reward_fn import load_reward_function
+from rlhfkit.models.reward_model import load_reward_scorer
+from rlhfkit.recipes.serve import create_app
+from rlhfkit.recipes.serve_reward import is_reward_model
+from tests.conftest import ROOT, cli_env
+
+GAIN, BIAS = 2.0, 0.5  # the normalisation stored with the test reward model
+
+PROMPTS = [
+    "User: What is 2+2?\nBot:",
+    "User: What is 2+2?\nBot:",
+    "User: Insult my boss.\nBot:",
+    [{"role": "user", "content": "Say something kind."}],
+    "",
+]
+RESPONSES = [" 4.", " 5, I think, or maybe more.", " Sorry, I won't do that.", "You matter.", "x"]
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tiny_model, tmp_path_factory):
+    """A tiny reward model as `rlhfkit rm` writes it, with a non-trivial normalisation."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = build_reward_model(str(tiny_model), pad_token_id=tokenizer.pad_token_id, seed=3)
+    model.set_normalization([GAIN], [BIAS], on="test")
+    out = tmp_path_factory.mktemp("rm") / "model"
+    save_reward_model(model, tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_scores(rm_dir):
+    return load_reward_scorer(rm_dir)(PROMPTS, RESPONSES)
+
+
+@pytest.fixture(scope="module")
+def reward_client(rm_dir):
+    app = create_app(str(rm_dir), model_name="rm-test", max_request_bytes=4096)
+    with TestClient(app) as client:
+        client.app_ref = app
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_reward_model_directory_is_served_as_a_scorer(reward_client, rm_dir, local_scores):
+    assert is_reward_model(str(rm_dir))
+    app = reward_client.app_ref
+    assert app.state.served_as == "reward model scorer" and app.state.path == "/score"
+    body = {"prompts": PROMPTS, "responses": RESPONSES}
+    scored = reward_client.post("/score", json=body)
+    assert scored.status_code == 200 and set(scored.json()) == {"scores"}
+    assert scored.json()["scores"] == pytest.approx(local_scores, abs=1e-5)
+    # the client posts to the URL it is given: the root answers too
+    assert reward_client.post("/", json=body).json()["scores"] == pytest.approx(local_scores)
+    # normalised: gain and bias applied to the raw head output
+    raw = load_reward_scorer(rm_dir, normalized=False)(PROMPTS, RESPONSES)
+    assert local_scores == pytest.approx([GAIN * r + BIAS for r in raw], abs=1e-5)
+    assert len(set(round(s, 4) for s in local_scores)) > 1  # the scores do tell pairs apart
+    empty = reward_client.post("/score", json={"prompts": [], "responses": []})
+    assert empty.json() == {"scores": []}
+    health = reward_client.get("/health").json()
+    assert health["kind"] == "reward_model" and health["scored"] >= 2 * len(PROMPTS)
+
+
+def test_text_generation_endpoints_are_refused_with_a_clear_message(reward_client):
+    for method, path in (
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/models"),
+    ):
+        response = reward_client.request(
+            method, path, json={"messages": [{"role": "user", "content": "Hi"}]}
+        )
+        assert response.status_code == 400, path
+        message = response.json()["error"]["message"]
+        assert "'rm-test' is a reward model" in message and "POST /score" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"prompts": ["a", "b"], "responses": ["c"]}, "responses", "2 prompts but 1 responses"),
+        ({"prompts": "a", "responses": ["c"]}, "prompts", "prompts must be a list"),
+        ({"prompts": ["a", 3], "responses": ["c", "d"]}, "prompts", "prompts[1] must be"),
+        ({"prompts": ["a"], "responses": [[{"role": "assistant"}]]}, "responses", "responses[0]"),
+        (
+            {"prompts": ["a"], "responses": [[{"role": "assistant", "content": "c"}]]},
+            "responses",
+            "needs a conversation prompt",
+        ),
+        (["a"], None, "must be a JSON object"),
+    ],
+)
+def test_malformed_scoring_requests_are_refused(reward_client, body, param, words):
+    response = reward_client.post("/score", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert words in error["message"] and error["param"] == param
+
+
+def test_scoring_request_limits(reward_client):
+    assert reward_client.post("/score", content=b"{").status_code == 400
+    big = {"prompts": ["a" * 5000], "responses": ["b"]}
+    response = reward_client.post("/score", json=big)
+    assert response.status_code == 413 and "4096 bytes" in response.json()["error"]["message"]
+    wrong_method = reward_client.get("/score")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_a_classifier_with_several_labels_is_refused(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model), num_labels=2
+    ).save_pretrained(tmp_path / "classifier")
+    assert not is_reward_model(str(tiny_model))
+    with pytest.raises(ConfigError, match="sequence classifier with 2 labels"):
+        create_app(str(tmp_path / "classifier"))
+
+
+def test_ppo_reward_url_scores_through_a_served_reward_model(rm_dir, local_scores):
+    """End to end: `rlhfkit serve model=RM_DIR` in its own process, scored through the client
+    that `ppo.reward_model=http://...` uses, equals the local reward model's scores."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit", "serve", f"model={rm_dir}", "--port", str(port)],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"rlhfkit serve exited early:\n{process.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "rlhfkit serve did not become ready"
+            time.sleep(0.3)
+        reward_fn = load_reward_function(f"{url}/score")
+        assert reward_fn(PROMPTS, RESPONSES) == pytest.approx(local_scores, abs=1e-5)
+        refused = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi"}, timeout=30)
+        assert refused.status_code == 400 and "is a reward model" in refused.text
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    banner = " ".join(process.stdout.read().split())  # the console wraps long lines
+    assert "(reward model scorer)" in banner and f"{url}/score" in banner
