@@ -121,6 +121,37 @@ def test_conversational_sft_masks_everything_but_the_last_assistant_turn(tokeniz
     assert completion_text == "yo<|im_end|>\n"
 
 
+def test_conversational_completion_ends_with_eos_where_the_template_does_not(tmp_path):
+    """Qwen2 *base* tokenizers end turns with <|im_end|> but stop sampling at <|endoftext|>.
+    The byte tokenizer with its eos reassigned to a new <|endoftext|> token is that case: the
+    completion must end `...<|im_end|>\n<|endoftext|>`, or SFT never teaches the model to stop."""
+    qwen_base_like = build_byte_tokenizer()
+    qwen_base_like.add_special_tokens({"eos_token": "<|endoftext|>"})
+    eos = qwen_base_like.eos_token_id
+    assert eos != qwen_base_like.convert_tokens_to_ids("<|im_end|>")
+    path = _write(
+        tmp_path / "chat.jsonl",
+        [json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "content": "yo"}]})],
+    )  # fmt: skip
+    (example,), stats = load_sft(path, qwen_base_like, max_length=64, max_prompt_length=64)
+    assert stats.kept == 1
+    assert example.completion_ids.count(eos) == 1 and example.completion_ids[-1] == eos
+    assert qwen_base_like.decode(example.completion_ids) == "yo<|im_end|>\n<|endoftext|>"
+    # A plain completion ends with the new eos too (appended once, as before).
+    plain = encode_example(qwen_base_like, "Q:", " 7.", max_length=64, max_prompt_length=64)
+    assert qwen_base_like.decode(plain.completion_ids) == " 7.<|endoftext|>"
+
+
+def test_conversational_completion_holding_eos_is_left_as_rendered(tokenizer):
+    """With eos == the template's <|im_end|> (the byte tokenizer, Qwen2-Instruct) the rendered
+    turn already holds eos: nothing is appended (the turn ends with its newline)."""
+    user, bot = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}
+    encoded = encode_example(tokenizer, [user], [bot], max_length=64, max_prompt_length=64)
+    assert tokenizer.decode(encoded.completion_ids) == "yo<|im_end|>\n"
+    assert encoded.completion_ids.count(tokenizer.eos_token_id) == 1
+
+
 def test_plain_completion_ends_with_eos(tokenizer):
     encoded = encode_example(tokenizer, "Q:", " 7.", max_length=64, max_prompt_length=64)
     assert encoded.completion_ids[-1] == tokenizer.eos_token_id

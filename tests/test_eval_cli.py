@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli, write_jsonl
 
 GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
@@ -68,3 +69,68 @@ def test_eval_names_the_reference_and_checks_diagnosed_runs(tiny_model, tmp_path
     assert evaluation["curves"]["ppo_run"]["gold"][0] == 0.45
     checks = {w.get("check") for w in evaluation["warnings"]}
     assert {"proxy_gold_divergence", "kl_growth"} <= checks
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JSON itself (and JSON.parse) does."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_takes_conversation_prompts_and_sampling_keys(tiny_model, tmp_path):
+    """TRL's conversational prompt-only records (trl-lib/ultrafeedback-prompt's shape) are
+    rendered with the chat template, as ppo and generate render them. `top_p` reaches sampling:
+    a nucleus of mass 0.001 keeps only the most likely token, so at any temperature the samples
+    are the greedy decode. A diagnosed run without a gold reward gets no `gold` curve (no NaN:
+    eval.json is strict JSON), and its curve keeps the logged steps."""
+    from rlhfkit.eval.policy_eval import sample_policy
+
+    questions = ["What is 0+1?", "Name a fruit."]
+    prompts = write_jsonl(
+        tmp_path / "chat_prompts.jsonl",
+        [{"prompt": [{"content": q, "role": "user"}]} for q in questions],
+    )
+    run = tmp_path / "ppo_run"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [{"step": 0, "eval_start/score_mean": 0.0}] + [
+        {"step": s, "score_mean": 0.1 * s, "kl": 0.5 * s} for s in (5, 10, 15, 20)
+    ])  # fmt: skip
+    out = tmp_path / "eval"
+    run_cli(
+        "eval", f"policies=same={tiny_model}", f"reference=sft={tiny_model}", f"prompts={prompts}",
+        f"reward_model={GOLD}", "best_of_n=2", "max_new_tokens=6", "temperature=0.7",
+        "top_p=0.001", f"diagnose_runs={run}", f"output_dir={out}",
+    )  # fmt: skip
+    evaluation = _strict_json((out / "eval.json").read_text())
+    rendered = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in questions]
+    assert [s["prompt"] for s in evaluation["samples"]] == rendered
+    greedy = sample_policy(
+        str(tiny_model), [[{"role": "user", "content": q}] for q in questions], n=1,
+        max_new_tokens=6, seed=5, temperature=0, device="cpu",
+    )  # fmt: skip
+    for sample, response in zip(evaluation["samples"], greedy.responses, strict=True):
+        assert sample["responses"] == {"sft": response, "same": response}
+    assert evaluation["policies"]["same"]["kl"] == 0.0
+    assert evaluation["curves"]["ppo_run"] == {
+        "step": [5, 10, 15, 20],
+        "proxy": pytest.approx([0.5, 1.0, 1.5, 2.0]),
+        "kl": [2.5, 5.0, 7.5, 10.0],
+    }
+    assert _strict_json((out / "summary.json").read_text())["same"]["kl"] == 0.0
+
+    run_cli("report", f"runs={out}")
+    page = (out / "report.html").read_text()
+    assert "Over-optimisation" in page and "&lt;|im_start|&gt;user" in page
+
+
+def test_eval_refuses_a_temperature_of_zero_before_loading_anything(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "User: hi\nBot:"}])
+    result = run_cli(
+        "eval", "policies=nowhere/model", "reference=nowhere/sft", f"prompts={prompts}",
+        "temperature=0", f"output_dir={tmp_path / 'eval'}", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "temperature: must be > 0" in result.stderr

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
+from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.eval import report
 from rlhfkit.eval.diagnostics import kl_growth, length_correlation, proxy_gold_divergence, trend
 from rlhfkit.eval.policy_eval import (
     best_of_n_curve,
     best_of_n_kl,
+    curve_checks,
+    evaluate_against_reference,
     pearson,
     response_logprob_sums,
+    run_curve,
+    sample_policy,
     win_rate,
 )
-from rlhfkit.eval.report import _same_points, needs_log_kl_axis, write_report
+from rlhfkit.eval.report import _same_points, curve_points, needs_log_kl_axis, write_report
 from rlhfkit.models.logprobs import sequence_logprobs
 from rlhfkit.models.presets import build_preset
+
+CHAT_PROMPT = [{"role": "user", "content": "Name a fruit."}]
+CHAT_TEXT = "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_best_of_n_kl_by_hand():
@@ -73,6 +84,129 @@ def test_response_logprob_sums_match_the_full_softmax():
         with torch.no_grad():
             expected = float(sequence_logprobs(model, ids, mask).sum())
         assert s == pytest.approx(expected, abs=1e-4)
+
+
+def _tempered_sum(model, prompt_ids, response_ids, temperature):
+    """Σ log softmax(logits / T)[token] over the response, from the full logits (by hand)."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float() / temperature  # (T-1, V)
+    logps = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)  # (T-1,)
+    return float(logps[len(prompt_ids) - 1 :].sum())
+
+
+def test_response_logprob_sums_at_a_temperature_are_the_tempered_distribution():
+    model, tokenizer = build_preset("tiny", seed=2)
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    sums = response_logprob_sums(model, prompts, responses, tokenizer.pad_token_id, temperature=0.5)
+    for p, r, s in zip(prompts, responses, sums, strict=True):
+        assert s == pytest.approx(_tempered_sum(model, p, r, 0.5), abs=1e-4)
+
+
+def _save_sharp_preset(directory, seed: int):
+    """A tiny random model whose logits are scaled x20 (final norm), so its next-token
+    distributions are far from uniform and temperature matters."""
+    model, tokenizer = build_preset("tiny", seed=seed)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(20.0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model.eval()
+
+
+def test_eval_at_a_temperature_measures_the_tempered_kl_on_rendered_prompts(tmp_path):
+    """Samples drawn at T = 0.5: the KL is the mean of Σ log π_T − log π_ref,T on the policy's own
+    samples (k1 on the distribution sampled from), not the untempered log-ratio. A conversation
+    prompt is rendered with the chat template, and reward functions get the rendered text."""
+    policy = _save_sharp_preset(tmp_path / "policy", seed=1)
+    reference = _save_sharp_preset(tmp_path / "reference", seed=2)
+    prompts = ["User: hi\nBot:", CHAT_PROMPT]
+    seen: list[str] = []
+
+    def proxy(texts, responses):
+        seen.extend(texts)
+        return [float(len(r)) for r in responses]
+
+    common = {"max_new_tokens": 5, "temperature": 0.5, "top_p": 1.0, "device": "cpu"}
+    evaluation = evaluate_against_reference(
+        {"policy": str(tmp_path / "policy")}, reference=str(tmp_path / "reference"),
+        prompts=prompts, proxy=proxy, best_of=2, seed=3, **common,
+    )  # fmt: skip
+    # The same samples again (the policies are sampled with seed + 11), to check by hand.
+    samples = sample_policy(str(tmp_path / "policy"), prompts, n=1, seed=3 + 11, **common)
+    assert samples.prompts == ["User: hi\nBot:", CHAT_TEXT]
+    assert samples.prompt_ids[1] == encode_prompt(build_preset("tiny")[1], CHAT_PROMPT)
+
+    def kl_at(temperature):
+        return statistics.fmean(
+            _tempered_sum(policy, p, r, temperature) - _tempered_sum(reference, p, r, temperature)
+            for p, r in zip(samples.prompt_ids, samples.response_ids, strict=True)
+        )
+
+    assert evaluation["policies"]["policy"]["kl"] == pytest.approx(kl_at(0.5), abs=1e-4)
+    assert abs(kl_at(0.5) - kl_at(1.0)) > 0.1  # the untempered log-ratio is another number
+    assert set(seen) == {"User: hi\nBot:", CHAT_TEXT}
+    assert [s["prompt"] for s in evaluation["samples"]] == ["User: hi\nBot:", CHAT_TEXT]
+    assert evaluation["samples"][1]["responses"]["policy"] == samples.responses[1]
+
+
+def test_eval_refuses_a_temperature_it_cannot_measure_a_kl_at():
+    with pytest.raises(ValueError, match="temperature: evaluation samples"):
+        evaluate_against_reference({}, reference="unused", prompts=["x"], proxy=None, temperature=0)
+
+
+def _rows(steps, gold=None, kl=None):
+    rows = [{"step": 0, "eval_start/score_mean": 0.0}]  # an evaluation row: not a training step
+    for i, step in enumerate(steps):
+        row = {"step": step, "score_mean": 0.1 * i, "kl": (kl or {}).get(step, 1.0 + i)}
+        if gold is not None and gold[i] is not None:
+            row["gold_reward_mean"] = gold[i]
+        rows.append(row)
+    return rows
+
+
+def test_run_curve_keeps_logged_steps_and_writes_no_nan():
+    """logging_steps=10: rows at steps 10..40. No gold reward logged: no `gold` curve (not a
+    list of NaN); a NaN KL (a diverged step) becomes null; the curve is strict JSON."""
+    curve = run_curve(_rows([10, 20, 30, 40], kl={30: float("nan")}))
+    assert curve["step"] == [10, 20, 30, 40]
+    assert curve["proxy"] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert curve["kl"] == [1.0, 2.0, None, 4.0]
+    assert "gold" not in curve
+    json.dumps(curve, allow_nan=False)  # raises on NaN or inf
+    with_gold = run_curve(_rows([10, 20, 30], gold=[0.5, None, 0.4]))
+    assert with_gold["gold"] == [0.5, None, 0.4]
+
+
+def test_curve_checks_use_the_rows_that_logged_each_value():
+    """Gold logged on 4 of 5 rows: proxy (0, .1, .3, .4) against gold (.5, .5, .2, .1) on those
+    rows; window 1 row: proxy 0 → 0.4 up, gold 0.5 → 0.1 down: flagged. KL growth needs 4 finite
+    values, the last over 10 nats."""
+    rows = _rows([1, 2, 3, 4, 5], gold=[0.5, 0.5, None, 0.2, 0.1])
+    checks = {c["check"]: c for c in curve_checks(run_curve(rows))}
+    assert checks["proxy_gold_divergence"]["gold"] == pytest.approx([0.5, 0.1])
+    grown = run_curve(_rows([1, 2, 3, 4], kl={1: 1.0, 2: float("nan"), 3: 8.0, 4: 12.0}))
+    assert [c["check"] for c in curve_checks(grown)] == []  # 3 finite KLs: too few to judge
+    kl = {1: 1.0, 2: float("nan"), 3: 8.0, 4: 12.0, 5: 15.0}
+    grown = run_curve(_rows([1, 2, 3, 4, 5], kl=kl))
+    assert [c["check"] for c in curve_checks(grown)] == ["kl_growth"]  # 1, 8, 12, 15: > 10
+
+
+def test_over_optimisation_plot_puts_the_logged_steps_on_its_x_axis(monkeypatch):
+    figures = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "data:image/png;")
+    curve = run_curve(_rows([10, 20, 30, 40], gold=[0.5, 0.4, None, 0.2]))
+    assert curve_points(curve, "gold") == ([10, 20, 40], [0.5, 0.4, 0.2])
+    no_gold = run_curve(_rows([5, 10]))
+    assert report.hacking_plot({"curves": {"ppo": curve, "no_gold": no_gold}})
+    first, second = figures[0].axes
+    assert [list(line.get_xdata()) for line in first.lines] == [[10, 20, 30, 40], [10, 20, 40]]
+    assert [line.get_label() for line in first.lines] == ["proxy", "gold"]
+    assert [list(line.get_xdata()) for line in second.lines] == [[5, 10]]
+    assert first.get_xlabel() == "step"
+    # An older eval.json without steps: the rows' index, labelled as such.
+    assert curve_points({"proxy": [1.0, 2.0]}, "proxy") == ([0, 1], [1.0, 2.0])
+    plt.close(figures[0])
 
 
 def test_report_is_self_contained_and_escapes_model_text(tmp_path):

@@ -96,3 +96,15 @@ def test_generate_writes_k_responses_per_prompt(tiny_model, tmp_path):
     assert all(
         len(r["responses"]) == 3 and all(isinstance(x, str) for x in r["responses"]) for r in rows
     )
+
+
+def test_training_bf16_weights_warns_once_and_fp32_does_not(tiny_model, sft_data, tmp_path):
+    """`dtype=bfloat16` (what `auto` gives on a GPU) trains the bf16 weights in place: the run
+    says once what to set instead. The same run in float32 says nothing of the kind."""
+    common = (f"model={tiny_model}", f"train_data={sft_data}", "max_steps=1", "batch_size=2",
+              "max_length=32", "progress=false")  # fmt: skip
+    bf16 = run_cli("sft", *common, "dtype=bfloat16", f"output_dir={tmp_path / 'bf16'}")
+    assert bf16.stderr.count("training bfloat16 weights in place") == 1
+    assert "set dtype=float32 with mixed_precision=bf16" in bf16.stderr
+    fp32 = run_cli("sft", *common, "dtype=float32", f"output_dir={tmp_path / 'fp32'}")
+    assert "weights in place" not in fp32.stderr

@@ -77,11 +77,22 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> list[int]
 def encode_completion(
     tokenizer: PreTrainedTokenizerBase, prompt: Text, completion: Text
 ) -> list[int]:
+    """Token ids of the response to `prompt`, ending with the tokenizer's EOS.
+
+    Sampling stops only at `eos_token_id`, so every trained response must end with it, or a
+    policy never learns to stop. A plain completion gets EOS appended (unless it already ends
+    with it). A conversational completion ends with the chat template's end of turn, which is
+    EOS for many instruct tokenizers but not for every tokenizer: Qwen2 *base* models end turns
+    with `<|im_end|>` and use `<|endoftext|>` as EOS. There EOS is appended after the template's
+    closing tokens (`...<|im_end|>\n<|endoftext|>`), unless the rendered turn already holds it.
+    """
     ids = tokenizer(
         render_completion(tokenizer, prompt, completion), add_special_tokens=False
     ).input_ids
     eos = tokenizer.eos_token_id
-    if not is_conversational(completion) and (not ids or ids[-1] != eos):
+    if is_conversational(completion):
+        return ids if eos in ids else ids + [eos]
+    if not ids or ids[-1] != eos:
         ids = ids + [eos]
     return ids
 

@@ -1,13 +1,27 @@
 """Evaluating policies against a reference: reward, gold reward, KL, win rates, best-of-n.
 
-Definitions (all over the same held-out prompts, responses sampled at temperature 1):
+Definitions (all over the same held-out prompts; every policy, the reference included, is
+sampled with the same `temperature` T and `top_p`, default 1 and 1):
 
-- sequence KL to the reference: KL(π || π_ref) ≈ mean over samples y ~ π of
-  Σ_t [log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)] (the k1 estimator, unbiased);
+- sequence KL to the reference: KL(π_T || π_ref,T) ≈ mean over samples y ~ π_T of
+  Σ_t [log π_T(y_t | x, y_<t) − log π_ref,T(y_t | x, y_<t)] (the k1 estimator), where
+  π_T = softmax(logits / T) is the distribution the samples are drawn from. k1 is unbiased only
+  with the log-probs of that distribution: untempered log-probs of tempered samples estimate no
+  KL at all (their mean can be negative). So at T ≠ 1 the KL is that between the tempered
+  policy and the tempered reference, as PPO's `kl` metric measures it; at T = 1 it is
+  KL(π || π_ref). With `top_p` < 1 the samples come from the nucleus of π_T while the
+  log-probs stay those of the whole tempered distribution (renormalising over the policy's
+  nucleus would give log π_ref = −∞ wherever the reference's nucleus differs), so the number is
+  then an approximation of the KL, the same one PPO makes;
 - win rate against the reference: P(score(y) > score(y_ref)) + ½ P(tie), with y ~ π and
   y_ref ~ π_ref answering the same prompt, judged by the proxy reward and by the gold reward;
 - best-of-n: n samples of the reference, keep the one the proxy reward prefers; its KL to the
-  reference is analytic, log n − (n − 1)/n (Stiennon et al. 2020, Gao et al. 2022).
+  reference as sampled is analytic, log n − (n − 1)/n (Stiennon et al. 2020, Gao et al. 2022).
+
+Prompts are plain strings or conversations (`[{"role", "content"}]`, TRL's conversational
+prompt-only format), rendered with each policy's chat template as `ppo` and `generate` render
+them (`render_prompt`); reward functions get the rendered prompt text, as in `ppo`. Models run on
+the given device (default: cuda if available, else cpu).
 """
 
 from __future__ import annotations
@@ -21,9 +35,17 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.collate import pad_right
+from rlhfkit.data.formats import Text
 from rlhfkit.models.logprobs import TokenLogprobs
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or cuda where one is available, else cpu (the reward scorer's rule)."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def best_of_n_kl(n: int) -> float:
@@ -50,8 +72,10 @@ def response_logprob_sums(
     pad_id: int,
     *,
     batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> list[float]:
-    """Σ_t log π(y_t | x, y_<t) over each response's tokens (EOS included)."""
+    """Σ_t log π_T(y_t | x, y_<t) over each response's tokens (EOS included), where
+    π_T = softmax(logits / `temperature`): the distribution responses were sampled from."""
     scorer = TokenLogprobs(model).eval()
     device = next(model.parameters()).device
     sums: list[float] = []
@@ -64,13 +88,15 @@ def response_logprob_sums(
         target_mask = pad_right(
             [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses, strict=True)], 0
         )
-        logps = scorer(input_ids, target_mask.to(device), attention_mask)["logprobs"]  # (B, T)
-        sums += logps.sum(-1).tolist()
+        out = scorer(input_ids, target_mask.to(device), attention_mask, temperature=temperature)
+        sums += out["logprobs"].sum(-1).tolist()  # (B, T) summed over the response
     return sums
 
 
 @dataclass
 class PolicySamples:
+    """Responses of one policy; `prompts` are the rendered prompt texts the rewards are given."""
+
     prompts: list[str]
     responses: list[str]
     prompt_ids: list[list[int]]
@@ -121,44 +147,77 @@ def best_of_n_curve(
 
 def sample_policy(
     model_dir: str,
-    prompts: list[str],
+    prompts: list[Text],
     *,
     n: int,
     max_new_tokens: int,
     seed: int,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     batch_size: int = 128,
+    device: str | torch.device | None = None,
 ) -> PolicySamples:
-    """`n` responses per prompt from a saved policy (K responses of a prompt are consecutive)."""
-    from rlhfkit.data.tokenize import encode_prompt
+    """`n` responses per prompt from a saved policy (K responses of a prompt are consecutive).
+
+    Args:
+        model_dir: The policy's directory (or hub id).
+        prompts: Plain strings or conversations (rendered with the policy's chat template).
+        n: Responses per prompt.
+        max_new_tokens: Longest response; sampling stops earlier at EOS.
+        seed: Seed of the sampling noise.
+        temperature: Sampling temperature (0 = greedy).
+        top_p: Nucleus mass.
+        batch_size: Rows per `generate` call.
+        device: Where the model runs; None = cuda if available, else cpu.
+    """
+    from rlhfkit.data.tokenize import encode_prompt, render_prompt
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.rollout.sampling import SamplingParams, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, dtype="float32", trainable=False)
+    model = load_causal_lm(model_dir, dtype="float32", trainable=False).to(resolve_device(device))
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
-        model, prompt_ids, SamplingParams(max_new_tokens, temperature, 1.0),
+        model, prompt_ids, SamplingParams(max_new_tokens, temperature, top_p),
         pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, num_samples=n,
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
     return PolicySamples(
-        prompts=[prompts[i] for i in samples.prompt_index],
+        prompts=[prompt_texts[i] for i in samples.prompt_index],
         responses=[tokenizer.decode(r, skip_special_tokens=True) for r in samples.response_ids],
         prompt_ids=[prompt_ids[i] for i in samples.prompt_index],
         response_ids=samples.response_ids,
     )
 
 
-def sequence_kl(policy_dir: str, reference_dir: str, samples: PolicySamples) -> list[float]:
-    """Per-sample Σ_t log π − log π_ref on the policy's own samples (k1 estimate of the KL)."""
+def sequence_kl(
+    policy_dir: str,
+    reference_dir: str,
+    samples: PolicySamples,
+    *,
+    temperature: float = 1.0,
+    device: str | torch.device | None = None,
+) -> list[float]:
+    """Per-sample Σ_t log π_T − log π_ref,T on the policy's own samples (k1 estimate of the KL
+    between the tempered distributions; see the module docstring). `temperature` must be the
+    one the samples were drawn at."""
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
+    if temperature <= 0:
+        raise ValueError(f"temperature: the KL needs a sampling distribution, got {temperature}")
+    where = resolve_device(device)
     pad_id = load_tokenizer(policy_dir).pad_token_id
-    policy = load_causal_lm(policy_dir, dtype="float32", trainable=False)
-    reference = load_causal_lm(reference_dir, dtype="float32", trainable=False)
-    mine = response_logprob_sums(policy, samples.prompt_ids, samples.response_ids, pad_id)
-    theirs = response_logprob_sums(reference, samples.prompt_ids, samples.response_ids, pad_id)
+    sums = []
+    for directory in (policy_dir, reference_dir):  # one model in memory at a time
+        model = load_causal_lm(directory, dtype="float32", trainable=False).to(where)
+        sums.append(
+            response_logprob_sums(
+                model, samples.prompt_ids, samples.response_ids, pad_id, temperature=temperature
+            )
+        )
+        del model
+    mine, theirs = sums
     return [a - b for a, b in zip(mine, theirs, strict=True)]
 
 
@@ -196,7 +255,7 @@ def evaluate_against_reference(
     policies: dict[str, str],
     *,
     reference: str,
-    prompts: list[str],
+    prompts: list[Text],
     proxy: RewardFn | None,
     gold: RewardFn | None = None,
     reference_name: str = "reference",
@@ -204,17 +263,30 @@ def evaluate_against_reference(
     max_new_tokens: int = 64,
     seed: int = 0,
     num_samples_shown: int = 12,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Evaluate policies against a reference on `prompts` (one sample per prompt each).
 
     Best-of-n (n = 1, 2, 4, ... ≤ `best_of`) draws `best_of` reference samples per prompt and
-    keeps the proxy's favourite. Returns the `eval.json` structure the report reads:
-    `{"policies", "best_of_n", "samples", "warnings"}`.
+    keeps the proxy's favourite. Every policy is sampled at `temperature` and `top_p`, and its KL
+    is measured at that temperature (module docstring). Prompts may be strings or conversations;
+    `samples[*].prompt` holds the rendered text. Returns the `eval.json` structure the report
+    reads: `{"policies", "best_of_n", "samples", "warnings"}`.
     """
     from rlhfkit.eval import diagnostics
 
+    if temperature <= 0:
+        raise ValueError(f"temperature: evaluation samples, so it must be > 0, got {temperature}")
     k = max(best_of, 1)
-    pool = sample_policy(reference, prompts, n=k, max_new_tokens=max_new_tokens, seed=seed + 7)
+    sampling = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "device": device,
+    }
+    pool = sample_policy(reference, prompts, n=k, seed=seed + 7, **sampling)
     first = [i * k for i in range(len(prompts))]
     raw: dict[str, list[float]] = {}
     if proxy is not None:
@@ -246,10 +318,8 @@ def evaluate_against_reference(
         }
 
     for name, directory in policies.items():
-        samples = sample_policy(
-            directory, prompts, n=1, max_new_tokens=max_new_tokens, seed=seed + 11
-        )
-        kl = sequence_kl(directory, reference, samples)
+        samples = sample_policy(directory, prompts, n=1, seed=seed + 11, **sampling)
+        kl = sequence_kl(directory, reference, samples, temperature=temperature, device=device)
         numbers = evaluate_policy(samples, proxy=proxy, gold=gold, kl=kl, reference=reference_raw)
         numbers.pop("raw")
         results[name] = numbers
@@ -261,17 +331,62 @@ def evaluate_against_reference(
         if check:
             warnings.append({**check, "message": f"{name}: {check['message']}"})
     samples = [
-        {"prompt": prompts[i], "responses": {name: texts[i] for name, texts in shown.items()}}
+        {
+            "prompt": pool.prompts[first[i]],  # the rendered text: conversations are rendered
+            "responses": {name: texts[i] for name, texts in shown.items()},
+        }
         for i in range(min(num_samples_shown, len(prompts)))
     ]
     return {"policies": results, "best_of_n": best_of_n, "samples": samples, "warnings": warnings}
 
 
-def training_diagnostics(runs: dict[str, Path]) -> tuple[dict, list[dict]]:
-    """Proxy/gold/KL curves of RL runs (their metrics.jsonl) and the warnings they raise."""
-    import json
+def _finite_or_none(value) -> float | None:
+    """`value` as a float, or None when it is missing or not finite (NaN is not JSON)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
+
+def run_curve(rows: list[dict]) -> dict[str, list]:
+    """The proxy, gold and KL curves of one RL run's logged rows, with their steps.
+
+    Rows without `score_mean` (evaluation rows) are left out. `step` holds each kept row's
+    logged step, so a plot's x-axis is the optimizer step whatever `logging_steps` was. `gold`
+    is there only if some row logged `gold_reward_mean`. A missing or non-finite value is None,
+    never NaN, so eval.json stays valid JSON.
+    """
+    rows = [r for r in rows if "score_mean" in r]
+    curve: dict[str, list] = {
+        "step": [r.get("step") for r in rows],
+        "proxy": [_finite_or_none(r["score_mean"]) for r in rows],
+        "kl": [_finite_or_none(r.get("kl")) for r in rows],
+    }
+    if any(r.get("gold_reward_mean") is not None for r in rows):
+        curve["gold"] = [_finite_or_none(r.get("gold_reward_mean")) for r in rows]
+    return curve
+
+
+def curve_checks(curve: dict[str, list]) -> list[dict]:
+    """The diagnostics a training curve raises (proxy–gold divergence, KL growth), computed on
+    the rows that logged the values each check needs."""
     from rlhfkit.eval import diagnostics
+
+    both = [
+        (proxy, gold)
+        for proxy, gold in zip(curve["proxy"], curve.get("gold", []), strict=False)
+        if proxy is not None and gold is not None
+    ]
+    checks = [
+        diagnostics.proxy_gold_divergence([p for p, _ in both], [g for _, g in both]),
+        diagnostics.kl_growth([kl for kl in curve["kl"] if kl is not None]),
+    ]
+    return [check for check in checks if check]
+
+
+def training_diagnostics(runs: dict[str, Path]) -> tuple[dict, list[dict]]:
+    """Proxy/gold/KL curves of RL runs (their metrics.jsonl; `run_curve`) and the warnings they
+    raise."""
+    import json
 
     curves, warnings = {}, []
     for name, directory in runs.items():
@@ -279,17 +394,7 @@ def training_diagnostics(runs: dict[str, Path]) -> tuple[dict, list[dict]]:
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if "score_mean" in r]
-        curve = {
-            "proxy": [r["score_mean"] for r in rows],
-            "gold": [r.get("gold_reward_mean", float("nan")) for r in rows],
-            "kl": [r.get("kl", float("nan")) for r in rows],
-        }
-        curves[name] = curve
-        for check in (
-            diagnostics.proxy_gold_divergence(curve["proxy"], curve["gold"]),
-            diagnostics.kl_growth(curve["kl"]),
-        ):
-            if check:
-                warnings.append({**check, "message": f"{name}: {check['message']}"})
+        curves[name] = run_curve(rows)
+        for check in curve_checks(curves[name]):
+            warnings.append({**check, "message": f"{name}: {check['message']}"})
     return curves, warnings

@@ -7,7 +7,9 @@ Inputs under one runs directory:
     "best_of_n": [{"n", "kl", "proxy_reward", "gold_reward"}],
     "samples": [{"prompt", "responses": {policy: text}}],
     "warnings": [{"check", "message"}],
-    "curves": {run: {"proxy": [...], "gold": [...], "kl": [...]}}}`.
+    "curves": {run: {"step": [...], "proxy": [...], "gold": [...], "kl": [...]}}}`
+  (`step`: the logged optimizer steps; `gold` only where a gold reward was logged; a missing
+  value is null).
 Model text is always escaped: a response holding `<script>` shows as characters.
 """
 
@@ -165,18 +167,37 @@ def best_of_n_plot(evaluation: dict) -> str | None:
     return _png(fig)
 
 
+def curve_points(curve: dict, key: str) -> tuple[list, list]:
+    """(steps, values) of `curve[key]` where a value was logged (null and NaN left out).
+
+    Steps are the curve's logged `step`s; a curve without them (an eval.json written before
+    they were kept) falls back to the row index.
+    """
+    values = curve.get(key) or []
+    steps = curve.get("step") or list(range(len(values)))
+    points = [
+        (step, value)
+        for step, value in zip(steps, values, strict=False)
+        if isinstance(value, (int, float)) and math.isfinite(value)
+    ]
+    return [step for step, _ in points], [value for _, value in points]
+
+
 def hacking_plot(evaluation: dict) -> str | None:
-    """Proxy and gold reward over training for runs that logged both (over-optimisation)."""
+    """Proxy and gold reward over training steps for RL runs (over-optimisation)."""
     curves = evaluation.get("curves", {})
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves.items(), strict=True):
-        ax.plot(curve.get("proxy", []), label="proxy")
-        ax.plot(curve.get("gold", []), label="gold")
+        for key in ("proxy", "gold"):
+            steps, values = curve_points(curve, key)
+            if values:
+                ax.plot(steps, values, label=key)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("step" if curve.get("step") else "logged row")
+        if ax.lines:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return _png(fig)
 

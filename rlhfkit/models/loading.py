@@ -7,6 +7,7 @@ directories written by `rlhfkit init-model`.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -37,12 +38,66 @@ class LoraSettings:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """Map a config string to a torch dtype; `auto` is float32 on CPU and bfloat16 on a GPU."""
+    """Map a config string to a torch dtype; `auto` is float32 on CPU and bfloat16 on a GPU.
+
+    `auto` suits inference. To train on a GPU, load float32 weights and compute in bf16 with
+    `mixed_precision=bf16`: pure-bf16 weights lose updates smaller than their rounding step.
+    """
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if name not in DTYPES:
         raise ConfigError(f"dtype: unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+class SixteenBitTrainingWarning(UserWarning):
+    """Weights an optimizer will update are stored in bfloat16 or float16."""
+
+
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+_warned_dtypes: set[torch.dtype] = set()  # each message once per process
+
+
+def trained_16bit_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The 16-bit dtype of `model`'s trainable parameters, or None if none of them is 16-bit.
+
+    Only parameters with `requires_grad` count: LoRA adapters, which peft keeps in float32 over
+    16-bit base weights, train in float32 while the frozen base weights never change.
+    """
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in SIXTEEN_BIT:
+            return parameter.dtype
+    return None
+
+
+def sixteen_bit_training_message(dtype: torch.dtype) -> str:
+    """Why training `dtype` weights in place loses small updates, and what to set instead."""
+    name = str(dtype).removeprefix("torch.")
+    half_ulp = torch.finfo(dtype).eps / 2  # relative spacing of the format, halved
+    return (
+        f"training {name} weights in place: an optimizer update below half a {name} rounding "
+        f"step (up to {half_ulp:.2%} of a weight) rounds away, so small learning rates barely "
+        "move the model (AdamW's steps are about the learning rate), and mixed_precision keeps "
+        "no float32 copy; set dtype=float32 with mixed_precision=bf16 (float32 master weights, "
+        "bf16 compute), or train LoRA adapters (lora.r > 0)"
+    )
+
+
+def warn_if_16bit_training(model: torch.nn.Module, *, stacklevel: int = 2) -> bool:
+    """Warn (once per dtype and process) when an optimizer would update 16-bit weights.
+
+    Call it where a model to train is built (its trainable parameters are final). `stacklevel`
+    picks the frame the warning names (2 = this function's caller). Returns True if the model has
+    16-bit trainable parameters, warned now or before.
+    """
+    dtype = trained_16bit_dtype(model)
+    if dtype is None:
+        return False
+    if dtype not in _warned_dtypes:
+        _warned_dtypes.add(dtype)
+        message = sixteen_bit_training_message(dtype)
+        warnings.warn(message, SixteenBitTrainingWarning, stacklevel=stacklevel)
+    return True
 
 
 def _check_source(name_or_path: str) -> None:
@@ -90,6 +145,8 @@ def load_causal_lm(
         lora: If given with `r > 0`, wrap the model in peft LoRA adapters (base weights frozen).
         attn_implementation: e.g. `sdpa`, `eager`, `flash_attention_2`; None lets transformers pick.
         trainable: False puts the model in eval mode with gradients off (reference models).
+            A trainable model whose trained weights are 16-bit (`dtype=bfloat16`, or `auto` on
+            a GPU, without LoRA) gets a warning: see `sixteen_bit_training_message`.
     """
     _check_source(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
@@ -109,6 +166,8 @@ def load_causal_lm(
     if not trainable:
         model.eval()
         model.requires_grad_(False)
+    else:
+        warn_if_16bit_training(model, stacklevel=3)  # names the recipe's load_causal_lm call
     return model
 
 

@@ -56,12 +56,22 @@ class EvalConfig(BaseConfig):
     reference: str = option(
         "", "the reference policy (e.g. the SFT model) for KL and win rates; optionally NAME=DIR"
     )
-    prompts: str = option("", "held-out prompts ({prompt} records) to sample the policies on")
+    prompts: str = option(
+        "",
+        "held-out prompts ({prompt} records, plain text or conversations rendered with the chat "
+        "template) to sample the policies on",
+    )
     gold_reward: str = option("", "a known gold reward (same specs as reward_model), if any")
     best_of_n: int = option(
         64, "best-of-n of the reference for n = 1, 2, 4, ... up to this; 0 = off"
     )
     max_new_tokens: int = option(64, "maximum tokens per sampled response")
+    temperature: float = option(
+        1.0,
+        "sampling temperature of every policy (> 0); the KL is measured between the tempered "
+        "policy and the tempered reference, the distributions sampled from",
+    )
+    top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens with this mass")
     diagnose_runs: list[str] = option(
         [],
         "RL run directories (ppo output_dir) whose metrics.jsonl is checked for the proxy rising "
@@ -168,7 +178,19 @@ def score_data(config: EvalConfig) -> dict:
     return summary
 
 
-# (predicate on the config, mode function); the first whose predicate holds runs.
+def _check_sampling(config: EvalConfig) -> None:
+    """Sampling settings policy evaluation can use (checked before any model loads)."""
+    if config.temperature <= 0:
+        raise ConfigError(
+            f"temperature: must be > 0 (got {config.temperature}); policy evaluation samples, "
+            "and its KL and best-of-n need a sampling distribution"
+        )
+    if not 0 < config.top_p <= 1:
+        raise ConfigError(f"top_p: must be in (0, 1], got {config.top_p}")
+    if config.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: must be at least 1, got {config.max_new_tokens}")
+
+
 def evaluate_policies(config: EvalConfig) -> dict:
     """Policy mode: reward, gold reward, KL to the reference, win rates, best-of-n; writes
     OUTPUT_DIR/eval.json (the report's input) and summary.json."""
@@ -190,9 +212,11 @@ def evaluate_policies(config: EvalConfig) -> dict:
     for directory in runs.values():
         if not (directory / "metrics.jsonl").is_file():
             raise ConfigError(f"diagnose_runs: {directory} holds no metrics.jsonl")
+    _check_sampling(config)
+    # Plain strings or conversations: `sample_policy` renders them with the chat template.
     prompts = [e.prompt for e in load_prompts(config.prompts)]
-    if any(not isinstance(p, str) for p in prompts):
-        raise ConfigError("prompts: policy evaluation takes plain-text prompts")
+    if not prompts:
+        raise ConfigError(f"prompts: {config.prompts} holds no prompts")
     run = Run(config, "eval")
     evaluation = evaluate_against_reference(
         named,
@@ -204,6 +228,9 @@ def evaluate_policies(config: EvalConfig) -> dict:
         best_of=config.best_of_n,
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        device=run.accelerator.device,
     )
     if runs:
         evaluation["curves"], warnings = training_diagnostics(runs)
@@ -221,6 +248,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
     return summary
 
 
+# (predicate on the config, mode function); the first whose predicate holds runs.
 MODES: list[tuple[Callable[[EvalConfig], bool], Callable[[EvalConfig], dict]]] = [
     (lambda c: bool(c.policies), evaluate_policies),
     (lambda c: bool(c.reward_model and c.data), score_data),

@@ -1,0 +1,64 @@
+"""`load_causal_lm`'s warning for training 16-bit weights in place (no fp32 master copy)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from rlhfkit.models import loading
+from rlhfkit.models.loading import (
+    LoraSettings,
+    SixteenBitTrainingWarning,
+    load_causal_lm,
+    sixteen_bit_training_message,
+    trained_16bit_dtype,
+)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Each test starts as a new process would: nothing warned yet."""
+    monkeypatch.setattr(loading, "_warned_dtypes", set())
+
+
+def _sixteen_bit_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, SixteenBitTrainingWarning)]
+
+
+def test_half_ulp_in_the_message_is_what_bf16_rounds_away():
+    """bf16 keeps 8 significant bits: eps 2^-7, half of it 2^-8 = 0.39%. 0.02 lies in
+    [2^-6, 2^-5), where the step is 2^-6 x 2^-7 = 1.22e-4: +6.0e-5 (under half) is lost,
+    +6.2e-5 (over half) lands on the next value."""
+    assert "up to 0.39% of a weight" in sixteen_bit_training_message(torch.bfloat16)
+    assert "up to 0.05% of a weight" in sixteen_bit_training_message(torch.float16)
+    weight = torch.tensor(0.02, dtype=torch.bfloat16)
+    assert weight + 6.0e-5 == weight and weight + 6.2e-5 > weight
+    assert "dtype=float32 with mixed_precision=bf16" in sixteen_bit_training_message(torch.bfloat16)
+
+
+def test_trained_bf16_weights_warn_once_and_say_what_to_set(tiny_model, fresh_warnings):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_causal_lm(str(tiny_model), dtype="bfloat16")
+        load_causal_lm(str(tiny_model), dtype="bfloat16")  # a second trained model: no repeat
+    assert trained_16bit_dtype(model) == torch.bfloat16
+    messages = _sixteen_bit_warnings(caught)
+    assert len(messages) == 1
+    assert messages[0].startswith("training bfloat16 weights in place")
+    assert "set dtype=float32 with mixed_precision=bf16" in messages[0]
+
+
+def test_no_warning_for_fp32_frozen_or_lora_models(tiny_model, fresh_warnings):
+    """fp32 weights train exactly; a frozen bf16 model is never updated; LoRA adapters are
+    kept in fp32 by peft over frozen bf16 base weights."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fp32 = load_causal_lm(str(tiny_model), dtype="float32")
+        frozen = load_causal_lm(str(tiny_model), dtype="bfloat16", trainable=False)
+        lora = load_causal_lm(str(tiny_model), dtype="bfloat16", lora=LoraSettings(r=4))
+    assert _sixteen_bit_warnings(caught) == []
+    assert trained_16bit_dtype(fp32) is None and trained_16bit_dtype(frozen) is None
+    assert trained_16bit_dtype(lora) is None
+    assert {p.dtype for p in lora.parameters() if not p.requires_grad} == {torch.bfloat16}
