@@ -267,11 +267,16 @@ def load_config(
 
 def write_config(out: Path, stage: str, config: Any) -> None:
     """`OUT/config.yaml`: `stage: NAME` and then every key, which `load_config(...,
-    stage=NAME)` reads back."""
+    stage=NAME)` reads back.
+
+    Written to a temporary file in `out` and renamed over the old one (`Path.replace` is
+    `os.replace`), so a crash mid-write never leaves a truncated config.yaml: a resumed run
+    checks its checkpoints against this file.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump({"stage": stage, **dataclasses.asdict(config)}, sort_keys=False)
-    )
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump({"stage": stage, **dataclasses.asdict(config)}, sort_keys=False))
+    tmp.replace(out / "config.yaml")
 
 
 def _deep_merge(into: dict, other: dict) -> None:

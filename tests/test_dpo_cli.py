@@ -80,7 +80,7 @@ def test_a_changed_dataset_does_not_reuse_the_cache(tiny_model, pairs_file, tmp_
     out = tmp_path / "dpo"
     _dpo(tiny_model, pairs_file, out, "max_steps=1")
     other = write_jsonl(tmp_path / "other.jsonl", world_pairs(24, seed=1))
-    _dpo(tiny_model, other, out, "max_steps=1", "resume=true")
+    _dpo(tiny_model, other, out, "max_steps=1")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reference_logps"].startswith("computed")
 

@@ -38,7 +38,6 @@ the forwards and the evaluation are repeated on every process.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,9 +75,10 @@ from rlhfkit.models.value_model import (
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.rollout.fast_sampling import RowNoise, positions_from_mask, sample_with_logprobs
 from rlhfkit.training.batches import BatchPlan
-from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.checkpoint import save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
-from rlhfkit.training.run import Run, check_finite
+from rlhfkit.training.run import Run, check_finite, write_text_atomically
+from rlhfkit.training.setup import resume_state
 from rlhfkit.training.steps import global_sum, optimizer_step
 
 
@@ -527,20 +527,16 @@ def train(config: PPOConfig) -> dict:
             return unwrapped(**rows, temperature=config.temperature, with_values=False)
 
     kl_ctl = _kl_controller(options)
-    state = {"norm": [1.0, 0.0], "first": None, "ptx_cursor": 0}
+    # "first" / "last": the summary's numbers of the first and the latest step, carried in every
+    # checkpoint so that a run resumed at its last step writes the uninterrupted run's summary.
+    state = {"norm": [1.0, 0.0], "first": None, "last": None, "ptx_cursor": 0}
     start_step = 0
-    last = latest_checkpoint(run.checkpoints)
-    if config.resume and last is not None:
-        saved = load_checkpoint(acc, last)
+    saved = resume_state(run, config)  # checks the checkpoint's config record first
+    if saved is not None:
         start_step, state = saved["step"], saved["state"]
         kl_ctl.load_state_dict(saved["kl_ctl"])
-        run.truncate_metrics(start_step)
         _truncate_samples(run, start_step)
-        run.print(f"resumed from {last} at step {start_step}")
     else:
-        if config.resume:
-            run.print("resume=true but no checkpoint found: starting from scratch")
-        run.reset_metrics()
         if run.is_main and (run.out / "samples.jsonl").exists():
             (run.out / "samples.jsonl").unlink()
         if options.reward_norm_samples > 0:
@@ -578,7 +574,6 @@ def train(config: PPOConfig) -> dict:
     rows_per_step = options.rollout_batch_size * k
     minibatch_size = rows_per_step // options.num_minibatches
     estimator = ADVANTAGE_ESTIMATORS[options.advantage_estimator]
-    metrics: dict[str, float] = {}
     with run.progress(plan.total_steps, start_step, "ppo"):
         for step in range(start_step, plan.total_steps):
             done = step + 1
@@ -720,10 +715,8 @@ def train(config: PPOConfig) -> dict:
                 gold_scores = gold_fn(batch.prompts, batch.responses)
                 metrics["gold_reward_mean"] = sum(gold_scores) / len(gold_scores)
             if state["first"] is None:
-                state["first"] = {
-                    "score_mean": metrics["score_mean"],
-                    "gold_reward_mean": metrics.get("gold_reward_mean"),
-                }
+                state["first"] = _summary_numbers(metrics)
+            state["last"] = _summary_numbers(metrics)
             run.advance(
                 f"score {metrics['score_mean']:.3f}  kl {metrics['kl']:.3f}  "
                 f"{metrics['samples_per_s']:.1f} samples/s"
@@ -741,7 +734,7 @@ def train(config: PPOConfig) -> dict:
                     keep=config.save_total_limit,
                 )
 
-    summary = _summary(state, metrics, plan.total_steps)
+    summary = _summary(state, plan.total_steps)
     summary["num_processes"] = world
     if evaluation is not None:
         end = evaluation("eval_end")
@@ -842,19 +835,30 @@ def _evaluate(
     return out
 
 
-def _summary(state: dict, last: dict, steps: int) -> dict:
-    first = state["first"] or {}
+def _summary_numbers(metrics: dict) -> dict:
+    """What the summary needs of one step's metrics (kept in the trainer state)."""
+    keys = ("score_mean", "kl", "kl_coef", "gold_reward_mean")
+    return {key: metrics.get(key) for key in keys}
+
+
+def _summary(state: dict, steps: int) -> dict:
+    """Rollout-batch summary from the first and the last step's numbers in `state`.
+
+    Both come from the trainer state, not from the loop's locals: a run resumed at (or after)
+    its last checkpointed step runs no step, and must still write the uninterrupted summary.
+    """
+    first, last = state["first"], state["last"]
     summary = {
-        "reward_start": first.get("score_mean", math.nan),
-        "reward_end": last.get("score_mean", math.nan),
-        "kl_end": last.get("kl", math.nan),
-        "kl_coef_end": last.get("kl_coef", math.nan),
+        "reward_start": first["score_mean"],
+        "reward_end": last["score_mean"],
+        "kl_end": last["kl"],
+        "kl_coef_end": last["kl_coef"],
         "steps": steps,
         "reward_source": "rollout batches (first and last step)",
     }
     if first.get("gold_reward_mean") is not None:
         summary["gold_reward_start"] = first["gold_reward_mean"]
-        summary["gold_reward_end"] = last.get("gold_reward_mean", math.nan)
+        summary["gold_reward_end"] = last["gold_reward_mean"]
     return summary
 
 
@@ -891,6 +895,7 @@ def _write_samples(run: Run, step: int, batch: RolloutBatch, scores, sequence_kl
 
 
 def _truncate_samples(run: Run, after_step: int) -> None:
+    """On resume, drop samples past the checkpoint (atomically, as metrics.jsonl)."""
     path = run.out / "samples.jsonl"
     if not run.is_main or not path.exists():
         return
@@ -899,7 +904,7 @@ def _truncate_samples(run: Run, after_step: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line)["step"] <= after_step
     ]
-    path.write_text("".join(line + "\n" for line in kept))
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 __all__ = [

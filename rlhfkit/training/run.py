@@ -6,6 +6,10 @@ OUT/config.yaml      resolved config          OUT/summary.json   final metrics
 OUT/metrics.jsonl    one object per log step  OUT/model/         save_pretrained + tokenizer
 OUT/checkpoints/     resumable state
 ```
+
+The JSON written here is strict (RFC 8259): a NaN or infinite metric is written as `null`, with
+a printed note naming it, never as the bare `NaN` that Python's `json` emits and other readers
+reject. Files rewritten in place (metrics.jsonl cut back on resume) are replaced atomically.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -83,6 +88,7 @@ class Run:
         self._progress: Progress | None = None
         self._task = None
         self._t0 = time.perf_counter()
+        self._null_metrics: set[str] = set()  # keys already reported as non-finite in the log
 
     @property
     def checkpoints(self) -> Path:
@@ -102,23 +108,35 @@ class Run:
             for line in self.metrics_path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= after_step
         ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def reset_metrics(self) -> None:
         if self.is_main and self.metrics_path.exists():
             self.metrics_path.unlink()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        """Append one line to metrics.jsonl (non-finite values as null, noted once per key)."""
+        row, non_finite = strict_json({"step": step, **{k: _plain(v) for k, v in metrics.items()}})
         if self.is_main:
             with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps(row, allow_nan=False) + "\n")
+            for key in sorted(set(non_finite) - self._null_metrics):
+                console.print(
+                    f"[yellow]metrics.jsonl: {key} is not finite at step {step}; written as null[/]"
+                )
+            self._null_metrics.update(non_finite)
         if self.accelerator.log_with:
             self.accelerator.log(metrics, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
+        """Write summary.json as strict JSON (a non-finite value becomes null, and is named)."""
         if self.is_main:
-            write_json(self.out / "summary.json", {k: _plain(v) for k, v in values.items()})
+            plain, non_finite = strict_json({k: _plain(v) for k, v in values.items()})
+            if non_finite:
+                console.print(
+                    f"[yellow]summary.json: {', '.join(non_finite)} not finite; written as null[/]"
+                )
+            write_json(self.out / "summary.json", plain)
         if self.accelerator.log_with:
             self.accelerator.end_training()
 
@@ -161,6 +179,38 @@ def check_finite(loss_value: float, step: int, run: Run) -> None:
             f"the loss became {loss_value} at step {step}; stopping ({where}). "
             "Try a lower learning_rate, max_grad_norm, or fp32."
         )
+
+
+def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`value` with every NaN or infinite float replaced by None (JSON null), and the dotted
+    paths of what was replaced, so that `json.dumps(..., allow_nan=False)` accepts it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where or "value"]
+    if isinstance(value, dict):
+        out, replaced = {}, []
+        for key, item in value.items():
+            out[key], inner = strict_json(item, f"{where}.{key}" if where else str(key))
+            replaced += inner
+        return out, replaced
+    if isinstance(value, (list, tuple)):
+        out_list, replaced = [], []
+        for index, item in enumerate(value):
+            clean, inner = strict_json(item, f"{where}[{index}]")
+            out_list.append(clean)
+            replaced += inner
+        return out_list, replaced
+    return value, []
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` through a temporary file in the same directory and
+    `os.replace`, so a reader or a crash never sees it half-written."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:

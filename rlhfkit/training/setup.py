@@ -1,14 +1,32 @@
 """The set-up every training recipe repeats before its loop: a checked batch plan, the
-optimizer and scheduler handed to accelerate, and resuming from the last checkpoint."""
+optimizer and scheduler handed to accelerate, and resuming from the last checkpoint.
+
+Resuming is checked, never guessed: `resume=true` continues only from a checkpoint whose config
+record (`checkpoint.config_record`) matches the current config, and refuses any other with a
+one-line error naming the keys that differ; a fresh run (`resume=false`, or `resume=true` with
+no checkpoint) first removes the checkpoints an earlier run left in `OUT/checkpoints`, so none
+of them can be picked up by a later resume.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.batches import BatchPlan
-from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint
+from rlhfkit.training.checkpoint import (
+    RECORD_FIELD,
+    checkpoint_step,
+    config_differences,
+    latest_checkpoint,
+    load_checkpoint,
+    read_config_record,
+    read_trainer_state,
+    remove_checkpoints,
+)
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
 from rlhfkit.training.run import Run
 
@@ -55,15 +73,62 @@ def prepare_optimization(run: Run, model: torch.nn.Module, config: TrainConfig, 
 
 
 def resume_or_start(run: Run, config: TrainConfig, totals: dict) -> tuple[int, dict]:
-    """With `resume=true` and a checkpoint: restore it, return (its step, its totals) and cut
-    metrics.jsonl back to that step. Otherwise (0, `totals`) and a fresh metrics log."""
+    """With `resume=true` and a checkpoint of this config: restore it, return (its step, its
+    totals) and cut metrics.jsonl back to that step. Otherwise (0, `totals`), a fresh metrics
+    log and no checkpoints of an earlier run (see `resume_state`)."""
+    state = resume_state(run, config)
+    if state is None:
+        return 0, totals
+    return state["step"], state["totals"]
+
+
+def resume_state(run: Run, config: TrainConfig) -> dict | None:
+    """Restore the last checkpoint when `config.resume` asks for it; return its trainer state.
+
+    Resuming: the latest checkpoint must have been written with this config (its trainer
+    state's config record against `OUT/config.yaml`, which `Run` has just written), else a
+    `ConfigError` names the keys that differ, before anything is loaded. Then model, optimizer,
+    scheduler and RNG states are restored and metrics.jsonl is cut back to the checkpoint's
+    step, so the run ends as an uninterrupted one would.
+
+    Starting fresh (None is returned): the checkpoints of an earlier run in `OUT/checkpoints`
+    are removed (they are what a later `resume=true` would continue from) and metrics.jsonl is
+    reset.
+    """
     last = latest_checkpoint(run.checkpoints)
     if config.resume and last is not None:
+        check_resumable(last, read_config_record(run.out))
         state = load_checkpoint(run.accelerator, last)
         run.truncate_metrics(state["step"])
         run.print(f"resumed from {last} at step {state['step']}")
-        return state["step"], state["totals"]
+        return state
     if config.resume:
         run.print("resume=true but no checkpoint found: starting from scratch")
+    if run.is_main:
+        removed = remove_checkpoints(run.checkpoints)
+        if removed:
+            run.print(
+                f"fresh run: removed {len(removed)} checkpoint(s) of an earlier run from "
+                f"{run.checkpoints}: {', '.join(removed)}"
+            )
+    run.accelerator.wait_for_everyone()
     run.reset_metrics()
-    return 0, totals
+    return None
+
+
+def check_resumable(checkpoint: Path, current: dict | None) -> None:
+    """Raise a one-line `ConfigError` unless the config record saved in `checkpoint` allows the
+    current config record `current` to continue from it (`config_differences`)."""
+    saved = read_trainer_state(checkpoint).get(RECORD_FIELD)
+    fresh = "start a fresh run with resume=false (it removes these checkpoints)"
+    if saved is None or current is None:
+        raise ConfigError(
+            f"resume: {checkpoint} records no config (written by an older rlhfkit), so it cannot "
+            f"be checked against this run; {fresh}"
+        )
+    differences = config_differences(saved, current, checkpoint_step(checkpoint))
+    if differences:
+        raise ConfigError(
+            f"resume: {checkpoint} was written with another config ({'; '.join(differences)}); "
+            f"rerun with its values to continue it, or {fresh}"
+        )
