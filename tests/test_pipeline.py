@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_cli, write_jsonl
 
 from rlhfkit.errors import ConfigError
@@ -64,8 +66,6 @@ def test_pipeline_errors_name_the_stage(tmp_path, tiny_model, sft_data):
 
 def test_shipped_example_pipelines_are_valid():
     """Every example validates (keys, types, stage references) without running anything."""
-    from pathlib import Path
-
     examples = sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml"))
     assert examples
     for path in examples:
@@ -77,10 +77,6 @@ def test_embedded_world_example_runs_end_to_end(tmp_path):
     """`examples/embedded_world.yaml`, every stage as shipped but scaled down: the world's data,
     a base model, SFT, pairs, simulated labels, RM, PPO, DPO, eval against the gold reward and
     the report (which finds the eval stage's eval.json under the pipeline's root)."""
-    from pathlib import Path
-
-    import yaml
-
     example = Path(__file__).resolve().parents[1] / "examples" / "embedded_world.yaml"
     spec = yaml.safe_load(example.read_text())
     spec["output_dir"] = str(tmp_path / "run")
@@ -104,7 +100,10 @@ def test_embedded_world_example_runs_end_to_end(tmp_path):
     root = tmp_path / "run"
     labels = [json.loads(line) for line in (root / "labels" / "preferences.jsonl").open()]
     assert labels and all(0.5 <= r["soft_label"] <= 1.0 for r in labels)
-    assert "eval_accuracy" in json.loads((root / "rm" / "summary.json").read_text())
+    # Scaled down, the SFT policy's held-out pairs can all be ties (soft_label 1/2), and then the
+    # RM leaves eval_accuracy out; every held-out pair is still evaluated.
+    eval_labels = (root / "eval_labels" / "preferences.jsonl").read_text().splitlines()
+    assert json.loads((root / "rm" / "summary.json").read_text())["eval_pairs"] == len(eval_labels)
     assert "gold_reward_end" in json.loads((root / "ppo" / "summary.json").read_text())
     evaluation = json.loads((root / "eval" / "eval.json").read_text())
     policies = evaluation["policies"]
@@ -171,3 +170,210 @@ def test_inputs_written_by_earlier_stages_do_not_rerun_later_ones(tmp_path, tiny
     path.write_text(path.read_text().replace("corpus_size: 30", "corpus_size: 31"))
     third = run_cli("pipeline", str(path))
     assert "skip w" not in third.stderr and "skip sft" not in third.stderr
+
+
+def _world_stages(tmp_path, names=("a", "b", "c"), corpus_size=5) -> Path:
+    """A pipeline of small `world` stages (no model: each runs in milliseconds, in process)."""
+    path = tmp_path / "worlds.yaml"
+    lines = [f"output_dir: {tmp_path / 'r'}", "stages:"]
+    for seed, name in enumerate(names):
+        lines.append(
+            f"  - {{name: {name}, stage: world, config: {{seed: {seed}, "
+            f"corpus_size: {corpus_size}, train_prompts: 2, eval_prompts: 1}}}}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _status(directory) -> str:
+    return json.loads((directory / ".pipeline.json").read_text())["status"]
+
+
+def test_decide_resumes_only_an_interrupted_run_of_the_same_digest():
+    from rlhfkit.recipes.pipeline import decide
+
+    assert decide(None, "d", forced=False) == "fresh"
+    assert decide({"digest": "d", "status": "done"}, "d", forced=False) == "skip"
+    assert decide({"digest": "d", "status": "running"}, "d", forced=False) == "resume"
+    assert decide({"digest": "old", "status": "running"}, "d", forced=False) == "fresh"
+    assert decide({"digest": "old", "status": "done"}, "d", forced=False) == "fresh"
+    assert decide({"digest": "d", "status": "pending"}, "d", forced=False) == "fresh"
+    assert decide({"digest": "d", "status": "running"}, "d", forced=True) == "fresh"
+    assert decide({}, "d", forced=False) == "fresh"
+
+
+def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
+    tmp_path, tiny_model, sft_data
+):
+    """An sft stage marked `running` (what a kill leaves) resumes only when its digest is the
+    same; after a config change it runs from scratch, and no checkpoint of the old run is left
+    for it to resume from."""
+    path = tmp_path / "p.yaml"
+    text = (
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        f"  - {{name: sft, stage: sft, config: {{model: {tiny_model}, train_data: {sft_data},"
+        " max_steps: 2, save_steps: 1, batch_size: 4, learning_rate: 1.0e-3, progress: false}}\n"
+    )
+    path.write_text(text)
+    run_cli("pipeline", str(path))
+    out = tmp_path / "r" / "sft"
+    marker = json.loads((out / ".pipeline.json").read_text())
+    (out / ".pipeline.json").write_text(json.dumps({**marker, "status": "running"}))
+    same = run_cli("pipeline", str(path), "--dry-run")
+    assert "sft (sft) — resuming" in same.stderr
+
+    path.write_text(text.replace("1.0e-3", "2.0e-3"))
+    stale = out / "checkpoints" / "step-00000099"  # the old run's latest checkpoint
+    stale.mkdir()
+    changed = run_cli("pipeline", str(path))
+    assert "resuming" not in changed.stderr and "resumed from" not in changed.stderr
+    assert "starting afresh" in changed.stderr
+    assert not stale.exists()
+    assert json.loads((out / ".pipeline.json").read_text()) == {
+        "digest": plan(path)[0].digest,
+        "status": "done",
+        "stage": "sft",
+    }
+    assert "learning_rate: 0.002" in (out / "config.yaml").read_text()
+
+
+def test_stage_rerun_after_an_upstream_change_does_not_reuse_stale_judgments(tmp_path, tiny_model):
+    """New pairs (generate's seed changed) are labelled afresh, even with the labels written
+    outside the stage's directory (the pipeline passes overwrite=true); generate and label get a
+    config.yaml in their stage directory."""
+    prefs = tmp_path / "prefs.jsonl"
+    path = tmp_path / "p.yaml"
+    text = (
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        "  - {name: w, stage: world, config: {corpus_size: 5, train_prompts: 3, eval_prompts: 1}}\n"
+        f"  - {{name: pairs, stage: generate, config: {{model: {tiny_model},"
+        " prompts: '${w}/prompts_train.jsonl', n: 2, max_new_tokens: 6, seed: 1,"
+        " output: '${out}/pairs.jsonl'}}\n"
+        "  - {name: labels, stage: label, config: {judge: simulated, constitution: world,"
+        f" train_data: '${{pairs}}/pairs.jsonl', output: {prefs}}}}}\n"
+    )
+    path.write_text(text)
+    run_cli("pipeline", str(path))
+    path.write_text(text.replace("seed: 1", "seed: 2"))
+    second = run_cli("pipeline", str(path))
+    assert "skip w" in second.stderr and "skip labels" not in second.stderr
+    pairs = [json.loads(line) for line in (tmp_path / "r" / "pairs" / "pairs.jsonl").open()]
+    labelled = [json.loads(line) for line in prefs.open()]
+    assert labelled
+    for record in labelled:
+        responses = next(p["responses"] for p in pairs if p["prompt"] == record["prompt"])
+        assert {record["chosen"], record["rejected"]} <= set(responses)
+    generate_config = yaml.safe_load((tmp_path / "r" / "pairs" / "config.yaml").read_text())
+    assert generate_config["stage"] == "generate" and generate_config["seed"] == 2
+    label_config = yaml.safe_load((tmp_path / "r" / "labels" / "config.yaml").read_text())
+    assert label_config["stage"] == "label" and label_config["output"] == str(prefs)
+
+
+def test_local_directories_named_as_inputs_enter_the_digest(tmp_path):
+    """A model directory re-created at the same path reruns the stage that reads it (file names,
+    sizes and modification times; no file is read); `name=PATH` values count too; `${root}`,
+    which holds the stage directories, does not."""
+    import os
+
+    model = tmp_path / "ext"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"0" * 8)
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        f"  - {{name: sft, stage: sft, config: {{model: {model}}}}}\n"
+        f"  - {{name: eval, stage: eval, config: {{policies: ['base={model}']}}}}\n"
+        "  - {name: report, stage: report, config: {runs: '${root}'}}\n"
+    )
+    first = [s.digest for s in plan(path)]
+    assert [s.digest for s in plan(path)] == first  # stable while nothing changes
+
+    (tmp_path / "r" / "eval").mkdir(parents=True)
+    (tmp_path / "r" / "eval" / "eval.json").write_text("{}")
+    assert plan(path)[2].digest == first[2]  # outputs under ${root} are the stages' own
+
+    weights.write_bytes(b"1" * 9)  # re-initialised: another size
+    resized = [s.digest for s in plan(path)]
+    assert resized[0] != first[0] and resized[1] != first[1]
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    assert plan(path)[0].digest != resized[0]
+    retouched = plan(path)[0].digest
+    (model / "tokenizer.json").write_text("{}")
+    assert plan(path)[0].digest != retouched
+
+
+def test_an_interrupted_from_run_is_finished_by_a_plain_rerun(tmp_path, monkeypatch, capsys):
+    """`--from b` marks b and c pending before running b; killed during b, a plain rerun runs b
+    and c again rather than skipping c as completed."""
+    from rlhfkit.recipes import world
+    from rlhfkit.recipes.pipeline import PipelineConfig, run
+
+    path = _world_stages(tmp_path)
+    run(PipelineConfig(file=str(path)))
+    root = tmp_path / "r"
+    assert [_status(root / n) for n in "abc"] == ["done", "done", "done"]
+
+    real_run = world.run
+
+    def interrupted_in_b(config):
+        if config.output_dir.endswith("/b"):
+            raise KeyboardInterrupt
+        return real_run(config)
+
+    monkeypatch.setattr(world, "run", interrupted_in_b)
+    with pytest.raises(KeyboardInterrupt):
+        run(PipelineConfig(file=str(path), from_stage="b"))
+    assert [_status(root / n) for n in "abc"] == ["done", "running", "pending"]
+
+    monkeypatch.setattr(world, "run", real_run)
+    capsys.readouterr()
+    run(PipelineConfig(file=str(path)))
+    err = capsys.readouterr().err
+    assert "skip a" in err and "skip b" not in err and "skip c" not in err
+    assert [_status(root / n) for n in "abc"] == ["done", "done", "done"]
+
+
+def test_unknown_keys_in_a_pipeline_file_name_the_nearest_valid_one(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"output-dir: {tmp_path}\nstages:\n  - {{name: w, stage: world}}\n")
+    with pytest.raises(
+        ConfigError, match=r"p\.yaml: unknown key 'output-dir'; did you mean 'output_dir'\?"
+    ):
+        plan(path)
+    path.write_text("stages:\n  - name: w\n    stage: world\n    confg: {corpus_size: 5}\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"p\.yaml: stages\[1\] \(w\): unknown key 'confg'; did you mean 'config'\?",
+    ):
+        plan(path)
+    path.write_text("stages: []\n")
+    with pytest.raises(ConfigError, match="at least one stage"):
+        plan(path)
+
+
+def test_stage_directories_may_not_overlap(tmp_path):
+    """A fresh run empties its stage's directory, so no stage's directory may hold another's
+    or the pipeline's output_dir."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n  - {{name: a, stage: world}}\n"
+        f"  - {{name: b, stage: world, config: {{output_dir: {tmp_path / 'r' / 'a' / 'x'}}}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"stages\[2\] \(b\): output directory .* overlaps"):
+        plan(path)
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n"
+        f"  - {{name: a, stage: world, config: {{output_dir: {tmp_path}}}}}\n"
+    )
+    with pytest.raises(ConfigError, match="holds the pipeline's output_dir"):
+        plan(path)
+
+
+def test_a_failing_stage_is_named_in_its_error(tmp_path):
+    from rlhfkit.recipes.pipeline import PipelineConfig, run
+
+    path = _world_stages(tmp_path, names=("w",), corpus_size=0)
+    with pytest.raises(ConfigError, match=r"^stage w \(world\): corpus_size: must be at least 1"):
+        run(PipelineConfig(file=str(path)))

@@ -12,11 +12,29 @@ stages:
 ```
 
 `${NAME}` is stage NAME's output directory, `${out}` the current stage's and `${root}` the
-pipeline's `output_dir` (a stage naming it depends on every earlier stage). A stage is skipped
-when its resolved config, the content of the input files it names and the hashes of the stages
-it refers to are unchanged since it last completed (`OUT/.pipeline.json` records the hash).
-`--from NAME` reruns NAME and everything after it. An interrupted stage that supports
-checkpoints is rerun with `resume=true`, so it continues where it stopped.
+pipeline's `output_dir` (a stage naming it depends on every earlier stage). An unknown key, at
+the top, in a stage entry or in a stage's config, is an error naming the nearest valid key. Each
+stage needs a directory of its own: two stages' directories may not overlap.
+
+A stage is skipped when its digest is unchanged since it last completed (`OUT/.pipeline.json`
+records it): the digest covers its resolved config, the input files it names (their content),
+the local directories it names (the names, sizes and modification times of their files, so a
+model re-created at the same path counts as changed) and the digests of the stages it refers to.
+Paths inside a stage directory of this pipeline are left to that stage's digest.
+
+A stage that runs is either *resumed* or run *afresh*:
+- resumed when it was interrupted (its marker says `running`) with the same digest: a stage with
+  checkpoints gets `resume=true`; `label` continues from the judgments it wrote;
+- afresh otherwise (first run, changed config or inputs, `--from`, or an interrupted run of
+  another digest): the outputs of its previous run in its directory are removed first, and a
+  stage with an `overwrite` key gets `overwrite=true` (for outputs it keeps elsewhere), so no
+  checkpoint, judgment or model of another configuration is reused. A directory that no pipeline
+  run has marked is left as it is.
+
+`--from NAME` marks NAME and every stage after it as pending before it runs any, so a plain rerun
+after an interruption finishes what `--from` started. A failing stage's error names the stage.
+Stages that write no `config.yaml` of their own (generate, label, report, init-model) get one
+from the pipeline in their directory, beside the marker.
 """
 
 from __future__ import annotations
@@ -25,14 +43,15 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rlhfkit.config import build, option
-from rlhfkit.errors import ConfigError
+from rlhfkit.config import build, option, write_config
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.training.run import console
 
 MARKER = ".pipeline.json"
@@ -41,9 +60,31 @@ REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
 
 @dataclass
 class PipelineConfig:
+    """The pipeline file is a mapping with `output_dir` (default runs/pipeline) and `stages`, a
+    list of entries with `name` (default: the stage), `stage` (the rlhfkit stage to run) and
+    `config` (that stage's keys, nested or dotted; `${NAME}`, `${out}` and `${root}` name
+    directories). Any other key is an error."""
+
     file: str = option("", "the pipeline YAML file (also accepted as the first argument)")
     from_stage: str = option("", "rerun this stage and every stage after it (alias: --from)")
     dry_run: bool = option(False, "print what would run or be skipped, run nothing")
+
+
+@dataclass
+class PipelineFile:
+    """The top level of a pipeline file."""
+
+    output_dir: str = option("runs/pipeline", "each stage writes to output_dir/NAME by default")
+    stages: list[Any] = option([], "the stages, in order")
+
+
+@dataclass
+class StageEntry:
+    """One entry of a pipeline file's `stages`."""
+
+    name: str = option("", "unique name; ${NAME} is this stage's output directory")
+    stage: str = option("", "the rlhfkit stage to run (sft, generate, rm, dpo, ...)")
+    config: dict[str, Any] | None = option(None, "the stage's keys")
 
 
 @dataclass
@@ -80,65 +121,139 @@ def _substitute(
     return value
 
 
-def _file_digest(value: Any, hasher, stage_dirs: list[Path]) -> None:
-    """Fold the content of every existing input file a config value names into the hash.
+def _within(path: Path, directory: Path) -> bool:
+    """Whether resolved `path` is `directory` or lies inside it."""
+    return path == directory or directory in path.parents
 
-    Files inside a stage directory of this pipeline (the stage's own: its outputs; an earlier
+
+def directory_fingerprint(directory: Path) -> str:
+    """sha256 of the relative name, size and modification time of every file under `directory`.
+
+    No file is read, so it is cheap on model and data directories; it changes when a file is
+    rewritten in place (same path, new weights), added or removed."""
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        stat = path.stat()
+        name = path.relative_to(directory).as_posix()
+        hasher.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return hasher.hexdigest()
+
+
+def _named_paths(value: str) -> list[Path]:
+    """The local paths a config string may name: itself, or PATH in `NAME=PATH` (eval's
+    `policies` and `reference`)."""
+    candidates = [value]
+    if "=" in value:
+        candidates.append(value.split("=", 1)[1])
+    return [Path(c) for c in candidates if c and Path(c).exists()]
+
+
+def _input_digest(value: Any, hasher, stage_dirs: list[Path]) -> None:
+    """Fold every existing input a config value names into the hash: a file's content, a
+    directory's `directory_fingerprint`.
+
+    Paths inside a stage directory of this pipeline (the stage's own: its outputs; an earlier
     stage's: that stage's digest already stands for them) are left out: they may not exist yet
     when the pipeline is planned, and hashing them on a later run only would rerun a stage that
-    did not change."""
-    if isinstance(value, str) and value and Path(value).is_file():
-        parents = Path(value).resolve().parents
-        if not any(directory.resolve() in parents for directory in stage_dirs):
-            hasher.update(Path(value).read_bytes())
+    did not change. So is a directory holding a stage directory (`${root}`)."""
+    if isinstance(value, str):
+        for path in _named_paths(value):
+            resolved = path.resolve()
+            if any(_within(resolved, d) or _within(d, resolved) for d in stage_dirs):
+                continue
+            if path.is_file():
+                hasher.update(path.read_bytes())
+            elif path.is_dir():
+                hasher.update(directory_fingerprint(path).encode())
     elif isinstance(value, list):
         for v in value:
-            _file_digest(v, hasher, stage_dirs)
+            _input_digest(v, hasher, stage_dirs)
     elif isinstance(value, dict):
         for v in value.values():
-            _file_digest(v, hasher, stage_dirs)
+            _input_digest(v, hasher, stage_dirs)
 
 
-def plan(path: Path) -> list[PlannedStage]:
-    from rlhfkit.cli import STAGES
-
+def _read_spec(path: Path) -> PipelineFile:
+    """The pipeline file's top level, keys and types checked."""
     if not path.is_file():
         raise ConfigError(f"pipeline: file {str(path)!r} not found")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
+    if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with a list under 'stages'")
-    root = Path(spec.get("output_dir", "runs/pipeline"))
+    try:
+        top = build(PipelineFile, spec)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if not top.stages:
+        raise ConfigError(f"{path}: stages: expected a list of at least one stage")
+    return top
+
+
+def _read_entry(entry: Any, where: str) -> StageEntry:
+    """One stage entry, keys and types checked (`where` names it in errors)."""
+    if not isinstance(entry, dict) or "stage" not in entry:
+        raise ConfigError(f"{where}: each stage needs 'stage' (and usually 'name', 'config')")
+    label = f"{where} ({entry.get('name', entry['stage'])})"
+    try:
+        return build(StageEntry, entry)
+    except ConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
+
+
+def _check_directory(out: Path, root: Path, others: dict[str, Path], where: str) -> None:
+    """A stage's directory is its own: it may hold no other stage's, lie in none, and hold
+    neither the pipeline's output_dir nor the working directory (a fresh run empties it)."""
+    resolved = out.resolve()
+    for name, other in others.items():
+        if _within(resolved, other.resolve()) or _within(other.resolve(), resolved):
+            raise ConfigError(
+                f"{where}: output directory {out} overlaps stage {name!r}'s ({other}); "
+                "give each stage a directory of its own"
+            )
+    for held, what in ((root, "the pipeline's output_dir"), (Path.cwd(), "the working directory")):
+        if _within(held.resolve(), resolved):
+            raise ConfigError(f"{where}: output directory {out} holds {what}; choose another")
+
+
+def plan(path: Path) -> list[PlannedStage]:
+    """Every stage of the pipeline file at `path`, its config resolved and validated, with its
+    output directory and digest; runs nothing."""
+    from rlhfkit.cli import STAGES
+
+    top = _read_spec(path)
+    root = Path(top.output_dir)
     outputs: dict[str, Path] = {}
     digests: dict[str, str] = {}
     planned = []
-    for index, entry in enumerate(spec["stages"], start=1):
+    for index, raw in enumerate(top.stages, start=1):
         where = f"{path}: stages[{index}]"
-        if not isinstance(entry, dict) or "stage" not in entry:
-            raise ConfigError(f"{where}: each stage needs 'stage' (and usually 'name', 'config')")
-        kind = entry["stage"]
+        entry = _read_entry(raw, where)
+        kind = entry.stage
         if kind not in STAGES or STAGES[kind].config is None or kind in ("pipeline", "demo"):
             raise ConfigError(f"{where}: stage {kind!r} cannot run in a pipeline")
-        name = str(entry.get("name", kind))
+        name = entry.name or kind
         if name in ("out", "root"):
             raise ConfigError(f"{where}: {name!r} is reserved (${{{name}}}); rename the stage")
         if name in outputs:
             raise ConfigError(f"{where}: stage name {name!r} is used twice")
-        values = dict(entry.get("config") or {})
+        values = dict(entry.config or {})
         out = Path(values.get("output_dir") or root / name)
+        _check_directory(out, root, outputs, f"{where} ({name})")
         used: set[str] = set()
         values = _substitute(values, outputs, out, root, used)
         cls = _config_class(kind)
-        if "output_dir" in {f.name for f in dataclasses.fields(cls)}:
+        if "output_dir" in _field_names(cls):
             values["output_dir"] = str(out)
         try:
             build(cls, _nest(values))
         except ConfigError as err:
             raise ConfigError(f"{where} ({name}): {err}") from None
         hasher = hashlib.sha256(json.dumps([kind, values], sort_keys=True, default=str).encode())
-        _file_digest(values, hasher, [out, *outputs.values()])
+        stage_dirs = [d.resolve() for d in (out, *outputs.values())]
+        _input_digest(values, hasher, stage_dirs)
         for ref in sorted(used):
             hasher.update(digests[ref].encode())
         outputs[name], digests[name] = out, hasher.hexdigest()
@@ -167,12 +282,20 @@ def _config_class(kind: str):
     return _load(STAGES[kind].config)
 
 
-def _completed(stage: PlannedStage) -> bool:
-    marker = stage.out / MARKER
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _read_marker(out: Path) -> dict[str, Any] | None:
+    """The stage's marker, None where no pipeline run has marked `out` ({} if unreadable)."""
+    marker = out / MARKER
     if not marker.is_file():
-        return False
-    record = json.loads(marker.read_text())
-    return record.get("digest") == stage.digest and record.get("status") == "done"
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _write_marker(stage: PlannedStage, status: str) -> None:
@@ -182,9 +305,45 @@ def _write_marker(stage: PlannedStage, status: str) -> None:
     tmp.replace(stage.out / MARKER)
 
 
-def run(config: PipelineConfig) -> int:
+def decide(record: dict[str, Any] | None, digest: str, forced: bool) -> str:
+    """What to do with a stage: `skip` (completed with this digest), `resume` (interrupted with
+    this digest) or `fresh` (anything else, and whatever `--from` forces)."""
+    if forced or record is None or record.get("digest") != digest:
+        return "fresh"
+    return {"done": "skip", "running": "resume"}.get(record.get("status"), "fresh")
+
+
+def _clear(directory: Path) -> None:
+    """Remove everything inside `directory` (the directory itself stays)."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _run_stage(stage: PlannedStage, values: dict[str, Any]) -> None:
+    """Run one stage; write its config.yaml if the stage wrote none; name it in any error."""
     from rlhfkit.cli import STAGES, _load
 
+    config_file = stage.out / "config.yaml"
+    before = _mtime(config_file)
+    try:
+        config = build(_config_class(stage.stage), _nest(values))
+        _load(STAGES[stage.stage].entry)(config)
+    except RlhfkitError as err:
+        # Prefixed in place so the error keeps its type (DataError's fields included).
+        err.args = (f"stage {stage.name} ({stage.stage}): {err}",)
+        raise
+    if _mtime(config_file) in (None, before):
+        write_config(stage.out, stage.stage, config)
+
+
+def run(config: PipelineConfig) -> int:
     if not config.file:
         raise ConfigError("file: give the pipeline file (rlhfkit pipeline FILE.yaml)")
     stages = plan(Path(config.file))
@@ -193,27 +352,37 @@ def run(config: PipelineConfig) -> int:
         raise ConfigError(
             f"from_stage: no stage named {config.from_stage!r} (stages: {', '.join(names)})"
         )
-    forced = False
-    for stage in stages:
-        forced = forced or stage.name == config.from_stage
-        if not forced and _completed(stage):
+    first_forced = names.index(config.from_stage) if config.from_stage else len(stages)
+    if not config.dry_run:
+        # Before anything runs: an interrupted --from run leaves these to a plain rerun.
+        for stage in stages[first_forced:]:
+            if _read_marker(stage.out) is not None:
+                _write_marker(stage, "pending")
+    for index, stage in enumerate(stages):
+        record = _read_marker(stage.out)
+        action = decide(record, stage.digest, forced=index >= first_forced)
+        if action == "skip":
             console.print(
                 f"[dim]skip[/] {stage.name} ({stage.stage}): unchanged since it completed"
             )
             continue
-        marker = stage.out / MARKER
-        interrupted = marker.is_file() and json.loads(marker.read_text()).get("status") == "running"
+        fields = _field_names(_config_class(stage.stage))
         values = dict(stage.values)
-        cls = _config_class(stage.stage)
-        if interrupted and not forced and "resume" in {f.name for f in dataclasses.fields(cls)}:
-            values["resume"] = True
-        console.rule(
-            f"[bold]{stage.name}[/] ({stage.stage})"
-            + (" — resuming" if values.get("resume") else "")
-        )
+        note = ""
+        if action == "resume" and "resume" in fields:
+            values["resume"], note = True, " — resuming"
+        elif action == "fresh":
+            if "overwrite" in fields:
+                values["overwrite"] = True
+            if record is not None and record.get("status") == "running":
+                note = " — interrupted with another config or inputs: starting afresh"
+        console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")
         if config.dry_run:
             continue
+        if action == "fresh" and record is not None:
+            _clear(stage.out)
+            console.print(f"[dim]removed the previous run's outputs in {stage.out}[/]")
         _write_marker(stage, "running")
-        _load(STAGES[stage.stage].entry)(build(cls, _nest(values)))
+        _run_stage(stage, values)
         _write_marker(stage, "done")
     return 0
