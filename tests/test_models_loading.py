@@ -62,3 +62,17 @@ def test_no_warning_for_fp32_frozen_or_lora_models(tiny_model, fresh_warnings):
     assert trained_16bit_dtype(fp32) is None and trained_16bit_dtype(frozen) is None
     assert trained_16bit_dtype(lora) is None
     assert {p.dtype for p in lora.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
+def test_every_optimizer_warns_for_16bit_weights(fresh_warnings):
+    """The reward model and PPO's critic are not built by `load_causal_lm`; every recipe's
+    optimizer is built by `build_optimizer`, which warns for them too (and not for fp32)."""
+    from rlhfkit.training.optim import build_optimizer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_optimizer(torch.nn.Linear(4, 1), learning_rate=1e-5, weight_decay=0.0)
+        assert _sixteen_bit_warnings(caught) == []
+        head = torch.nn.Linear(4, 1).to(torch.bfloat16)
+        build_optimizer(head, learning_rate=1e-5, weight_decay=0.0)
+    assert len(_sixteen_bit_warnings(caught)) == 1

@@ -8,6 +8,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import warn_if_16bit_training
 
 
 def build_optimizer(
@@ -23,7 +24,12 @@ def build_optimizer(
     `fused=True` takes torch's single-kernel AdamW (CPU and CUDA): the same update, one kernel
     over all parameters instead of a loop of small ones (4x faster per step for the 30M `small`
     preset on 2 CPU cores). See `fused_adamw_supported` for when the training loop asks for it.
+
+    Every recipe's optimizer is built here, so this is where 16-bit trainable weights (which
+    small AdamW steps cannot move) are warned about, whichever model they belong to (policy,
+    reward model, critic): `rlhfkit.models.loading.warn_if_16bit_training`.
     """
+    warn_if_16bit_training(model, stacklevel=3)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
