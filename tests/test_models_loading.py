@@ -76,3 +76,16 @@ def test_every_optimizer_warns_for_16bit_weights(fresh_warnings):
         head = torch.nn.Linear(4, 1).to(torch.bfloat16)
         build_optimizer(head, learning_rate=1e-5, weight_decay=0.0)
     assert len(_sixteen_bit_warnings(caught)) == 1
+
+
+def test_a_directory_without_a_tokenizer_is_a_one_line_config_error(tmp_path):
+    """`model=/` (or any directory that is not a model) used to end in transformers' ValueError
+    traceback about converting a slow tokenizer."""
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.models.loading import load_tokenizer
+
+    with pytest.raises(ConfigError, match="holds no tokenizer .*not a model directory"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="cannot load a tokenizer from"):
+        load_tokenizer(str(tmp_path))

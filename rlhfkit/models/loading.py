@@ -111,16 +111,30 @@ def _check_source(name_or_path: str) -> None:
         raise ConfigError(f"model: {name_or_path!r} is not a model directory")
 
 
+#: Files of which a local model directory holds at least one (transformers' tokenizer files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer; give it a pad token (eos) if it has none, since batches need padding.
 
     Sequences are always masked explicitly, so pad == eos is harmless where a tokenizer forces it.
     """
     _check_source(name_or_path)
+    if os.path.isdir(name_or_path) and not any(
+        os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES
+    ):
+        raise ConfigError(
+            f"model: {name_or_path!r} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): "
+            "not a model directory"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as err:
-        raise ConfigError(f"model: cannot load a tokenizer from {name_or_path!r}: {err}") from err
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model: cannot load a tokenizer from {name_or_path!r}: {first_line}"
+        ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
