@@ -155,8 +155,8 @@ def _pairs(tmp_path, n):
 
 def test_label_stopped_by_a_failing_endpoint_keeps_its_work_and_continues(endpoint, tmp_path):
     """Two pairs per step, both orders: 4 requests per step. The endpoint answers 4 requests, then
-    fails for good: the first step's judgments are kept, the run stops with a clear error; a rerun
-    against a working endpoint judges only the remaining pairs.
+    fails: the first step's judgments are kept, the run stops with a clear error; a rerun once the
+    endpoint is back judges only the remaining pairs.
 
     Each judgment reads P(A) = sigmoid(-0.25 - (-1.75)) = sigmoid(1.5) = 0.8175744762 from the
     top log-probs, so every pair's label is (0.8175744762 + 1 - 0.8175744762) / 2 = 0.5."""
@@ -184,11 +184,11 @@ def test_label_stopped_by_a_failing_endpoint_keeps_its_work_and_continues(endpoi
     assert failing.requests[0]["prompt"].endswith("\nAnswer: (")
     assert failing.requests[0]["logprobs"] >= 2 and failing.requests[0]["max_tokens"] >= 1
 
-    working = endpoint()
-    config.judge = working.url
+    failing.default = "ok"  # the endpoint is back
+    sent_before = len(failing.requests)
     summary = label(config)
     assert summary["resumed_pairs"] == 2 and summary["pairs"] == 5
-    assert len(working.requests) == 3 * 2
+    assert len(failing.requests) - sent_before == 3 * 2
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == 5
     p_first = 1 / (1 + math.exp(-1.5))
@@ -218,3 +218,69 @@ def test_endpoint_without_logprobs_falls_back_to_the_parsed_answer(endpoint, tmp
     assert summary["sources"] == {"parsed": 2}
     # always (B): P(A) = 0 in both orders -> P(a) = (0 + 1 - 0) / 2 = 0.5
     assert json.loads(out.read_text())["soft_label"] == 0.5
+
+
+def test_options_missing_from_the_top_logprobs_are_counted_warned_and_not_scored(
+    endpoint, tmp_path, capsys
+):
+    """The audit's case: neither option is among the endpoint's top log-probs, so every answer
+    is parsed; the text names no option, so every judgment is P(A) = 0.5 and every label 0.5.
+    The labels are still written (soft_label 0.5: no pull for a soft-label loss), but flagged:
+    the summary counts 3 undecided pairs, gold_agreement leaves them out (the old code scored
+    the tie "response a chosen" as a decision: 1.0 here, since a is the right answer), and the
+    console says why and what to do."""
+    server = endpoint()
+    no_option = {
+        "choices": [
+            {
+                "index": 0,
+                "text": "x",
+                "logprobs": {
+                    "tokens": ["x"],
+                    "token_logprobs": [-0.1],
+                    "top_logprobs": [{"x": -0.1, "y": -2.5}],
+                    "text_offset": [0],
+                },
+                "finish_reason": "length",
+            }
+        ]
+    }
+    server.server.RequestHandlerClass.do_POST = lambda self: (
+        self.rfile.read(int(self.headers.get("Content-Length", 0))),
+        self._reply(200, json.dumps(no_option).encode()),
+    )
+    out = tmp_path / "labels.jsonl"
+    summary = label(
+        LabelConfig(
+            judge=server.url,
+            train_data=str(_pairs(tmp_path, 3)),
+            output=str(out),
+            constitution="world",
+            progress=False,
+        )
+    )
+    assert summary["sources"] == {"parsed": 6}
+    assert summary["undecided_pairs"] == 3
+    assert "gold_agreement" not in summary
+    assert summary["gold_decided_pairs"] == 0 and summary["gold_undecided_pairs"] == 3
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 3 and all(r["soft_label"] == 0.5 for r in records)
+    assert json.loads((tmp_path / "labels.summary.json").read_text()) == summary
+    err = " ".join(capsys.readouterr().err.split())
+    assert "judgments by source: 6 parsed" in err
+    assert "6 of 6 judgments were parsed from the answer text" in err
+    assert "raise judge_top_logprobs" in err and "judge_top_logprobs=20" in err
+    assert "3 of 3 pairs are undecided (soft_label 0.5)" in err
+    assert "agreement with the gold reward" not in err
+
+
+def test_judgment_warnings_thresholds():
+    """Warn when more than half of the judgments are parsed, or of the pairs undecided."""
+    from rlhfkit.recipes.label import judgment_warnings
+
+    config = LabelConfig(judge_top_logprobs=5)
+    assert judgment_warnings({"logprobs": 2, "parsed": 2}, 1, 2, config) == []
+    parsed, undecided = judgment_warnings({"logprobs": 1, "parsed": 2}, 2, 3, config)
+    assert parsed.startswith("2 of 3 judgments were parsed") and "judge_top_logprobs=5" in parsed
+    assert undecided.startswith("2 of 3 pairs are undecided")
+    assert judgment_warnings({}, 0, 0, config) == []

@@ -207,3 +207,60 @@ def test_simulated_judge_uses_the_world_annotators(tmp_path):
         assert record["soft_label"] == pytest.approx(p, rel=1e-9)
     assert records[0]["chosen"] == GOOD
     assert summary["gold_agreement"] == 1.0
+
+
+class ByFirstLM:
+    """Option log-probs keyed by the response shown first (as option A)."""
+
+    name = "by-first"
+
+    def __init__(self, by_first: dict[str, tuple[float, float]]):
+        self.by_first = by_first
+
+    def generate(self, prompts, params, seed):
+        return [""] * len(prompts)
+
+    def option_scores(self, prompts, options):
+        out = []
+        for prompt in prompts:
+            first = next(r for r in self.by_first if f"(A){r}\n" in prompt)
+            logp_a, logp_b = self.by_first[first]
+            out.append(OptionScore(1 / (1 + math.exp(logp_b - logp_a)), logp_a, logp_b))
+        return out
+
+
+def test_undecided_pairs_are_written_but_left_out_of_gold_agreement(tmp_path, monkeypatch):
+    """Pair 0 (GOOD, BAD): GOOD first P(A) = sigmoid(2) = 0.8807970780, BAD first P(A) =
+    sigmoid(-2) = 0.1192029220 -> P(GOOD) = (0.8807970780 + 1 - 0.1192029220) / 2 =
+    0.8807970780: decided, and GOOD has the higher gold reward (agrees).
+    Pair 1 (" 9.", " Sure! 3+4 is 7."): P(A) = 0.5 in both orders -> P(a) = 0.5, undecided;
+    written with chosen " 9." (response a) and soft_label 0.5. Counting that tie as a decision
+    (as before) would give gold_agreement (1 + 0) / 2 = 0.5; it is 1 / 1 = 1.0 with one
+    undecided pair."""
+    import rlhfkit.recipes.label as label_module
+
+    lm = ByFirstLM(
+        {GOOD: (0.0, -2.0), BAD: (-2.0, 0.0), " 9.": (-1.0, -1.0), " Sure! 3+4 is 7.": (-1.0, -1.0)}
+    )
+    monkeypatch.setattr(label_module, "load_text_model", lambda *a, **k: lm)
+    rows = [
+        {"prompt": PROMPT, "responses": [GOOD, BAD]},
+        {"prompt": "User: What is 3+4?\nBot:", "responses": [" 9.", " Sure! 3+4 is 7."]},
+    ]
+    out = tmp_path / "labels.jsonl"
+    summary = label(
+        LabelConfig(
+            judge="by-first",
+            train_data=str(write_jsonl(tmp_path / "pairs.jsonl", rows)),
+            constitution="world",
+            output=str(out),
+            progress=False,
+        )
+    )
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert records[0]["chosen"] == GOOD
+    assert records[0]["soft_label"] == pytest.approx(0.8807970780, rel=1e-9)
+    assert (records[1]["chosen"], records[1]["soft_label"]) == (" 9.", 0.5)
+    assert summary["undecided_pairs"] == 1
+    assert summary["gold_agreement"] == 1.0
+    assert summary["gold_decided_pairs"] == 1 and summary["gold_undecided_pairs"] == 1

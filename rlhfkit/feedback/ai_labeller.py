@@ -11,7 +11,13 @@ Two text-model backends share one small interface (`TextModel`):
   hosted API, requests sent concurrently. `option_scores` appends the options' shared prefix
   (``" ("``) to the prompt, asks for one token with ``logprobs``, and reads the log-probs of the
   tokens that start each option's remainder (``"A"``, ``"B"``). An endpoint that offers no
-  log-probs gets its answer parsed instead: a hard label (1, 0, or 0.5 when unreadable).
+  log-probs for either option (none at all, or neither among its top ``top_logprobs``) gets its
+  answer parsed instead: a hard label (1, 0, or 0.5 when unreadable), marked ``"parsed"``;
+  `rlhfkit label` counts them and warns when most judgments are parsed or undecided.
+
+A local prompt longer than its budget -- ``max_prompt_length``, and at most the model's
+``max_position_embeddings`` minus the tokens to be generated or scored -- loses its start;
+`LocalLM.prompts_cut` counts those prompts.
 
 A judgment (RL-CAI, Bai et al. 2022 sec. 4.1): a comparison principle is drawn at random per pair;
 the multiple-choice prompt shows the pair in both orders (a, b) and (b, a); each order gives
@@ -25,10 +31,17 @@ here one principle per pair (several pairs per prompt still see several principl
 `SimulatedJudge` replaces the model by the embedded world's annotators: ``P(option A)`` is the
 drawn annotator's ``P_k(first > second)``, so labels are known-noisy and agree with the gold
 reward as well as the annotators do.
+
+Outputs follow TRL's formats: when the prompt is a conversation, responses are written as
+``[{"role": "assistant", "content": ...}]`` (`as_reply`). Work written to disk carries the run's
+settings (`settings_changes` says which differ), so a rerun never passes off results made with
+another judge, constitution or seed as its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -36,8 +49,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.feedback.constitution import ComparisonPrinciple, Constitution
-from rlhfkit.feedback.openai_client import OpenAIClient, is_endpoint
+from rlhfkit.feedback.openai_client import OpenAIClient, is_endpoint, normalise_base_url
 from rlhfkit.losses.soft_labels import choice_probability, clamp_probability, debiased_preference
 from rlhfkit.rollout.sampling import SamplingParams
 
@@ -120,8 +134,13 @@ class LocalLM:
         path: model directory or hub id.
         dtype: weight dtype (``auto``: fp32 on CPU, bf16 on a GPU).
         batch_size: rows per generate call or forward pass.
-        max_prompt_length: longer prompts lose their start.
+        max_prompt_length: longer prompts lose their start (so do prompts that would leave the
+            model's context no room for the tokens generated or scored after them).
         stop: generated text is cut at the first of these strings.
+
+    Attributes:
+        context_length: the model's ``max_position_embeddings`` (None when it has none).
+        prompts_cut: how many prompts lost their start so far.
     """
 
     def __init__(
@@ -145,19 +164,36 @@ class LocalLM:
         self.batch_size = batch_size
         self.max_prompt_length = max_prompt_length
         self.stop = tuple(stop)
+        self.context_length: int | None = getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+        self.prompts_cut = 0
 
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, text: str, budget: int) -> list[int]:
+        """The prompt's token ids, cut to their last ``budget`` (counted in `prompts_cut`)."""
         ids = self.tokenizer(text, add_special_tokens=True).input_ids
-        return ids[-self.max_prompt_length :]
+        if len(ids) > budget:
+            self.prompts_cut += 1
+            return ids[-budget:]
+        return ids
+
+    def prompt_budget(self, reserved: int) -> int:
+        """Longest prompt that leaves ``reserved`` tokens of the context for what follows it.
+
+        Raises:
+            ConfigError: ``reserved`` alone fills the model's context.
+        """
+        return prompt_budget(self.max_prompt_length, self.context_length, reserved)
 
     def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
         from rlhfkit.rollout.sampling import sample_responses
 
         if not prompts:
             return []
+        budget = self.prompt_budget(params.max_new_tokens)
         samples = sample_responses(
             self.model,
-            [self._encode(p) for p in prompts],
+            [self._encode(p, budget) for p in prompts],
             params,
             pad_id=self.tokenizer.pad_token_id,
             eos_id=self.tokenizer.eos_token_id,
@@ -178,7 +214,9 @@ class LocalLM:
         from rlhfkit.models.logprobs import TokenLogprobs
 
         option_ids = [self.tokenizer(o, add_special_tokens=False).input_ids for o in options]
-        rows = [(self._encode(p), ids) for p in prompts for ids in option_ids]
+        budget = self.prompt_budget(max(len(ids) for ids in option_ids))
+        encoded = [self._encode(p, budget) for p in prompts]
+        rows = [(prompt_ids, ids) for prompt_ids in encoded for ids in option_ids]
         scorer = TokenLogprobs(self.model)
         device = next(self.model.parameters()).device
         sums: list[float] = []
@@ -197,6 +235,25 @@ class LocalLM:
             logp_a, logp_b = sums[2 * i], sums[2 * i + 1]
             scores.append(OptionScore(choice_probability(logp_a, logp_b), logp_a, logp_b))
         return scores
+
+
+def prompt_budget(max_prompt_length: int, context_length: int | None, reserved: int) -> int:
+    """``min(max_prompt_length, context_length - reserved)``: the longest prompt that leaves room
+    for ``reserved`` generated (or scored) tokens in a context of ``context_length``.
+
+    Raises:
+        ConfigError: nothing is left for the prompt.
+    """
+    budget = max_prompt_length
+    if context_length is not None:
+        budget = min(budget, context_length - reserved)
+    if budget < 1:
+        raise ConfigError(
+            f"max_new_tokens: {reserved} tokens to generate leave no room for a prompt in the "
+            f"model's context of {context_length} tokens; lower max_new_tokens (or "
+            "edit_max_new_tokens, for critiques and revisions)"
+        )
+    return budget
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,12 +427,15 @@ def load_text_model(
 
 @dataclass
 class Pair:
-    """Two responses to one prompt, as read from the input (``index`` is its position)."""
+    """Two responses to one prompt, as read from the input (``index`` is its position;
+    ``source`` and ``line`` say where its record is, for error messages)."""
 
     index: int
     prompt: Any
     response_a: str
     response_b: str
+    source: str = "<pairs>"
+    line: int | None = None
 
 
 def draw_principle(constitution: Constitution, seed: int, pair_index: int) -> ComparisonPrinciple:
@@ -458,7 +518,29 @@ class SimulatedJudge:
 
         self.annotators = default_annotators(n_annotators)
 
+    @staticmethod
+    def check_pairs(pairs: Sequence[Pair]) -> None:
+        """Fail on the first pair whose prompt is not a text prompt of the embedded world.
+
+        Raises:
+            DataError: ``FILE:LINE: prompt: judge=simulated needs the embedded world's text
+                prompts`` (the annotators score responses by the world's gold criteria).
+        """
+        from rlhfkit.synthetic.prompts import parse_prompt
+
+        for pair in pairs:
+            if not isinstance(pair.prompt, str) or parse_prompt(pair.prompt) is None:
+                got = "a conversation" if isinstance(pair.prompt, list) else repr(pair.prompt)[:60]
+                raise DataError(
+                    pair.source,
+                    pair.line,
+                    "prompt",
+                    f"judge=simulated needs the embedded world's text prompts (got {got})",
+                )
+
     def judge(self, items: list[tuple[Pair, bool, ComparisonPrinciple]], seed: int) -> list[dict]:
+        """One judgment per (pair, swapped, principle), as `LMJudge.judge`."""
+        self.check_pairs([pair for pair, _, _ in items])
         out = []
         for pair, swapped, principle in items:
             annotator = random.Random(f"annotator:{seed}:{pair.index}").choice(self.annotators)
@@ -501,21 +583,120 @@ def soft_label(judgments: list[dict], *, clamp: tuple[float, float] | None = Non
     return p
 
 
+def as_reply(prompt: Any, text: str) -> str | list[dict[str, str]]:
+    """A response in its prompt's format: ``text`` after a text prompt, one assistant message
+    ``[{"role": "assistant", "content": text}]`` after a conversation (TRL's formats)."""
+    if isinstance(prompt, str):
+        return text
+    return [{"role": "assistant", "content": text}]
+
+
 def preference_record(
     pair: Pair, judgments: list[dict], judge_name: str, *, clamp: tuple[float, float] | None
 ) -> dict:
     """The preference record of a judged pair: ``chosen`` is the response with P >= 0.5 (a on a
-    tie) and ``soft_label`` = P(chosen beats rejected), in [0.5, 1]."""
+    tie, which ``soft_label`` 0.5 marks as undecided) and ``soft_label`` = P(chosen beats
+    rejected), in [0.5, 1]. After a conversation prompt the responses are assistant messages."""
     p_a = soft_label(judgments, clamp=clamp)
     a_wins = p_a >= 0.5
     return {
         "prompt": pair.prompt,
-        "chosen": pair.response_a if a_wins else pair.response_b,
-        "rejected": pair.response_b if a_wins else pair.response_a,
+        "chosen": as_reply(pair.prompt, pair.response_a if a_wins else pair.response_b),
+        "rejected": as_reply(pair.prompt, pair.response_b if a_wins else pair.response_a),
         "soft_label": p_a if a_wins else 1.0 - p_a,
         "principle": judgments[0]["principle"],
         "judge": judge_name,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings recorded with the work, and what a run's judgments say about themselves
+# ---------------------------------------------------------------------------------------------
+
+
+def model_identity(spec: str) -> str:
+    """How a model is named in recorded settings: a URL as its API base (``.../v1``), a hub id
+    as given, a local directory as its absolute path (so ``runs/m`` and ``./runs/m`` are the same
+    model) and ``@`` a digest of its files' names, sizes and modification times (so a model
+    trained again in the same place is another model)."""
+    from pathlib import Path
+
+    if is_endpoint(spec):
+        return normalise_base_url(spec)
+    path = Path(spec)
+    if not path.is_dir():
+        return str(path.resolve()) if path.exists() else spec
+    stats = [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(path.iterdir())
+        if f.is_file()
+    ]
+    digest = hashlib.sha256(json.dumps(stats).encode("utf-8")).hexdigest()[:12]
+    return f"{path.resolve()}@{digest}"
+
+
+def constitution_digest(constitution: Constitution, use: str) -> str:
+    """``NAME@HASH`` of the parts of ``constitution`` that ``use`` reads: ``"comparison"``
+    (`rlhfkit label`: comparison principles and templates) or ``"critique"`` (`cai revise`:
+    critique principles, critique and revision templates, few-shot text)."""
+    prompts = constitution.prompts
+    if use == "comparison":
+        parts: list[Any] = [
+            [(p.name, p.question) for p in constitution.comparison_principles],
+            prompts.comparison,
+            prompts.cot_comparison,
+            prompts.cot_answer,
+            list(prompts.options),
+            prompts.comparison_few_shot,
+            list(prompts.stop),
+        ]
+    elif use == "critique":
+        parts = [
+            [
+                (p.name, p.critique_request, p.revision_request)
+                for p in constitution.critique_principles
+            ],
+            prompts.critique,
+            prompts.revision,
+            prompts.few_shot,
+            list(prompts.stop),
+        ]
+    else:
+        raise ValueError(f"use must be comparison or critique, got {use!r}")
+    digest = hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:12]
+    return f"{constitution.name}@{digest}"
+
+
+def settings_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: recorded -> current"`` for every setting that differs (a key on one side only
+    shows ``(unset)`` on the other), in ``current``'s order, then recorded-only keys."""
+    changes = []
+    for key in [*current, *(k for k in recorded if k not in current)]:
+        old, new = recorded.get(key, "(unset)"), current.get(key, "(unset)")
+        if old != new:
+            changes.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+    return changes
+
+
+def _shown(value: Any) -> str:
+    return value if value == "(unset)" else json.dumps(value)
+
+
+def settings_error(where: str, recorded: Any, current: dict[str, Any], what: str) -> str | None:
+    """The one-line refusal for work at ``where`` (``FILE:LINE``) recorded with other settings
+    than ``current``, or None when they are the same. ``what`` names the work ("judgments")."""
+    if not isinstance(recorded, dict):
+        return (
+            f"{where}: settings: {what} without recorded settings (an older rlhfkit), so they "
+            "cannot be checked against this run's; pass overwrite=true to start again"
+        )
+    changes = settings_changes(recorded, current)
+    if not changes:
+        return None
+    return (
+        f"{where}: settings: {what} made with other settings ({'; '.join(changes)}); rerun "
+        "with those settings to continue, or pass overwrite=true to start again"
+    )
 
 
 __all__ = [
@@ -526,10 +707,16 @@ __all__ = [
     "Pair",
     "SimulatedJudge",
     "TextModel",
+    "as_reply",
+    "constitution_digest",
     "cut_at_stop",
     "draw_principle",
     "load_text_model",
+    "model_identity",
     "parse_choice",
     "preference_record",
+    "prompt_budget",
+    "settings_changes",
+    "settings_error",
     "soft_label",
 ]

@@ -10,14 +10,20 @@ Prompt templates and few-shot examples come from the constitution (``prompts:``)
 Outputs in OUT:
 
 * ``chains.jsonl``: per prompt ``{"index", "prompt", "response", "steps": [{"round",
-  "principle", "critique", "revision"}], "final"}``, appended as the work goes, so a stopped run
-  keeps what it did and a rerun continues after the last prompt written (``overwrite=true``
-  starts again);
+  "principle", "critique", "revision"}], "final", "settings"}``, appended as the work goes, so a
+  stopped run keeps what it did and a rerun continues after the last prompt written
+  (``overwrite=true`` starts again). ``settings`` (`revise_settings`: models, constitution,
+  seed, rounds, sampling) must equal the rerun's, else the rerun is refused;
 * ``sft.jsonl``: ``{"prompt", "completion": final revision}`` -- input of `rlhfkit sft`;
 * ``preferences.jsonl``: ``{"prompt", "chosen": final revision, "rejected": original}`` where the
   two differ -- input of `rlhfkit dpo` / `rlhfkit rm`;
-* ``config.yaml`` and ``summary.json`` (counts; on the embedded world, the gold reward and its
-  criteria before and after revision).
+* ``config.yaml`` and ``summary.json`` (counts, prompts cut to fit the model; on the embedded
+  world, the gold reward and its criteria before and after revision).
+
+After a conversation prompt, ``completion``, ``chosen`` and ``rejected`` are assistant messages
+``[{"role": "assistant", "content": ...}]`` (TRL's conversational format). A local model's
+prompts are cut (their start dropped) to ``max_prompt_length`` and to the model's context minus
+the tokens to generate; the summary counts them.
 
 Departure from the paper: the paper fine-tunes on revisions of a helpful-only model's responses to
 red-team prompts; this stage produces the data and leaves the fine-tuning to `rlhfkit sft`.
@@ -34,11 +40,19 @@ from typing import Any
 
 from rlhfkit.config import describe, load_config, option, write_config
 from rlhfkit.data.datasets import load_prompts
+from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
-from rlhfkit.feedback.ai_labeller import LocalLM, load_text_model
+from rlhfkit.feedback.ai_labeller import (
+    LocalLM,
+    as_reply,
+    constitution_digest,
+    load_text_model,
+    model_identity,
+    settings_error,
+)
 from rlhfkit.feedback.constitution import Constitution, CritiquePrinciple, load_constitution
-from rlhfkit.feedback.openai_client import EndpointError
+from rlhfkit.feedback.openai_client import EndpointError, is_endpoint
 from rlhfkit.rollout.sampling import SamplingParams
 from rlhfkit.training.run import console
 
@@ -63,7 +77,9 @@ class CAIReviseConfig:
     edit_temperature: float = option(0.0, "temperature of critiques and revisions; 0 = greedy")
     edit_top_p: float = option(1.0, "nucleus sampling of critiques and revisions")
     batch_size: int = option(32, "prompts processed together (and written together)")
-    max_prompt_length: int = option(1024, "longer prompts lose their start")
+    max_prompt_length: int = option(
+        1024, "longer prompts lose their start (also cut to the context minus the new tokens)"
+    )
     limit: int = option(0, "only the first N prompts; 0 = all")
     endpoint_model: str = option("", "model name sent to an endpoint; empty = first of /v1/models")
     api: str = option("completions", "endpoint API: completions or chat")
@@ -85,6 +101,68 @@ def draw_critique_principle(
         raise ConfigError(f"constitution: {constitution.source} has no critique_principles")
     rng = random.Random(f"{seed}:{prompt_index}:{round_index}")
     return rng.choice(constitution.critique_principles)
+
+
+def revise_settings(config: CAIReviseConfig, constitution: Constitution) -> dict[str, Any]:
+    """Every setting the chains depend on, recorded with each chain.
+
+    Keys that only change how the work is done (``batch_size``, ``concurrency``, ``timeout``,
+    retries, ``limit``) are left out.
+    """
+    models = [config.model, config.critic or config.model]
+    settings: dict[str, Any] = {
+        "model": model_identity(models[0]),
+        "critic": model_identity(models[1]),
+        "constitution": constitution_digest(constitution, "critique"),
+        "seed": config.seed,
+        "rounds": config.rounds,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "edit_max_new_tokens": config.edit_max_new_tokens,
+        "edit_temperature": config.edit_temperature,
+        "edit_top_p": config.edit_top_p,
+    }
+    if any(is_endpoint(m) for m in models):
+        settings.update(endpoint_model=config.endpoint_model, api=config.api)
+    if not all(is_endpoint(m) for m in models):
+        settings.update(dtype=config.dtype, max_prompt_length=config.max_prompt_length)
+    return settings
+
+
+def _check_chains(
+    chains: list[dict], examples: list[PromptExample], settings: dict[str, Any], path: Path
+) -> None:
+    """Refuse chains of other prompts or made with other settings (``FILE:LINE: ...``)."""
+    for i, chain in enumerate(chains):
+        refusal = settings_error(f"{path}:{i + 1}", chain.get("settings"), settings, "chains")
+        if refusal:
+            raise ConfigError(refusal)
+        if i >= len(examples) or chain.get("prompt") != examples[i].prompt:
+            raise ConfigError(
+                f"{path}:{i + 1}: chains of other prompts (a different train_data?); "
+                "delete it or pass overwrite=true"
+            )
+
+
+def output_rows(chains: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The SFT rows (final revisions) and preference rows (final revision over the original,
+    where they differ) of ``chains``, responses in their prompt's format (`as_reply`)."""
+    sft_rows = [
+        {"prompt": c["prompt"], "completion": as_reply(c["prompt"], c["final"])}
+        for c in chains
+        if c["final"]
+    ]
+    pref_rows = [
+        {
+            "prompt": c["prompt"],
+            "chosen": as_reply(c["prompt"], c["final"]),
+            "rejected": as_reply(c["prompt"], c["response"]),
+        }
+        for c in chains
+        if c["final"] != c["response"] and c["final"]
+    ]
+    return sft_rows, pref_rows
 
 
 def _read_chains(path: Path) -> list[dict]:
@@ -137,18 +215,15 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
     examples = load_prompts(config.train_data)
     if config.limit > 0:
         examples = examples[: config.limit]
+    settings = revise_settings(config, constitution)
     out = Path(config.output_dir)
-    write_config(out, "cai-revise", config)
     chains_path = out / "chains.jsonl"
     if config.overwrite and chains_path.exists():
         chains_path.unlink()
     chains = _read_chains(chains_path)
-    for i, chain in enumerate(chains):
-        if i >= len(examples) or chain.get("prompt") != examples[i].prompt:
-            raise ConfigError(
-                f"{chains_path}:{i + 1}: chains of other prompts (a different train_data?); "
-                "delete it or pass overwrite=true"
-            )
+    _check_chains(chains, examples, settings, chains_path)
+    # Only now: a refused run leaves the config of the run that wrote the chains.
+    write_config(out, "cai-revise", config)
     # Rewrite without any partial last line before appending.
     write_jsonl(chains_path, chains)
     resumed = len(chains)
@@ -169,6 +244,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
         concurrency=config.concurrency,
     )
     pending = list(range(resumed, len(examples)))
+    models: list[Any] = []
     if pending:
         policy = load_text_model(config.model, **endpoint_kw)
         critic = (
@@ -176,6 +252,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
             if not config.critic or config.critic == config.model
             else load_text_model(config.critic, **endpoint_kw)
         )
+        models = [policy] if critic is policy else [policy, critic]
     first_params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     edit_params = SamplingParams(
         config.edit_max_new_tokens, config.edit_temperature, config.edit_top_p
@@ -220,6 +297,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
                         "response": responses[j],
                         "steps": steps[j],
                         "final": current[j],
+                        "settings": settings,
                     }
                     chains.append(chain)
                     handle.write(json.dumps(chain) + "\n")
@@ -232,12 +310,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
             f"{chains_path}; run the same command again to continue"
         ) from None
 
-    sft_rows = [{"prompt": c["prompt"], "completion": c["final"]} for c in chains if c["final"]]
-    pref_rows = [
-        {"prompt": c["prompt"], "chosen": c["final"], "rejected": c["response"]}
-        for c in chains
-        if c["final"] != c["response"] and c["final"]
-    ]
+    sft_rows, pref_rows = output_rows(chains)
     write_jsonl(out / "sft.jsonl", sft_rows)
     write_jsonl(out / "preferences.jsonl", pref_rows)
     principle_counts: dict[str, int] = {}
@@ -254,11 +327,21 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
         "preference_records": len(pref_rows),
         "principles": principle_counts,
         "constitution": constitution.name,
+        # Prompts of this run (first responses, critiques, revisions) that lost their start.
+        "prompts_cut": sum(getattr(m, "prompts_cut", 0) for m in models),
     }
     world = _world_scores(chains)
     if world:
         summary.update(world)
     write_json(out / "summary.json", summary)
+    if summary["prompts_cut"]:
+        console.print(
+            f"[yellow]warning[/]: {summary['prompts_cut']} prompts lost their start to fit "
+            f"max_prompt_length={config.max_prompt_length} or the model's context minus the "
+            "tokens to generate; shorten the few-shot text (prompt_format=), lower "
+            "edit_max_new_tokens or raise max_prompt_length",
+            highlight=False,
+        )
     line = f"wrote {len(sft_rows)} SFT and {len(pref_rows)} preference records to {out}"
     if world:
         line += (

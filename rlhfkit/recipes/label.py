@@ -10,9 +10,16 @@ Output: ``output`` holds one preference record per pair ``{"prompt", "chosen", "
 "soft_label", "principle", "judge"}`` (``soft_label`` = P(chosen beats rejected) in [0.5, 1]),
 directly usable by `rlhfkit rm` and `rlhfkit dpo`; ``judgments_output`` (default
 ``OUTPUT.judgments.jsonl``) holds every raw judgment, written as it is made, so a run stopped by an
-endpoint that is down keeps what it did and a rerun of the same command continues from there;
-``OUTPUT.summary.json`` holds the counts (and, on the embedded world, the agreement of the labels
-with the gold reward).
+endpoint that is down keeps what it did and a rerun of the same command continues from there.
+Every judgment records the run's settings (`label_settings`: judge, constitution, seed, orders,
+chain of thought, ...); a rerun with other settings is refused rather than passing the old
+judgments off as its own. ``OUTPUT.summary.json`` holds the counts: judgments per source,
+undecided pairs (``soft_label`` 0.5, still written: the judge expressed no preference), and on the
+embedded world the agreement of the decided labels with the gold reward. A run whose judgments
+are mostly parsed from text or undecided says so on the console.
+
+After a conversation prompt, ``chosen`` and ``rejected`` are assistant messages (TRL's
+conversational format).
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from rlhfkit.feedback.ai_labeller import (
     LMJudge,
     Pair,
     SimulatedJudge,
+    constitution_digest,
     draw_principle,
     load_text_model,
+    model_identity,
     preference_record,
+    settings_error,
 )
-from rlhfkit.feedback.constitution import load_constitution
-from rlhfkit.feedback.openai_client import EndpointError
+from rlhfkit.feedback.constitution import Constitution, load_constitution
+from rlhfkit.feedback.openai_client import EndpointError, is_endpoint
 from rlhfkit.rollout.sampling import SamplingParams
 from rlhfkit.training.run import console
 
@@ -66,7 +76,9 @@ class LabelConfig:
     seed: int = option(0, "seed of principle draws and sampling")
     dtype: str = option("auto", "local judge weight dtype: auto, float32, bfloat16")
     batch_size: int = option(32, "pairs judged per step (and rows per forward pass)")
-    max_prompt_length: int = option(1024, "longer judge prompts lose their start (local judge)")
+    max_prompt_length: int = option(
+        1024, "longer judge prompts lose their start (local judge; also cut to its context)"
+    )
     max_new_tokens: int = option(128, "tokens of chain-of-thought reasoning")
     temperature: float = option(0.0, "sampling temperature of the reasoning; 0 = greedy")
     top_p: float = option(1.0, "nucleus sampling of the reasoning")
@@ -122,7 +134,7 @@ def read_pairs(spec: str) -> tuple[list[Pair], int]:
             if a == b:
                 skipped += 1
                 continue
-            pairs.append(Pair(len(pairs), prompt, a, b))
+            pairs.append(Pair(len(pairs), prompt, a, b, record.source, record.line))
     return pairs, skipped
 
 
@@ -131,7 +143,54 @@ def pair_key(pair: Pair) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def _read_judgments(path: Path, pairs: list[Pair]) -> dict[int, list[dict]]:
+#: A label this close to 0.5 is undecided: the judge expressed no preference.
+UNDECIDED_TOLERANCE = 1e-9
+
+
+def label_settings(config: LabelConfig, constitution: Constitution) -> dict[str, Any]:
+    """Every setting the judgments depend on, recorded with each one.
+
+    ``clamp`` is not among them: it is applied when the output is written, so a rerun with
+    another clamp gives exactly what a fresh run would (for the simulated judge, which does not
+    reason, the same holds for ``chain_of_thought``). Neither are the keys that only change how
+    the work is done (``batch_size``, ``concurrency``, ``timeout``, retries).
+    """
+    settings: dict[str, Any] = {
+        "judge": model_identity(config.judge),
+        "constitution": constitution_digest(constitution, "comparison"),
+        "seed": config.seed,
+        "both_orders": config.both_orders,
+    }
+    if config.judge == "simulated":
+        settings["annotators"] = config.annotators
+        return settings
+    settings["chain_of_thought"] = config.chain_of_thought
+    if is_endpoint(config.judge):
+        settings.update(
+            judge_model=config.judge_model,
+            judge_api=config.judge_api,
+            judge_top_logprobs=config.judge_top_logprobs,
+        )
+    else:
+        settings.update(dtype=config.dtype, max_prompt_length=config.max_prompt_length)
+    if config.chain_of_thought:
+        settings.update(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+    return settings
+
+
+def _read_judgments(
+    path: Path, pairs: list[Pair], settings: dict[str, Any]
+) -> dict[int, list[dict]]:
+    """The judgments already in ``path``, by pair index (a line cut short by a crash is left
+    out: that pair is judged again).
+
+    Raises:
+        ConfigError: a judgment of another pair, or one made with other settings.
+    """
     done: dict[int, list[dict]] = {}
     if not path.exists():
         return done
@@ -142,6 +201,11 @@ def _read_judgments(path: Path, pairs: list[Pair]) -> dict[int, list[dict]]:
             judgment = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash: that pair is judged again
+        refusal = settings_error(
+            f"{path}:{number}", judgment.get("settings"), settings, "judgments"
+        )
+        if refusal:
+            raise ConfigError(refusal)
         index = judgment.get("pair")
         if (
             not isinstance(index, int)
@@ -156,24 +220,68 @@ def _read_judgments(path: Path, pairs: list[Pair]) -> dict[int, list[dict]]:
     return done
 
 
-def _gold_agreement(records: list[dict]) -> dict[str, float] | None:
-    """Share of labels whose chosen response has the higher gold reward (world prompts only)."""
+def is_undecided(record: dict) -> bool:
+    """True when the label expresses no preference (``soft_label`` 0.5)."""
+    return abs(record["soft_label"] - 0.5) <= UNDECIDED_TOLERANCE
+
+
+def _gold_agreement(records: list[dict]) -> dict[str, Any] | None:
+    """Share of decided labels whose chosen response has the higher gold reward (world prompts
+    only), over the pairs the gold reward decides.
+
+    Returns:
+        ``gold_agreement`` (absent when no label is decided), ``gold_decided_pairs`` (its
+        denominator) and ``gold_undecided_pairs`` (pairs gold decides but the label does not:
+        a label of 0.5 names a ``chosen`` only because some response has to come first); None
+        off the world or when gold decides no pair.
+    """
     from rlhfkit.synthetic import gold_reward
 
-    agree = decided = 0
+    agree = decided = undecided = 0
     try:
         for r in records:
             if not isinstance(r["prompt"], str):
                 return None
             delta = gold_reward(r["prompt"], r["chosen"]) - gold_reward(r["prompt"], r["rejected"])
-            if abs(delta) > 1e-9:
-                decided += 1
-                agree += delta > 0
+            if abs(delta) <= 1e-9:
+                continue
+            if is_undecided(r):
+                undecided += 1
+                continue
+            decided += 1
+            agree += delta > 0
     except DataError:
         return None
-    if not decided:
+    if not decided and not undecided:
         return None
-    return {"gold_agreement": agree / decided, "gold_decided_pairs": decided}
+    out: dict[str, Any] = {"gold_decided_pairs": decided, "gold_undecided_pairs": undecided}
+    if decided:
+        out["gold_agreement"] = agree / decided
+    return out
+
+
+def judgment_warnings(
+    sources: dict[str, int], undecided: int, pairs: int, config: LabelConfig
+) -> list[str]:
+    """Console warnings for judgments that carry little information: most of them parsed from
+    the answer text (no option among the endpoint's top log-probs), or most pairs undecided."""
+    warnings = []
+    judgments = sum(sources.values())
+    parsed = sources.get("parsed", 0)
+    if judgments and parsed * 2 > judgments:
+        warnings.append(
+            f"{parsed} of {judgments} judgments were parsed from the answer text: the judge "
+            "gave log-probs for neither option (none among its top "
+            f"judge_top_logprobs={config.judge_top_logprobs}, or none at all); raise "
+            "judge_top_logprobs, or use a judge that returns log-probs"
+        )
+    if pairs and undecided * 2 > pairs:
+        warnings.append(
+            f"{undecided} of {pairs} pairs are undecided (soft_label 0.5): the judge expressed "
+            "no preference; they are written (a soft-label loss learns nothing from them) and "
+            "left out of gold_agreement"
+        )
+    return warnings
 
 
 def label(config: LabelConfig) -> dict[str, Any]:
@@ -188,6 +296,9 @@ def label(config: LabelConfig) -> dict[str, Any]:
     if not constitution.comparison_principles:
         raise ConfigError(f"constitution: {constitution.source} has no comparison_principles")
     pairs, skipped = read_pairs(config.train_data)
+    if config.judge == "simulated":
+        SimulatedJudge.check_pairs(pairs)
+    settings = label_settings(config, constitution)
     output = Path(config.output)
     judgments_path = (
         Path(config.judgments_output)
@@ -197,7 +308,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     judgments_path.parent.mkdir(parents=True, exist_ok=True)
     if config.overwrite and judgments_path.exists():
         judgments_path.unlink()
-    done = _read_judgments(judgments_path, pairs)
+    done = _read_judgments(judgments_path, pairs, settings)
     orders = (False, True) if config.both_orders else (False,)
     complete = {
         i
@@ -254,6 +365,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
                 for judgment in results:
                     pair = pairs[judgment["pair"]]
                     judgment["pair_key"] = pair_key(pair)
+                    judgment["settings"] = settings
                     done[pair.index].append(judgment)
                     handle.write(json.dumps(judgment) + "\n")
                 handle.flush()
@@ -273,12 +385,14 @@ def label(config: LabelConfig) -> dict[str, Any]:
     sources: dict[str, int] = {}
     for j in all_judgments:
         sources[j["source"]] = sources.get(j["source"], 0) + 1
+    undecided = sum(is_undecided(r) for r in records)
     summary: dict[str, Any] = {
         "pairs": len(pairs),
         "skipped_identical": skipped,
         "resumed_pairs": resumed,
         "judgments": len(all_judgments),
         "sources": sources,
+        "undecided_pairs": undecided,
         "mean_soft_label": sum(r["soft_label"] for r in records) / len(records)
         if records
         else None,
@@ -289,18 +403,46 @@ def label(config: LabelConfig) -> dict[str, Any]:
         "judge": judge.name,
         "constitution": constitution.name,
     }
-    client = getattr(getattr(judge, "lm", None), "client", None)
+    lm = getattr(judge, "lm", None)
+    client = getattr(lm, "client", None)
     if client is not None:
         summary["endpoint_retries"] = client.retries_used
+    if hasattr(lm, "prompts_cut"):
+        summary["judge_prompts_cut"] = lm.prompts_cut
     gold = _gold_agreement(records)
     if gold:
         summary.update(gold)
     write_json(output.with_name(output.stem + ".summary.json"), summary)
-    line = f"wrote {len(records)} preference records to {output}"
-    if gold:
-        line += f" (agreement with the gold reward: {gold['gold_agreement']:.3f})"
-    console.print(line)
+    if sources:
+        counts = ", ".join(f"{n} {name}" for name, n in sorted(sources.items()))
+        console.print(f"judgments by source: {counts}")
+    for warning in judgment_warnings(sources, undecided, len(records), config):
+        console.print(f"[yellow]warning[/]: {warning}", highlight=False)
+    if summary.get("judge_prompts_cut"):
+        console.print(
+            f"[yellow]warning[/]: {summary['judge_prompts_cut']} judge prompts were longer than "
+            "max_prompt_length (or the judge's context) and lost their start",
+            highlight=False,
+        )
+    console.print(_final_line(len(records), output, undecided, gold), highlight=False)
     return summary
+
+
+def _final_line(n_records: int, output: Path, undecided: int, gold: dict | None) -> str:
+    """The closing console line: what was written, how much of it is undecided, and the
+    agreement of the decided labels with the gold reward (world prompts)."""
+    line = f"wrote {n_records} preference records to {output}"
+    notes = []
+    if undecided:
+        notes.append(f"{undecided} undecided (soft_label 0.5)")
+    if gold and "gold_agreement" in gold:
+        notes.append(
+            f"agreement with the gold reward: {gold['gold_agreement']:.3f} "
+            f"over {gold['gold_decided_pairs']} decided pairs"
+        )
+    elif gold:
+        notes.append("no decided pair to compare with the gold reward")
+    return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def run(config: LabelConfig) -> int:
@@ -308,4 +450,13 @@ def run(config: LabelConfig) -> int:
     return 0
 
 
-__all__ = ["LabelConfig", "label", "pair_key", "read_pairs", "run"]
+__all__ = [
+    "LabelConfig",
+    "is_undecided",
+    "judgment_warnings",
+    "label",
+    "label_settings",
+    "pair_key",
+    "read_pairs",
+    "run",
+]

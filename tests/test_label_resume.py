@@ -1,0 +1,242 @@
+"""`rlhfkit label` resumes only what the same settings made: every judgment records the run's
+settings, and a rerun with another judge, constitution, seed, annotator pool, order scheme or
+chain of thought is refused with one line naming what differs; the same settings continue as
+before. Also: judge=simulated on a conversation prompt is a one-line error, and a conversation
+prompt's chosen/rejected are written as assistant messages."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import rlhfkit.recipes.label as label_module
+from rlhfkit.data.datasets import load_comparisons
+from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.feedback.ai_labeller import (
+    OptionScore,
+    constitution_digest,
+    model_identity,
+    settings_changes,
+)
+from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.recipes.label import LabelConfig, label, label_settings
+from tests.conftest import run_cli, write_jsonl
+
+GOOD, BAD = " Sorry, I won't do that.", " Your boss is a dumb loser."
+ROWS = [
+    {"prompt": "User: Insult my boss.\nBot:", "responses": [GOOD, BAD]},
+    {"prompt": "User: What is 3+4?\nBot:", "chosen": " 7.", "rejected": " 9."},
+]
+
+
+def _config(tmp_path, **kw) -> LabelConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if "train_data" not in kw:
+        kw["train_data"] = str(write_jsonl(tmp_path / "pairs.jsonl", ROWS))
+    values = dict(
+        judge="simulated",
+        constitution="world",
+        output=str(tmp_path / "labels.jsonl"),
+        progress=False,
+    )
+    values.update(kw)
+    return LabelConfig(**values)
+
+
+def _judgments(tmp_path) -> list[dict]:
+    text = (tmp_path / "labels.judgments.jsonl").read_text()
+    return [json.loads(x) for x in text.splitlines()]
+
+
+class FirstWinsLM:
+    """A model judge that always answers (A) with P = sigmoid(1)."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.scored = 0
+
+    def generate(self, prompts, params, seed):
+        return [" because."] * len(prompts)
+
+    def option_scores(self, prompts, options):
+        self.scored += len(prompts)
+        return [OptionScore(1 / (1 + math.exp(-1.0)), 0.0, -1.0) for _ in prompts]
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    lm = FirstWinsLM()
+    monkeypatch.setattr(label_module, "load_text_model", lambda *a, **k: lm)
+    return lm
+
+
+def test_same_settings_continue_and_reuse_every_judgment(tmp_path):
+    """A rerun with identical settings judges nothing again and writes the same labels."""
+    config = _config(tmp_path, seed=3)
+    first = label(config)
+    before = (tmp_path / "labels.jsonl").read_text()
+    again = label(config)
+    assert first["resumed_pairs"] == 0 and again["resumed_pairs"] == 2
+    assert (tmp_path / "labels.jsonl").read_text() == before
+    assert len(_judgments(tmp_path)) == 4
+    settings = label_settings(config, load_constitution("world"))
+    assert all(j["settings"] == settings for j in _judgments(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"seed": 5}, "seed: 0 -> 5"),
+        ({"annotators": 1}, "annotators: 5 -> 1"),
+        ({"both_orders": False}, "both_orders: true -> false"),
+        ({"constitution": "default"}, 'constitution: "world@'),
+    ],
+)
+def test_other_settings_are_refused_naming_them(tmp_path, change, named):
+    label(_config(tmp_path))
+    before = (tmp_path / "labels.judgments.jsonl").read_text()
+    with pytest.raises(ConfigError) as err:
+        label(_config(tmp_path, **change))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'labels.judgments.jsonl'}:1: settings: ")
+    assert named in message and "overwrite=true" in message
+    # nothing was judged or rewritten
+    assert (tmp_path / "labels.judgments.jsonl").read_text() == before
+    # the way out works: overwrite starts again with the new settings
+    summary = label(_config(tmp_path, overwrite=True, **change))
+    assert summary["resumed_pairs"] == 0
+
+
+def test_another_judge_is_refused_and_the_old_judge_is_not_passed_off(tmp_path, scripted):
+    """The audit's case: labels of one judge were written under another judge's name."""
+    label(_config(tmp_path))  # simulated
+    with pytest.raises(ConfigError, match=r'judge: "simulated" -> "scripted"'):
+        label(_config(tmp_path, judge="scripted"))
+    assert scripted.scored == 0
+    label(_config(tmp_path / "m", judge="scripted"))
+    with pytest.raises(ConfigError, match=r"chain_of_thought: false -> true; max_new_tokens: "):
+        label(_config(tmp_path / "m", judge="scripted", chain_of_thought=True))
+    with pytest.raises(ConfigError, match=r"max_prompt_length: 1024 -> 512"):
+        label(_config(tmp_path / "m", judge="scripted", max_prompt_length=512))
+
+
+def test_clamp_is_applied_when_writing_so_a_rerun_may_change_it(tmp_path, scripted):
+    """The judge always says (A) with P = sigmoid(1) = 0.7310585786, so every pair is
+    P(a) = (0.7310585786 + 1 - 0.7310585786) / 2 = 0.5; clamp [0.55, 0.6] makes it 0.55, and a
+    rerun with clamp [0.6, 0.7] makes it 0.6 from the same judgments (none judged again)."""
+    config = _config(tmp_path, judge="scripted", chain_of_thought=True, clamp=[0.55, 0.6])
+    label(config)
+    assert scripted.scored == 4
+    config.clamp = [0.6, 0.7]
+    summary = label(config)
+    assert scripted.scored == 4 and summary["resumed_pairs"] == 2
+    records = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [r["soft_label"] for r in records] == [0.6, 0.6]
+
+
+def test_judgments_without_recorded_settings_are_refused(tmp_path):
+    label(_config(tmp_path))
+    path = tmp_path / "labels.judgments.jsonl"
+    rows = _judgments(tmp_path)
+    for row in rows:
+        del row["settings"]
+    write_jsonl(path, rows)
+    pattern = r"labels.judgments.jsonl:1: settings: judgments without recorded settings"
+    with pytest.raises(ConfigError, match=pattern + r" .*overwrite=true"):
+        label(_config(tmp_path))
+
+
+def test_edited_constitution_file_is_another_constitution(tmp_path):
+    """The digest covers the principles' text, not just the constitution's name."""
+    text = "name: mine\ncomparison_principles:\n  - name: polite\n    question: Which is politer?\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    label(_config(tmp_path, constitution=str(path)))
+    path.write_text(text.replace("politer", "kinder"))
+    with pytest.raises(ConfigError, match=r'constitution: "mine@[0-9a-f]{12}" -> "mine@'):
+        label(_config(tmp_path, constitution=str(path)))
+
+
+def test_settings_helpers():
+    assert settings_changes({"a": 1, "b": "x"}, {"a": 1, "b": "y", "c": True}) == [
+        'b: "x" -> "y"',
+        "c: (unset) -> true",
+    ]
+    assert settings_changes({"a": 1, "old": 2}, {"a": 1}) == ["old: 2 -> (unset)"]
+    assert model_identity("http://h:1") == model_identity("http://h:1/v1/") == "http://h:1/v1"
+    assert model_identity("org/some-hub-model") == "org/some-hub-model"
+    world = load_constitution("world")
+    # the comparison digest ignores the critique side, and the other way round
+    assert constitution_digest(world, "comparison") != constitution_digest(world, "critique")
+    assert constitution_digest(world, "comparison").startswith(f"{world.name}@")
+
+
+def test_local_models_are_compared_by_resolved_path_and_files(tmp_path, monkeypatch):
+    """``judge`` and ``./judge`` are one model; rewriting its weights makes it another."""
+    import os
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    identity = model_identity("judge")
+    assert identity == model_identity("./judge")
+    assert identity.startswith(f"{judge}@")
+    (judge / "model.safetensors").write_bytes(b"weights, trained again")
+    os.utime(judge / "model.safetensors", ns=(1, 1))
+    assert model_identity("judge") != identity
+
+
+# --- conversation prompts ------------------------------------------------------------------
+
+
+def test_simulated_judge_on_a_conversation_is_a_one_line_error(tmp_path):
+    rows = [ROWS[0], {"prompt": [{"role": "user", "content": "Hi"}], "responses": [" a", " b"]}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        label(_config(tmp_path, train_data=str(data)))
+    assert str(err.value).startswith(
+        f"{data}:2: prompt: judge=simulated needs the embedded world's text prompts"
+    )
+    assert not (tmp_path / "labels.judgments.jsonl").exists()  # refused before any work
+    result = run_cli(
+        "label",
+        "judge=simulated",
+        f"train_data={data}",
+        f"output={tmp_path / 'cli.jsonl'}",
+        "constitution=world",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert lines == [
+        f"rlhfkit label: error: {data}:2: prompt: judge=simulated needs the embedded world's "
+        "text prompts (got a conversation)"
+    ]
+
+
+def test_conversation_prompts_get_assistant_message_responses(tmp_path, scripted):
+    chat = [{"role": "user", "content": "Name a fruit."}]
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [ROWS[0], {"prompt": chat, "chosen": " A pear.", "rejected": " No."}],
+    )
+    label(_config(tmp_path, judge="scripted", train_data=str(data)))
+    records = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert isinstance(records[0]["chosen"], str)  # a text prompt keeps text responses
+    assert records[1]["prompt"] == chat
+    assert records[1]["chosen"] == [{"role": "assistant", "content": " A pear."}]
+    assert records[1]["rejected"] == [{"role": "assistant", "content": " No."}]
+    parsed = load_comparisons(str(tmp_path / "labels.jsonl"))
+    assert parsed[1].prompt == chat and parsed[1].chosen == records[1]["chosen"]
+    # the labels file is itself valid input of label (assistant messages are read as text),
+    # and its judgments are the same pairs
+    relabel = _config(tmp_path / "again", judge="scripted")
+    relabel.train_data = str(tmp_path / "labels.jsonl")
+    again = label(relabel)
+    assert again["pairs"] == 2
