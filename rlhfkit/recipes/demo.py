@@ -305,6 +305,7 @@ def run_cai(config: DemoConfig, paths: DemoPaths) -> dict:
             rounds=1,
             output_dir=str(paths.cai),
             seed=config.seed,
+            overwrite=True,  # every demo stage runs afresh, as the others do
         )  # fmt: skip
     )
     pairs = paths.cai / "pairs.jsonl"
@@ -316,6 +317,7 @@ def run_cai(config: DemoConfig, paths: DemoPaths) -> dict:
             constitution="world",
             output=str(paths.cai / "ai_preferences.jsonl"),
             seed=config.seed,
+            overwrite=True,
         )  # fmt: skip
     )
     return {
