@@ -557,6 +557,21 @@ def _label_as(c, name, item_index, verdict, strength=3, criteria=None):
     return c.label(name, item, choice=choice, strength=strength, criteria=crit)
 
 
+def test_export_after_a_chat_prompt_writes_assistant_messages(campaign):
+    """TRL's formats keep a record's prompt and responses alike: after a conversation prompt,
+    chosen and rejected are assistant messages (they were bare strings, a mix `rlhfkit sft`
+    and TRL refuse), per label and aggregated."""
+    chat = [{"role": "user", "content": "Hi?"}]
+    records = [{"prompt": chat, "responses": ["Hello.", "Go away."]}]
+    c = campaign(records=records, users=[("a1", "annotator"), ("root", "admin")], overlap=1)
+    assert _label_as(c, "a1", 0, 0).status_code == 201
+    for query in ("", "?aggregate=majority", "?aggregate=soft"):
+        (record,) = [json.loads(x) for x in c.get("root", f"/api/export{query}").text.splitlines()]
+        assert record["prompt"] == chat
+        assert record["chosen"] == [{"role": "assistant", "content": "Hello."}]
+        assert record["rejected"] == [{"role": "assistant", "content": "Go away."}]
+
+
 def test_export_formats_and_aggregation(campaign):
     users = [("a1", "annotator"), ("a2", "annotator"), ("a3", "annotator"), ("root", "admin")]
     c = campaign(records=pairs(3), users=users, overlap=3)

@@ -188,6 +188,15 @@ def _soft_label(record: Record) -> float | None:
     return p
 
 
+def as_reply(prompt: Any, text: str) -> Text:
+    """A response in its prompt's format: ``text`` after a text prompt, one assistant message
+    ``[{"role": "assistant", "content": text}]`` after a conversation (TRL's formats: a record's
+    prompt and responses are both text or both conversations)."""
+    if isinstance(prompt, str):
+        return text
+    return [{"role": "assistant", "content": text}]
+
+
 def soft_label_note(labels: list[float | None], key: str, use: bool) -> str:
     """One console line on the soft labels of a training set ("" when no pair has one).
 

@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rlhfkit.data.formats import as_reply
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.feedback.constitution import ComparisonPrinciple, Constitution
 from rlhfkit.feedback.openai_client import OpenAIClient, is_endpoint, normalise_base_url
@@ -581,14 +582,6 @@ def soft_label(judgments: list[dict], *, clamp: tuple[float, float] | None = Non
     if clamp is not None:
         p = clamp_probability(p, clamp[0], clamp[1])
     return p
-
-
-def as_reply(prompt: Any, text: str) -> str | list[dict[str, str]]:
-    """A response in its prompt's format: ``text`` after a text prompt, one assistant message
-    ``[{"role": "assistant", "content": text}]`` after a conversation (TRL's formats)."""
-    if isinstance(prompt, str):
-        return text
-    return [{"role": "assistant", "content": text}]
 
 
 def preference_record(

@@ -11,6 +11,8 @@ Pairs (K = 2) become preference records::
   better on that criterion), ``"rejected"`` (the rejected one is: a response can win overall
   and still lose on, say, helpfulness), ``"tie"`` or ``"both_bad"``;
 * ``side`` is where the chosen response was shown to that annotator.
+* after a conversation prompt, ``chosen`` and ``rejected`` are assistant messages
+  (``[{"role": "assistant", "content": ...}]``), as TRL's conversational format has them.
 
 Ties and both-bad overall verdicts say nothing about which response is better, so they make
 no preference record; they are counted in the summary (``ties``, ``both_bad``), never
@@ -45,6 +47,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
+
+from rlhfkit.data.formats import as_reply
 
 from .criteria import STRENGTHS
 from .db import Item, Label, User
@@ -173,8 +177,8 @@ def _label_record(row: LabelRow, summary: Counter) -> dict | None:
     summary["pairs"] += 1
     return {
         "prompt": row.prompt,
-        "chosen": row.responses[winner],
-        "rejected": row.responses[1 - winner],
+        "chosen": as_reply(row.prompt, row.responses[winner]),
+        "rejected": as_reply(row.prompt, row.responses[1 - winner]),
         "margin": STRENGTHS[row.strength][1],
         "criteria": {name: _relative(row.criterion(name), winner) for name in row.criteria},
         "side": "AB"[row.display_order.index(winner)],
@@ -233,8 +237,8 @@ def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict
     margins = [STRENGTHS[r.strength][1] for r in rows if r.overall() == winner]
     record = {
         "prompt": first.prompt,
-        "chosen": first.responses[winner],
-        "rejected": first.responses[1 - winner],
+        "chosen": as_reply(first.prompt, first.responses[winner]),
+        "rejected": as_reply(first.prompt, first.responses[1 - winner]),
         "margin": sum(margins) / len(margins) if margins else 0.0,
         "criteria": {
             n: _relative(_most_common([r.criterion(n) for r in rows]), winner) for n in names
