@@ -79,7 +79,7 @@ STAGES: dict[str, Stage] = {
         "rlhfkit.recipes.cai:main",
     ),
     "serve": Stage(
-        "OpenAI-compatible HTTP API over a local model",
+        "OpenAI-compatible HTTP API over a local model; a reward model as the HTTP scorer",
         "rlhfkit.recipes.serve:ServeConfig",
         "rlhfkit.recipes.serve:run",
     ),
