@@ -167,15 +167,16 @@ def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str |
             config_file, i = arg.split("=", 1)[1], i + 1
             continue
         if arg.startswith("--"):
-            key = arg[2:]
-            if "=" in key:
-                overrides.append(key)
+            key, has_value, value = arg[2:].partition("=")
+            key = key.replace("-", "_")  # `--learning-rate` names `learning_rate`, either form
+            if has_value:
+                overrides.append(f"{key}={value}")
                 i += 1
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
-                overrides.append(f"{key.replace('-', '_')}={argv[i + 1]}")
+                overrides.append(f"{key}={argv[i + 1]}")
                 i += 2
             else:
-                overrides.append(f"{key.replace('-', '_')}=true")
+                overrides.append(f"{key}=true")
                 i += 1
             continue
         if "=" in arg:

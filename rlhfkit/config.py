@@ -5,6 +5,19 @@
 type checks. An unknown key is an error that suggests the nearest valid one; `--help` lists every
 key with its type, default and meaning (the `help` metadata below).
 
+Ranges and allowed values are declared on the option and checked when the config is built, before
+any model loads, with a one-line error (`batch_size: must be >= 1, got 0`):
+
+    batch_size: int = option(8, "examples per micro-batch", minimum=1)
+    top_p: float = option(1.0, "nucleus mass", exclusive_minimum=0, maximum=1)
+    api: str = option("completions", "endpoint API", choices=("completions", "chat"))
+    adam_betas: list[float] = option([0.9, 0.999], "AdamW betas", minimum=0,
+                                     exclusive_maximum=1, check=length(2))
+
+Bounds and choices of a list-valued key apply to each item; `check` is a callable that returns
+what is wrong with the whole (coerced) value, or None. A subclass that redeclares a key only to
+change its default or help keeps the constraints of the base class's declaration.
+
 Stage configs for later stages (rm, dpo, ppo, ...) live beside their recipes but are built from
 the same pieces: `option()` fields and nested option groups.
 """
@@ -13,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +38,110 @@ import yaml
 
 from rlhfkit.errors import ConfigError
 
+CONSTRAINTS = ("minimum", "exclusive_minimum", "maximum", "exclusive_maximum", "choices", "check")
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A config field with its help text; mutable defaults are copied per instance."""
-    metadata = {"help": help}
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    minimum: float | None = None,
+    exclusive_minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_maximum: float | None = None,
+    choices: Sequence[Any] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A config field with its help text and optional constraints, checked by `build`.
+
+    Args:
+        default: the default value; mutable defaults (list, dict) are copied per instance.
+        help: one line for `--help`.
+        minimum / maximum: inclusive bounds of a number (of each item of a list).
+        exclusive_minimum / exclusive_maximum: exclusive bounds.
+        choices: the allowed values (of each item of a list).
+        check: `value -> problem or None` for what bounds cannot say (a list's length); the
+            problem reads after the key, e.g. "must have 2 items".
+    """
+    given = {
+        "minimum": minimum,
+        "exclusive_minimum": exclusive_minimum,
+        "maximum": maximum,
+        "exclusive_maximum": exclusive_maximum,
+        "choices": tuple(choices) if choices is not None else None,
+        "check": check,
+    }
+    metadata = {"help": help, **{name: v for name, v in given.items() if v is not None}}
     if isinstance(default, (list, dict)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
+
+
+def length(n: int) -> Callable[[Any], str | None]:
+    """A `check` for `option`: the list must have exactly `n` items."""
+
+    def has_length(value: Any) -> str | None:
+        return None if len(value) == n else f"must have {n} items"
+
+    return has_length
+
+
+def _bound_problem(value: Any, constraints: dict[str, Any]) -> str | None:
+    """What is wrong with one scalar `value` under `constraints` (None when nothing)."""
+    choices = constraints.get("choices")
+    if choices is not None and value not in choices:
+        return "must be one of " + ", ".join(str(c) for c in choices)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    # Written as `not (value >= bound)` so that NaN fails every bound.
+    tests = (
+        ("minimum", ">=", lambda b: value >= b),
+        ("exclusive_minimum", ">", lambda b: value > b),
+        ("maximum", "<=", lambda b: value <= b),
+        ("exclusive_maximum", "<", lambda b: value < b),
+    )
+    for name, symbol, holds in tests:
+        bound = constraints.get(name)
+        if bound is not None and not holds(bound):
+            return f"must be {symbol} {bound:g}"
+    return None
+
+
+def constraint_problem(value: Any, constraints: dict[str, Any]) -> str | None:
+    """What is wrong with a coerced `value` under an option's constraints, or None.
+
+    Bounds and choices apply to each item of a list; `check` to the whole value."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        problem = _bound_problem(item, constraints)
+        if problem:
+            return problem + (" (each item)" if isinstance(value, list) else "")
+    check = constraints.get("check")
+    return check(value) if check is not None else None
+
+
+def constraints_of(cls: type, name: str) -> dict[str, Any]:
+    """The constraints of key `name` of `cls`: from the most derived declaration that has any,
+    so a subclass redeclaring a key for a new default keeps the base class's range."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is None:
+            continue
+        found = {k: v for k, v in declared.metadata.items() if k in CONSTRAINTS}
+        if found:
+            return found
+    return {}
+
+
+def describe_constraints(constraints: dict[str, Any]) -> str:
+    """`>= 1`, `> 0, <= 1`, `one of a, b`: an option's constraints for `--help`."""
+    symbols = {"minimum": ">=", "exclusive_minimum": ">", "maximum": "<=", "exclusive_maximum": "<"}
+    parts = [f"{symbols[k]} {constraints[k]:g}" for k in symbols if k in constraints]
+    if "choices" in constraints:
+        parts.append("one of " + ", ".join(str(c) for c in constraints["choices"]))
+    return ", ".join(parts)
 
 
 def group(cls: type, help: str = "") -> Any:
@@ -43,11 +154,36 @@ def group(cls: type, help: str = "") -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def attention_problem(name: str) -> str | None:
+    """A `check` for `attn_implementation`: what the installed transformers accepts.
+
+    Mirrors `PreTrainedModel._check_and_adjust_attn_implementation`: "eager", a registered
+    attention function (sdpa, flash_attention_N, flex_attention, paged|eager), the deprecated
+    `paged|` prefix, or a hub kernel (`kernels-community/flash-attn2`). Whether a given model
+    supports it is still checked when it loads. If transformers has moved these names, the check
+    is left to load time rather than refusing a value that may be valid."""
+    if not name:
+        return None
+    try:
+        from transformers.integrations.hub_kernels import is_kernel
+        from transformers.modeling_flash_attention_utils import (
+            FLASH_ATTENTION_COMPATIBILITY_MATRIX,
+        )
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return None
+    valid = ["eager", "paged|eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    valid += [f"flash_attention_{v}" for v in FLASH_ATTENTION_COMPATIBILITY_MATRIX]
+    if name in valid or name.removeprefix("paged|") in valid or is_kernel(name):
+        return None
+    return "must be one of " + ", ".join(dict.fromkeys(valid)) + ", or a hub kernel org/repo"
+
+
 @dataclass
 class LoraOptions:
-    r: int = option(0, "LoRA rank; 0 trains all weights (full fine-tuning)")
-    alpha: int = option(16, "LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = option(0.0, "dropout on the LoRA branch")
+    r: int = option(0, "LoRA rank; 0 trains all weights (full fine-tuning)", minimum=0)
+    alpha: int = option(16, "LoRA scaling numerator (scale = alpha / r)", minimum=1)
+    dropout: float = option(0.0, "dropout on the LoRA branch", minimum=0, exclusive_maximum=1)
     target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters"
     )
@@ -58,37 +194,55 @@ class BaseConfig:
     model: str = option("", "model: a local directory or a hub id")
     output_dir: str = option("runs/out", "where config.yaml, metrics, the model and checkpoints go")
     seed: int = option(0, "random seed (data order, initialisation, sampling)")
-    dtype: str = option("auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    dtype: str = option(
+        "auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"
+    )
 
 
 @dataclass
 class TrainConfig(BaseConfig):
     train_data: str = option("", "training data: .jsonl/.json/.parquet/.csv file or hub dataset")
     eval_data: str = option("", "evaluation data (same formats); empty = no evaluation")
-    max_steps: int = option(-1, "optimizer steps; -1 = derive from epochs")
-    epochs: float = option(1.0, "passes over train_data (fractions allowed) when max_steps=-1")
-    batch_size: int = option(8, "examples per device per micro-batch")
-    eval_batch_size: int = option(16, "examples per device per evaluation batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
+    max_steps: int = option(-1, "optimizer steps; -1 (or 0) = derive from epochs", minimum=-1)
+    epochs: float = option(
+        1.0, "passes over train_data (fractions allowed) when max_steps=-1", exclusive_minimum=0
+    )
+    batch_size: int = option(8, "examples per device per micro-batch", minimum=1)
+    eval_batch_size: int = option(16, "examples per device per evaluation batch", minimum=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", minimum=1)
+    learning_rate: float = option(1e-5, "peak learning rate (AdamW)", minimum=0)
     lr_scheduler: str = option(
         "cosine", "learning-rate schedule after warm-up: cosine, linear, constant"
     )
-    warmup_ratio: float = option(0.0, "fraction of steps with linear warm-up from 0")
-    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
-    adam_betas: list[float] = option([0.9, 0.999], "AdamW betas")
-    max_grad_norm: float = option(1.0, "gradient clipping by global norm; 0 = off")
-    max_length: int = option(512, "maximum tokens of prompt + completion (longer: truncated)")
-    max_prompt_length: int = option(256, "maximum prompt tokens (longer prompts lose their start)")
+    warmup_ratio: float = option(
+        0.0, "fraction of steps with linear warm-up from 0", minimum=0, maximum=1
+    )
+    weight_decay: float = option(
+        0.0, "AdamW weight decay (not applied to biases and norms)", minimum=0
+    )
+    adam_betas: list[float] = option(
+        [0.9, 0.999], "AdamW betas (beta1, beta2)", minimum=0, exclusive_maximum=1, check=length(2)
+    )
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm; 0 = off", minimum=0)
+    max_length: int = option(
+        512, "maximum tokens of prompt + completion (longer: truncated)", minimum=1
+    )
+    max_prompt_length: int = option(
+        256, "maximum prompt tokens (longer prompts lose their start)", minimum=1
+    )
     mixed_precision: str = option("no", "accelerate mixed precision: no, bf16, fp16")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
     attn_implementation: str = option(
-        "", "attention kernel: sdpa, eager, flash_attention_2; empty = default"
+        "",
+        "attention kernel: sdpa, eager, flash_attention_2, a hub kernel org/repo; empty = default",
+        check=attention_problem,
     )
-    logging_steps: int = option(10, "log metrics every N optimizer steps")
-    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end")
-    save_steps: int = option(0, "write a resumable checkpoint every N steps; 0 = only at the end")
-    save_total_limit: int = option(2, "keep at most this many checkpoints")
+    logging_steps: int = option(10, "log metrics every N optimizer steps", minimum=1)
+    eval_steps: int = option(0, "evaluate every N steps; 0 = only at the end", minimum=0)
+    save_steps: int = option(
+        0, "write a resumable checkpoint every N steps; 0 = only at the end", minimum=0
+    )
+    save_total_limit: int = option(2, "keep at most this many checkpoints; 0 = all", minimum=0)
     resume: bool = option(False, "continue from the last checkpoint in output_dir/checkpoints")
     report_to: list[str] = option([], "trackers through accelerate: tensorboard, wandb")
     progress: bool = option(True, "show a progress bar")
@@ -97,9 +251,14 @@ class TrainConfig(BaseConfig):
 
 @dataclass
 class SamplingOptions:
-    max_new_tokens: int = option(64, "maximum tokens sampled per response")
-    temperature: float = option(1.0, "sampling temperature; 0 = greedy")
-    top_p: float = option(1.0, "nucleus sampling: keep the smallest set of tokens with this mass")
+    max_new_tokens: int = option(64, "maximum tokens sampled per response", minimum=1)
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy", minimum=0)
+    top_p: float = option(
+        1.0,
+        "nucleus sampling: keep the smallest set of tokens with this mass",
+        exclusive_minimum=0,
+        maximum=1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,16 +344,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             as_float = float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(as_float)
     if annotation is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if math.isnan(number):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return number
     if annotation is str:
         if value is None:
             return ""
@@ -204,26 +366,76 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def _unknown_key(cls: type, dotted: str, prefix: str) -> ConfigError:
+    """The error for a key `cls` does not have, with the nearest valid key as a hint."""
+    valid = _all_keys(cls, prefix)
+    close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown key {dotted!r}{hint} (see --help for every key)")
+
+
+def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
+    """Raise `ConfigError` for the first key of the nested dict `values` that `cls` lacks."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(cls, prefix + str(key), prefix)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            check_keys(hints[key], value, f"{prefix}{key}.")
+
+
+def _checked(value: Any, constraints: dict[str, Any], key: str) -> Any:
+    """`value` if it meets the option's `constraints`, else a one-line `ConfigError`."""
+    problem = constraint_problem(value, constraints)
+    if problem:
+        raise ConfigError(f"{key}: {problem}, got {value!r}")
+    return value
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict, checking keys and types."""
+    """Build dataclass `cls` from a nested dict, checking keys, types and declared ranges."""
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         dotted = prefix + key
         if key not in names:
-            valid = _all_keys(cls, prefix)
-            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {dotted!r}{hint} (see --help for every key)")
+            raise _unknown_key(cls, dotted, prefix)
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a group of keys ({dotted}.KEY=...)")
             kwargs[key] = build(annotation, value, dotted + ".")
         else:
-            kwargs[key] = _coerce(value, annotation, dotted)
+            coerced = _coerce(value, annotation, dotted)
+            kwargs[key] = _checked(coerced, constraints_of(cls, key), dotted)
     return cls(**kwargs)
+
+
+def expand_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"sft.packing": True, "lora": {"r": 4}}` -> `{"sft": {"packing": True}, "lora": ...}`.
+
+    Top-level dotted keys of a YAML file read like the `key=value` overrides; they merge with a
+    nested group of the same name, and a key given both ways is an error."""
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        key = str(key)
+        nested: dict[str, Any] = {}
+        _set_dotted(nested, key, value)
+        _merge_new(tree, nested, "")
+    return tree
+
+
+def _merge_new(into: dict, other: dict, prefix: str) -> None:
+    """Merge `other` into `into`, refusing a key that both set to a value."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_new(into[key], value, f"{prefix}{key}.")
+        elif key in into:
+            raise ConfigError(f"{prefix}{key}: given twice (as a dotted key and in a group)")
+        else:
+            into[key] = value
 
 
 def load_config(
@@ -258,6 +470,11 @@ def load_config(
                 raise ConfigError(
                     f"{config_file}: stage: the file is a {written_for!r} config, not {stage!r}"
                 )
+        try:
+            loaded = expand_dotted(loaded)
+            check_keys(cls, loaded)
+        except ConfigError as err:
+            raise ConfigError(f"{config_file}: {err}") from None
         _deep_merge(tree, loaded)
     for item in overrides or []:
         key, value = _parse_override(item)
@@ -304,6 +521,9 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         if typing.get_origin(annotation) is not None:
             type_name = str(annotation).replace("typing.", "")
+        allowed = describe_constraints(constraints_of(cls, f.name))
+        if allowed:
+            type_name += f" {allowed}"
         rows.append(
             (
                 prefix + f.name,

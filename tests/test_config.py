@@ -67,15 +67,63 @@ def test_every_key_is_described():
 
 def test_a_runs_config_file_loads_back(tmp_path):
     """OUT/config.yaml (with its `stage:` line) repeats the run through `--config`."""
+    from rlhfkit.config import write_config
     from rlhfkit.recipes.rm import RMConfig
-    from rlhfkit.training.run import Run
 
     out = tmp_path / "out"
     config = load_config(SFTConfig, None, [f"output_dir={out}", "learning_rate=0.003", "lora.r=4"])
-    Run(config, "sft")
+    write_config(out, "sft", config)  # what a run writes as OUT/config.yaml
     written = str(out / "config.yaml")
     assert load_config(SFTConfig, written, stage="sft") == config
     with pytest.raises(ConfigError, match="stage: the file is a 'sft' config, not 'rm'"):
         load_config(RMConfig, written, stage="rm")
     with pytest.raises(ConfigError, match="unknown key 'stage'"):
         load_config(SFTConfig, written)  # without a stage to check against, `stage` is unknown
+
+
+def test_dotted_keys_in_a_config_file(tmp_path):
+    """A stage block pasted from a pipeline file (`sft.packing: true`) loads through --config."""
+    path = tmp_path / "run.yaml"
+    path.write_text("sft.packing: true\nlora.r: 4\nlora:\n  alpha: 8\nbatch_size: 2\n")
+    config = load_config(SFTConfig, str(path), ["lora.dropout=0.1"])
+    assert config.sft.packing is True
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (4, 8, 0.1)
+    assert config.batch_size == 2
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lora.r: 4\nlora:\n  r: 8\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: lora.r: given twice"):
+        load_config(SFTConfig, str(twice), [])
+
+
+def test_unknown_keys_in_a_config_file_name_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("sft.pakcing: true\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(SFTConfig, str(path), [])
+    assert str(caught.value) == (
+        f"{path}: unknown key 'sft.pakcing'; did you mean 'sft.packing'? (see --help for every key)"
+    )
+    # An unknown key given on the command line is not blamed on the file.
+    path.write_text("batch_size: 2\n")
+    with pytest.raises(ConfigError, match=r"^unknown key 'lerning_rate'"):
+        load_config(SFTConfig, str(path), ["lerning_rate=0.1"])
+
+
+def test_flag_forms_are_equivalent():
+    from rlhfkit.cli import split_args
+
+    spaced = split_args(["--learning-rate", "1e-3", "--lora.target-modules", "q_proj"])
+    joined = split_args(["--learning-rate=1e-3", "--lora.target-modules=q_proj"])
+    assert spaced == joined == (None, ["learning_rate=1e-3", "lora.target_modules=q_proj"])
+    assert split_args(["--config=a.yaml", "--resume"]) == ("a.yaml", ["resume=true"])
+    config = load_config(SFTConfig, None, split_args(["--learning-rate=1e-3"])[1])
+    assert config.learning_rate == pytest.approx(1e-3)
+
+
+def test_cai_without_a_command_is_a_usage_error(capsys):
+    from rlhfkit.cli import main
+
+    assert main(["cai"]) == 2
+    assert "usage: rlhfkit cai" in capsys.readouterr().err
+    assert main(["cai", "--help"]) == 0
+    assert "revise" in capsys.readouterr().out

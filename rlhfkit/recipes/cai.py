@@ -70,24 +70,38 @@ class CAIReviseConfig:
     output_dir: str = option("runs/cai", "where chains.jsonl, sft.jsonl, preferences.jsonl go")
     seed: int = option(0, "seed of principle draws and sampling")
     dtype: str = option("auto", "local model weight dtype: auto, float32, bfloat16")
-    max_new_tokens: int = option(64, "maximum tokens of a first response")
-    temperature: float = option(1.0, "sampling temperature of first responses; 0 = greedy")
-    top_p: float = option(1.0, "nucleus sampling of first responses")
-    edit_max_new_tokens: int = option(128, "maximum tokens of a critique or a revision")
-    edit_temperature: float = option(0.0, "temperature of critiques and revisions; 0 = greedy")
-    edit_top_p: float = option(1.0, "nucleus sampling of critiques and revisions")
-    batch_size: int = option(32, "prompts processed together (and written together)")
-    max_prompt_length: int = option(
-        1024, "longer prompts lose their start (also cut to the context minus the new tokens)"
+    max_new_tokens: int = option(64, "maximum tokens of a first response", minimum=1)
+    temperature: float = option(
+        1.0, "sampling temperature of first responses; 0 = greedy", minimum=0
     )
-    limit: int = option(0, "only the first N prompts; 0 = all")
+    top_p: float = option(
+        1.0, "nucleus sampling of first responses", exclusive_minimum=0, maximum=1
+    )
+    edit_max_new_tokens: int = option(128, "maximum tokens of a critique or a revision", minimum=1)
+    edit_temperature: float = option(
+        0.0, "temperature of critiques and revisions; 0 = greedy", minimum=0
+    )
+    edit_top_p: float = option(
+        1.0, "nucleus sampling of critiques and revisions", exclusive_minimum=0, maximum=1
+    )
+    batch_size: int = option(32, "prompts processed together (and written together)", minimum=1)
+    max_prompt_length: int = option(
+        1024,
+        "longer prompts lose their start (also cut to the context minus the new tokens)",
+        minimum=1,
+    )
+    limit: int = option(0, "only the first N prompts; 0 = all", minimum=0)
     endpoint_model: str = option("", "model name sent to an endpoint; empty = first of /v1/models")
-    api: str = option("completions", "endpoint API: completions or chat")
+    api: str = option("completions", "endpoint API", choices=("completions", "chat"))
     api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the endpoint's key")
-    timeout: float = option(60.0, "seconds an endpoint request may take")
-    max_retries: int = option(4, "retries of a failed endpoint request (exponential back-off)")
-    retry_backoff: float = option(1.0, "first back-off wait in seconds (doubles per retry)")
-    concurrency: int = option(8, "endpoint requests in flight at once")
+    timeout: float = option(60.0, "seconds an endpoint request may take", exclusive_minimum=0)
+    max_retries: int = option(
+        4, "retries of a failed endpoint request (exponential back-off)", minimum=0
+    )
+    retry_backoff: float = option(
+        1.0, "first back-off wait in seconds (doubles per retry)", minimum=0
+    )
+    concurrency: int = option(8, "endpoint requests in flight at once", minimum=1)
     overwrite: bool = option(False, "start again instead of continuing from chains.jsonl")
     progress: bool = option(True, "print progress")
 
@@ -382,12 +396,14 @@ def _help() -> str:
 def main(argv: list[str]) -> int:
     """`rlhfkit cai revise ...` (the CLI hands over the arguments after `cai`)."""
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(
+        usage = (
             f"{USAGE}\n\ncommands:\n  revise  critique-and-revise (SL-CAI); "
             "`rlhfkit cai revise --help` lists its keys\n\nAI preference labels (RL-CAI): "
             "`rlhfkit label --help`"
         )
-        return 0
+        # Help asked for is an answer (0); a missing command is a usage error (2), as argparse.
+        print(usage, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command != "revise":
         raise RlhfkitError(f"cai: unknown command {command!r}; expected `revise`")

@@ -18,10 +18,10 @@ from rlhfkit.training.run import console
 @dataclass
 class GenerateConfig(BaseConfig, SamplingOptions):
     prompts: str = option("", "prompt data ({prompt} records; any supported format)")
-    n: int = option(2, "responses per prompt (2 = pairs; more = a ranking task)")
+    n: int = option(2, "responses per prompt (2 = pairs; more = a ranking task)", minimum=1)
     output: str = option("", "output JSONL file")
-    batch_size: int = option(64, "rows sampled together")
-    max_prompt_length: int = option(256, "longer prompts lose their start")
+    batch_size: int = option(64, "rows sampled together", minimum=1)
+    max_prompt_length: int = option(256, "longer prompts lose their start", minimum=1)
     output_dir: str = option("runs/generate", "unused by this stage; kept for pipelines")
 
 

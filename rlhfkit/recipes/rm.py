@@ -69,14 +69,16 @@ class RMOptions:
         False, "subtract each record's `margin` from the reward gap: -log σ(Δr - margin)"
     )
     center_coef: float = option(
-        0.0, "reward-centring regulariser: adds coef * mean((r_w + r_l)^2); 0 = off"
+        0.0, "reward-centring regulariser: adds coef * mean((r_w + r_l)^2); 0 = off", minimum=0
     )
     soft_labels: bool = option(
         True,
         "train a record's `soft_label` p = P(chosen beats rejected) with the soft loss "
         "-p log σ(Δr) - (1-p) log σ(-Δr); false = every pair a hard win for `chosen`",
     )
-    ensemble: int = option(1, "K reward heads on one backbone; reports their disagreement")
+    ensemble: int = option(
+        1, "K reward heads on one backbone; reports their disagreement", minimum=1
+    )
     shared_prompt: bool = option(
         True, "encode a prompt once for all its responses (block mask); false = one row each"
     )
@@ -86,8 +88,8 @@ class RMOptions:
         "reference samples for the normalisation ({prompt, responses} or {prompt, completion} "
         "records, e.g. the SFT policy's samples); empty = the training data's responses",
     )
-    normalize_max_samples: int = option(4096, "at most this many reference samples")
-    calibration_bins: int = option(10, "bins of the expected calibration error")
+    normalize_max_samples: int = option(4096, "at most this many reference samples", minimum=1)
+    calibration_bins: int = option(10, "bins of the expected calibration error", minimum=1)
 
 
 @dataclass

@@ -74,7 +74,7 @@ class ServeConfig:
 
     model: str = option("", "model directory (or hub id) to serve")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 = every interface)")
-    port: int = option(8000, "TCP port")
+    port: int = option(8000, "TCP port", minimum=1, maximum=65535)
     model_name: str = option("", "model id clients use; empty = the directory's name")
     dtype: str = option("auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     max_batch_size: int = option(32, "most sequences generated (or scored) together")
