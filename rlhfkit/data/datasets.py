@@ -12,8 +12,18 @@ from rlhfkit.data.formats import (
     parse_prompt,
     parse_sft,
 )
-from rlhfkit.data.io import read_records
+from rlhfkit.data.io import Record, read_records
 from rlhfkit.data.tokenize import Encoded, TokenStats, encode_example
+from rlhfkit.errors import DataError
+
+
+def read_nonempty(spec: str) -> list[Record]:
+    """The records of `spec`; a file (or dataset) without any is an error, `spec: no records`,
+    rather than a run that trains on nothing or fails later with a vaguer message."""
+    records = read_records(spec)
+    if not records:
+        raise DataError(spec, None, None, "no records")
+    return records
 
 
 def load_sft(
@@ -22,7 +32,7 @@ def load_sft(
     """Every SFT record of `spec`, tokenised; invalid records raise, skipped ones are counted."""
     stats = TokenStats()
     rows = []
-    for record in read_records(spec):
+    for record in read_nonempty(spec):
         example = parse_sft(record)
         encoded = encode_example(
             tokenizer,
@@ -38,9 +48,10 @@ def load_sft(
 
 
 def load_prompts(spec: str) -> list[PromptExample]:
-    return [parse_prompt(record) for record in read_records(spec)]
+    """Every prompt record of `spec`, validated."""
+    return [parse_prompt(record) for record in read_nonempty(spec)]
 
 
 def load_comparisons(spec: str) -> list[PreferenceExample | RankingExample]:
     """Preference and ranking records, validated (tokenisation is the stage's business)."""
-    return parse_comparisons(read_records(spec))
+    return parse_comparisons(read_nonempty(spec))

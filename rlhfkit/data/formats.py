@@ -12,7 +12,10 @@ Formats follow TRL's conventions, each either plain text or conversational
   implicit (the shared prefix);
 - ranking: `{"prompt", "responses": [...], "ranking": [best ... worst]}` (indices into responses).
 
-Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`.
+Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`. A record
+holding the fields of two formats (`text` and `prompt`, `messages` and `completion`, `chosen` and
+`ranking`) is refused as ambiguous rather than read as one of them; a field whose value is None
+(how Parquet gives a column a row does not use) counts as absent.
 """
 
 from __future__ import annotations
@@ -100,16 +103,44 @@ def is_conversational(value: Text) -> bool:
     return isinstance(value, list)
 
 
+def _given(record: Record, names: tuple[str, ...]) -> list[str]:
+    """Which of `names` the record holds (a None value, as Parquet gives absent columns, is not
+    held)."""
+    return [name for name in names if record.data.get(name) is not None]
+
+
+def _refuse_mixed_formats(record: Record, kind: str, *layouts: tuple[str, ...]) -> None:
+    """Raise if the record holds fields of more than one of `layouts` (formats of one `kind`):
+    which one is meant is ambiguous, and taking one would silently drop the others."""
+    held = [given for layout in layouts if (given := _given(record, layout))]
+    if len(held) > 1:
+        fields = " and ".join(", ".join(given) for given in held)
+        choices = ", ".join("{" + ", ".join(layout) + "}" for layout in layouts)
+        raise record.error(
+            None, f"ambiguous {kind} record: has both {fields} (use one of {choices})"
+        )
+
+
+SFT_LAYOUTS = (("prompt", "completion"), ("messages",), ("text",))
+COMPARISON_LAYOUTS = (("chosen", "rejected"), ("responses", "ranking"))
+
+
 def parse_sft(record: Record) -> SFTExample:
+    """An SFT record: `{prompt, completion}`, `{messages}` or `{text}` (exactly one of them)."""
     data = record.data
-    if "messages" in data:
+    _refuse_mixed_formats(record, "SFT", *SFT_LAYOUTS)
+    if data.get("messages") is not None:
+        if not isinstance(data["messages"], list):
+            raise record.error(
+                "messages", f"expected a list of messages, got {type(data['messages']).__name__}"
+            )
         messages = _text(record, "messages", data["messages"])
-        if not isinstance(messages, list) or messages[-1]["role"] != "assistant":
+        if messages[-1]["role"] != "assistant":
             raise record.error("messages", "the last message must be the assistant's")
         if not messages[-1]["content"].strip():
             raise record.error("messages", "the last assistant message is empty")
         return SFTExample(messages[:-1], [messages[-1]], record.source, record.line)
-    if "text" in data and "completion" not in data:
+    if data.get("text") is not None:
         return SFTExample("", _text(record, "text", data["text"]), record.source, record.line)
     prompt = _text(record, "prompt", _require(record, "prompt"))
     completion = _text(record, "completion", _require(record, "completion"))
@@ -135,6 +166,7 @@ def _split_implicit_prompt(record: Record, chosen: list[Message], rejected: list
 
 def parse_preference(record: Record) -> PreferenceExample:
     data = record.data
+    _refuse_mixed_formats(record, "preference/ranking", *COMPARISON_LAYOUTS)
     # An empty response is a legitimate (bad) answer a policy can give, so preferences may hold
     # one; SFT completions may not.
     chosen = _text(record, "chosen", _require(record, "chosen"), allow_empty=True)
@@ -146,6 +178,8 @@ def parse_preference(record: Record) -> PreferenceExample:
     else:
         raise record.error("prompt", "missing field (an implicit prompt needs conversations)")
     margin = data.get("margin")
+    if isinstance(margin, bool):
+        raise record.error("margin", f"expected a number, got {margin!r}")
     if margin is not None and margin != "":
         try:
             margin = float(margin)
@@ -221,6 +255,7 @@ def soft_label_note(labels: list[float | None], key: str, use: bool) -> str:
 
 
 def parse_ranking(record: Record) -> RankingExample:
+    _refuse_mixed_formats(record, "preference/ranking", *COMPARISON_LAYOUTS)
     prompt = _text(record, "prompt", _require(record, "prompt"))
     responses = _require(record, "responses")
     if not isinstance(responses, list) or len(responses) < 2:
@@ -229,16 +264,20 @@ def parse_ranking(record: Record) -> RankingExample:
         _text(record, f"responses[{i}]", r, allow_empty=True) for i, r in enumerate(responses)
     ]
     ranking = _require(record, "ranking")
-    if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
-        raise record.error(
-            "ranking",
-            f"expected a permutation of 0..{len(responses) - 1} (best first), got {ranking!r}",
-        )
+    expected = f"expected a permutation of 0..{len(responses) - 1} (best first), got {ranking!r}"
+    if not isinstance(ranking, list):
+        raise record.error("ranking", expected)
+    # Types first: sorting a list that mixes ints and strings would raise TypeError.
     if any(isinstance(i, bool) or not isinstance(i, int) for i in ranking):
-        raise record.error("ranking", "expected integer indices")
+        raise record.error("ranking", f"expected integer indices, got {ranking!r}")
+    if sorted(ranking) != list(range(len(responses))):
+        raise record.error("ranking", expected)
     return RankingExample(prompt, responses, ranking, record.source, record.line)
 
 
 def parse_comparisons(records: list[Record]) -> list[PreferenceExample | RankingExample]:
     """Preference or ranking records (decided per record by the presence of `ranking`)."""
-    return [parse_ranking(r) if "ranking" in r.data else parse_preference(r) for r in records]
+    return [
+        parse_ranking(r) if r.data.get("ranking") is not None else parse_preference(r)
+        for r in records
+    ]

@@ -1,15 +1,21 @@
 """Reading records from JSONL, JSON, Parquet and CSV files or a `datasets` hub name.
 
 Every record keeps where it came from (`source`, `line`), so a later validation error can say
-`file:line: field: problem`. `line` is the line number for JSONL and CSV (header = line 1) and
-the 1-based record number for JSON and Parquet.
+`file:line: field: problem`. `line` is the line number for JSONL and CSV (header = line 1; a
+CSV record whose quoted cell spans lines has the line it starts on) and the 1-based record number
+for JSON and Parquet. What cannot be read is an error, never a dropped record: bytes that are not
+UTF-8, a JSON key given twice, a CSV row with more or fewer cells than its header, a corrupt
+Parquet file. A file without records reads as an empty list (optional files may be empty); the
+loaders of `rlhfkit.data.datasets` refuse it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,8 @@ def read_records(spec: str, *, split: str = "train") -> list[Record]:
         raise DataError("<config>", None, None, "no data file given")
     path = Path(spec)
     if path.suffix.lower() in SUFFIXES or path.exists():
+        if path.is_dir():
+            raise DataError(spec, None, None, "is a directory (name a data file)")
         if not path.is_file():
             raise DataError(spec, None, None, "file not found")
         return list(_read_file(path))
@@ -45,37 +53,91 @@ def read_records(spec: str, *, split: str = "train") -> list[Record]:
 def _read_file(path: Path) -> Iterator[Record]:
     source, suffix = str(path), path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise DataError(source, number, None, f"invalid JSON ({err.msg})") from None
-                yield _as_record(value, source, number)
+        yield from _read_jsonl(path, source)
     elif suffix == ".json":
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(source, err.lineno, None, f"invalid JSON ({err.msg})") from None
-        if isinstance(value, dict) and isinstance(value.get("data"), list):
-            value = value["data"]
-        if not isinstance(value, list):
-            raise DataError(source, None, None, "expected a JSON list of records")
-        for number, item in enumerate(value, start=1):
-            yield _as_record(item, source, number)
+        yield from _read_json(path, source)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield _as_record(row, source, number)
+        yield from _read_parquet(path, source)
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):
-                yield _as_record({k: _decode_cell(v) for k, v in row.items()}, source, number)
+        yield from _read_csv(path, source)
     else:
         raise DataError(source, None, None, f"unknown format (use one of {', '.join(SUFFIXES)})")
+
+
+def _read_jsonl(path: Path, source: str) -> Iterator[Record]:
+    """One record per non-blank line; `line` is the line number."""
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            _check_utf8(text, source, number)
+            yield _as_record(_parse_json(text, source, number), source, number)
+
+
+def _read_json(path: Path, source: str) -> Iterator[Record]:
+    """A JSON list of records (or `{"data": [...]}`); `line` is the 1-based record number."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    _check_utf8(text, source, 1)
+    value = _parse_json(text, source, None)
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if not isinstance(value, list):
+        raise DataError(source, None, None, "expected a JSON list of records")
+    for number, item in enumerate(value, start=1):
+        yield _as_record(item, source, number)
+
+
+def _read_parquet(path: Path, source: str) -> Iterator[Record]:
+    """The rows of a Parquet file; `line` is the 1-based row number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(source, None, None, f"not a readable Parquet file ({first_line})") from None
+    for number, row in enumerate(rows, start=1):
+        yield _as_record(row, source, number)
+
+
+def _read_csv(path: Path, source: str) -> Iterator[Record]:
+    """Rows under a header row; `line` is the line where the row starts (the header is line 1).
+
+    A quoted cell may span lines, so the start is taken from the reader's line count before
+    the row, not from the row's index."""
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        text = handle.read()
+    _check_utf8(text, source, 1)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(source, start, None, f"invalid CSV ({err})") from None
+        if not row:
+            continue  # a blank line, skipped as csv.DictReader does
+        if header is None:
+            header = _csv_header(row, source, start)
+            continue
+        if len(row) != len(header):
+            raise DataError(source, start, None, f"{len(row)} cells, the header has {len(header)}")
+        data = {name: _decode_cell(cell) for name, cell in zip(header, row, strict=True)}
+        yield _as_record(data, source, start)
+
+
+def _csv_header(row: list[str], source: str, line: int) -> list[str]:
+    """The column names of a CSV header row; a name given twice is an error."""
+    seen: set[str] = set()
+    for name in row:
+        if name in seen:
+            raise DataError(source, line, name, "column given more than once in the header")
+        seen.add(name)
+    return row
 
 
 def _decode_cell(value: str | None) -> Any:
@@ -88,9 +150,75 @@ def _decode_cell(value: str | None) -> Any:
     return value
 
 
+# Bytes that are not UTF-8, as the "surrogateescape" error handler decodes them (U+DC80..U+DCFF).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _check_utf8(text: str, source: str, first_line: int) -> None:
+    """Raise `file:line: not valid UTF-8` if `text` (read with "surrogateescape") holds a byte that
+    is not UTF-8; `first_line` is the line `text` starts on."""
+    found = _UNDECODABLE.search(text)
+    if found is None:
+        return
+    line = first_line + text.count("\n", 0, found.start())
+    column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+    byte = ord(found.group()) - 0xDC00
+    raise DataError(
+        source, line, None, f"not valid UTF-8 (byte 0x{byte:02x} at column {column}; save as UTF-8)"
+    )
+
+
+class _DuplicateKeys(dict):
+    """A JSON object that gave a key more than once (the last value kept, as `json` does)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicates: list[str]):
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook`: a dict, marked as `_DuplicateKeys` when a key repeats."""
+    seen: set[str] = set()
+    duplicates = []
+    for key, _ in pairs:
+        if key in seen:
+            duplicates.append(key)
+        seen.add(key)
+    return _DuplicateKeys(pairs, duplicates) if duplicates else dict(pairs)
+
+
+def _parse_json(text: str, source: str, line: int | None) -> Any:
+    """Parse JSON text; an error names `line`, or the error's own line when `line` is None."""
+    try:
+        return json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError as err:
+        where = err.lineno if line is None else line
+        raise DataError(source, where, None, f"invalid JSON ({err.msg})") from None
+
+
+def _duplicate_key(value: Any, path: str = "") -> str | None:
+    """The path (`messages[0].content`) of the first key given twice in `value`, or None."""
+    if isinstance(value, _DuplicateKeys):
+        return f"{path}.{value.duplicates[0]}" if path else value.duplicates[0]
+    if isinstance(value, dict):
+        children = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for child_path, child in children:
+        found = _duplicate_key(child, child_path)
+        if found is not None:
+            return found
+    return None
+
+
 def _as_record(value: Any, source: str, line: int) -> Record:
     if not isinstance(value, dict):
         raise DataError(source, line, None, f"expected a JSON object, got {type(value).__name__}")
+    duplicate = _duplicate_key(value)
+    if duplicate is not None:
+        raise DataError(source, line, duplicate, "key given more than once")
     return Record(value, source, line)
 
 
