@@ -366,21 +366,37 @@ def save_reward_model(
 def load_reward_model(
     directory: str | os.PathLike, *, dtype: str = "auto", device: str | torch.device | None = None
 ) -> RewardModel:
-    """Load a saved reward model for scoring (eval mode, no gradients)."""
+    """Load a saved reward model for scoring (eval mode, no gradients).
+
+    `directory` is one written by `rlhfkit rm` (with `rlhfkit_reward.json`), or a sequence
+    classifier from elsewhere with one label and its trained head (scored raw). Anything whose
+    weights lack the head, such as a plain causal LM, is refused: transformers would fill the
+    head in at random and every score would be noise.
+    """
     directory = str(directory)
     if not os.path.isdir(directory):
         raise ConfigError(f"reward_model: {directory!r} is not a directory")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a missing head is reported below, as an error
     try:
-        seqcls = AutoModelForSequenceClassification.from_pretrained(
-            directory, dtype=resolve_dtype(dtype)
+        seqcls, loading = AutoModelForSequenceClassification.from_pretrained(
+            directory, dtype=resolve_dtype(dtype), output_loading_info=True
         )
     except (OSError, ValueError) as err:
         raise ConfigError(f"reward_model: cannot load {directory!r}: {err}") from err
-    info = _read_info(directory) or RewardInfo(
-        num_heads=int(seqcls.config.num_labels),
-        gain=[1.0] * int(seqcls.config.num_labels),
-        bias=[0.0] * int(seqcls.config.num_labels),
-    )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    stored = _read_info(directory)
+    check_reward_weights(directory, loading.get("missing_keys", []), has_info=stored is not None)
+    num_labels = int(seqcls.config.num_labels)
+    if stored is None and num_labels != 1:
+        raise ConfigError(
+            f"reward_model: {directory} is a sequence classifier with {num_labels} labels and no "
+            f"{REWARD_INFO_FILE}: not a reward model (one score, or an rlhfkit rm ensemble)"
+        )
+    info = stored or RewardInfo(num_heads=1, gain=[1.0], bias=[0.0])
     if info.num_heads != seqcls.config.num_labels:
         raise ConfigError(
             f"reward_model: {REWARD_INFO_FILE} says {info.num_heads} heads, the model has "
@@ -391,6 +407,21 @@ def load_reward_model(
     if device is not None:
         model.to(device)
     return model
+
+
+def check_reward_weights(directory: str, missing_keys: Sequence[str], *, has_info: bool) -> None:
+    """Raise a one-line `ConfigError` when loading `directory` as a reward model left weights
+    missing (`missing_keys`, from transformers' loading info): no `score` head and no
+    `rlhfkit_reward.json` means a causal LM; any other gap means a damaged checkpoint."""
+    if not missing_keys:
+        return
+    if not has_info and any(key.startswith("score.") for key in missing_keys):
+        raise ConfigError(
+            f"reward_model: {directory} is a causal LM, not a reward model: train one with "
+            "rlhfkit rm"
+        )
+    shown = ", ".join(sorted(missing_keys)[:3]) + (" ..." if len(missing_keys) > 3 else "")
+    raise ConfigError(f"reward_model: {directory} lacks weights the model needs: {shown}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,6 +666,7 @@ __all__ = [
     "build_reward_model",
     "encode_pair",
     "init_reward_head",
+    "check_reward_weights",
     "load_reward_model",
     "load_reward_scorer",
     "pack_responses",

@@ -383,7 +383,11 @@ def run(config: DemoConfig) -> int:
     reuse = config.reuse_sft and (paths.sft / "summary.json").is_file()
     with _stage("base model", timings):
         if not reuse:
-            init_model(InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed))
+            # The demo owns its output directory: every stage runs afresh (an older demo's
+            # base model carries no init-model marker).
+            init = InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed)
+            init.overwrite = True
+            init_model(init)
     with _stage("sft", timings):
         sft_summary = (
             json.loads((paths.sft / "summary.json").read_text())

@@ -10,6 +10,10 @@ OUT/checkpoints/     resumable state
 The JSON written here is strict (RFC 8259): a NaN or infinite metric is written as `null`, with
 a printed note naming it, never as the bare `NaN` that Python's `json` emits and other readers
 reject. Files rewritten in place (metrics.jsonl cut back on resume) are replaced atomically.
+
+OUT/config.yaml is written when the run really starts (after the resume check, or at its first
+metrics line or summary), never by a run refused before then. An output directory whose
+config.yaml names another stage is refused at once: one stage's run never replaces another's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
@@ -76,10 +81,9 @@ class Run:
             getattr(config, "mixed_precision", "no"), getattr(config, "report_to", None)
         )
         self.is_main = self.accelerator.is_main_process
+        check_output_stage(self.out, stage)
         set_seed(config.seed)
-        if self.is_main:
-            write_config(self.out, stage, config)
-        self.accelerator.wait_for_everyone()
+        self._config_written = False
         if getattr(config, "report_to", None) and self.accelerator.log_with:
             self.accelerator.init_trackers(
                 f"rlhfkit-{stage}", config=_flat(dataclasses.asdict(config))
@@ -93,6 +97,21 @@ class Run:
     @property
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The run's config as `OUT/config.yaml` holds it: `stage` first, then every key."""
+        return {"stage": self.stage, **dataclasses.asdict(self.config)}
+
+    def write_config(self) -> None:
+        """Write `OUT/config.yaml` (main process, once per run).
+
+        Called when the run really starts (`setup.resume_state`, after its resume check) or at
+        its first output (`log`, `summary`), so a run refused before then (bad data, a refused
+        resume) leaves the config.yaml of the run already in OUT as it was.
+        """
+        if self.is_main and not self._config_written:
+            write_config(self.out, self.stage, self.config)
+        self._config_written = True
 
     def print(self, *args: Any) -> None:
         if self.is_main:
@@ -117,6 +136,7 @@ class Run:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one line to metrics.jsonl (non-finite values as null, noted once per key)."""
         row, non_finite = strict_json({"step": step, **{k: _plain(v) for k, v in metrics.items()}})
+        self.write_config()
         if self.is_main:
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(row, allow_nan=False) + "\n")
@@ -130,6 +150,7 @@ class Run:
 
     def summary(self, values: dict[str, Any]) -> None:
         """Write summary.json as strict JSON (a non-finite value becomes null, and is named)."""
+        self.write_config()
         if self.is_main:
             plain, non_finite = strict_json({k: _plain(v) for k, v in values.items()})
             if non_finite:
@@ -166,6 +187,36 @@ class Run:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+
+def check_output_stage(out: Path, stage: str) -> None:
+    """Refuse, in one line, an output directory whose config.yaml was written by another stage:
+    running there would replace that run's model and delete its checkpoints."""
+    written_by = output_stage(out)
+    if written_by is not None and written_by != stage:
+        raise ConfigError(
+            f"output_dir: {out} holds a {written_by!r} run, not {stage!r}; give another "
+            "output_dir, or delete that one first"
+        )
+
+
+def output_stage(out: Path) -> str | None:
+    """The stage named by `OUT/config.yaml`; None where there is no such file or it names none.
+
+    A config.yaml that is not readable YAML is an error: the directory holds something, and
+    what wrote it cannot be told."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"output_dir: {path} is not a readable config ({type(err).__name__}); give another "
+            "output_dir, or delete that one first"
+        ) from None
+    stage = loaded.get("stage") if isinstance(loaded, dict) else None
+    return str(stage) if stage is not None else None
 
 
 def check_finite(loss_value: float, step: int, run: Run) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 
 from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
@@ -21,9 +22,9 @@ from rlhfkit.training.checkpoint import (
     RECORD_FIELD,
     checkpoint_step,
     config_differences,
+    config_record,
     latest_checkpoint,
     load_checkpoint,
-    read_config_record,
     read_trainer_state,
     remove_checkpoints,
 )
@@ -86,24 +87,27 @@ def resume_state(run: Run, config: TrainConfig) -> dict | None:
     """Restore the last checkpoint when `config.resume` asks for it; return its trainer state.
 
     Resuming: the latest checkpoint must have been written with this config (its trainer
-    state's config record against `OUT/config.yaml`, which `Run` has just written), else a
-    `ConfigError` names the keys that differ, before anything is loaded. Then model, optimizer,
-    scheduler and RNG states are restored and metrics.jsonl is cut back to the checkpoint's
-    step, so the run ends as an uninterrupted one would.
+    state's config record against `current_record(run)`, from the config in memory), else a
+    `ConfigError` names the keys that differ, before anything is loaded or written: the
+    config.yaml of the run in OUT stays as it was. Then `OUT/config.yaml` is written, model,
+    optimizer, scheduler and RNG states are restored and metrics.jsonl is cut back to the
+    checkpoint's step, so the run ends as an uninterrupted one would.
 
-    Starting fresh (None is returned): the checkpoints of an earlier run in `OUT/checkpoints`
-    are removed (they are what a later `resume=true` would continue from) and metrics.jsonl is
-    reset.
+    Starting fresh (None is returned): `OUT/config.yaml` is written, the checkpoints of an
+    earlier run in `OUT/checkpoints` are removed (they are what a later `resume=true` would
+    continue from) and metrics.jsonl is reset.
     """
     last = latest_checkpoint(run.checkpoints)
     if config.resume and last is not None:
-        check_resumable(last, read_config_record(run.out))
+        check_resumable(last, current_record(run))
+        run.write_config()
         state = load_checkpoint(run.accelerator, last)
         run.truncate_metrics(state["step"])
         run.print(f"resumed from {last} at step {state['step']}")
         return state
     if config.resume:
         run.print("resume=true but no checkpoint found: starting from scratch")
+    run.write_config()
     if run.is_main:
         removed = remove_checkpoints(run.checkpoints)
         if removed:
@@ -114,6 +118,14 @@ def resume_state(run: Run, config: TrainConfig) -> dict | None:
     run.accelerator.wait_for_everyone()
     run.reset_metrics()
     return None
+
+
+def current_record(run: Run) -> dict:
+    """The config record of `run` as `save_checkpoint` will store it: from the config in memory,
+    through the same YAML round trip as `OUT/config.yaml` (tuples become lists), so that it
+    equals the record read back from the file the run writes once this check has passed."""
+    resolved = yaml.safe_load(yaml.safe_dump(run.resolved_config(), sort_keys=False))
+    return config_record(resolved)
 
 
 def check_resumable(checkpoint: Path, current: dict | None) -> None:
