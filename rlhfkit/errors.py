@@ -9,6 +9,21 @@ class ConfigError(RlhfkitError):
     """An unknown key, a value of the wrong type, or an inconsistent combination of keys."""
 
 
+def relabel_error(err: ConfigError, key: str, loader_keys: tuple[str, ...] = ("model",)):
+    """`err` from a shared loader with its leading ``LOADER_KEY: `` replaced by ``key``.
+
+    The loaders name the key they usually serve (`model`, `reward_model`); a recipe that calls
+    one for another key (``dpo.reference``, ``ppo.gold_reward``, label's ``judge``) re-labels the
+    message so it names the key the user set. Errors about other keys are returned unchanged.
+    """
+    message = str(err)
+    for loader_key in loader_keys:
+        prefix = f"{loader_key}: "
+        if message.startswith(prefix):
+            return ConfigError(f"{key}: {message[len(prefix) :]}")
+    return err
+
+
 class DataError(RlhfkitError):
     """A malformed record. The message starts with ``file:line: field: problem``."""
 

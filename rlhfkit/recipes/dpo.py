@@ -53,7 +53,7 @@ from rlhfkit.data.collate import pad_right
 from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, relabel_error
 from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
@@ -684,6 +684,17 @@ def train(config: DPOConfig) -> dict:
     return summary
 
 
+def _enter_reference(stack, policy, reference: str, initial: bool, reference_args: dict):
+    """Enter `reference_logprobs` on `stack`; an error loading a separate `dpo.reference` names
+    that key (the model loader names `model`, the policy's key)."""
+    try:
+        return stack.enter_context(reference_logprobs(policy, initial=initial, **reference_args))
+    except ConfigError as err:
+        if not reference:
+            raise
+        raise relabel_error(err, "dpo.reference") from None
+
+
 def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch, *, initial):
     """Reference tables (precomputed or cached) or an on-the-fly reference function.
 
@@ -702,7 +713,7 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch,
         "attn_implementation": config.attn_implementation or None,
     }
     if not options.precompute_ref:
-        ref_fn = stack.enter_context(reference_logprobs(policy, initial=False, **reference_args))
+        ref_fn = _enter_reference(stack, policy, options.reference, False, reference_args)
         kind = reference_kind(policy, options.reference, initial=False)
         return None, ref_fn, f"on the fly ({kind})"
 
@@ -714,7 +725,10 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch,
         return {"train": cache["train"], "eval": cache["eval"]}, None, "loaded from cache"
     kind = reference_kind(policy, options.reference, initial=initial)
     started = time.perf_counter()
-    with reference_logprobs(policy, initial=initial, **reference_args) as ref_fn:
+    with ExitStack() as reference_stack:
+        ref_fn = _enter_reference(
+            reference_stack, policy, options.reference, initial, reference_args
+        )
         tables = {
             name: compute_reference_logps(acc, ref_fn, items, config.eval_batch_size, make_batch)
             for name, items in (("train", pairs), ("eval", eval_pairs))

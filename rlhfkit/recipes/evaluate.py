@@ -16,6 +16,12 @@ Modes (chosen by which keys are set; each mode is a function in `MODES`, tried i
   normalised) and the summary `disagreement` (mean std over heads). `reward_model` may be any
   reward spec `load_reward_function` accepts (directory, http URL, python:module:function).
 
+* policy evaluation — `rlhfkit eval policies=DIR,... reference=DIR prompts=FILE
+  [reward_model=...] [gold_reward=...]`: see `evaluate_policies`.
+
+Each mode has its own keys (`SCORING_KEYS`, `POLICY_KEYS`); a key of the other mode given a
+non-default value is a one-line error, not silently dropped (`check_mode_keys`).
+
 Adding a mode (e.g. policy evaluation with `policies`, `reference`, `gold_reward`, `best_of_n`):
 add its keys to `EvalConfig` (or a new option group), write `def _my_mode(config) -> dict`, and
 insert `(predicate, _my_mode)` into `MODES` before scoring if its keys should take precedence.
@@ -23,6 +29,7 @@ insert `(predicate, _my_mode)` into `MODES` before scoring if its keys should ta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +46,11 @@ from rlhfkit.training.run import Run
 
 @dataclass
 class EvalConfig(BaseConfig):
+    model: str = option("", "not used by eval (refused): see policies, reference, reward_model")
     output_dir: str = option("runs/eval", "where config.yaml and summary.json go")
+    dtype: str = option(
+        "auto", "scoring mode: the reward model's weight dtype: auto, float32, bfloat16, float16"
+    )
     reward_model: str = option(
         "", "reward to score with: a reward-model directory, an http URL or python:mod:fn"
     )
@@ -79,6 +90,57 @@ class EvalConfig(BaseConfig):
     )
 
 
+#: Keys of each mode; a key of the other mode set to a non-default value is refused
+#: (`check_mode_keys`). `reward_model`, `output_dir`, `seed` and `progress` serve both.
+SCORING_KEYS = ("data", "output", "batch_size", "normalized", "max_length", "dtype")
+POLICY_KEYS = (
+    "policies",
+    "reference",
+    "prompts",
+    "gold_reward",
+    "best_of_n",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "diagnose_runs",
+)
+
+
+def _defaults() -> dict:
+    """Every top-level `EvalConfig` key's default value."""
+    out = {}
+    for f in dataclasses.fields(EvalConfig):
+        factory = f.default_factory
+        out[f.name] = factory() if factory is not dataclasses.MISSING else f.default
+    return out
+
+
+def check_mode_keys(config: EvalConfig, policy_mode: bool) -> None:
+    """Refuse keys eval would not use: `model` (eval takes `policies`, `reference` and
+    `reward_model`), and the keys of the mode not running. Checked before anything loads."""
+    defaults = _defaults()
+    if config.model != defaults["model"]:
+        raise ConfigError(
+            f"model: not used by eval (got {config.model!r}); give the policies to evaluate as "
+            "policies=DIR,... with reference=DIR, or the scorer as reward_model=DIR"
+        )
+    foreign = SCORING_KEYS if policy_mode else POLICY_KEYS
+    for key in foreign:
+        value = getattr(config, key)
+        if value == defaults[key]:
+            continue
+        if policy_mode:
+            raise ConfigError(
+                f"{key}: a key of scoring mode (reward_model=... data=...), not used when "
+                f"evaluating policies (policies=...), got {value!r}; run each mode as its own "
+                "`rlhfkit eval`"
+            )
+        raise ConfigError(
+            f"{key}: a key of policy evaluation (policies=... reference=... prompts=...), not "
+            f"used when scoring data, got {value!r}"
+        )
+
+
 def _texts(record) -> tuple[str, list, object]:
     """(kind, responses to score, parsed example or None) of one record."""
     data = record.data
@@ -105,8 +167,15 @@ def _texts(record) -> tuple[str, list, object]:
 
 def score_data(config: EvalConfig) -> dict:
     """Scoring mode: see the module docstring."""
+    from rlhfkit.models.loading import resolve_dtype
     from rlhfkit.models.reward_fn import load_reward_function
 
+    check_mode_keys(config, policy_mode=False)
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
+    if config.max_length < 0:
+        raise ConfigError(f"max_length: must be >= 0 (0 = as trained), got {config.max_length}")
+    resolve_dtype(config.dtype)  # an unknown dtype is a one-line error before anything loads
     run = Run(config, "eval")
     records = read_records(config.data)
     if not records:
@@ -118,7 +187,11 @@ def score_data(config: EvalConfig) -> dict:
         for text in texts:
             prompts.append(prompt)
             responses.append(text)
-    kwargs = {"batch_size": config.batch_size, "normalized": config.normalized}
+    kwargs = {
+        "batch_size": config.batch_size,
+        "normalized": config.normalized,
+        "dtype": config.dtype,
+    }
     if config.max_length > 0:
         kwargs["max_length"] = config.max_length
     scorer = load_reward_function(config.reward_model, **kwargs)
@@ -189,6 +262,8 @@ def _check_sampling(config: EvalConfig) -> None:
         raise ConfigError(f"top_p: must be in (0, 1], got {config.top_p}")
     if config.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be at least 1, got {config.max_new_tokens}")
+    if config.best_of_n < 0:
+        raise ConfigError(f"best_of_n: must be >= 0 (0 = off), got {config.best_of_n}")
 
 
 def evaluate_policies(config: EvalConfig) -> dict:
@@ -199,6 +274,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
     from rlhfkit.eval.policy_eval import evaluate_against_reference, training_diagnostics
     from rlhfkit.models.reward_fn import load_reward_function
 
+    check_mode_keys(config, policy_mode=True)
     if not config.reference or not config.prompts:
         raise ConfigError("eval: policy evaluation needs reference=DIR and prompts=FILE")
     named = {}

@@ -33,7 +33,7 @@ from typing import Any
 
 from rlhfkit.config import option
 from rlhfkit.data.io import read_records, write_json, write_jsonl
-from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.feedback.ai_labeller import (
     LMJudge,
     Pair,
@@ -295,7 +295,19 @@ def label(config: LabelConfig) -> dict[str, Any]:
     constitution = load_constitution(config.constitution, config.prompt_format)
     if not constitution.comparison_principles:
         raise ConfigError(f"constitution: {constitution.source} has no comparison_principles")
+    if config.judge == "simulated" and config.annotators < 1:
+        raise ConfigError(f"annotators: must be >= 1, got {config.annotators}")
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
     pairs, skipped = read_pairs(config.train_data)
+    if skipped:
+        console.print(
+            f"{skipped} pair(s) skipped: the two responses are identical", highlight=False
+        )
+    if not pairs:
+        raise DataError(
+            config.train_data, None, None, "no pairs to label (no records, or only identical pairs)"
+        )
     if config.judge == "simulated":
         SimulatedJudge.check_pairs(pairs)
     settings = label_settings(config, constitution)
@@ -326,7 +338,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     if config.judge == "simulated":
         judge: Any = SimulatedJudge(config.annotators)
     else:
-        lm = load_text_model(
+        lm = _load_judge(
             config.judge,
             dtype=config.dtype,
             batch_size=config.batch_size * 2,
@@ -426,6 +438,15 @@ def label(config: LabelConfig) -> dict[str, Any]:
         )
     console.print(_final_line(len(records), output, undecided, gold), highlight=False)
     return summary
+
+
+def _load_judge(judge: str, **kwargs: Any):
+    """`load_text_model(judge)`, its errors naming the `judge` key (the model loader names
+    `model`)."""
+    try:
+        return load_text_model(judge, **kwargs)
+    except ConfigError as err:
+        raise relabel_error(err, "judge") from None
 
 
 def _final_line(n_records: int, output: Path, undecided: int, gold: dict | None) -> str:

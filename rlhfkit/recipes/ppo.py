@@ -37,6 +37,7 @@ the forwards and the evaluation are repeated on every process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -48,10 +49,11 @@ from rlhfkit.config import SamplingOptions, TrainConfig, group, option
 from rlhfkit.data.collate import pad_left
 from rlhfkit.data.datasets import load_prompts, load_sft
 from rlhfkit.data.tokenize import encode_prompt, render_prompt
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, relabel_error
 from rlhfkit.losses import (
     AdaptiveKLController,
     FixedKLController,
+    available_kl_estimators,
     explained_variance,
     gae_advantages,
     grpo_advantages,
@@ -78,7 +80,7 @@ from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
 from rlhfkit.training.run import Run, check_finite, write_text_atomically
-from rlhfkit.training.setup import resume_state
+from rlhfkit.training.setup import checked_plan, resume_state
 from rlhfkit.training.steps import global_sum, optimizer_step
 
 
@@ -131,7 +133,24 @@ class PPOConfig(TrainConfig, SamplingOptions):
     learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
     lr_scheduler: str = option("constant", "learning-rate schedule: constant, linear, cosine")
     logging_steps: int = option(1, "log metrics every N PPO steps")
+    max_steps: int = option(
+        -1,
+        "PPO iterations (each: one rollout batch, then ppo.ppo_epochs x ppo.num_minibatches "
+        "optimizer steps); -1 = derive from epochs",
+    )
+    epochs: float = option(
+        1.0, "passes over the prompts of train_data (fractions allowed) when max_steps=-1"
+    )
     batch_size: int = option(64, "rows per no-grad forward pass (rollout scoring)")
+    # Inherited from TrainConfig but not used by ppo: a non-default value is refused
+    # (`_check_unused`), since PPO's own keys decide these things.
+    grad_accum: int = option(1, "not used by ppo (must stay 1): see ppo.num_minibatches")
+    eval_steps: int = option(
+        0, "not used by ppo (must stay 0): eval_data is evaluated before and after training"
+    )
+    eval_batch_size: int = option(
+        16, "not used by ppo (must stay 16): evaluation runs batch_size rows per pass"
+    )
     ppo: PPOOptions = group(PPOOptions, "PPO options")
 
 
@@ -361,8 +380,56 @@ def shape_scores(
     return scores
 
 
-def _validate(config: PPOConfig) -> None:
+#: TrainConfig keys ppo does not use, and what decides that instead (`_check_unused`).
+UNUSED_KEYS = {
+    "grad_accum": "each PPO epoch takes ppo.num_minibatches optimizer steps over the rollout "
+    "batch; set ppo.num_minibatches (or ppo.rollout_batch_size) instead",
+    "eval_steps": "eval_data is evaluated once before and once after training",
+    "eval_batch_size": "the evaluation runs batch_size rows per pass; set batch_size instead",
+}
+
+
+def _check_unused(config: PPOConfig) -> None:
+    """Refuse a non-default value of a key `ppo --help` lists but ppo does not use."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig)}
+    for key, instead in UNUSED_KEYS.items():
+        value = getattr(config, key)
+        if value != defaults[key]:
+            raise ConfigError(f"{key}: not used by ppo (got {value}); {instead}")
+
+
+def _check_ranges(config: PPOConfig) -> None:
+    """One-line errors for numeric keys out of range (checked before any model loads)."""
     options = config.ppo
+    at_least_one = {
+        "ppo.rollout_batch_size": options.rollout_batch_size,
+        "ppo.samples_per_prompt": options.samples_per_prompt,
+        "ppo.ppo_epochs": options.ppo_epochs,
+        "ppo.num_minibatches": options.num_minibatches,
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+    }
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if config.temperature <= 0:
+        raise ConfigError(
+            f"temperature: must be > 0, got {config.temperature} (PPO samples its rollouts)"
+        )
+    if not 0 < config.top_p <= 1:
+        raise ConfigError(f"top_p: must be in (0, 1], got {config.top_p}")
+    if options.kl_estimator not in available_kl_estimators():
+        raise ConfigError(
+            f"ppo.kl_estimator: unknown {options.kl_estimator!r}; "
+            f"choose {', '.join(available_kl_estimators())}"
+        )
+
+
+def _validate(config: PPOConfig) -> None:
+    """Every check that needs no model or data file; raises a one-line `ConfigError`."""
+    options = config.ppo
+    _check_unused(config)
+    _check_ranges(config)
     if not config.train_data:
         raise ConfigError("train_data: give the prompt file ({prompt} records)")
     if not options.reward_model:
@@ -385,8 +452,6 @@ def _validate(config: PPOConfig) -> None:
         )
     if options.ptx_coef > 0 and not options.ptx_data:
         raise ConfigError("ppo.ptx_data: ptx_coef > 0 needs SFT data to mix in")
-    if config.temperature <= 0:
-        raise ConfigError("temperature: PPO samples, so it must be > 0")
 
 
 def _validate_processes(options: PPOOptions, processes: int) -> None:
@@ -400,6 +465,15 @@ def _validate_processes(options: PPOOptions, processes: int) -> None:
             f"({options.rollout_batch_size}) and the rows of a minibatch ({minibatch}) must "
             f"both divide by {processes}"
         )
+
+
+def _load_reward(spec: str, key: str, **kwargs):
+    """`load_reward_function(spec)`, its errors naming `key` (a reward-model directory's
+    loader speaks of `model`, the spec parser of `reward_model`)."""
+    try:
+        return load_reward_function(spec, **kwargs)
+    except ConfigError as err:
+        raise relabel_error(err, key, ("reward_model", "model")) from None
 
 
 def _kl_controller(options: PPOOptions):
@@ -455,10 +529,24 @@ def train(config: PPOConfig) -> dict:
         ptx_rows = [e.prompt_ids + e.completion_ids for e in ptx_examples]
         ptx_masks = [[0] * len(e.prompt_ids) + [1] * len(e.completion_ids) for e in ptx_examples]
     run.print(f"[bold]prompts[/] {config.train_data}: {len(prompt_ids)}")
+    # A step takes `rollout_batch_size` prompts of the shuffled order (all processes together).
+    plan = checked_plan(
+        run,
+        BatchPlan(
+            len(prompt_ids),
+            options.rollout_batch_size,
+            1,
+            1,
+            config.seed,
+            config.max_steps,
+            config.epochs,
+        ),
+        unit="prompts",
+    )
 
     # --- models ---------------------------------------------------------------------------
-    reward_fn = load_reward_function(options.reward_model, dtype=config.dtype)
-    gold_fn = load_reward_function(options.gold_reward) if options.gold_reward else None
+    reward_fn = _load_reward(options.reward_model, "ppo.reward_model", dtype=config.dtype)
+    gold_fn = _load_reward(options.gold_reward, "ppo.gold_reward") if options.gold_reward else None
     lora = lora_settings(config)
     lm = load_causal_lm(
         config.model,
@@ -475,9 +563,16 @@ def train(config: PPOConfig) -> dict:
             source = options.value_model or (
                 options.reward_model if is_reward_model_dir(options.reward_model) else config.model
             )
-            critic = load_value_model(
-                source, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing
-            )
+            try:
+                critic = load_value_model(
+                    source,
+                    dtype=config.dtype,
+                    gradient_checkpointing=config.gradient_checkpointing,
+                )
+            except ConfigError as err:
+                if not options.value_model:
+                    raise
+                raise relabel_error(err, "ppo.value_model", ("model",)) from None
     model = ActorCritic(lm, critic, value_head)
     reference = None
     if lora.r == 0:
@@ -485,20 +580,7 @@ def train(config: PPOConfig) -> dict:
             load_causal_lm(config.model, dtype=config.dtype, trainable=False)
         ).to(device)
 
-    # --- plan, optimizer ------------------------------------------------------------------
-    plan = BatchPlan(
-        len(prompt_ids),
-        options.rollout_batch_size,
-        1,
-        1,
-        config.seed,
-        config.max_steps,
-        config.epochs,
-    )
-    try:
-        plan.check()
-    except ValueError as err:
-        raise ConfigError(f"train_data: {err}") from None
+    # --- optimizer ------------------------------------------------------------------------
     updates_per_step = options.ppo_epochs * options.num_minibatches
     optimizer = build_optimizer(
         model,

@@ -1,0 +1,227 @@
+"""Stage keys of ppo, eval, label and dpo: out-of-range and unused values are one-line errors
+before any model loads, loader errors name the stage's own key, and what is left out is said."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhfkit.config import load_config
+from rlhfkit.errors import ConfigError, DataError, relabel_error
+from rlhfkit.recipes.evaluate import EvalConfig, check_mode_keys
+from rlhfkit.recipes.evaluate import run as run_eval
+from rlhfkit.recipes.label import LabelConfig, label
+from rlhfkit.recipes.ppo import PPOConfig, _validate
+from rlhfkit.recipes.ppo import train as train_ppo
+from rlhfkit.synthetic import make_prompts
+from tests.conftest import run_cli, write_jsonl
+
+GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
+
+
+def _ppo(*overrides: str) -> PPOConfig:
+    base = ["model=unused", "train_data=prompts.jsonl", f"ppo.reward_model={GOLD}"]
+    return load_config(PPOConfig, overrides=base + list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.kl_estimator=k9", "ppo.kl_estimator: unknown 'k9'; choose k1, k2, k3"),
+        ("grad_accum=8", "grad_accum: not used by ppo (got 8); each PPO epoch takes ppo.num"),
+        ("eval_steps=5", "eval_steps: not used by ppo (got 5); eval_data is evaluated once"),
+        ("eval_batch_size=4", "eval_batch_size: not used by ppo (got 4); the evaluation runs"),
+        # Range checks: config.py may refuse these first with its own wording; either way the
+        # one-line error names the key and the value.
+        ("ppo.rollout_batch_size=0", "ppo.rollout_batch_size: must be"),
+        ("ppo.ppo_epochs=0", "ppo.ppo_epochs: must be"),
+        ("ppo.samples_per_prompt=0", "ppo.samples_per_prompt: must be"),
+        ("max_new_tokens=0", "max_new_tokens: must be"),
+        ("batch_size=0", "batch_size: must be"),
+        ("top_p=0", "top_p: must be"),
+        ("top_p=5", "top_p: must be"),
+        ("temperature=0", "temperature: must be"),
+        ("temperature=-1", "temperature: must be"),
+    ],
+)
+def test_ppo_refuses_bad_values_up_front(override, message):
+    with pytest.raises(ConfigError) as caught:
+        _validate(_ppo(override))
+    text = str(caught.value)
+    assert text.startswith(message) and "\n" not in text
+    assert override.split("=")[1].lstrip("-") in text
+
+
+def test_ppo_accepts_the_defaults_and_valid_edges():
+    _validate(_ppo())
+    _validate(_ppo("top_p=1", "temperature=0.01", "ppo.kl_estimator=k3", "max_new_tokens=1"))
+
+
+def test_ppo_help_says_max_steps_counts_ppo_iterations():
+    result = run_cli("ppo", "--help")
+    line = next(row for row in result.stdout.splitlines() if row.strip().startswith("max_steps"))
+    assert "PPO iterations" in line and "optimizer steps" in line
+    grad_accum = next(r for r in result.stdout.splitlines() if r.strip().startswith("grad_accum"))
+    assert "not used by ppo" in grad_accum
+
+
+def test_relabel_error_replaces_only_the_loaders_key():
+    err = relabel_error(ConfigError("model: cannot load 'x'"), "dpo.reference", ("model",))
+    assert str(err) == "dpo.reference: cannot load 'x'"
+    other = ConfigError("dtype: unknown dtype 'x'")
+    assert relabel_error(other, "dpo.reference", ("model",)) is other
+
+
+def test_ppo_gold_reward_error_names_its_key(tiny_model, tmp_path):
+    """The reward loader speaks of `reward_model`; for ppo.gold_reward the error names that."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(8)])
+    config = load_config(
+        PPOConfig,
+        overrides=[
+            f"model={tiny_model}",
+            f"train_data={prompts}",
+            f"ppo.reward_model={GOLD}",
+            "ppo.gold_reward=python:rlhfkit.synthetic.gold:nope",
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"^ppo\.gold_reward: rlhfkit\.synthetic\.gold has no"):
+        train_ppo(config)
+
+
+def test_ppo_says_how_many_prompts_each_epoch_leaves_out(tiny_model, tmp_path):
+    """16 prompts, 5 per step: each epoch leaves out 1 prompt, and the console says so."""
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": p.text} for p in make_prompts(16, seed=3)]
+    )
+    result = run_cli(
+        "ppo", f"model={tiny_model}", f"train_data={prompts}", f"ppo.reward_model={GOLD}",
+        "ppo.rollout_batch_size=5", "max_steps=1", "max_new_tokens=3", "ppo.ppo_epochs=1",
+        f"output_dir={tmp_path / 'out'}", "progress=false",
+    )  # fmt: skip
+    console = " ".join((result.stdout + result.stderr).split())
+    assert "each epoch leaves out the last 1 prompts" in console
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 1
+
+
+def test_dpo_reference_error_names_dpo_reference(tiny_model, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pref.jsonl",
+        [{"prompt": f"q{i}", "chosen": "good", "rejected": "bad"} for i in range(4)],
+    )
+    not_a_model = tmp_path / "not_a_model"
+    result = run_cli(
+        "dpo", f"model={tiny_model}", f"train_data={pairs}", f"dpo.reference={not_a_model}/x",
+        "batch_size=2", "max_steps=1", f"output_dir={tmp_path / 'out'}", "progress=false",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: dpo.reference: '{not_a_model}/x' is not a model directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- eval ------------------------------------------------------------------------------------
+
+
+def _eval(*overrides: str) -> EvalConfig:
+    return load_config(EvalConfig, overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("model=doesnotexist", f"reward_model={GOLD}", "data=x.jsonl"), "model: not used by eval"),
+        (("policies=a", "reference=b", "prompts=p", "data=x.jsonl"), "data: a key of scoring mode"),
+        (("policies=a", "reference=b", "prompts=p", "batch_size=0"), "batch_size: a key of scor"),
+        (("policies=a", "reference=b", "prompts=p", "normalized=false"), "normalized: a key of"),
+        (("policies=a", "reference=b", "prompts=p", "max_length=9"), "max_length: a key of scor"),
+        (("policies=a", "reference=b", "prompts=p", "output=o.jsonl"), "output: a key of scoring"),
+        (("policies=a", "reference=b", "prompts=p", "dtype=bfloat16"), "dtype: a key of scoring"),
+        ((f"reward_model={GOLD}", "data=x.jsonl", "best_of_n=3"), "best_of_n: a key of policy"),
+        ((f"reward_model={GOLD}", "data=x.jsonl", "prompts=p"), "prompts: a key of policy"),
+        (("policies=a", "reference=b", "prompts=p", "best_of_n=-3"), "best_of_n: must be >= 0"),
+        ((f"reward_model={GOLD}", "data=x.jsonl", "batch_size=0"), "batch_size: must be >= 1"),
+        ((f"reward_model={GOLD}", "data=x.jsonl", "dtype=float99"), "dtype: unknown dtype"),
+    ],
+)
+def test_eval_refuses_keys_it_would_not_use(overrides, message, tmp_path):
+    config = _eval(*overrides, f"output_dir={tmp_path / 'out'}")
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        run_eval(config)
+    assert not (tmp_path / "out" / "config.yaml").exists()  # refused before the run starts
+
+
+def test_eval_mode_keys_accept_each_modes_own_keys():
+    check_mode_keys(_eval(f"reward_model={GOLD}", "data=x", "batch_size=4", "dtype=float32"), False)
+    check_mode_keys(_eval("policies=a", "best_of_n=0", "top_p=0.9", f"reward_model={GOLD}"), True)
+
+
+def test_eval_scoring_uses_dtype_and_scores(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 2+2?", "completion": "4"}])
+    summary = run_eval(
+        _eval(
+            f"reward_model={GOLD}",
+            f"data={data}",
+            "dtype=float32",
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+        )  # fmt: skip
+    )
+    assert summary["scored"] == 1
+
+
+# --- label -----------------------------------------------------------------------------------
+
+
+def _label(tmp_path, train_data, **kw) -> LabelConfig:
+    return LabelConfig(
+        judge=kw.pop("judge", "simulated"),
+        train_data=str(train_data),
+        output=str(tmp_path / "labels.jsonl"),
+        constitution="world",
+        progress=False,
+        **kw,
+    )
+
+
+def test_label_refuses_an_empty_input(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no pairs to label"):
+        label(_label(tmp_path, empty))
+    assert not (tmp_path / "labels.jsonl").exists()
+
+
+def test_label_refuses_zero_annotators(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(ConfigError, match=r"^annotators: must be >= 1, got 0$"):
+        label(_label(tmp_path, pairs, annotators=0))
+
+
+def test_label_names_the_judge_key_for_a_judge_it_cannot_load(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    not_a_model = tmp_path / "nope"
+    not_a_model.mkdir()
+    with pytest.raises(ConfigError, match=r"^judge: "):
+        label(_label(tmp_path, pairs, judge=str(not_a_model)))
+
+
+def test_label_prints_the_pairs_skipped_as_identical(tmp_path):
+    prompt = make_prompts(1, seed=0)[0].text
+    pairs = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": prompt, "chosen": "Sure.", "rejected": "Sure."},
+            {"prompt": prompt, "chosen": "Sure, here it is.", "rejected": "No."},
+        ],
+    )
+    out = tmp_path / "labels.jsonl"
+    result = run_cli(
+        "label", "judge=simulated", f"train_data={pairs}", f"output={out}", "constitution=world"
+    )
+    console = " ".join((result.stdout + result.stderr).split())
+    assert "1 pair(s) skipped: the two responses are identical" in console
+    summary = json.loads((tmp_path / "labels.summary.json").read_text())
+    assert summary["skipped_identical"] == 1 and summary["pairs"] == 1
