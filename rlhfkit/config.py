@@ -438,6 +438,44 @@ def _merge_new(into: dict, other: dict, prefix: str) -> None:
             into[key] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} given twice (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a config or pipeline file; a key given twice in one mapping is an error rather
+    than silently the last one. Raises `ConfigError` naming the file on any YAML problem."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = " ".join(part for part in (err.context, err.problem) if part)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def load_config(
     cls: type,
     config_file: str | None = None,
@@ -458,10 +496,7 @@ def load_config(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config: file {config_file!r} not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{config_file}: not valid YAML: {err}") from err
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: expected a mapping of keys at the top level")
         if stage is not None and "stage" in loaded:

@@ -127,3 +127,25 @@ def test_cai_without_a_command_is_a_usage_error(capsys):
     assert "usage: rlhfkit cai" in capsys.readouterr().err
     assert main(["cai", "--help"]) == 0
     assert "revise" in capsys.readouterr().out
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path):
+    """PyYAML keeps the last of two equal keys; a config file that sets `model` twice is far
+    more likely a mistake than a wish, so it is refused with both lines named (and so is a
+    pipeline file, which is read the same way)."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("model: a\nlearning_rate: 0.001\nmodel: b\n")
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml:3: .*key 'model' given twice \(lines 1 and 3\)"
+    ):
+        load_config(SFTConfig, str(twice), [])
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("lora:\n  r: 4\n  r: 8\n")
+    with pytest.raises(ConfigError, match="key 'r' given twice"):
+        load_config(SFTConfig, str(nested), [])
+    from rlhfkit.recipes.pipeline import plan
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("output_dir: a\nstages: []\noutput_dir: b\n")
+    with pytest.raises(ConfigError, match="key 'output_dir' given twice"):
+        plan(pipeline)

@@ -48,9 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rlhfkit.config import build, option, write_config
+from rlhfkit.config import build, option, read_yaml, write_config
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.training.run import console
 
@@ -177,10 +175,7 @@ def _read_spec(path: Path) -> PipelineFile:
     """The pipeline file's top level, keys and types checked."""
     if not path.is_file():
         raise ConfigError(f"pipeline: file {str(path)!r} not found")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with a list under 'stages'")
     try:
