@@ -40,12 +40,11 @@ from typing import Any
 
 from rlhfkit.config import describe, load_config, option, write_config
 from rlhfkit.data.datasets import load_prompts
-from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.formats import PromptExample, as_reply
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.feedback.ai_labeller import (
     LocalLM,
-    as_reply,
     constitution_digest,
     load_text_model,
     model_identity,
