@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,26 @@ def run_cli_two_processes(*args: str, timeout: int = 600) -> subprocess.Complete
             f"{result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, timeout: float = 300.0) -> None:
+    """Poll ``url/health`` until a started `rlhfkit serve` answers 200; fail with its output if
+    it exits first, and kill it if it is not ready within ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"rlhfkit serve exited early:\n{process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("rlhfkit serve did not become ready")
+        time.sleep(0.3)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

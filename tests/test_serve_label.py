@@ -7,14 +7,13 @@ import json
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from rlhfkit.feedback.ai_labeller import LocalLM
 from rlhfkit.recipes.label import LabelConfig, label
-from tests.conftest import ROOT, cli_env, write_jsonl
+from tests.conftest import ROOT, cli_env, wait_until_healthy, write_jsonl
 
 
 def _free_port() -> int:
@@ -46,19 +45,7 @@ def server(tiny_model):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"rlhfkit serve exited early:\n{process.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("rlhfkit serve did not become ready")
-        time.sleep(0.3)
+    wait_until_healthy(process, url)
     yield url
     process.terminate()
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.reward_model import load_reward_scorer
 from rlhfkit.recipes.serve import create_app
 from rlhfkit.recipes.serve_reward import is_reward_model
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, cli_env, wait_until_healthy
 
 GAIN, BIAS = 2.0, 0.5  # the normalisation stored with the test reward model
 
@@ -155,17 +154,7 @@ def test_ppo_reward_url_scores_through_a_served_reward_model(rm_dir, local_score
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"rlhfkit serve exited early:\n{process.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rlhfkit serve did not become ready"
-            time.sleep(0.3)
+        wait_until_healthy(process, url)
         reward_fn = load_reward_function(f"{url}/score")
         assert reward_fn(PROMPTS, RESPONSES) == pytest.approx(local_scores, abs=1e-5)
         refused = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi"}, timeout=30)
