@@ -511,8 +511,17 @@ def load_config(
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
         _deep_merge(tree, loaded)
+    given: dict[str, str] = {}
     for item in overrides or []:
         key, value = _parse_override(item)
+        if key in given:
+            # Last-wins would hide a typo in a long command line (or in ARGS=... appended to a
+            # make target); a YAML file with a key twice is refused the same way.
+            raise ConfigError(
+                f"{key}: given twice on the command line ({given[key]!r} and {item!r}); "
+                "give each key once"
+            )
+        given[key] = item
         _set_dotted(tree, key, value)
     return build(cls, tree)
 

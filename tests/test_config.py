@@ -129,6 +129,18 @@ def test_cai_without_a_command_is_a_usage_error(capsys):
     assert "revise" in capsys.readouterr().out
 
 
+def test_a_key_given_twice_on_the_command_line_is_an_error():
+    """`lr=1e-3 ... lr=1e-4` used to keep the last silently; now both items are named. The
+    `--key=value` spelling is the same key; a file value overridden once is still fine."""
+    with pytest.raises(
+        ConfigError,
+        match=r"lora.r: given twice on the command line \('lora.r=4' and '--lora.r=8'\)",
+    ):
+        load_config(SFTConfig, None, ["lora.r=4", "seed=1", "--lora.r=8"])
+    config = load_config(SFTConfig, None, ["lora.r=4", "seed=1"])
+    assert (config.lora.r, config.seed) == (4, 1)
+
+
 def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path):
     """PyYAML keeps the last of two equal keys; a config file that sets `model` twice is far
     more likely a mistake than a wish, so it is refused with both lines named (and so is a
