@@ -134,3 +134,27 @@ def test_eval_refuses_a_temperature_of_zero_before_loading_anything(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "temperature: must be > 0" in result.stderr
+
+
+def test_eval_policy_mode_loads_models_in_the_given_dtype(tiny_model):
+    """`dtype` reaches sampling and the KL in policy mode (it was float32 whatever was asked):
+    the bf16 copy's log-prob sums differ from the float32 ones by rounding only, and a policy
+    against itself still has a KL of exactly 0 in bf16."""
+    import torch
+
+    from rlhfkit.eval.policy_eval import response_logprob_sums, sample_policy, sequence_kl
+    from rlhfkit.models.loading import load_causal_lm
+
+    samples = sample_policy(
+        str(tiny_model), ["User: What is 1+2?\nBot:"] * 4, n=1, max_new_tokens=6, seed=3,
+        device="cpu", dtype="bfloat16",
+    )  # fmt: skip
+    sums = {}
+    for dtype in ("float32", "bfloat16"):
+        model = load_causal_lm(str(tiny_model), dtype=dtype, trainable=False)
+        assert next(model.parameters()).dtype == getattr(torch, dtype)
+        sums[dtype] = response_logprob_sums(model, samples.prompt_ids, samples.response_ids, 0)
+    assert sums["float32"] != sums["bfloat16"]
+    assert sums["bfloat16"] == pytest.approx(sums["float32"], rel=0.05, abs=0.05)
+    kl = sequence_kl(str(tiny_model), str(tiny_model), samples, device="cpu", dtype="bfloat16")
+    assert kl == [0.0] * 4

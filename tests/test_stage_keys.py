@@ -138,7 +138,7 @@ def _eval(*overrides: str) -> EvalConfig:
         (("policies=a", "reference=b", "prompts=p", "normalized=false"), "normalized: a key of"),
         (("policies=a", "reference=b", "prompts=p", "max_length=9"), "max_length: a key of scor"),
         (("policies=a", "reference=b", "prompts=p", "output=o.jsonl"), "output: a key of scoring"),
-        (("policies=a", "reference=b", "prompts=p", "dtype=bfloat16"), "dtype: a key of scoring"),
+        (("policies=a", "reference=b", "prompts=p", "dtype=float99"), "dtype: unknown dtype"),
         ((f"reward_model={GOLD}", "data=x.jsonl", "best_of_n=3"), "best_of_n: a key of policy"),
         ((f"reward_model={GOLD}", "data=x.jsonl", "prompts=p"), "prompts: a key of policy"),
         (("policies=a", "reference=b", "prompts=p", "best_of_n=-3"), "best_of_n: must be >= 0"),
@@ -155,7 +155,10 @@ def test_eval_refuses_keys_it_would_not_use(overrides, message, tmp_path):
 
 def test_eval_mode_keys_accept_each_modes_own_keys():
     check_mode_keys(_eval(f"reward_model={GOLD}", "data=x", "batch_size=4", "dtype=float32"), False)
-    check_mode_keys(_eval("policies=a", "best_of_n=0", "top_p=0.9", f"reward_model={GOLD}"), True)
+    check_mode_keys(
+        _eval("policies=a", "best_of_n=0", "top_p=0.9", f"reward_model={GOLD}", "dtype=bfloat16"),
+        True,
+    )
 
 
 def test_eval_scoring_uses_dtype_and_scores(tmp_path):

@@ -156,6 +156,7 @@ def sample_policy(
     top_p: float = 1.0,
     batch_size: int = 128,
     device: str | torch.device | None = None,
+    dtype: str = "float32",
 ) -> PolicySamples:
     """`n` responses per prompt from a saved policy (K responses of a prompt are consecutive).
 
@@ -169,13 +170,14 @@ def sample_policy(
         top_p: Nucleus mass.
         batch_size: Rows per `generate` call.
         device: Where the model runs; None = cuda if available, else cpu.
+        dtype: Weight dtype (`float32`, `bfloat16`, `float16`, `auto` = as stored).
     """
     from rlhfkit.data.tokenize import encode_prompt, render_prompt
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.rollout.sampling import SamplingParams, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, dtype="float32", trainable=False).to(resolve_device(device))
+    model = load_causal_lm(model_dir, dtype=dtype, trainable=False).to(resolve_device(device))
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
@@ -198,10 +200,12 @@ def sequence_kl(
     *,
     temperature: float = 1.0,
     device: str | torch.device | None = None,
+    dtype: str = "float32",
 ) -> list[float]:
     """Per-sample Σ_t log π_T − log π_ref,T on the policy's own samples (k1 estimate of the KL
     between the tempered distributions; see the module docstring). `temperature` must be the
-    one the samples were drawn at."""
+    one the samples were drawn at; `dtype` is the models' weight dtype (log-probs are computed
+    in float32 from the logits whatever it is)."""
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     if temperature <= 0:
@@ -210,7 +214,7 @@ def sequence_kl(
     pad_id = load_tokenizer(policy_dir).pad_token_id
     sums = []
     for directory in (policy_dir, reference_dir):  # one model in memory at a time
-        model = load_causal_lm(directory, dtype="float32", trainable=False).to(where)
+        model = load_causal_lm(directory, dtype=dtype, trainable=False).to(where)
         sums.append(
             response_logprob_sums(
                 model, samples.prompt_ids, samples.response_ids, pad_id, temperature=temperature
@@ -266,12 +270,14 @@ def evaluate_against_reference(
     temperature: float = 1.0,
     top_p: float = 1.0,
     device: str | torch.device | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """Evaluate policies against a reference on `prompts` (one sample per prompt each).
 
     Best-of-n (n = 1, 2, 4, ... ≤ `best_of`) draws `best_of` reference samples per prompt and
     keeps the proxy's favourite. Every policy is sampled at `temperature` and `top_p`, and its KL
-    is measured at that temperature (module docstring). Prompts may be strings or conversations;
+    is measured at that temperature (module docstring); every model is loaded in `dtype`.
+    Prompts may be strings or conversations;
     `samples[*].prompt` holds the rendered text. Returns the `eval.json` structure the report
     reads: `{"policies", "best_of_n", "samples", "warnings"}`.
     """
@@ -285,6 +291,7 @@ def evaluate_against_reference(
         "temperature": temperature,
         "top_p": top_p,
         "device": device,
+        "dtype": dtype,
     }
     pool = sample_policy(reference, prompts, n=k, seed=seed + 7, **sampling)
     first = [i * k for i in range(len(prompts))]
@@ -319,7 +326,9 @@ def evaluate_against_reference(
 
     for name, directory in policies.items():
         samples = sample_policy(directory, prompts, n=1, seed=seed + 11, **sampling)
-        kl = sequence_kl(directory, reference, samples, temperature=temperature, device=device)
+        kl = sequence_kl(
+            directory, reference, samples, temperature=temperature, device=device, dtype=dtype
+        )
         numbers = evaluate_policy(samples, proxy=proxy, gold=gold, kl=kl, reference=reference_raw)
         numbers.pop("raw")
         results[name] = numbers

@@ -49,7 +49,9 @@ class EvalConfig(BaseConfig):
     model: str = option("", "not used by eval (refused): see policies, reference, reward_model")
     output_dir: str = option("runs/eval", "where config.yaml and summary.json go")
     dtype: str = option(
-        "auto", "scoring mode: the reward model's weight dtype: auto, float32, bfloat16, float16"
+        "auto",
+        "weight dtype of every model loaded (reward model; policies and reference): auto (as "
+        "stored), float32, bfloat16, float16; log-probs and the KL are computed in float32",
     )
     reward_model: str = option(
         "", "reward to score with: a reward-model directory, an http URL or python:mod:fn"
@@ -91,8 +93,8 @@ class EvalConfig(BaseConfig):
 
 
 #: Keys of each mode; a key of the other mode set to a non-default value is refused
-#: (`check_mode_keys`). `reward_model`, `output_dir`, `seed` and `progress` serve both.
-SCORING_KEYS = ("data", "output", "batch_size", "normalized", "max_length", "dtype")
+#: (`check_mode_keys`). `reward_model`, `dtype`, `output_dir`, `seed` and `progress` serve both.
+SCORING_KEYS = ("data", "output", "batch_size", "normalized", "max_length")
 POLICY_KEYS = (
     "policies",
     "reference",
@@ -272,9 +274,11 @@ def evaluate_policies(config: EvalConfig) -> dict:
     from rlhfkit.data.datasets import load_prompts
     from rlhfkit.data.io import write_json
     from rlhfkit.eval.policy_eval import evaluate_against_reference, training_diagnostics
+    from rlhfkit.models.loading import resolve_dtype
     from rlhfkit.models.reward_fn import load_reward_function
 
     check_mode_keys(config, policy_mode=True)
+    resolve_dtype(config.dtype)  # an unknown dtype is a one-line error before anything loads
     if not config.reference or not config.prompts:
         raise ConfigError("eval: policy evaluation needs reference=DIR and prompts=FILE")
     named = {}
@@ -299,7 +303,11 @@ def evaluate_policies(config: EvalConfig) -> dict:
         reference=reference,
         reference_name=reference_name or "reference",
         prompts=prompts,
-        proxy=load_reward_function(config.reward_model) if config.reward_model else None,
+        proxy=(
+            load_reward_function(config.reward_model, dtype=config.dtype)
+            if config.reward_model
+            else None
+        ),
         gold=load_reward_function(config.gold_reward) if config.gold_reward else None,
         best_of=config.best_of_n,
         max_new_tokens=config.max_new_tokens,
@@ -307,6 +315,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
         temperature=config.temperature,
         top_p=config.top_p,
         device=run.accelerator.device,
+        dtype=config.dtype,
     )
     if runs:
         evaluation["curves"], warnings = training_diagnostics(runs)
