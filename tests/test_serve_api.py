@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from rlhfkit.recipes.serve import BatchedGenerator, GenJob, TokenTable
+from rlhfkit.serving.batching import BatchedGenerator, GenJob
+from rlhfkit.serving.openai_protocol import TokenTable
 
 PROMPT = "User: What is 3+4?\nBot:"
 

@@ -16,15 +16,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.recipes.serve import (
-    ApiError,
-    BatchedGenerator,
-    GenJob,
-    PromptEncoder,
-    PromptLimits,
-    create_app,
-    model_context_length,
-)
+from rlhfkit.recipes.serve import create_app
+from rlhfkit.serving.batching import BatchedGenerator, GenJob
+from rlhfkit.serving.http_errors import ApiError
+from rlhfkit.serving.prompt_limits import PromptEncoder, PromptLimits, model_context_length
 
 # The small app: a context of 128 tokens, prompts of at most 64, bodies of at most 4096 bytes.
 CONTEXT, PROMPT_LIMIT, BODY_LIMIT = 128, 64, 4096

@@ -11,13 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from rlhfkit.recipes.serve import (
-    BatchedGenerator,
-    GenJob,
-    GenRow,
-    TextStream,
-    _finish,
-)
+from rlhfkit.serving.batching import BatchedGenerator, GenJob, GenRow
+from rlhfkit.serving.text_stream import TextStream, choice_of_row
 
 PROMPT = "User: What is 3+4?\nBot:"
 SCRIPT = "the cat sat; é漢 on the mat"  # what `_scripted` makes the tiny model say
@@ -162,7 +157,7 @@ def test_streamed_chunks_add_up_to_the_non_streamed_choice(tokenizer):
         stream = TextStream(tokenizer, stop)
         assert "".join(_feed(stream, ids)) == expected, (text, ids, stop)
         assert stream.finish_reason == ("stop" if cuts else "length")
-        choice = _finish(tokenizer, GenRow(ids, "length"), stop)
+        choice = choice_of_row(tokenizer, GenRow(ids, "length"), stop)
         assert choice.text == expected and choice.finish_reason == stream.finish_reason
         assert expected.startswith("".join(choice.tokens))  # whole tokens before the stop
 

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.reward_model import REWARD_INFO_FILE, load_reward_scorer
 from rlhfkit.models.value_model import is_reward_model_dir
-from rlhfkit.recipes.serve import ApiError, install_error_handlers, read_json_body
+from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
 
 SCORE_PATH = "/score"
 
