@@ -183,7 +183,13 @@ def attention_problem(name: str) -> str | None:
 class LoraOptions:
     r: int = option(0, "LoRA rank; 0 trains all weights (full fine-tuning)", minimum=0)
     alpha: int = option(16, "LoRA scaling numerator (scale = alpha / r)", minimum=1)
-    dropout: float = option(0.0, "dropout on the LoRA branch", minimum=0, exclusive_maximum=1)
+    dropout: float = option(
+        0.0,
+        "dropout on the LoRA branch (sft only: the other stages need a deterministic forward "
+        "pass and refuse it)",
+        minimum=0,
+        exclusive_maximum=1,
+    )
     target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters"
     )

@@ -228,3 +228,41 @@ def test_label_prints_the_pairs_skipped_as_identical(tmp_path):
     assert "1 pair(s) skipped: the two responses are identical" in console
     summary = json.loads((tmp_path / "labels.summary.json").read_text())
     assert summary["skipped_identical"] == 1 and summary["pairs"] == 1
+
+
+@pytest.mark.parametrize("stage", ["ppo", "dpo", "rm"])
+def test_stages_with_ratios_refuse_lora_dropout_before_loading(stage, tmp_path, capsys):
+    """peft's LoRA dropout was left on (the model's dropout was turned off before the adapters
+    existed): with lora.dropout=0.1 PPO's ratio was 0.9994 before any update. ppo, dpo and rm
+    refuse it before anything loads (the model named does not even exist); without LoRA (r=0)
+    the key does nothing and is not what stops the run."""
+    from rlhfkit.cli import main
+
+    out = tmp_path / "out"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    keys = [f"model={tmp_path / 'missing'}", f"train_data={data}", f"output_dir={out}"]
+    if stage == "ppo":
+        keys.append(f"ppo.reward_model={GOLD}")
+    assert main([stage, *keys, "lora.r=4", "lora.dropout=0.1"]) != 0
+    assert "lora.dropout: 0.1 is for sft only" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()
+    assert main([stage, *keys, "lora.dropout=0.1"]) != 0  # stopped by the missing model
+    assert "lora.dropout" not in capsys.readouterr().err
+
+
+def test_sft_keeps_lora_dropout_on_its_adapters(tiny_model):
+    """SFT is where `lora.dropout` regularises: its adapters keep p, the base model's own
+    dropout is off."""
+    import torch
+
+    from rlhfkit.models.loading import LoraSettings, load_causal_lm
+
+    model = load_causal_lm(
+        str(tiny_model), lora=LoraSettings(4, 8, 0.1, ["q_proj", "v_proj"]), dtype="float32"
+    )
+    rates = {
+        name: module.p
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Dropout)
+    }
+    assert rates and all((p == 0.1) == ("lora_dropout" in name) for name, p in rates.items()), rates

@@ -170,8 +170,10 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         raise ConfigError(f"model: cannot load {name_or_path!r}: {err}") from err
-    # Dropout stays off in every stage: PPO's ratios and DPO's log-ratios assume a deterministic
-    # forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.
+    # The model's dropout stays off in every stage: PPO's ratios and DPO's log-ratios assume a
+    # deterministic forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.
+    # LoRA's own dropout (added below) is SFT's regulariser; the other stages refuse
+    # `lora.dropout` > 0 (`recipes.sft.lora_settings`).
     disable_dropout(model)
     if gradient_checkpointing and trainable:
         enable_checkpointing(model)

@@ -418,6 +418,7 @@ def pair_losses(
 
 def check_options(config: DPOConfig) -> None:
     """Turn every inconsistent `dpo.*` setting into a ConfigError before any model is loaded."""
+    lora_settings(config)  # refuses lora.dropout
     options = config.dpo
     names = available_dpo_losses()
     if options.loss_type not in names:

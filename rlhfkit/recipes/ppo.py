@@ -430,6 +430,7 @@ def _validate(config: PPOConfig) -> None:
     options = config.ppo
     _check_unused(config)
     _check_ranges(config)
+    lora_settings(config)  # refuses lora.dropout
     if not config.train_data:
         raise ConfigError("train_data: give the prompt file ({prompt} records)")
     if not options.reward_model:

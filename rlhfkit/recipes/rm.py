@@ -405,6 +405,7 @@ def train(config: RMConfig) -> dict:
         raise ConfigError(f"rm.center_coef: must be >= 0, got {config.rm.center_coef}")
     if not config.train_data:
         raise ConfigError("train_data: no training data given")
+    lora_settings(config)  # refuses lora.dropout
     run = Run(config, "rm")
     acc = run.accelerator
     tokenizer = load_tokenizer(config.model)

@@ -43,8 +43,22 @@ class SFTConfig(TrainConfig):
     sft: SFTOptions = group(SFTOptions, "SFT options")
 
 
-def lora_settings(config: TrainConfig) -> LoraSettings:
+def lora_settings(config: TrainConfig, *, allow_dropout: bool = False) -> LoraSettings:
+    """The `lora.*` keys as the model builders take them.
+
+    Dropout is off in every model of every stage but SFT, where `lora.dropout` is the usual
+    regulariser of the adapters: PPO's probability ratios, DPO's log-ratios against the reference
+    and the reward model's comparisons assume the forward pass the log-probs were recorded with
+    (a dropout mask drawn per pass made PPO's ratio 0.9994 before any update). Elsewhere a
+    non-zero `lora.dropout` is refused rather than ignored.
+    """
     lora = config.lora
+    if lora.dropout > 0 and lora.r > 0 and not allow_dropout:
+        raise ConfigError(
+            f"lora.dropout: {lora.dropout} is for sft only; this stage needs a deterministic "
+            "forward pass (probability ratios and log-ratios against a reference), so dropout "
+            "is off in every model: set lora.dropout=0"
+        )
     return LoraSettings(lora.r, lora.alpha, lora.dropout, list(lora.target_modules))
 
 
@@ -139,7 +153,7 @@ def train(config: SFTConfig) -> dict:
         config.model,
         dtype=config.dtype,
         gradient_checkpointing=config.gradient_checkpointing,
-        lora=lora_settings(config),
+        lora=lora_settings(config, allow_dropout=True),
         attn_implementation=config.attn_implementation or None,
     )
     model = TokenLogprobs(lm)
