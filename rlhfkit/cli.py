@@ -217,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         if any(a in ("-h", "--help") for a in rest):
             print(_stage_help(name, stage))
             return 0
-        from rlhfkit.config import load_config
+        from rlhfkit.config import check_unique_overrides, load_config
 
         rest = [
             "--from_stage" + a[len("--from") :] if a.split("=")[0] == "--from" else a for a in rest
         ]
         config_file, overrides = split_args(rest, stage.positional)
+        check_unique_overrides(overrides)
         config = load_config(_load(stage.config), config_file, overrides, stage=name)
         result = _load(stage.entry)(config)
         return result if isinstance(result, int) else 0

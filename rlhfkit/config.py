@@ -517,19 +517,25 @@ def load_config(
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
         _deep_merge(tree, loaded)
-    given: dict[str, str] = {}
-    for item in overrides or []:
+    for item in overrides or []:  # a later item wins (programs compose base + changes)
         key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    return build(cls, tree)
+
+
+def check_unique_overrides(overrides: list[str]) -> None:
+    """A key typed twice on one command line is an error naming both items: the last would
+    win silently and hide the typo (a YAML mapping with a key twice is refused the same way).
+    Programs that compose `load_config(overrides=base + changes)` keep last-wins."""
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, _ = _parse_override(item)
         if key in given:
-            # Last-wins would hide a typo in a long command line (or in ARGS=... appended to a
-            # make target); a YAML file with a key twice is refused the same way.
             raise ConfigError(
                 f"{key}: given twice on the command line ({given[key]!r} and {item!r}); "
                 "give each key once"
             )
         given[key] = item
-        _set_dotted(tree, key, value)
-    return build(cls, tree)
 
 
 def write_config(out: Path, stage: str, config: Any) -> None:

@@ -129,16 +129,21 @@ def test_cai_without_a_command_is_a_usage_error(capsys):
     assert "revise" in capsys.readouterr().out
 
 
-def test_a_key_given_twice_on_the_command_line_is_an_error():
-    """`lr=1e-3 ... lr=1e-4` used to keep the last silently; now both items are named. The
-    `--key=value` spelling is the same key; a file value overridden once is still fine."""
-    with pytest.raises(
-        ConfigError,
-        match=r"lora.r: given twice on the command line \('lora.r=4' and '--lora.r=8'\)",
-    ):
-        load_config(SFTConfig, None, ["lora.r=4", "seed=1", "--lora.r=8"])
-    config = load_config(SFTConfig, None, ["lora.r=4", "seed=1"])
-    assert (config.lora.r, config.seed) == (4, 1)
+def test_a_key_given_twice_on_the_command_line_is_an_error(capsys):
+    """`lr=1e-3 ... lr=1e-4` typed on one command line kept the last silently; now both items
+    are named. The `--key=value` spelling is the same key. `load_config` called by a program
+    (base overrides + changes) keeps last-wins."""
+    from rlhfkit.cli import main
+    from rlhfkit.config import check_unique_overrides
+
+    twice = ["lora.r=4", "seed=1", "--lora.r=8"]
+    message = r"lora.r: given twice on the command line \('lora.r=4' and '--lora.r=8'\)"
+    with pytest.raises(ConfigError, match=message):
+        check_unique_overrides(twice)
+    check_unique_overrides(["lora.r=4", "seed=1"])
+    assert main(["sft", *twice]) == 2
+    assert "given twice on the command line" in capsys.readouterr().err
+    assert load_config(SFTConfig, None, twice).lora.r == 8  # programs compose: the last wins
 
 
 def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path):

@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import describe, load_config, option, write_config
+from rlhfkit.config import (
+    check_unique_overrides,
+    describe,
+    load_config,
+    option,
+    write_config,
+)
 from rlhfkit.data.datasets import load_prompts
 from rlhfkit.data.formats import PromptExample, as_reply
 from rlhfkit.data.io import write_json, write_jsonl
@@ -412,6 +418,7 @@ def main(argv: list[str]) -> int:
     from rlhfkit.cli import split_args
 
     config_file, overrides = split_args(rest)
+    check_unique_overrides(overrides)
     revise(load_config(CAIReviseConfig, config_file, overrides, stage="cai-revise"))
     return 0
 
