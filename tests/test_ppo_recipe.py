@@ -83,6 +83,50 @@ def test_first_step_kl_is_exactly_zero_and_ratio_exactly_one(tiny_model, prompt_
     assert float(info["ratio_mean"]) == 1.0 and float(info["approx_kl"]) == 0.0
 
 
+def test_first_step_kl_is_zero_with_a_non_default_attention_kernel(
+    tiny_model, prompt_file, tmp_path
+):
+    """The frozen reference is loaded with the policy's `attn_implementation` (it took
+    transformers' default, so with `eager` the policy and the reference differed by the two
+    kernels' rounding and step 1's KL was not 0)."""
+    out = tmp_path / "eager"
+    train(ppo_config(tiny_model, prompt_file, out, "max_steps=1", "attn_implementation=eager"))
+    assert read_metrics(out)[0]["kl"] == 0.0
+
+
+def test_rollouts_give_the_reward_model_conversations_and_unfinished_rows(tiny_model, tmp_path):
+    """An rlhfkit reward model gets each row's prompt as loaded (a conversation, which it renders
+    and answers as the assistant's turn, as `rm` trained on it) and whether the row ended with
+    EOS; other rewards get the rendered prompt text (`score_samples`)."""
+    from rlhfkit.data.tokenize import encode_prompt, render_prompt
+    from rlhfkit.models.reward_model import RewardScorer
+
+    class Recorder(RewardScorer):
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, prompts, responses, *, ended=None):
+            self.calls.append((prompts, responses, ended))
+            return [0.0] * len(prompts)
+
+    config = ppo_config(tiny_model, "unused.jsonl", tmp_path)
+    tokenizer = load_tokenizer(str(tiny_model))
+    chat = [{"role": "user", "content": "Name a fruit."}]
+    torch.manual_seed(0)
+    batch = rollout(
+        load_causal_lm(str(tiny_model), trainable=False), tokenizer,
+        [encode_prompt(tokenizer, chat)] * 2, [chat, "User: hi\nBot:"], config,
+        torch.device("cpu"),
+    )  # fmt: skip
+    assert batch.prompts == [render_prompt(tokenizer, chat), "User: hi\nBot:"]
+    recorder = Recorder()
+    assert batch.score(recorder) == [0.0, 0.0]
+    assert recorder.calls == [([chat, "User: hi\nBot:"], batch.responses, batch.has_eos.tolist())]
+    seen = []
+    batch.score(lambda prompts, responses: seen.append(prompts) or [1.0] * len(prompts))
+    assert seen == [batch.prompts]
+
+
 def test_eos_trick_and_score_shaping_by_hand():
     """raw [2, -3, 0.5], gain 2, bias 1 -> [5, -5, 2]; clip 4 -> [4, -4, 2];
     row 1 has no EOS -> its score becomes the penalty -1: [4, -1, 2]."""
@@ -262,3 +306,32 @@ def test_process_count_must_divide_the_prompts_and_the_minibatches():
         _validate_processes(PPOOptions(rollout_batch_size=6, num_minibatches=6), 2)  # 1-row mb
     with pytest.raises(ConfigError, match="divide by 4"):
         _validate_processes(PPOOptions(rollout_batch_size=6, num_minibatches=1), 4)
+
+
+def test_rloo_advantages_are_whitened_over_sequences_not_tokens():
+    """K = 2, scores [1, -1, 0.5, -0.5], no KL: RLOO gives r_i - r_other = [2, -2, 1, -1].
+    Over sequences: mean 0, biased variance (4 + 4 + 1 + 1) / 4 = 2.5, so the whitened values
+    are [2, -2, 1, -1] / sqrt(2.5) = [1.2649, -1.2649, 0.6325, -0.6325], on every token of each
+    response. Weighting by tokens (lengths 60, 4, 4, 4) would have shifted them by the mean
+    (2·60 - 2·4 + 4 - 4) / 72 = 1.556 and made prompt 2's better answer negative."""
+    from rlhfkit.recipes.ppo import AdvantageInputs, _rloo
+
+    lengths = [60, 4, 4, 4]
+    mask = torch.zeros(4, 60)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    inputs = AdvantageInputs(
+        scores=torch.tensor([1.0, -1.0, 0.5, -0.5]),
+        kl=torch.zeros(4, 60),
+        values=None,
+        mask=mask,
+        kl_coef=0.1,
+    )
+    advantages, returns, _ = _rloo(inputs, PPOOptions(samples_per_prompt=2))
+    expected = torch.tensor([2.0, -2.0, 1.0, -1.0]) / math.sqrt(2.5)
+    assert returns is None
+    for row, n in enumerate(lengths):
+        assert torch.allclose(advantages[row, :n], expected[row].expand(n), atol=1e-6)
+        assert not advantages[row, n:].any()
+    plain, _, _ = _rloo(inputs, PPOOptions(samples_per_prompt=2, whiten_advantages=False))
+    assert plain[:, 0].tolist() == [2.0, -2.0, 1.0, -1.0]

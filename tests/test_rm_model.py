@@ -193,3 +193,49 @@ def test_comparison_loss_by_hand():
     two_heads = rewards.repeat(1, 2)
     loss, _, _ = comparison_loss(two_heads, pairs, use_margin=False, center_coef=0.0)
     assert float(loss) == pytest.approx(0.25115046202647278, rel=1e-6)
+
+
+def test_sampled_responses_are_scored_as_rm_trained_on_them(tiny_model, tokenizer):
+    """A text response to a conversation is the assistant's turn (`as_reply`), so the reward is
+    read where `rm` trained it to be read (after the template's end of turn), not at a bare EOS
+    after the rendered prompt text; a response that ran out of tokens (`ended=False`) is scored
+    as sampled, without the EOS that would make it a finished answer."""
+    from rlhfkit.data.tokenize import encode_completion, encode_prompt, render_prompt
+    from rlhfkit.models.reward_fn import score_samples
+    from rlhfkit.models.reward_model import RewardScorer, encode_pair
+
+    chat = [{"role": "user", "content": "Name a fruit."}]
+    limits = {"max_length": 256, "max_prompt_length": 128}
+    prompt_ids, response_ids = encode_pair(tokenizer, chat, "A pear.", **limits)
+    assert prompt_ids == encode_prompt(tokenizer, chat)
+    reply = [{"role": "assistant", "content": "A pear."}]
+    assert response_ids == encode_completion(tokenizer, chat, reply)
+    # The old path: the text plus a bare EOS, read at <|im_end|> instead of after the turn.
+    assert tokenizer.decode(response_ids) == "A pear.<|im_end|>\n"
+    _, unfinished = encode_pair(tokenizer, chat, "A pe", ended=False, **limits)
+    assert unfinished == tokenizer("A pe", add_special_tokens=False).input_ids
+    _, plain = encode_pair(tokenizer, "User: hi\nBot:", " Hello", ended=False, **limits)
+    assert plain[-1] != tokenizer.eos_token_id
+    _, plain_done = encode_pair(tokenizer, "User: hi\nBot:", " Hello", **limits)
+    assert plain_done == plain + [tokenizer.eos_token_id]
+
+    model = build_reward_model(str(tiny_model), pad_token_id=tokenizer.pad_token_id).eval()
+    scorer = RewardScorer(model, tokenizer, max_length=256, max_prompt_length=128)
+
+    def direct(ids: list[int]) -> float:
+        with torch.no_grad():
+            return float(model.score(torch.tensor([ids]))[0])
+
+    rendered = render_prompt(tokenizer, chat)
+    got = score_samples(
+        scorer, [chat, chat], ["A pear.", "A pe"], rendered=[rendered] * 2, ended=[True, False]
+    )
+    assert got == pytest.approx(
+        [direct(prompt_ids + response_ids), direct(prompt_ids + unfinished)]
+    )
+    seen = []
+    score_samples(
+        lambda p, r: seen.append((p, r)) or [0.0] * len(p),
+        [chat], ["A pe"], rendered=[rendered], ended=[False],
+    )  # fmt: skip
+    assert seen == [([rendered], ["A pe"])]  # other rewards keep the text contract

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ import torch
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.formats import Text
 from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.models.reward_fn import score_samples
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -95,12 +96,26 @@ def response_logprob_sums(
 
 @dataclass
 class PolicySamples:
-    """Responses of one policy; `prompts` are the rendered prompt texts the rewards are given."""
+    """Responses of one policy. `prompts` are the rendered prompt texts, `prompt_items` the
+    prompts as loaded (text or conversations), `ended` whether each response ended with EOS."""
 
     prompts: list[str]
     responses: list[str]
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
+    prompt_items: list = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+
+    def score(self, reward_fn: RewardFn) -> list[float]:
+        """Every sample's reward (`score_samples`: an rlhfkit reward model gets conversations
+        as conversations and scores a response that ran out of tokens without an EOS)."""
+        return score_samples(
+            reward_fn,
+            self.prompt_items or self.prompts,
+            self.responses,
+            rendered=self.prompts,
+            ended=self.ended or [True] * len(self.responses),
+        )
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -190,6 +205,8 @@ def sample_policy(
         responses=[tokenizer.decode(r, skip_special_tokens=True) for r in samples.response_ids],
         prompt_ids=[prompt_ids[i] for i in samples.prompt_index],
         response_ids=samples.response_ids,
+        prompt_items=[prompts[i] for i in samples.prompt_index],
+        ended=list(samples.has_eos),
     )
 
 
@@ -238,11 +255,11 @@ def evaluate_policy(
     out: dict = {"n": len(samples.responses)}
     raw: dict[str, list[float]] = {"length": [float(len(r)) for r in samples.response_ids]}
     if proxy is not None:
-        raw["proxy"] = proxy(samples.prompts, samples.responses)
+        raw["proxy"] = samples.score(proxy)
         out["proxy_reward"], out["proxy_reward_std"] = summarize(raw["proxy"]).values()
         out["proxy_length_correlation"] = pearson(raw["proxy"], raw["length"])
     if gold is not None:
-        raw["gold"] = gold(samples.prompts, samples.responses)
+        raw["gold"] = samples.score(gold)
         out["gold_reward"], out["gold_reward_std"] = summarize(raw["gold"]).values()
     if kl is not None:
         out["kl"] = statistics.fmean(kl) if kl else float("nan")
@@ -297,9 +314,9 @@ def evaluate_against_reference(
     first = [i * k for i in range(len(prompts))]
     raw: dict[str, list[float]] = {}
     if proxy is not None:
-        raw["proxy"] = proxy(pool.prompts, pool.responses)
+        raw["proxy"] = pool.score(proxy)
     if gold is not None:
-        raw["gold"] = gold(pool.prompts, pool.responses)
+        raw["gold"] = pool.score(gold)
     reference_raw = {key: [values[i] for i in first] for key, values in raw.items()}
     results: dict[str, dict] = {reference_name: {"kl": 0.0, "n": len(first)}}
     for key, values in reference_raw.items():

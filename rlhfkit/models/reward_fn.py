@@ -20,6 +20,36 @@ from rlhfkit.errors import ConfigError
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
 
+def score_samples(
+    reward_fn: RewardFn,
+    prompts: list,
+    responses: list[str],
+    *,
+    rendered: list[str],
+    ended: list[bool],
+) -> list[float]:
+    """Rewards of sampled responses, each given to the reward in the form it understands best.
+
+    An rlhfkit reward model (`RewardScorer`) gets each prompt as the data held it, so a
+    conversation is rendered with the reward model's chat template and the response becomes the
+    assistant's turn, as `rm` trained on it, and gets `ended`: a response that ran out of
+    tokens is scored as sampled, without an EOS. Other rewards (HTTP scorers, python functions)
+    keep their contract: the `rendered` prompt text and the response text.
+
+    Args:
+        reward_fn: From `load_reward_function`.
+        prompts: Each row's prompt as loaded: a string or a conversation.
+        responses: Decoded responses (no EOS).
+        rendered: Each row's prompt as text (conversations through the policy's chat template).
+        ended: Whether each response ended with EOS.
+    """
+    from rlhfkit.models.reward_model import RewardScorer
+
+    if isinstance(reward_fn, RewardScorer):
+        return reward_fn(prompts, responses, ended=ended)
+    return reward_fn(rendered, responses)
+
+
 def load_reward_function(spec: str, **kwargs) -> RewardFn:
     """Resolve a reward spec to a callable. `kwargs` go to the reward-model loader."""
     if not spec:

@@ -436,13 +436,27 @@ def encode_pair(
     *,
     max_length: int,
     max_prompt_length: int,
+    ended: bool = True,
 ) -> tuple[list[int], list[int]]:
-    """Prompt and response ids as training sees them (chat template, EOS, truncation policy)."""
+    """Prompt and response ids as training sees them (chat template, EOS, truncation policy).
+
+    A text response to a conversation is the assistant's turn (`as_reply`), as `rm` trains on
+    it. `ended=False` is a sampled response the policy did not finish (it ran into
+    `max_new_tokens`): its tokens as they are, without the EOS or end of turn that would make
+    it read as a finished answer.
+    """
+    from rlhfkit.data.formats import as_reply
     from rlhfkit.data.tokenize import encode_completion, encode_prompt, truncate
 
+    if isinstance(response, str) and not ended:
+        response_ids = tokenizer(response, add_special_tokens=False).input_ids
+    else:
+        if isinstance(response, str):
+            response = as_reply(prompt, response)
+        response_ids = encode_completion(tokenizer, prompt, response)
     encoded = truncate(
         encode_prompt(tokenizer, prompt),
-        encode_completion(tokenizer, prompt, response),
+        response_ids,
         max_length=max_length,
         max_prompt_length=max_prompt_length,
     )
@@ -454,6 +468,11 @@ class RewardScorer:
 
     Also `score_heads(prompts, responses) -> list[list[float]]` (one list of K per input) and
     `disagreement(prompts, responses) -> list[float]` (std over heads; 0 for one head).
+
+    Prompts are text or conversations (rendered with the chat template; a text response to one
+    is the assistant's turn). Every method takes `ended=` (one bool per response): False marks a
+    sampled response that ran out of tokens, scored without the EOS a finished one gets
+    (`encode_pair`); None = every response is finished.
     """
 
     def __init__(
@@ -478,17 +497,24 @@ class RewardScorer:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def score_heads(self, prompts: Sequence, responses: Sequence) -> list[list[float]]:
+    def score_heads(
+        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
+    ) -> list[list[float]]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if ended is None:
+            ended = [True] * len(responses)
+        if len(ended) != len(responses):
+            raise ValueError(f"{len(ended)} ended flags for {len(responses)} responses")
         rows = []
-        for prompt, response in zip(prompts, responses, strict=True):
+        for prompt, response, done in zip(prompts, responses, ended, strict=True):
             prompt_ids, response_ids = encode_pair(
                 self.tokenizer,
                 prompt,
                 response,
                 max_length=self.max_length,
                 max_prompt_length=self.max_prompt_length,
+                ended=bool(done),
             )
             rows.append(prompt_ids + response_ids)
         from rlhfkit.data.collate import pad_right
@@ -507,12 +533,17 @@ class RewardScorer:
                 out[i] = [float(v) for v in value]
         return out
 
-    def __call__(self, prompts: Sequence, responses: Sequence) -> list[float]:
-        return [sum(heads) / len(heads) for heads in self.score_heads(prompts, responses)]
+    def __call__(
+        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
+    ) -> list[float]:
+        heads_per_input = self.score_heads(prompts, responses, ended=ended)
+        return [sum(heads) / len(heads) for heads in heads_per_input]
 
-    def disagreement(self, prompts: Sequence, responses: Sequence) -> list[float]:
+    def disagreement(
+        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
+    ) -> list[float]:
         values = []
-        for heads in self.score_heads(prompts, responses):
+        for heads in self.score_heads(prompts, responses, ended=ended):
             mean = sum(heads) / len(heads)
             values.append(math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads)))
         return values

@@ -23,8 +23,11 @@ Objective: maximise ``E[r(x, y)] - beta KL(pi(.|x) || pi_ref(.|x))`` over prompt
 7. **KL coefficient**: fixed, or adaptive towards `ppo.target_kl` (Ziegler et al.).
 
 Departures, each deliberate: GRPO's KL is a k3 loss term (as in DeepSeekMath) rather than a
-reward term; RLOO puts the sequence KL into the reward before the leave-one-out baseline (as
-Ahmadian et al.).
+reward term, and its loss, like every estimator's here, is the mean over the minibatch's
+response tokens rather than DeepSeekMath's mean over sequences of per-sequence token means
+(Dr. GRPO's and DAPO's choice: a long response counts by its tokens, with no 1/|o| that favours
+long wrong answers); RLOO puts the sequence KL into the reward before the leave-one-out baseline
+(as Ahmadian et al.).
 
 Data parallelism (`accelerate launch`, DDP): each process samples its contiguous share of a
 step's rows (per-row sampling noise, so the responses are those of one process), scores them,
@@ -67,7 +70,7 @@ from rlhfkit.losses import (
 )
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
-from rlhfkit.models.reward_fn import load_reward_function
+from rlhfkit.models.reward_fn import load_reward_function, score_samples
 from rlhfkit.models.value_model import (
     ActorCritic,
     is_reward_model_dir,
@@ -107,7 +110,11 @@ class PPOOptions:
         0, "normalise scores to mean 0, std 1 on this many initial-policy samples; 0 = off"
     )
     whiten_rewards: bool = option(False, "whiten the per-token rewards (scale only) before GAE")
-    whiten_advantages: bool = option(True, "whiten advantages over the batch (gae, rloo)")
+    whiten_advantages: bool = option(
+        True,
+        "whiten advantages over the batch: gae over response tokens, rloo over sequences "
+        "(grpo's are normalised per group already)",
+    )
     gamma: float = option(1.0, "GAE discount")
     lam: float = option(0.95, "GAE lambda")
     clip_range: float = option(0.2, "PPO ratio clipping epsilon")
@@ -171,8 +178,20 @@ class RolloutBatch:
     prompt_length: int  # P
     mask: torch.Tensor  # (B, N) 1 on response tokens
     has_eos: torch.Tensor  # (B,)
-    prompts: list[str]
-    responses: list[str]
+    prompts: list[str]  # rendered text (conversations through the chat template)
+    responses: list[str]  # decoded, without EOS
+    prompt_items: list  # the prompts as loaded: text or conversations
+
+    def score(self, reward_fn) -> list[float]:
+        """The reward of every row (`score_samples`: an rlhfkit reward model sees the prompt as
+        it trained on it and a response that ran out of tokens without an EOS)."""
+        return score_samples(
+            reward_fn,
+            self.prompt_items,
+            self.responses,
+            rendered=self.prompts,
+            ended=self.has_eos.tolist(),
+        )
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
@@ -187,12 +206,14 @@ def rollout(
     lm: torch.nn.Module,
     tokenizer,
     prompt_ids: list[list[int]],
-    prompt_texts: list[str],
+    prompts: list,
     config: PPOConfig,
     device: torch.device,
     row_noise: RowNoise | None = None,
 ) -> RolloutBatch:
     """Sample one response per row of `prompt_ids` and lay prompt + response out as model input.
+
+    `prompts` are the rows' prompts as loaded (text or conversations; `prompt_ids` encode them).
 
     `row_noise` (fast sampler only): the rows' sampling noise as rows of a larger global batch
     (`RowNoise`), so that a process sampling its share draws what one process would."""
@@ -221,10 +242,12 @@ def rollout(
     for row, row_mask in zip(response_ids.tolist(), mask.tolist(), strict=True):
         ids = [t for t, keep in zip(row, row_mask, strict=True) if keep and t != eos_id]
         responses.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return _layout(query, query_mask, response_ids, mask, has_eos, prompt_texts, responses)
+    return _layout(query, query_mask, response_ids, mask, has_eos, prompts, responses, tokenizer)
 
 
-def _layout(query, query_mask, response_ids, mask, has_eos, prompts, responses) -> RolloutBatch:
+def _layout(
+    query, query_mask, response_ids, mask, has_eos, prompts, responses, tokenizer
+) -> RolloutBatch:
     """A `RolloutBatch` from left-padded prompts (B, P) and right-padded responses (B, N)."""
     input_ids = torch.cat([query, response_ids], dim=1)  # (B, T)
     attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, T)
@@ -236,13 +259,14 @@ def _layout(query, query_mask, response_ids, mask, has_eos, prompts, responses) 
         prompt_length=query.shape[1],
         mask=mask,
         has_eos=has_eos,
-        prompts=prompts,
+        prompts=[render_prompt(tokenizer, p) for p in prompts],
         responses=responses,
+        prompt_items=list(prompts),
     )
 
 
 def gather_rollout(
-    acc, batch: RolloutBatch, scores: torch.Tensor, pad_id: int
+    acc, batch: RolloutBatch, scores: torch.Tensor, tokenizer
 ) -> tuple[RolloutBatch, torch.Tensor]:
     """Every process's rows (and their scores), in rank order, on every process.
 
@@ -251,6 +275,7 @@ def gather_rollout(
     """
     from accelerate.utils import gather_object
 
+    pad_id = tokenizer.pad_token_id
     width = batch.prompt_length
     pieces = {
         "query": acc.pad_across_processes(
@@ -273,8 +298,9 @@ def gather_rollout(
         full["response_ids"],
         full["mask"],
         full["has_eos"].bool(),
-        gather_object(batch.prompts),
+        gather_object(batch.prompt_items),
         gather_object(batch.responses),
+        tokenizer,
     )
     return gathered, full["scores"]
 
@@ -336,7 +362,9 @@ def _gae(inputs: AdvantageInputs, options: PPOOptions):
         rewards = masked_whiten(rewards, inputs.mask, shift_mean=False)
     advantages, returns = gae_advantages(
         rewards, inputs.values, inputs.mask, gamma=options.gamma, lam=options.lam
-    )
+    )  # returns from the advantages before whitening
+    if options.whiten_advantages:
+        advantages = masked_whiten(advantages, inputs.mask)  # over every response token
     return advantages, returns, rewards
 
 
@@ -350,9 +378,12 @@ def _sequence_advantages(per_sequence: torch.Tensor, inputs: AdvantageInputs):
 def _rloo(inputs: AdvantageInputs, options: PPOOptions):
     kl_sum = (inputs.kl * inputs.mask).sum(dim=1)  # (B,)
     sequence_rewards = inputs.scores - inputs.kl_coef * kl_sum  # (B,)
-    return _sequence_advantages(
-        rloo_advantages(sequence_rewards, options.samples_per_prompt), inputs
-    )
+    per_sequence = rloo_advantages(sequence_rewards, options.samples_per_prompt)  # (B,)
+    if options.whiten_advantages:
+        # Over sequences, as TRL's RLOO normalises: a token-weighted mean would let long
+        # responses decide the shift and could flip a short response's sign.
+        per_sequence = masked_whiten(per_sequence, torch.ones_like(per_sequence))  # (B,)
+    return _sequence_advantages(per_sequence, inputs)
 
 
 def _grpo(inputs: AdvantageInputs, options: PPOOptions):
@@ -505,20 +536,14 @@ def train(config: PPOConfig) -> dict:
     # --- data -----------------------------------------------------------------------------
     examples = load_prompts(config.train_data)
     prompt_ids = [encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
-    prompt_texts = [
-        e.prompt if isinstance(e.prompt, str) else render_prompt(tokenizer, e.prompt)
-        for e in examples
-    ]
-    eval_ids, eval_texts = [], []
+    prompt_items = [e.prompt for e in examples]  # text or conversations
+    eval_ids, eval_items = [], []
     if config.eval_data:
         eval_examples = load_prompts(config.eval_data)
         eval_ids = [
             encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in eval_examples
         ]
-        eval_texts = [
-            e.prompt if isinstance(e.prompt, str) else render_prompt(tokenizer, e.prompt)
-            for e in eval_examples
-        ]
+        eval_items = [e.prompt for e in eval_examples]
     ptx_rows = []
     if options.ptx_coef > 0:
         ptx_examples, _ = load_sft(
@@ -577,8 +602,15 @@ def train(config: PPOConfig) -> dict:
     model = ActorCritic(lm, critic, value_head)
     reference = None
     if lora.r == 0:
+        # The policy's attention kernel: another kernel's rounding would make the KL at the
+        # first step non-zero.
         reference = TokenLogprobs(
-            load_causal_lm(config.model, dtype=config.dtype, trainable=False)
+            load_causal_lm(
+                config.model,
+                dtype=config.dtype,
+                trainable=False,
+                attn_implementation=config.attn_implementation or None,
+            )
         ).to(device)
 
     # --- optimizer ------------------------------------------------------------------------
@@ -624,7 +656,7 @@ def train(config: PPOConfig) -> dict:
             (run.out / "samples.jsonl").unlink()
         if options.reward_norm_samples > 0:
             state["norm"] = _fit_reward_norm(
-                unwrapped.lm, tokenizer, prompt_ids, prompt_texts, reward_fn, config, device
+                unwrapped.lm, tokenizer, prompt_ids, prompt_items, reward_fn, config, device
             )
             run.print(
                 f"reward normalisation: gain {state['norm'][0]:.4f} bias {state['norm'][1]:.4f}"
@@ -638,7 +670,7 @@ def train(config: PPOConfig) -> dict:
                 unwrapped.lm,
                 tokenizer,
                 eval_ids,
-                eval_texts,
+                eval_items,
                 reward_fn,
                 gold_fn,
                 config,
@@ -672,17 +704,15 @@ def train(config: PPOConfig) -> dict:
                 unwrapped.lm,
                 tokenizer,
                 [prompt_ids[i] for i in mine],
-                [prompt_texts[i] for i in mine],
+                [prompt_items[i] for i in mine],
                 config,
                 device,
                 RowNoise(_step_seed(config.seed, step), rank * share, rows_per_step),
             )
             t_generate = time.perf_counter() - t0
-            raw_scores = torch.tensor(
-                reward_fn(batch.prompts, batch.responses), dtype=torch.float32, device=device
-            )  # (B,)
+            raw_scores = torch.tensor(batch.score(reward_fn), dtype=torch.float32, device=device)
             if world > 1:
-                batch, raw_scores = gather_rollout(acc, batch, raw_scores, tokenizer.pad_token_id)
+                batch, raw_scores = gather_rollout(acc, batch, raw_scores, tokenizer)
 
             # Log-probs, entropies and values in the same batch shapes as the PPO minibatches.
             model.eval()
@@ -698,8 +728,6 @@ def train(config: PPOConfig) -> dict:
             advantages, returns, rewards = estimator(
                 AdvantageInputs(scores, kl, old.get("values"), mask, kl_ctl.value), options
             )
-            if options.whiten_advantages and options.advantage_estimator != "grpo":
-                advantages = masked_whiten(advantages, mask)
             t_score = time.perf_counter() - t0 - t_generate
 
             # PPO epochs over shuffled minibatches. Every process holds the whole batch and takes
@@ -795,7 +823,7 @@ def train(config: PPOConfig) -> dict:
                 )
             gold_scores = None
             if gold_fn is not None:
-                gold_scores = gold_fn(batch.prompts, batch.responses)
+                gold_scores = batch.score(gold_fn)
                 metrics["gold_reward_mean"] = sum(gold_scores) / len(gold_scores)
             if state["first"] is None:
                 state["first"] = _summary_numbers(metrics)
@@ -854,7 +882,7 @@ def _ptx_loss(model, rows, masks, state, config: PPOConfig, pad_id: int, device)
 
 
 @torch.no_grad()
-def _fit_reward_norm(lm, tokenizer, prompt_ids, prompt_texts, reward_fn, config, device):
+def _fit_reward_norm(lm, tokenizer, prompt_ids, prompt_items, reward_fn, config, device):
     """Gain and bias that give the initial policy's scores mean 0 and std 1 (Ziegler et al.)."""
     count = config.ppo.reward_norm_samples
     generator = torch.Generator().manual_seed(_step_seed(config.seed, 0, 2))
@@ -867,11 +895,11 @@ def _fit_reward_norm(lm, tokenizer, prompt_ids, prompt_texts, reward_fn, config,
             lm,
             tokenizer,
             [prompt_ids[i] for i in chunk],
-            [prompt_texts[i] for i in chunk],
+            [prompt_items[i] for i in chunk],
             config,
             device,
         )
-        scores += reward_fn(batch.prompts, batch.responses)
+        scores += batch.score(reward_fn)
     values = torch.tensor(scores, dtype=torch.float64)
     std = float(values.std(correction=0))
     gain = 1.0 / std if std > 0 else 1.0
@@ -883,7 +911,7 @@ def _evaluate(
     lm,
     tokenizer,
     eval_ids,
-    eval_texts,
+    eval_items,
     reward_fn,
     gold_fn,
     config: PPOConfig,
@@ -897,13 +925,13 @@ def _evaluate(
     scores, golds, kls, lengths, no_eos = [], [], [], [], []
     for start in range(0, len(eval_ids), config.batch_size):
         end = start + config.batch_size
-        batch = rollout(lm, tokenizer, eval_ids[start:end], eval_texts[start:end], config, device)
+        batch = rollout(lm, tokenizer, eval_ids[start:end], eval_items[start:end], config, device)
         logprobs = forward_in_chunks(policy_forward, batch, config.batch_size)["logprobs"]
         ref = forward_in_chunks(reference_forward, batch, config.batch_size)["logprobs"]
         kls += ((logprobs - ref) * batch.mask).sum(dim=1).tolist()
-        scores += reward_fn(batch.prompts, batch.responses)
+        scores += batch.score(reward_fn)
         if gold_fn is not None:
-            golds += gold_fn(batch.prompts, batch.responses)
+            golds += batch.score(gold_fn)
         lengths += batch.mask.sum(dim=1).tolist()
         no_eos += (~batch.has_eos).tolist()
     count = len(scores)
