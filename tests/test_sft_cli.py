@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from conftest import run_cli, write_jsonl
@@ -36,6 +37,18 @@ def test_sft_writes_the_output_layout(tiny_model, sft_data, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
     assert rows[0]["loss"] > rows[-2]["loss"]  # it learns
+    # `lr` is the rate the logged step's update used (it was the next step's: a 1-step linear
+    # run logged 0.0), `epoch` the epochs completed after it (it lagged a step: 1 and 5 of 6).
+    from rlhfkit.training.optim import lr_multiplier
+
+    warmup = int(round(config["warmup_ratio"] * 6))
+    for row in (r for r in rows if "loss" in r):
+        factor = lr_multiplier(
+            row["step"] - 1, total_steps=6, warmup_steps=warmup, schedule=config["lr_scheduler"]
+        )
+        assert row["lr"] == pytest.approx(3e-3 * factor, rel=1e-9)
+    epochs = {r["step"]: r["epoch"] for r in rows if "loss" in r}
+    assert epochs[6] == pytest.approx(3 * epochs[2])
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     before = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert not torch.equal(

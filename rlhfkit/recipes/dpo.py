@@ -778,6 +778,7 @@ def _train_loop(
                 window_tokens += sum(pairs[i].tokens for i in indices)
             means = {key: global_sum(acc, value) / global_pairs for key, value in sums.items()}
             check_finite(means["loss"], step + 1, run)
+            lr = scheduler.get_last_lr()[0]  # the rate this update used
             grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             step_seconds += time.perf_counter() - step_started
             totals["loss_sum"] += means["loss"]
@@ -796,8 +797,8 @@ def _train_loop(
                     {
                         **means,
                         "grad_norm": grad_norm,
-                        "lr": scheduler.get_last_lr()[0],
-                        "epoch": step / plan.steps_per_epoch,
+                        "lr": lr,
+                        "epoch": done / plan.steps_per_epoch,  # epochs completed
                         "tokens_per_s": tokens_per_s,
                     },
                 )

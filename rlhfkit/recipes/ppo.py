@@ -789,6 +789,7 @@ def train(config: PPOConfig) -> dict:
                         info["ptx_loss"] = ptx_loss.detach()
                     acc.backward(loss)
                     check_finite(float(loss.detach()), done, run)
+                    lr = scheduler.get_last_lr()[0]  # the rate this update used
                     info["grad_norm"] = optimizer_step(
                         acc, model, optimizer, scheduler, config.max_grad_norm
                     )
@@ -812,7 +813,7 @@ def train(config: PPOConfig) -> dict:
                 **{key: value / updates for key, value in sums.items()},
                 "response_length": float(mask.sum(dim=1).float().mean()),
                 "no_eos_fraction": float((~batch.has_eos).float().mean()),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr,  # of the step's last update
                 "samples_per_s": rows_per_step / elapsed,
                 "generation_share": t_generate / elapsed,
                 "score_s": t_score,

@@ -487,6 +487,7 @@ def train(config: RMConfig) -> dict:
             loss_value = global_sum(acc, local_loss) / plan.global_batch
             accuracy = global_sum(acc, local_correct) / plan.global_batch
             check_finite(loss_value, step + 1, run)
+            lr = scheduler.get_last_lr()[0]  # the rate this update used
             grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             totals["loss_sum"] += loss_value
             totals["accuracy_sum"] += accuracy
@@ -503,8 +504,8 @@ def train(config: RMConfig) -> dict:
                         "loss": loss_value,
                         "accuracy": accuracy,
                         "grad_norm": grad_norm,
-                        "lr": scheduler.get_last_lr()[0],
-                        "epoch": step / plan.steps_per_epoch,
+                        "lr": lr,
+                        "epoch": done / plan.steps_per_epoch,  # epochs completed
                         "tokens_per_s": tokens_per_s,
                     },
                 )
