@@ -139,6 +139,12 @@ class PPOConfig(TrainConfig, SamplingOptions):
     output_dir: str = option("runs/ppo", "where config.yaml, metrics, the model and checkpoints go")
     learning_rate: float = option(1e-5, "peak learning rate (AdamW)")
     lr_scheduler: str = option("constant", "learning-rate schedule: constant, linear, cosine")
+    temperature: float = option(
+        1.0,
+        "sampling temperature of the rollouts (> 0: the log-probs PPO trains on are those of "
+        "the distribution sampled from)",
+        exclusive_minimum=0,
+    )
     logging_steps: int = option(1, "log metrics every N PPO steps")
     max_steps: int = option(
         -1,
@@ -148,7 +154,11 @@ class PPOConfig(TrainConfig, SamplingOptions):
     epochs: float = option(
         1.0, "passes over the prompts of train_data (fractions allowed) when max_steps=-1"
     )
-    batch_size: int = option(64, "rows per no-grad forward pass (rollout scoring)")
+    batch_size: int = option(
+        64,
+        "rows per pass of the evaluation and of the reward normalisation's sampling, and SFT "
+        "rows of ptx_data per optimizer step (PPO-ptx)",
+    )
     # Inherited from TrainConfig but not used by ppo: a non-default value is refused
     # (`_check_unused`), since PPO's own keys decide these things.
     grad_accum: int = option(1, "not used by ppo (must stay 1): see ppo.num_minibatches")
