@@ -50,8 +50,9 @@ class EvalConfig(BaseConfig):
     output_dir: str = option("runs/eval", "where config.yaml and summary.json go")
     dtype: str = option(
         "auto",
-        "weight dtype of every model loaded (reward model; policies and reference): auto (as "
-        "stored), float32, bfloat16, float16; log-probs and the KL are computed in float32",
+        "weight dtype of the models loaded: float32, bfloat16, float16, or auto: the reward "
+        "model in bfloat16 on a GPU (float32 on CPU), the policies and the reference in float32 "
+        "(the KL sums per-token log-ratios, which 16-bit weights blur)",
     )
     reward_model: str = option(
         "", "reward to score with: a reward-model directory, an http URL or python:mod:fn"
@@ -315,7 +316,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
         temperature=config.temperature,
         top_p=config.top_p,
         device=run.accelerator.device,
-        dtype=config.dtype,
+        dtype="float32" if config.dtype == "auto" else config.dtype,
     )
     if runs:
         evaluation["curves"], warnings = training_diagnostics(runs)
