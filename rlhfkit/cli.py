@@ -2,7 +2,7 @@
 
 Each stage names its config dataclass and its entry point by import path, so `rlhfkit --help`
 stays fast and a stage's heavy imports happen only when it runs. A few stages with commands of
-their own (`annotate serve|export|stats|add-user`) take their own arguments.
+their own (`annotate serve|load|export|stats|add-user`) take their own arguments.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ STAGES: dict[str, Stage] = {
         "rlhfkit.recipes.report:run",
     ),
     "annotate": Stage(
-        "the annotation server: serve | export | stats | add-user",
+        "the annotation server: serve | load | export | stats | add-user",
         None,
         "rlhfkit.feedback.annotation.cli:main",
     ),
