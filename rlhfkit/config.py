@@ -399,6 +399,18 @@ def _checked(value: Any, constraints: dict[str, Any], key: str) -> Any:
     return value
 
 
+def check_limits(config: Any, prefix: str = "") -> None:
+    """Check every key of a config instance against its declared limits, as `build` does for
+    the values it parses: a config constructed in Python (`train(PPOConfig(...))`) meets the
+    same one-line errors as the command line."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_limits(value, f"{prefix}{f.name}.")
+        else:
+            _checked(value, constraints_of(type(config), f.name), prefix + f.name)
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict, checking keys, types and declared ranges."""
     hints = _field_types(cls)

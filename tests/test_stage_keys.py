@@ -53,6 +53,19 @@ def test_ppo_refuses_bad_values_up_front(override, message):
     assert override.split("=")[1].lstrip("-") in text
 
 
+def test_ppo_checks_declared_limits_of_a_config_built_in_python():
+    """`train(PPOConfig(...))` skips the command line's parsing; `_validate` checks the same
+    declared limits (`config.check_limits`), nested groups included."""
+    config = _ppo()
+    config.ppo.ppo_epochs = 0
+    with pytest.raises(ConfigError, match=r"^ppo.ppo_epochs: must be >= 1, got 0$"):
+        _validate(config)
+    config = _ppo()
+    config.temperature = 0.0
+    with pytest.raises(ConfigError, match=r"^temperature: must be > 0, got 0.0$"):
+        _validate(config)
+
+
 def test_ppo_accepts_the_defaults_and_valid_edges():
     _validate(_ppo())
     _validate(_ppo("top_p=1", "temperature=0.01", "ppo.kl_estimator=k3", "max_new_tokens=1"))

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.config import SamplingOptions, TrainConfig, group, option
+from rlhfkit.config import SamplingOptions, TrainConfig, check_limits, group, option
 from rlhfkit.data.collate import pad_left
 from rlhfkit.data.datasets import load_prompts, load_sft
 from rlhfkit.data.tokenize import encode_prompt, render_prompt
@@ -120,13 +120,15 @@ class PPOOptions:
     clip_range: float = option(0.2, "PPO ratio clipping epsilon")
     clip_range_value: float = option(0.2, "value clipping around the rollout values")
     vf_coef: float = option(0.1, "weight of the value loss")
-    ppo_epochs: int = option(4, "passes over each rollout batch")
-    num_minibatches: int = option(1, "minibatches (optimizer steps) per PPO epoch")
+    ppo_epochs: int = option(4, "passes over each rollout batch", minimum=1)
+    num_minibatches: int = option(1, "minibatches (optimizer steps) per PPO epoch", minimum=1)
     rollout_batch_size: int = option(
-        8, "prompts per PPO step (split over processes: must divide by their count)"
+        8, "prompts per PPO step (split over processes: must divide by their count)", minimum=1
     )
     advantage_estimator: str = option("gae", "gae (learned critic), rloo or grpo (critic-free)")
-    samples_per_prompt: int = option(1, "responses per prompt (K >= 2 for rloo and grpo)")
+    samples_per_prompt: int = option(
+        1, "responses per prompt (K >= 2 for rloo and grpo)", minimum=1
+    )
     ptx_coef: float = option(0.0, "PPO-ptx: weight of the SFT NLL on ptx_data (InstructGPT)")
     ptx_data: str = option("", "PPO-ptx: SFT data ({prompt, completion} / {text} / {messages})")
     gold_reward: str = option("", "reward spec used only for reporting gold_reward_*")
@@ -158,6 +160,7 @@ class PPOConfig(TrainConfig, SamplingOptions):
         64,
         "rows per pass of the evaluation and of the reward normalisation's sampling, and SFT "
         "rows of ptx_data per optimizer step (PPO-ptx)",
+        minimum=1,
     )
     # Inherited from TrainConfig but not used by ppo: a non-default value is refused
     # (`_check_unused`), since PPO's own keys decide these things.
@@ -440,25 +443,10 @@ def _check_unused(config: PPOConfig) -> None:
 
 
 def _check_ranges(config: PPOConfig) -> None:
-    """One-line errors for numeric keys out of range (checked before any model loads)."""
+    """One-line errors for keys out of range (checked before any model loads): the declared
+    limits (`check_limits`, also for a config built in Python), and the registered estimators."""
     options = config.ppo
-    at_least_one = {
-        "ppo.rollout_batch_size": options.rollout_batch_size,
-        "ppo.samples_per_prompt": options.samples_per_prompt,
-        "ppo.ppo_epochs": options.ppo_epochs,
-        "ppo.num_minibatches": options.num_minibatches,
-        "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size,
-    }
-    for key, value in at_least_one.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    if config.temperature <= 0:
-        raise ConfigError(
-            f"temperature: must be > 0, got {config.temperature} (PPO samples its rollouts)"
-        )
-    if not 0 < config.top_p <= 1:
-        raise ConfigError(f"top_p: must be in (0, 1], got {config.top_p}")
+    check_limits(config)
     if options.kl_estimator not in available_kl_estimators():
         raise ConfigError(
             f"ppo.kl_estimator: unknown {options.kl_estimator!r}; "
