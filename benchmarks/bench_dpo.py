@@ -116,6 +116,45 @@ def _reset_gpu_peak(args) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+class StepClock:
+    """Time stamps of optimizer steps, through torch's global step hook (both libraries step a
+    torch optimizer), so a side's steady speed can leave out its warm-up: the first steps,
+    allocator growth, and compilation with `compile=true`. Only the first optimizer seen is
+    timed (a wrapper that is itself an optimizer would tick twice per step)."""
+
+    def __init__(self, args):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.cuda = args.device == "cuda"
+        self.times: list[float] = []
+        self._owner: int | None = None
+        self._handle = register_optimizer_step_post_hook(self._tick)
+
+    def _tick(self, optimizer, *_) -> None:
+        if self._owner is None:
+            self._owner = id(optimizer)
+        if id(optimizer) != self._owner:
+            return
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def steady(self, args) -> dict:
+        """Tokens/s over the steps after the first quarter (at least one step skipped)."""
+        self._handle.remove()
+        skip = max(1, len(self.times) // 4)
+        steps = len(self.times) - 1 - skip
+        if steps < 1:
+            return {}
+        per_step = args.batch_size * 2 * (args.prompt_tokens + args.response_tokens)
+        return {
+            "steady_tokens_per_s": steps * per_step / (self.times[-1] - self.times[skip]),
+            "steady_steps": steps,
+        }
+
+
 def _gpu_extra(args, model_dir) -> dict:
     """Peak GPU memory (since the timed work began) and the model's parameter count."""
     if args.device != "cuda":
@@ -159,12 +198,15 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
         ],
     )  # fmt: skip
     _reset_gpu_peak(args)
+    clock = StepClock(args)
     summary = train(config)
     shutil.rmtree(out, ignore_errors=True)
     return SideResult(
         tokens=_tokens(args),
         seconds=summary["train_seconds"],
         extra={
+            **clock.steady(args),
+            "reference_in_steps": not precompute,
             "train_loss": summary["train_loss"],
             "reference_seconds": summary["reference_seconds"],
             "reference": summary["reference_logps"],
@@ -228,6 +270,7 @@ def _run_trl(args, precompute: bool) -> SideResult:
         processing_class=tokenizer,
     )
     _reset_gpu_peak(args)
+    clock = StepClock(args)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started + timings["reference_seconds"]
@@ -236,6 +279,8 @@ def _run_trl(args, precompute: bool) -> SideResult:
         tokens=_tokens(args),
         seconds=seconds,
         extra={
+            **clock.steady(args),
+            "reference_in_steps": not precompute,
             "train_loss": float(result.training_loss),
             "reference_seconds": timings["reference_seconds"],
             **_gpu_extra(args, model_dir),
@@ -254,6 +299,10 @@ SIDES = {
     ),
     "rlhfkit-stacked": lambda args: _run_rlhfkit(
         args, precompute=True, extra=("dpo.shared_prompt=false",)
+    ),
+    "rlhfkit-compile": lambda args: _run_rlhfkit(args, precompute=True, extra=("compile=true",)),
+    "rlhfkit-stacked-compile": lambda args: _run_rlhfkit(
+        args, precompute=True, extra=("dpo.shared_prompt=false", "compile=true")
     ),
 }
 COMPARISONS = [

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The GPU check set, run as one command on a lent H100/H200 (about 8 minutes in all):
+# The GPU check set, run as one command on a lent H100/H200 (about 8 minutes in all), in order:
 #   1. versions of the stack (the GPU machine runs torch 2.11 / transformers 5.17);
 #   2. DPO, rlhfkit vs TRL's DPOTrainer (qwen2-0.5b preset, bf16, prompt 128 / responses 384):
-#      tokens/s, peak GPU memory, MFU  (benchmarks/gpu_dpo.py);
-#   2b. a profile of rlhfkit's DPO step: GPU busy share, top operators (gpu_profile_dpo.py);
+#      tokens/s (whole run, and steady: warm-up left out), peak GPU memory, MFU
+#      (benchmarks/gpu_dpo.py);
 #   3. PPO steps (qwen2-0.5b, bf16): samples/s, generated tokens/s, ratio to bare `generate`
 #      (benchmarks/gpu_ppo.py);
 #   4. the CPU test suite under this machine's torch/transformers (GPU hidden): the
-#      "code runs on torch 2.11 / transformers 5.17" check.
+#      "code runs on torch 2.11 / transformers 5.17" check;
+#   5. a profile of rlhfkit's DPO step: GPU busy share, top operators (gpu_profile_dpo.py).
 #
 # Usage:  benchmarks/gpu.sh [SECTION...]   (on the GPU machine; TRL etc. importable)
 #         benchmarks/gpu.sh --dry-run      (here, on CPU: tiny preset, checks the script end to end)
-# SECTIONs: env dpo profile ppo tests (default: all). DPO_SIDES, DPO_ROUNDS and TESTS override
-# what runs, DPO_BATCHES the DPO batch sizes (default 8), LIMIT_DPO / LIMIT_PROFILE / LIMIT_PPO / LIMIT_TESTS the seconds each may take.
+# SECTIONs: env dpo ppo tests profile (default: all). DPO_SIDES, DPO_ROUNDS, TESTS and
+# PROFILE_ARGS override what runs, DPO_BATCHES the DPO batch sizes (default 8), DPO_ARGS adds
+# options (e.g. "--keep-going --timeout 150"), LIMIT_DPO / LIMIT_PPO / LIMIT_TESTS /
+# LIMIT_PROFILE the seconds each section may take.
 # Each section has its own time limit, so one that hangs cannot eat the others' time. Logs and
 # JSON go to $OUT (the device tool's folder) or runs/gpu.
 set -uo pipefail
@@ -51,12 +54,6 @@ for name in ('trl', 'datasets', 'peft', 'pyarrow'):
         print(name, 'NOT IMPORTABLE:', repr(error))
 print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')
 "
-want profile && section profile "${LIMIT_PROFILE:-120}" "$PY" benchmarks/gpu_profile_dpo.py --max-steps 8 "${DRY[@]}"
-want ppo && section ppo "${LIMIT_PPO:-150}" "$PY" benchmarks/gpu_ppo.py --json "$RESULTS/gpu_ppo.json" "${DRY[@]}"
-if [[ ${#DRY[@]} -eq 0 ]] && want tests; then
-    section tests "${LIMIT_TESTS:-150}" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -q -n 14 -p no:cacheprovider \
-        ${TESTS:-tests/}
-fi
 # DPO at each batch size of DPO_BATCHES (pairs per step; 32 steps each): a larger batch gives each
 # kernel more work, which is what a launch-bound host needs.
 if want dpo; then
@@ -66,6 +63,13 @@ if want dpo; then
         section "dpo-batch$batch" "${LIMIT_DPO:-280}" "$PY" benchmarks/gpu_dpo.py --rounds "${DPO_ROUNDS:-2}" \
             --threads 8 --batch-size "$batch" "${pairs[@]}" \
             --sides "${DPO_SIDES:-rlhfkit,rlhfkit-stacked,trl,trl-precompute}" \
-            --json "$RESULTS/gpu_dpo_batch$batch.json" "${DRY[@]}"
+            --json "$RESULTS/gpu_dpo_batch$batch.json" ${DPO_ARGS:-} "${DRY[@]}"
     done
 fi
+want ppo && section ppo "${LIMIT_PPO:-150}" "$PY" benchmarks/gpu_ppo.py --json "$RESULTS/gpu_ppo.json" "${DRY[@]}"
+if [[ ${#DRY[@]} -eq 0 ]] && want tests; then
+    # -v: each test's outcome is in the log as it finishes, even if the section hits its limit.
+    section tests "${LIMIT_TESTS:-150}" env CUDA_VISIBLE_DEVICES= "$PY" -m pytest -v -n 14 -p no:cacheprovider \
+        -rfE ${TESTS:-tests/}
+fi
+want profile && section profile "${LIMIT_PROFILE:-120}" "$PY" benchmarks/gpu_profile_dpo.py ${PROFILE_ARGS:---max-steps 8} "${DRY[@]}"

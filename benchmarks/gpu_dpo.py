@@ -34,7 +34,7 @@ from harness import bench_main  # noqa: E402
 
 DRY_RUN = [
     "--preset", "tiny", "--pairs", "16", "--prompt-tokens", "16", "--response-tokens", "16",
-    "--max-steps", "2", "--device", "cpu", "--dtype", "float32", "--rounds", "1",
+    "--max-steps", "4", "--device", "cpu", "--dtype", "float32", "--rounds", "1",
 ]  # fmt: skip
 
 
@@ -127,8 +127,41 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {name} | {row['tokens_per_s']:,.0f} | {gpu_mb} | {tflops:.1f} | {mfu} | {ratio} |"
         )
+    _print_steady(args, config, peak)
     if peak:
         print(f"\nmeasured bf16 matmul peak: {peak / 1e12:.0f} TFLOP/s")
+
+
+def _print_steady(args, config: dict, peak: float | None) -> None:
+    """Steady speed: optimizer steps after the first quarter (warm-up and compilation left out),
+    the reference pass left out too where it runs before the steps. Its MFU counts the forwards
+    each step really runs: 3 (training forward + backward), 4 where the reference runs in steps.
+    Compare a precomputing side with trl-precompute, an on-the-fly one with trl."""
+    if not args.json or not Path(args.json).is_file():
+        return
+    rows = json.loads(Path(args.json).read_text())["measurements"]
+    sides: dict[str, list[dict]] = {}
+    for m in rows:
+        if "steady_tokens_per_s" in m["extra"]:
+            sides.setdefault(m["side"], []).append(m["extra"])
+    if not sides:
+        return
+    per_pair = flops_per_pair(config, args.prompt_tokens, args.response_tokens) / 4
+    tokens_per_pair = 2 * (args.prompt_tokens + args.response_tokens)
+    median = {
+        name: sorted(e["steady_tokens_per_s"] for e in extras)[len(extras) // 2]
+        for name, extras in sides.items()
+    }
+    print("\nSteady speed (steps after the first quarter; reference pass excluded where precomputed):")
+    print("| side | steady tokens/s | forwards per step | model TFLOP/s | MFU | vs trl-precompute |")
+    print("|---|---|---|---|---|---|")
+    for name, extras in sides.items():
+        forwards = 4 if extras[0].get("reference_in_steps") else 3
+        tflops = median[name] / tokens_per_pair * per_pair * forwards / 1e12
+        mfu = f"{tflops * 1e12 / peak:.1%}" if peak else "n/a (no GPU)"
+        base = median.get("trl-precompute")
+        ratio = f"{median[name] / base:.2f}x" if base and forwards == 3 else "-"
+        print(f"| {name} | {median[name]:,.0f} | {forwards} | {tflops:.1f} | {mfu} | {ratio} |")
 
 
 def _measurements(args, summary: dict) -> dict:

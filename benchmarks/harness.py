@@ -157,17 +157,27 @@ def run_alternating(
     *,
     rounds: int,
     timeout: float = 1800.0,
+    keep_going: bool = False,
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
 ) -> list[Measurement]:
-    """Run every side once per round, in the given order each round: A B A B ..."""
+    """Run every side once per round, in the given order each round: A B A B ...
+
+    With `keep_going`, a side that fails or times out is logged and left out, and the others
+    still run (a one-shot run on a lent GPU machine cannot afford to lose them)."""
     measurements = []
     for round_index in range(rounds):
         for side in sides:
-            m = run_side(side, round_index, timeout=timeout)
+            try:
+                m = run_side(side, round_index, timeout=timeout)
+            except RuntimeError as err:
+                if not keep_going:
+                    raise
+                log(f"round {round_index + 1}/{rounds} {side.name:>10}: FAILED: {err}")
+                continue
             log(
                 f"round {round_index + 1}/{rounds} {side.name:>10}: "
                 f"{m.tokens_per_s:,.0f} tok/s, peak RSS {m.peak_rss_mb:,.0f} MB "
-                f"({m.seconds:.1f} s timed, {m.wall_s:.1f} s wall)"
+                f"({m.seconds:.1f} s timed, {m.wall_s:.1f} s wall) {json.dumps(m.extra)}"
             )
             measurements.append(m)
     return measurements
@@ -289,6 +299,9 @@ def bench_main(
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
     parser.add_argument("--json", default="", help="write measurements and medians here")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="log a failing side and run the others"
+    )
     if add_args is not None:
         add_args(parser)
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
@@ -324,7 +337,11 @@ def bench_main(
         )
         for name in names
     ]
-    measurements = run_alternating(plan, rounds=args.rounds, timeout=args.timeout)
+    measurements = run_alternating(
+        plan, rounds=args.rounds, timeout=args.timeout, keep_going=args.keep_going
+    )
+    if not measurements:
+        raise SystemExit("no side finished")
     summary = summarise(measurements)
     command = shlex.join([Path(sys.executable).name, *sys.argv[:1], *raw_argv])
     print(f"\n{description}\ncommand: {command}\n")

@@ -238,6 +238,11 @@ class TrainConfig(BaseConfig):
     )
     mixed_precision: str = option("no", "accelerate mixed precision: no, bf16, fp16")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
+    compile: bool = option(
+        False,
+        "torch.compile each transformer block (fuses norms, rotary and activations; the first "
+        "steps of each new shape pay the compile time; a GPU feature, slower on CPU)",
+    )
     attn_implementation: str = option(
         "",
         "attention kernel: sdpa, eager, flash_attention_2, a hub kernel org/repo; empty = default",

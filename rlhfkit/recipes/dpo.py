@@ -55,7 +55,7 @@ from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_n
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
 from rlhfkit.errors import ConfigError, relabel_error
 from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import compile_blocks, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
 from rlhfkit.models.shared_prompt import shared_prompt_mask
@@ -634,6 +634,8 @@ def train(config: DPOConfig) -> dict:
         lora=lora_settings(config),
         attn_implementation=config.attn_implementation or None,
     )
+    if config.compile:
+        compile_blocks(lm)
     model = TokenLogprobs(lm)
     layout, mask_dtype = batch_layout(run, options, lm)
     make_batch = functools.partial(

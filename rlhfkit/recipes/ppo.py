@@ -430,6 +430,8 @@ UNUSED_KEYS = {
     "batch; set ppo.num_minibatches (or ppo.rollout_batch_size) instead",
     "eval_steps": "eval_data is evaluated once before and once after training",
     "eval_batch_size": "the evaluation runs batch_size rows per pass; set batch_size instead",
+    "compile": "sampling grows the sequence by one token per step, and compiled blocks would "
+    "recompile for each new length; ppo runs its models eagerly",
 }
 
 

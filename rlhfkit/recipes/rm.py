@@ -47,7 +47,7 @@ from rlhfkit.eval.reward_metrics import (
 )
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.losses.bradley_terry import ranking_pairs
-from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.loading import compile_blocks, load_tokenizer
 from rlhfkit.models.reward_model import (
     RewardModel,
     build_reward_model,
@@ -433,6 +433,8 @@ def train(config: RMConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
         seed=config.seed,
     )
+    if config.compile:
+        compile_blocks(model)
     model.info.max_length = config.max_length
     model.info.max_prompt_length = config.max_prompt_length
     mask_dtype = model.shared_prompt_mask_dtype()
