@@ -152,16 +152,23 @@ def _print_steady(args, config: dict, peak: float | None) -> None:
         name: sorted(e["steady_tokens_per_s"] for e in extras)[len(extras) // 2]
         for name, extras in sides.items()
     }
-    print("\nSteady speed (steps after the first quarter; reference pass excluded where precomputed):")
-    print("| side | steady tokens/s | forwards per step | model TFLOP/s | MFU | vs trl-precompute |")
-    print("|---|---|---|---|---|---|")
+    print("\nSteady speed (steps after the first quarter; a precomputed reference pass left out):")
+    print("| side | steady tokens/s | forwards per step | model TFLOP/s | MFU | vs trl "
+          "| vs trl-precompute |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, extras in sides.items():
         forwards = 4 if extras[0].get("reference_in_steps") else 3
         tflops = median[name] / tokens_per_pair * per_pair * forwards / 1e12
         mfu = f"{tflops * 1e12 / peak:.1%}" if peak else "n/a (no GPU)"
-        base = median.get("trl-precompute")
-        ratio = f"{median[name] / base:.2f}x" if base and forwards == 3 else "-"
-        print(f"| {name} | {median[name]:,.0f} | {forwards} | {tflops:.1f} | {mfu} | {ratio} |")
+        ratios = []
+        for base_name, base_forwards in (("trl", None), ("trl-precompute", 3)):
+            base = median.get(base_name)
+            same_work = base_forwards is None or forwards == base_forwards
+            ratios.append(f"{median[name] / base:.2f}x" if base and same_work else "-")
+        print(
+            f"| {name} | {median[name]:,.0f} | {forwards} | {tflops:.1f} | {mfu} "
+            f"| {ratios[0]} | {ratios[1]} |"
+        )
 
 
 def _measurements(args, summary: dict) -> dict:
