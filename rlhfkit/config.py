@@ -240,8 +240,8 @@ class TrainConfig(BaseConfig):
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
     compile: bool = option(
         False,
-        "torch.compile each transformer block (fuses norms, rotary and activations; the first "
-        "steps of each new shape pay the compile time; a GPU feature, slower on CPU)",
+        "torch.compile each transformer block (fuses norms, rotary and activations: faster "
+        "steps on a GPU; each new input shape first pays its compile time)",
     )
     attn_implementation: str = option(
         "",

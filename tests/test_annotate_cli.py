@@ -279,6 +279,21 @@ def test_database_errors_do_not_print_the_password(capsys):
     assert "expected sqlite:///FILE.db" in capsys.readouterr().err
 
 
+def test_a_missing_postgres_driver_is_one_line_naming_the_package(capsys, monkeypatch):
+    """Without psycopg installed (it is an optional dependency), SQLAlchemy raises
+    ModuleNotFoundError from create_engine: the user gets the pip command, not a traceback."""
+    def no_driver(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+
+    monkeypatch.setattr(sa, "create_engine", no_driver)
+    assert main(["stats", "--db", "postgresql://ann:s3cr3t-pw@127.0.0.1:1/labels"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --db postgresql+psycopg://ann:***@127.0.0.1:1/labels: the PostgreSQL driver is "
+        "not installed (psycopg); install it with: pip install 'psycopg[binary]'\n"
+    )
+
+
 def test_load_reports_a_file_that_is_not_utf8_by_line(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     for content, line in [

@@ -76,8 +76,9 @@ def test_readout_equals_full_forward(model_type, shared, monkeypatch):
     assert len(full_grads) == len(list(model.parameters()))
     for name in full_grads:
         torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-5, atol=1e-6)
-    # The duplicated read-out position gives the same reward twice.
-    assert torch.equal(fast[-1], fast[-2])
+    # The duplicated read-out position gives the same reward twice (to rounding: the two rows
+    # of the head's matmul need not be bitwise equal, and under torch 2.11's CPU kernels are not).
+    torch.testing.assert_close(fast[-1], fast[-2], rtol=1e-6, atol=1e-6)
     # And the shortcut did run: positions not read out differ from the full forward.
     inputs = {k: v for k, v in packed.model_inputs().items() if not k.startswith("reward_")}
     with torch.no_grad():

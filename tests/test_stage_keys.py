@@ -32,6 +32,7 @@ def _ppo(*overrides: str) -> PPOConfig:
         ("grad_accum=8", "grad_accum: not used by ppo (got 8); each PPO epoch takes ppo.num"),
         ("eval_steps=5", "eval_steps: not used by ppo (got 5); eval_data is evaluated once"),
         ("eval_batch_size=4", "eval_batch_size: not used by ppo (got 4); the evaluation runs"),
+        ("compile=true", "compile: not used by ppo (got true); sampling grows the sequence"),
         # Range checks: config.py may refuse these first with its own wording; either way the
         # one-line error names the key and the value.
         ("ppo.rollout_batch_size=0", "ppo.rollout_batch_size: must be"),

@@ -441,7 +441,8 @@ def _check_unused(config: PPOConfig) -> None:
     for key, instead in UNUSED_KEYS.items():
         value = getattr(config, key)
         if value != defaults[key]:
-            raise ConfigError(f"{key}: not used by ppo (got {value}); {instead}")
+            shown = str(value).lower() if isinstance(value, bool) else value  # as typed
+            raise ConfigError(f"{key}: not used by ppo (got {shown}); {instead}")
 
 
 def _check_ranges(config: PPOConfig) -> None:

@@ -326,7 +326,13 @@ def make_engine(url: str, durable: bool = True) -> Engine:
                 raise
 
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+    try:
+        return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+    except ImportError as exc:  # the PostgreSQL driver is an optional dependency
+        raise RlhfkitError(
+            f"--db {redact_url(url)}: the PostgreSQL driver is not installed "
+            f"({exc.name or exc}); install it with: pip install 'psycopg[binary]'"
+        ) from exc
 
 
 def _similar_files(path: Path) -> str:
