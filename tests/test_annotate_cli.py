@@ -282,6 +282,7 @@ def test_database_errors_do_not_print_the_password(capsys):
 def test_a_missing_postgres_driver_is_one_line_naming_the_package(capsys, monkeypatch):
     """Without psycopg installed (it is an optional dependency), SQLAlchemy raises
     ModuleNotFoundError from create_engine: the user gets the pip command, not a traceback."""
+
     def no_driver(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
 
