@@ -220,7 +220,7 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
     marker = json.loads((out / ".pipeline.json").read_text())
     (out / ".pipeline.json").write_text(json.dumps({**marker, "status": "running"}))
     same = run_cli("pipeline", str(path), "--dry-run")
-    assert "sft (sft) — resuming" in same.stderr
+    assert "would resume sft (sft) — resuming" in same.stderr
 
     path.write_text(text.replace("1.0e-3", "2.0e-3"))
     stale = out / "checkpoints" / "step-00000099"  # the old run's latest checkpoint

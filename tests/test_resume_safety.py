@@ -130,6 +130,7 @@ def test_a_changed_trajectory_key_is_named_and_bookkeeping_keys_are_not():
         save_total_limit=5,
         report_to=["tensorboard"],
         gradient_checkpointing=True,
+        compile=True,
     )
     assert config_differences(saved, same, 4) == []
     assert any(d.startswith("stage:") for d in config_differences(saved, _record("rm"), 4))

@@ -371,9 +371,11 @@ def run(config: PipelineConfig) -> int:
                 values["overwrite"] = True
             if record is not None and record.get("status") == "running":
                 note = " — interrupted with another config or inputs: starting afresh"
-        console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")
         if config.dry_run:
+            verb = "would resume" if note == " — resuming" else "would run"
+            console.print(f"{verb} {stage.name} ({stage.stage}){note}")
             continue
+        console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")
         if action == "fresh" and record is not None:
             _clear(stage.out)
             console.print(f"[dim]removed the previous run's outputs in {stage.out}[/]")

@@ -29,8 +29,9 @@ STATE_FILE = "trainer_state.json"
 RECORD_FIELD = "run_config"  # the config record's field in trainer_state.json
 
 # Keys that may change between a run and its resumption without changing what it computes:
-# where it writes, what it shows and logs, how often it checkpoints, and recomputing
-# activations in backward (memory only, the same arithmetic).
+# where it writes, what it shows and logs, how often it checkpoints, recomputing activations in
+# backward (memory only, the same arithmetic) and compiling the blocks (the same arithmetic in
+# fused kernels, equal to rounding).
 BOOKKEEPING_KEYS = frozenset(
     {
         "resume",
@@ -41,6 +42,7 @@ BOOKKEEPING_KEYS = frozenset(
         "save_steps",
         "save_total_limit",
         "gradient_checkpointing",
+        "compile",
     }
 )
 # The run's length. It may change on resume only where the learning-rate schedule of the steps
