@@ -394,7 +394,8 @@ USAGE = "usage: rlhfkit cai revise [--config FILE.yaml] [key=value ...]"
 def _help() -> str:
     from rlhfkit.cli import key_lines
 
-    lines = [USAGE, "", (CAIReviseConfig.__doc__ or "").strip(), "", "keys (key=value or --key value):"]
+    doc = (CAIReviseConfig.__doc__ or "").strip()
+    lines = [USAGE, "", doc, "", "keys (key=value or --key value):"]
     return "\n".join(lines + key_lines(describe(CAIReviseConfig)))
 
 
