@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,13 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
     return result
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli_two_processes(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `rlhfkit ARGS` in two CPU processes (gloo DDP) under `accelerate launch`.
 
@@ -56,8 +64,10 @@ def run_cli_two_processes(*args: str, timeout: int = 600) -> subprocess.Complete
     """
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhfkit",
-        *args,
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        # A free port of its own: two such tests on parallel workers would otherwise both take
+        # the default 29500, and one fails (seen with 14 workers on the GPU machine).
+        "--main_process_port", str(free_port()), "-m", "rlhfkit", *args,
     ]  # fmt: skip
     env = {**cli_env(), "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(

@@ -19,18 +19,12 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from conftest import CHROMIUM, playwright_or_skip
+from conftest import CHROMIUM, free_port, playwright_or_skip
 
 from rlhfkit.feedback.annotation.db import add_user, open_database
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ("helpfulness", "accuracy", "safety")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_pairs(path: Path, records: list[dict]) -> Path:
@@ -41,7 +35,7 @@ def _write_pairs(path: Path, records: list[dict]) -> Path:
 @contextmanager
 def serve(pairs_file: Path, db_url: str, *extra: str, log: Path):
     """Run `annotate serve` in a subprocess; yield (base_url, process)."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [
         sys.executable,

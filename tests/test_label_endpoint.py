@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ import pytest
 
 from rlhfkit.feedback.openai_client import EndpointError, OpenAIClient, normalise_base_url
 from rlhfkit.recipes.label import LabelConfig, label
-from tests.conftest import write_jsonl
+from tests.conftest import free_port, write_jsonl
 
 GOOD = {
     "choices": [
@@ -97,19 +96,13 @@ def _client(url, **kw):
     return OpenAIClient(url, model="fake", timeout=0.3, max_retries=2, backoff=0.01, **kw)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_base_url_forms():
     for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/completions"):
         assert normalise_base_url(url) == "http://h:1/v1"
 
 
 def test_endpoint_down_is_a_clear_error_after_retries():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     client = _client(url)
     with pytest.raises(EndpointError, match=r"not reachable .*gave up after 3 tries") as err:
         client.completions("hi", max_tokens=1)

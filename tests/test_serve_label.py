@@ -4,7 +4,6 @@ log-probs read over HTTP equal the local model's own, and concurrent requests ar
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -13,18 +12,12 @@ import pytest
 
 from rlhfkit.feedback.ai_labeller import LocalLM
 from rlhfkit.recipes.label import LabelConfig, label
-from tests.conftest import ROOT, cli_env, wait_until_healthy, write_jsonl
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import ROOT, cli_env, free_port, wait_until_healthy, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

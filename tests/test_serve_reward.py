@@ -4,7 +4,6 @@ normalised scores; text-generation endpoints are refused with a message saying w
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.reward_model import load_reward_scorer
 from rlhfkit.recipes.serve import create_app
 from rlhfkit.recipes.serve_reward import is_reward_model
-from tests.conftest import ROOT, cli_env, wait_until_healthy
+from tests.conftest import ROOT, cli_env, free_port, wait_until_healthy
 
 GAIN, BIAS = 2.0, 0.5  # the normalisation stored with the test reward model
 
@@ -56,12 +55,6 @@ def reward_client(rm_dir):
     with TestClient(app) as client:
         client.app_ref = app
         yield client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_reward_model_directory_is_served_as_a_scorer(reward_client, rm_dir, local_scores):
@@ -143,7 +136,7 @@ def test_a_classifier_with_several_labels_is_refused(tiny_model, tmp_path):
 def test_ppo_reward_url_scores_through_a_served_reward_model(rm_dir, local_scores):
     """End to end: `rlhfkit serve model=RM_DIR` in its own process, scored through the client
     that `ppo.reward_model=http://...` uses, equals the local reward model's scores."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rlhfkit", "serve", f"model={rm_dir}", "--port", str(port)],
         cwd=ROOT,
