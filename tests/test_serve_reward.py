@@ -104,6 +104,18 @@ def test_text_generation_endpoints_are_refused_with_a_clear_message(reward_clien
             "needs a conversation prompt",
         ),
         (["a"], None, "must be a JSON object"),
+        (
+            {"prompts": ["a"], "responses": ["c"], "chat_prompts": ["a", "b"]},
+            "chat_prompts",
+            "chat_prompts must be a list of 1 prompts",
+        ),
+        (
+            {"prompts": ["a"], "responses": ["c"], "chat_prompts": [[{"role": "user"}]]},
+            "chat_prompts",
+            "chat_prompts[0] must be",
+        ),
+        ({"prompts": ["a"], "responses": ["c"], "ended": [1]}, "ended", "1 true/false values"),
+        ({"prompts": ["a"], "responses": ["c"], "ended": True}, "ended", "ended must be a list"),
     ],
 )
 def test_malformed_scoring_requests_are_refused(reward_client, body, param, words):
@@ -111,6 +123,67 @@ def test_malformed_scoring_requests_are_refused(reward_client, body, param, word
     assert response.status_code == 400
     error = response.json()["error"]
     assert words in error["message"] and error["param"] == param
+
+
+def test_sampled_responses_are_scored_as_in_process(reward_client, rm_dir):
+    """`chat_prompts` and `ended` (what `score_samples` sends for PPO's and eval's samples):
+    the server scores the conversation as a conversation and a response cut at the sampling
+    limit without an end of turn, as the reward model does in process; without them, the
+    rendered text and a finished response (the text-only contract)."""
+    scorer = load_reward_scorer(rm_dir)
+    conversation = [{"role": "user", "content": "Say something kind."}]
+    rendered = "<rendered by the policy's template>"
+    responses, ended = ["You matter.", "You matter."], [True, False]
+    expected = scorer([conversation, conversation], responses, ended=ended)
+    assert expected[0] != pytest.approx(expected[1], abs=1e-4)  # the end of turn does count
+    body = {
+        "prompts": [rendered, rendered],
+        "responses": responses,
+        "chat_prompts": [conversation, conversation],
+        "ended": ended,
+    }
+    assert reward_client.post("/score", json=body).json()["scores"] == pytest.approx(
+        expected, abs=1e-5
+    )
+    text_only = {"prompts": [rendered, rendered], "responses": responses}
+    assert reward_client.post("/score", json=text_only).json()["scores"] == pytest.approx(
+        scorer([rendered, rendered], responses), abs=1e-5
+    )
+
+
+def test_the_client_sends_chat_prompts_and_ended_for_samples(monkeypatch):
+    """`score_samples` gives an HTTP scorer the rendered text as `prompts` (the contract every
+    scorer speaks) plus the prompts as loaded and the ended flags; a plain call sends text."""
+    from rlhfkit.models import reward_fn as module
+
+    sent = []
+
+    class Answer:
+        def raise_for_status(self):
+            pass
+
+        def json(self):
+            return {"scores": [0.5] * len(sent[-1]["prompts"])}
+
+    def post(url, json, timeout):
+        sent.append(json)
+        return Answer()
+
+    monkeypatch.setattr(httpx, "post", post)
+    scorer = load_reward_function("http://127.0.0.1:1/score")
+    conversation = [{"role": "user", "content": "Hi"}]
+    scores = module.score_samples(
+        scorer, [conversation, "Q:"], ["a", "b"], rendered=["<user>Hi", "Q:"], ended=[True, False]
+    )
+    assert scores == [0.5, 0.5]
+    assert sent[-1] == {
+        "prompts": ["<user>Hi", "Q:"],
+        "responses": ["a", "b"],
+        "chat_prompts": [conversation, "Q:"],
+        "ended": [True, False],
+    }
+    scorer(["Q:"], ["a"])
+    assert sent[-1] == {"prompts": ["Q:"], "responses": ["a"]}
 
 
 def test_scoring_request_limits(reward_client):

@@ -4,7 +4,9 @@
 
 - a reward-model directory written by `rlhfkit rm` (normalisation applied when stored);
 - an HTTP scorer URL: `POST URL` with `{"prompts": [...], "responses": [...]}` answering
-  `{"scores": [...]}`;
+  `{"scores": [...]}`; sampled responses (`score_samples`) also send `chat_prompts` (each prompt
+  as the data held it: a string or a conversation) and `ended` (whether each response ended),
+  which `rlhfkit serve` uses to score as in process and other scorers may ignore;
 - `python:package.module:function` naming a callable `(prompts, responses) -> list[float]`
   (the embedded world's gold reward is `python:rlhfkit.synthetic.gold:gold_rewards`).
 """
@@ -33,8 +35,10 @@ def score_samples(
     An rlhfkit reward model (`RewardScorer`) gets each prompt as the data held it, so a
     conversation is rendered with the reward model's chat template and the response becomes the
     assistant's turn, as `rm` trained on it, and gets `ended`: a response that ran out of
-    tokens is scored as sampled, without an EOS. Other rewards (HTTP scorers, python functions)
-    keep their contract: the `rendered` prompt text and the response text.
+    tokens is scored as sampled, without an EOS. An HTTP scorer gets the `rendered` text as
+    `prompts` (its contract) plus both of those as `chat_prompts` and `ended`, so a reward model
+    served by `rlhfkit serve` scores exactly as in process. A python function keeps its
+    contract: the `rendered` prompt text and the response text.
 
     Args:
         reward_fn: From `load_reward_function`.
@@ -47,6 +51,8 @@ def score_samples(
 
     if isinstance(reward_fn, RewardScorer):
         return reward_fn(prompts, responses, ended=ended)
+    if isinstance(reward_fn, HttpScorer):
+        return reward_fn(rendered, responses, chat_prompts=prompts, ended=ended)
     return reward_fn(rendered, responses)
 
 
@@ -90,30 +96,50 @@ def _python_function(target: str) -> RewardFn:
     return score
 
 
-def _http_scorer(url: str, *, timeout: float = 60.0, retries: int = 3) -> RewardFn:
-    import time
+def _http_scorer(url: str, *, timeout: float = 60.0, retries: int = 3) -> HttpScorer:
+    return HttpScorer(url, timeout=timeout, retries=retries)
 
-    import httpx
 
-    def score(prompts: list[str], responses: list[str]) -> list[float]:
+class HttpScorer:
+    """`(prompts, responses) -> scores` through `POST url` (the protocol in the module doc),
+    retried with exponential back-off; a last failure is a `ConfigError` naming the URL."""
+
+    def __init__(self, url: str, *, timeout: float = 60.0, retries: int = 3):
+        self.url, self.timeout, self.retries = url, timeout, retries
+
+    def __call__(
+        self,
+        prompts: list[str],
+        responses: list[str],
+        *,
+        chat_prompts: list | None = None,
+        ended: list[bool] | None = None,
+    ) -> list[float]:
+        """Scores of (prompt, response) text pairs. `chat_prompts` (each prompt as loaded) and
+        `ended` (whether each response ended) are sent too when given (`score_samples`)."""
+        import time
+
+        import httpx
+
+        body: dict = {"prompts": list(prompts), "responses": list(responses)}
+        if chat_prompts is not None:
+            body["chat_prompts"] = list(chat_prompts)
+        if ended is not None:
+            body["ended"] = [bool(e) for e in ended]
         delay = 1.0
-        for attempt in range(retries):
+        for attempt in range(self.retries):
             try:
-                response = httpx.post(
-                    url, json={"prompts": prompts, "responses": responses}, timeout=timeout
-                )
+                response = httpx.post(self.url, json=body, timeout=self.timeout)
                 response.raise_for_status()
                 scores = [float(s) for s in response.json()["scores"]]
                 if len(scores) != len(prompts):
                     raise ValueError(f"{len(scores)} scores for {len(prompts)} inputs")
                 return scores
             except (httpx.HTTPError, KeyError, ValueError, TypeError) as err:
-                if attempt == retries - 1:
+                if attempt == self.retries - 1:
                     raise ConfigError(
-                        f"reward_model: scorer {url} failed after {retries} tries: {err}"
+                        f"reward_model: scorer {self.url} failed after {self.retries} tries: {err}"
                     ) from err
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
-
-    return score

@@ -8,6 +8,10 @@ model's normalised reward (the gain and bias stored in ``rlhfkit_reward.json`` a
 heads of an ensemble averaged): exactly what `load_reward_scorer(RM_DIR)` returns in process.
 Prompts and responses are strings or conversations (``[{"role", "content"}]``), as in rlhfkit's
 data formats, and are tokenised and truncated as `rlhfkit rm` trained on them (`encode_pair`).
+Two optional fields, which rlhfkit's client sends for sampled responses (`score_samples`), make
+a served reward model score exactly as in process: ``chat_prompts`` (each prompt as the data
+held it; scored instead of the rendered ``prompts``) and ``ended`` (``false`` for a response cut
+at the sampling limit, scored as sampled, without an end of turn; default ``true``).
 
 Requests are scored one after another in one worker thread, off the event loop, each in batches
 of ``batch_size`` rows of similar length. ``GET /health`` reports readiness and counters. The
@@ -67,8 +71,9 @@ def _is_conversation(value: Any) -> bool:
     )
 
 
-def parse_score_request(body: Any) -> tuple[list, list]:
-    """The prompts and responses of a scoring request, or a 400 saying what is wrong."""
+def parse_score_request(body: Any) -> tuple[list, list, list[bool] | None]:
+    """The prompts (``chat_prompts`` where given), responses and ``ended`` flags (None: every
+    response ended) of a scoring request, or a 400 saying what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(
             'the request body must be a JSON object {"prompts": [...], "responses": [...]}'
@@ -85,6 +90,23 @@ def parse_score_request(body: Any) -> tuple[list, list]:
     prompts, responses = items["prompts"], items["responses"]
     if len(prompts) != len(responses):
         raise ApiError(f"{len(prompts)} prompts but {len(responses)} responses", "responses")
+    chat_prompts, ended = body.get("chat_prompts"), body.get("ended")
+    if chat_prompts is not None:
+        if not isinstance(chat_prompts, list) or len(chat_prompts) != len(prompts):
+            raise ApiError(f"chat_prompts must be a list of {len(prompts)} prompts", "chat_prompts")
+        for i, value in enumerate(chat_prompts):
+            if not (isinstance(value, str) or _is_conversation(value)):
+                raise ApiError(
+                    f"chat_prompts[{i}] must be a string or a list of {{role, content}} messages",
+                    "chat_prompts",
+                )
+        prompts = chat_prompts
+    if ended is not None and not (
+        isinstance(ended, list)
+        and len(ended) == len(prompts)
+        and all(isinstance(e, bool) for e in ended)
+    ):
+        raise ApiError(f"ended must be a list of {len(prompts)} true/false values", "ended")
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         if isinstance(response, list) and isinstance(prompt, str):
             raise ApiError(
@@ -92,7 +114,7 @@ def parse_score_request(body: Any) -> tuple[list, list]:
                 "response needs a conversation prompt",
                 "responses",
             )
-    return prompts, responses
+    return prompts, responses, ended
 
 
 def create_reward_app(
@@ -128,19 +150,19 @@ def create_reward_app(
     app.state.served_as, app.state.path = "reward model scorer", SCORE_PATH
     install_error_handlers(app)
 
-    def score_pairs(prompts: list, responses: list) -> list[float]:
+    def score_pairs(prompts: list, responses: list, ended: list[bool] | None) -> list[float]:
         from jinja2 import TemplateError
 
         try:
-            return scorer(prompts, responses)
+            return scorer(prompts, responses, ended=ended)
         except (TemplateError, ValueError) as err:  # a conversation the template refuses
             raise ApiError(f"cannot score these pairs: {err}") from err
 
     async def score(request: Request) -> dict:
         body = await read_json_body(request, max_request_bytes)
-        prompts, responses = parse_score_request(body)
+        prompts, responses, ended = parse_score_request(body)
         loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(worker, score_pairs, prompts, responses)
+        scores = await loop.run_in_executor(worker, score_pairs, prompts, responses, ended)
         stats["requests"] += 1
         stats["scored"] += len(scores)
         return {"scores": scores}
