@@ -1,5 +1,5 @@
 """`rlhfkit serve model=RM_DIR`: a reward model is served as the HTTP scorer that
-``ppo.reward_model=http://...`` reads (`reward_fn._http_scorer`), with the reward model's
+``ppo.reward_model=http://...`` reads (`reward_fn.HttpScorer`), with the reward model's
 normalised scores; text-generation endpoints are refused with a message saying why."""
 
 from __future__ import annotations

@@ -256,9 +256,10 @@ def compile_blocks(model: torch.nn.Module) -> int:
     Per block rather than the whole model (as torchtune does): the blocks share one compiled
     graph, so compilation takes seconds per block shape instead of minutes, and the LM head's
     chunked log-softmax, the loss and the optimizer stay eager. Inductor fuses each block's
-    norms, rotary embedding, activation and residual adds into a few kernels, which is where a
-    small model on a GPU loses most time to memory traffic and kernel launches. State-dict keys
-    are unchanged (the blocks are compiled, not wrapped), so checkpoints do not notice.
+    norms, rotary embedding, activation and residual adds into a few kernels, saving the memory
+    traffic and kernel launches a small model on a GPU spends there (DPO steps of qwen2-0.5b on
+    an H200: 1.23x faster, docs/dpo.md). State-dict keys are unchanged (the blocks are compiled,
+    not wrapped), so checkpoints do not notice.
     """
     blocks = transformer_blocks(model)
     for block in blocks:

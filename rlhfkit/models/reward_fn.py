@@ -63,7 +63,7 @@ def load_reward_function(spec: str, **kwargs) -> RewardFn:
     if spec.startswith("python:"):
         return _python_function(spec[len("python:") :])
     if spec.startswith(("http://", "https://")):
-        return _http_scorer(spec)
+        return HttpScorer(spec)
     if os.path.isdir(spec):
         from rlhfkit.models.reward_model import load_reward_scorer
 
@@ -94,10 +94,6 @@ def _python_function(target: str) -> RewardFn:
         return scores
 
     return score
-
-
-def _http_scorer(url: str, *, timeout: float = 60.0, retries: int = 3) -> HttpScorer:
-    return HttpScorer(url, timeout=timeout, retries=retries)
 
 
 class HttpScorer:

@@ -364,7 +364,8 @@ def run(config: PipelineConfig) -> int:
         fields = _field_names(_config_class(stage.stage))
         values = dict(stage.values)
         note = ""
-        if action == "resume" and "resume" in fields:
+        resuming = action == "resume" and "resume" in fields
+        if resuming:
             values["resume"], note = True, " — resuming"
         elif action == "fresh":
             if "overwrite" in fields:
@@ -372,7 +373,7 @@ def run(config: PipelineConfig) -> int:
             if record is not None and record.get("status") == "running":
                 note = " — interrupted with another config or inputs: starting afresh"
         if config.dry_run:
-            verb = "would resume" if note == " — resuming" else "would run"
+            verb = "would resume" if resuming else "would run"
             console.print(f"{verb} {stage.name} ({stage.stage}){note}")
             continue
         console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")

@@ -1,7 +1,7 @@
 """`rlhfkit serve model=RM_DIR`: a reward model served as the HTTP scorer that
 ``ppo.reward_model``, ``eval`` and the annotation tool accept (`rlhfkit.models.reward_fn`).
 
-Protocol, as the client (`reward_fn._http_scorer`) speaks it: it POSTs to the URL it is given,
+Protocol, as the client (`reward_fn.HttpScorer`) speaks it: it POSTs to the URL it is given,
 so the scorer answers at ``/score`` (the URL to give: ``http://HOST:PORT/score``) and at ``/``,
 ``{"prompts": [...], "responses": [...]}`` -> ``{"scores": [...]}``. Each score is the reward
 model's normalised reward (the gain and bias stored in ``rlhfkit_reward.json`` applied, the
