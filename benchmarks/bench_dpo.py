@@ -17,6 +17,8 @@ Sides:
   turns on by default (so memory is compared at equal settings).
 * ``rlhfkit-stacked`` -- (optional) rlhfkit with ``dpo.shared_prompt=false``: chosen and
   rejected rows stacked, the prompt encoded twice as TRL does (what sharing the prompt gains).
+* ``rlhfkit-compile``, ``rlhfkit-stacked-compile`` -- (optional) the same with ``compile=true``
+  (each transformer block through `torch.compile`; meant for GPUs).
 
 Rows compared: defaults (rlhfkit vs trl), and precomputed reference on both sides (rlhfkit vs
 trl-precompute; rlhfkit's default *is* its precomputed mode, so it is the same measurement).
@@ -24,6 +26,8 @@ trl-precompute; rlhfkit's default *is* its precomputed mode, so it is the same m
 What is timed (the same on both sides): the reference precompute pass, if any, plus the
 optimizer steps; not imports, model loading, tokenisation, evaluation or checkpoint writes.
 Tokens = optimizer steps x batch x (2 x prompt + 2 x response), the same formula on both sides.
+Each side also reports its steady speed (`StepClock`: the optimizer steps after the first
+quarter, timed through torch's optimizer-step hook), which leaves warm-up and compilation out.
 
 Usage::
 
