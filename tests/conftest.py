@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,24 +82,33 @@ def run_cli_two_processes(*args: str, timeout: int = 600) -> subprocess.Complete
     return result
 
 
-def wait_until_healthy(process: subprocess.Popen, url: str, timeout: float = 300.0) -> None:
-    """Poll ``url/health`` until a started `rlhfkit serve` answers 200; fail with its output if
-    it exits first, and kill it if it is not ready within ``timeout`` seconds."""
+def wait_until_healthy(
+    process: subprocess.Popen,
+    url: str,
+    timeout: float = 300.0,
+    *,
+    path: str = "/health",
+    output: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``url + path`` until a started server answers 200; fail with its output if it exits
+    first, and kill it if it is not ready within ``timeout`` seconds. ``output`` reads what the
+    server printed (default: its stdout pipe; a server writing to a log file passes a reader)."""
     import httpx
 
+    read_output = output or (lambda: process.stdout.read() if process.stdout else "")
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise AssertionError(f"rlhfkit serve exited early:\n{process.stdout.read()}")
+            raise AssertionError(f"the server exited early:\n{read_output()[-4000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError("rlhfkit serve did not become ready")
-        time.sleep(0.3)
+            raise AssertionError(f"the server did not become ready:\n{read_output()[-4000:]}")
+        time.sleep(0.1)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-from conftest import CHROMIUM, free_port, playwright_or_skip
+from conftest import CHROMIUM, free_port, playwright_or_skip, wait_until_healthy
 
 from rlhfkit.feedback.annotation.db import add_user, open_database
 
@@ -55,18 +55,7 @@ def serve(pairs_file: Path, db_url: str, *extra: str, log: Path):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until_healthy(process, base, 60, path="/api/health", output=log.read_text)
         yield base, process
     finally:
         if process.poll() is None:
