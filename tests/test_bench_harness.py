@@ -1,0 +1,54 @@
+"""The benchmark harness's bookkeeping: a failing side with --keep-going, and the steady-speed
+clock of the DPO benchmark (the numbers in the docs' GPU tables come from these)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_dpo  # noqa: E402
+import harness  # noqa: E402
+
+
+def _side(name: str, code: str) -> harness.Side:
+    return harness.Side(name, [sys.executable, "-c", code])
+
+
+def test_keep_going_logs_a_failing_side_and_runs_the_others():
+    payload = {"tokens": 100, "seconds": 2.0, "peak_rss_self_mb": 1.0, "extra": {"k": 1}}
+    good = _side("good", f"print({harness.RESULT_MARKER!r} + {json.dumps(json.dumps(payload))})")
+    bad = _side("bad", "raise SystemExit(3)")
+    lines: list[str] = []
+    measured = harness.run_alternating([bad, good], rounds=2, keep_going=True, log=lines.append)
+    assert [m.side for m in measured] == ["good", "good"]
+    assert measured[0].tokens_per_s == 50.0 and measured[0].extra == {"k": 1}
+    assert sum("bad: FAILED: side bad exited 3" in line for line in lines) == 2
+    assert any("50 tok/s" in line and '{"k": 1}' in line for line in lines)
+    with pytest.raises(RuntimeError, match="side bad exited 3"):
+        harness.run_alternating([bad, good], rounds=1, log=lines.append)
+
+
+def test_step_clock_times_the_steps_after_the_first_quarter():
+    """8 steps ending at t = 0, 1, 2, 4, 6, 8, 10, 12 s: the first quarter (2 steps) is skipped,
+    so the clock spans t[2] = 2 s to t[7] = 12 s, i.e. 5 steps in 10 s. A step is batch 2 x
+    (2 x (3 + 4)) = 28 tokens: 5 x 28 / 10 = 14 tokens/s."""
+    args = types.SimpleNamespace(device="cpu", batch_size=2, prompt_tokens=3, response_tokens=4)
+    clock = bench_dpo.StepClock(args)
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    for _ in range(3):  # the global optimizer hook ticks once per step
+        weight.grad = torch.ones(2)
+        optimizer.step()
+    assert len(clock.times) == 3
+    clock.times = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    assert clock.steady(args) == {"steady_tokens_per_s": 14.0, "steady_steps": 5}
+    optimizer.step()  # the hook is removed once read
+    assert len(clock.times) == 8
+    assert bench_dpo.StepClock(args).steady(args) == {}  # no steps: no steady speed
