@@ -780,8 +780,7 @@ def _train_loop(
                 window_tokens += sum(pairs[i].tokens for i in indices)
             means = {key: global_sum(acc, value) / global_pairs for key, value in sums.items()}
             check_finite(means["loss"], step + 1, run)
-            lr = scheduler.get_last_lr()[0]  # the rate this update used
-            grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
+            grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             step_seconds += time.perf_counter() - step_started
             totals["loss_sum"] += means["loss"]
             totals["loss_steps"] += 1

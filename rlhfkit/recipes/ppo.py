@@ -790,8 +790,7 @@ def train(config: PPOConfig) -> dict:
                         info["ptx_loss"] = ptx_loss.detach()
                     acc.backward(loss)
                     check_finite(float(loss.detach()), done, run)
-                    lr = scheduler.get_last_lr()[0]  # the rate this update used
-                    info["grad_norm"] = optimizer_step(
+                    info["grad_norm"], lr = optimizer_step(
                         acc, model, optimizer, scheduler, config.max_grad_norm
                     )
                     for key, value in info.items():

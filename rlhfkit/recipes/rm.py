@@ -489,8 +489,7 @@ def train(config: RMConfig) -> dict:
             loss_value = global_sum(acc, local_loss) / plan.global_batch
             accuracy = global_sum(acc, local_correct) / plan.global_batch
             check_finite(loss_value, step + 1, run)
-            lr = scheduler.get_last_lr()[0]  # the rate this update used
-            grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
+            grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             totals["loss_sum"] += loss_value
             totals["accuracy_sum"] += accuracy
             totals["loss_steps"] += 1

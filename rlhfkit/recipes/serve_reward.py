@@ -71,6 +71,19 @@ def _is_conversation(value: Any) -> bool:
     )
 
 
+def _texts_or_conversations(body: dict, key: str) -> list:
+    """``body[key]`` as a list of strings and conversations, or a 400 naming the bad item."""
+    values = body.get(key)
+    if not isinstance(values, list):
+        raise ApiError(f"{key} must be a list of strings or conversations", key)
+    for i, value in enumerate(values):
+        if not (isinstance(value, str) or _is_conversation(value)):
+            raise ApiError(
+                f"{key}[{i}] must be a string or a list of {{role, content}} messages", key
+            )
+    return values
+
+
 def parse_score_request(body: Any) -> tuple[list, list, list[bool] | None]:
     """The prompts (``chat_prompts`` where given), responses and ``ended`` flags (None: every
     response ended) of a scoring request, or a 400 saying what is wrong."""
@@ -78,28 +91,15 @@ def parse_score_request(body: Any) -> tuple[list, list, list[bool] | None]:
         raise ApiError(
             'the request body must be a JSON object {"prompts": [...], "responses": [...]}'
         )
-    items = {key: body.get(key) for key in ("prompts", "responses")}
-    for key, values in items.items():
-        if not isinstance(values, list):
-            raise ApiError(f"{key} must be a list of strings or conversations", key)
-        for i, value in enumerate(values):
-            if not (isinstance(value, str) or _is_conversation(value)):
-                raise ApiError(
-                    f"{key}[{i}] must be a string or a list of {{role, content}} messages", key
-                )
-    prompts, responses = items["prompts"], items["responses"]
+    prompts = _texts_or_conversations(body, "prompts")
+    responses = _texts_or_conversations(body, "responses")
     if len(prompts) != len(responses):
         raise ApiError(f"{len(prompts)} prompts but {len(responses)} responses", "responses")
-    chat_prompts, ended = body.get("chat_prompts"), body.get("ended")
-    if chat_prompts is not None:
-        if not isinstance(chat_prompts, list) or len(chat_prompts) != len(prompts):
+    ended = body.get("ended")
+    if body.get("chat_prompts") is not None:
+        chat_prompts = _texts_or_conversations(body, "chat_prompts")
+        if len(chat_prompts) != len(prompts):
             raise ApiError(f"chat_prompts must be a list of {len(prompts)} prompts", "chat_prompts")
-        for i, value in enumerate(chat_prompts):
-            if not (isinstance(value, str) or _is_conversation(value)):
-                raise ApiError(
-                    f"chat_prompts[{i}] must be a string or a list of {{role, content}} messages",
-                    "chat_prompts",
-                )
         prompts = chat_prompts
     if ended is not None and not (
         isinstance(ended, list)

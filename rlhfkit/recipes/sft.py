@@ -192,8 +192,7 @@ def train(config: SFTConfig) -> dict:
                 window_tokens += int(batch["input_ids"].numel())
             loss = global_sum(acc, local_nll) / step_tokens
             check_finite(loss, step + 1, run)
-            lr = scheduler.get_last_lr()[0]  # the rate this update used
-            grad_norm = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
+            grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             totals["loss_sum"] += loss
             totals["loss_steps"] += 1
             done = step + 1

@@ -21,8 +21,10 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler,
     max_grad_norm: float,
-) -> float:
-    """Clip, step, schedule, zero; returns the gradient norm before clipping."""
+) -> tuple[float, float]:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping and the learning
+    rate this update used (the scheduler has moved on to the next one when this returns)."""
+    lr = scheduler.get_last_lr()[0]
     if max_grad_norm > 0:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     else:
@@ -33,7 +35,7 @@ def optimizer_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return float(grad_norm), lr
 
 
 def global_sum(accelerator: Accelerator, value: torch.Tensor | float) -> float:
