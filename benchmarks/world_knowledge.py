@@ -7,9 +7,12 @@ script measures the facts directly, by teacher forcing (no sampling noise):
   probability the model gives the right answer among 0..18 after ``" Sure! A+B is "``
   (each candidate scored as the continuation ``"N."``), and how often it is the most likely;
 * open: for every category and request form, the probability mass on the asked category's six
-  items among all thirty, after ``" Sure, how about "`` (each scored as ``"item?"``).
+  items among all thirty, after ``" Sure, how about "`` (each scored as ``"item?"``);
+* copy: whether the model reads the prompt at all. For every sum, the probability of the first
+  operand after ``" Sure! "`` among the nine digits (the answer restates the question there,
+  as the corpus's ``" Sure! A+B is C."`` answers do), a pure copy of a token from the prompt.
 
-Chance is about 1/19 for the sums and 1/5 for the categories.
+Chance is about 1/19 for the sums, 1/5 for the categories and 1/9 for the copy.
 
 Usage::
 
@@ -80,6 +83,18 @@ def open_knowledge(lm, tokenizer) -> tuple[float, float]:
     return sum(right_mass) / len(right_mass), sum(argmax_right) / len(argmax_right)
 
 
+def copy_operand(lm, tokenizer) -> float:
+    """Mean P(first operand | prompt + " Sure! ") among the digits 1-9, over the 81 sums."""
+    copied = []
+    digits = [str(d) for d in MATH_OPERANDS]
+    for a in MATH_OPERANDS:
+        for b in MATH_OPERANDS:
+            prefix = format_prompt(f"What is {a}+{b}?") + " Sure! "
+            probs = continuation_logps(lm, tokenizer, prefix, digits).softmax(0)  # (9,)
+            copied.append(float(probs[digits.index(str(a))]))
+    return sum(copied) / len(copied)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="rlhfkit / transformers model directories")
@@ -87,18 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("| model | math: P(right) | math: argmax right | open: P(right category) | "
-          "open: argmax right |")  # fmt: skip
-    print("|---|---|---|---|---|")
+          "open: argmax right | copy: P(operand) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for path in args.models:
         lm = load_causal_lm(path, trainable=False).eval()
         tokenizer = load_tokenizer(path)
         math_mass, math_argmax = math_knowledge(lm, tokenizer)
         open_mass, open_argmax = open_knowledge(lm, tokenizer)
+        copy = copy_operand(lm, tokenizer)
         print(
             f"| {path} | {math_mass:.3f} | {math_argmax:.3f} | {open_mass:.3f} | "
-            f"{open_argmax:.3f} |"
+            f"{open_argmax:.3f} | {copy:.3f} |"
         )
-    print("\nchance: math ~0.053 (1 of 19 answers), open 0.200 (1 of 5 categories)")
+    print(
+        "\nchance: math ~0.053 (1 of 19 answers), open 0.200 (1 of 5 categories), "
+        "copy 0.111 (1 of 9 digits)"
+    )
 
 
 if __name__ == "__main__":
