@@ -1,17 +1,22 @@
 """Nothing a user or another run left in a directory is lost silently: `init-model --out DIR`
 refuses a directory that is not its own model, a stage refuses another stage's output_dir, a
-refused run leaves the config.yaml already there as it was, and a causal LM is refused as a
-reward model."""
+refused run leaves the config.yaml already there as it was, a causal LM is refused as a
+reward model, and processes a launcher started but accelerate left apart are refused before they
+write anything."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from conftest import run_cli, write_jsonl
+from accelerate.utils import DistributedType
+from conftest import cli_env, free_port, run_cli, write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.errors import ConfigError
@@ -19,7 +24,7 @@ from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.reward_model import load_reward_model
 from rlhfkit.recipes.init_model import MARKER, InitModelConfig, foreign_entries
 from rlhfkit.recipes.init_model import run as init_model
-from rlhfkit.training.run import Run
+from rlhfkit.training.run import Run, check_processes_joined
 
 # --- init-model --------------------------------------------------------------------------------
 
@@ -159,3 +164,55 @@ def test_a_sequence_classifier_with_its_head_scores_raw(tiny_model, tmp_path):
     relabelled.save_pretrained(two)
     with pytest.raises(ConfigError, match="2 labels"):
         load_reward_model(two)
+
+
+# --- processes a launcher started but accelerate did not join ------------------------------------
+
+
+FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_processes: 2
+num_machines: 1
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: true
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: FULL_STATE_DICT
+"""
+
+
+def test_processes_accelerate_left_apart_are_refused_before_writing(tmp_path, tiny_model, sft_data):
+    """An FSDP config on a machine without GPUs: `accelerate launch` starts two processes
+    (WORLD_SIZE=2) that each come up alone (distributed type NO). Before the check both trained
+    on all the data and wrote the same output_dir; now each stops with one line, and nothing is
+    written."""
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(FSDP_CONFIG)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+        "--main_process_port", str(free_port()), "-m", "rlhfkit", "sft",
+        f"model={tiny_model}", f"train_data={sft_data}", f"output_dir={out}", "max_steps=2",
+        "batch_size=2", "progress=false",
+    ]  # fmt: skip
+    env = {**cli_env(), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    refusal = "the launcher started 2 processes (WORLD_SIZE=2) but accelerate joined 1 (NO)"
+    assert result.stderr.count(refusal) == 2, result.stderr[-3000:]
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu" in result.stderr
+    assert not out.exists()
+
+
+def test_check_processes_joined_passes_joined_and_single_processes():
+    """WORLD_SIZE unset, or equal to the processes accelerate joined, passes; more is refused."""
+    joined = SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU)
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    check_processes_joined(joined, "2")
+    check_processes_joined(alone, None)
+    check_processes_joined(alone, "1")
+    with pytest.raises(ConfigError, match=r"started 4 processes \(WORLD_SIZE=4\).*joined 1"):
+        check_processes_joined(alone, "4")

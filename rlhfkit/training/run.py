@@ -55,7 +55,28 @@ def make_accelerator(
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"mixed_precision: expected no, bf16 or fp16, got {mixed_precision!r}")
     trackers = [t for t in (report_to or []) if _tracker_available(t)]
-    return Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
+    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
+    check_processes_joined(accelerator, os.environ.get("WORLD_SIZE"))
+    return accelerator
+
+
+def check_processes_joined(accelerator: Accelerator, world_size: str | None) -> None:
+    """Refuse processes that a launcher started together but accelerate left apart.
+
+    `accelerate launch` with an FSDP or DeepSpeed config on a machine without GPUs starts
+    `--num_processes` processes (WORLD_SIZE set) that each come up alone (distributed type NO):
+    each would train on all the data and write the same output directory.
+    """
+    launched = int(world_size) if world_size and world_size.isdigit() else 1
+    if launched > accelerator.num_processes:
+        joined = f"{accelerator.num_processes} ({accelerator.distributed_type.value})"
+        raise ConfigError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but accelerate "
+            f"joined {joined}: each would train alone and write the same output_dir. FSDP and "
+            "DeepSpeed configs need GPUs; "
+            "on CPUs run 'ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N "
+            "-m rlhfkit ...' (DDP over gloo)"
+        )
 
 
 def _tracker_available(name: str) -> bool:
