@@ -37,3 +37,35 @@ def test_any_chunking_matches_one_full_log_softmax(chunk_size, recompute):
     torch.testing.assert_close(chunked_grad, full_grad, rtol=0, atol=1e-6)
     logp = (head(hidden) / 0.7).log_softmax(-1)
     torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1).detach(), rtol=0, atol=1e-6)
+
+
+def test_packed_sft_rows_give_each_example_its_own_logprobs(tiny_model):
+    """SFT's packed rows (`sft.packing=true`) restart positions per example and pass no 2-D mask;
+    transformers then gives each example a block-diagonal causal mask (only without a KV cache,
+    hence `use_cache=False` in every training forward). Each example's log-probs in a packed row
+    (two examples, then a padded tail) equal those it gets alone; a mask that let the second
+    example see the first would change them by whole nats (measured: up to 9 in the logits)."""
+    from rlhfkit.data.collate import pack_examples
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.models.logprobs import TokenLogprobs
+    from rlhfkit.recipes.sft import _batch
+
+    model = TokenLogprobs(load_causal_lm(str(tiny_model), trainable=False).eval())
+    prompts = [[40, 41, 42, 43, 44], [50, 51, 52]]
+    completions = [[60, 61, 62], [70, 71, 72, 73]]
+    rows = pack_examples(prompts, completions, block_size=16, completion_only=False)
+    rows.append({"input_ids": [80, 81], "completion_mask": [0, 1], "position_ids": [0, 1]})
+    packed = _batch(rows, [0, 1], pad_id=0, device="cpu")
+    assert packed["input_ids"].shape == (2, 15)  # 8 + 7 tokens in one row; the other padded
+    with torch.no_grad():
+        together = model(**packed)["logprobs"][0]  # (15,)
+        for example in pack_examples(prompts, completions, 8, completion_only=False):
+            alone = _batch([example], [0], pad_id=0, device="cpu")
+            logps = model(**alone)["logprobs"][0]  # (T,)
+            ids = example["input_ids"]
+            start = next(
+                i for i in range(15) if packed["input_ids"][0, i : i + len(ids)].tolist() == ids
+            )
+            torch.testing.assert_close(
+                together[start : start + len(ids)], logps, rtol=1e-5, atol=1e-5
+            )
