@@ -59,13 +59,13 @@ def test_packed_sft_rows_give_each_example_its_own_logprobs(tiny_model):
     assert packed["input_ids"].shape == (2, 15)  # 8 + 7 tokens in one row; the other padded
     with torch.no_grad():
         together = model(**packed)["logprobs"][0]  # (15,)
+        offset = 0  # the examples sit in the packed row in the order they get rows alone
         for example in pack_examples(prompts, completions, 8, completion_only=False):
-            alone = _batch([example], [0], pad_id=0, device="cpu")
-            logps = model(**alone)["logprobs"][0]  # (T,)
             ids = example["input_ids"]
-            start = next(
-                i for i in range(15) if packed["input_ids"][0, i : i + len(ids)].tolist() == ids
-            )
+            assert packed["input_ids"][0, offset : offset + len(ids)].tolist() == ids
+            alone = model(**_batch([example], [0], pad_id=0, device="cpu"))["logprobs"][0]
             torch.testing.assert_close(
-                together[start : start + len(ids)], logps, rtol=1e-5, atol=1e-5
+                together[offset : offset + len(ids)], alone, rtol=1e-5, atol=1e-5
             )
+            offset += len(ids)
+        assert offset == 15

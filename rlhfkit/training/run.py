@@ -73,9 +73,8 @@ def check_processes_joined(accelerator: Accelerator, world_size: str | None) -> 
         raise ConfigError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but accelerate "
             f"joined {joined}: each would train alone and write the same output_dir. FSDP and "
-            "DeepSpeed configs need GPUs; "
-            "on CPUs run 'ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N "
-            "-m rlhfkit ...' (DDP over gloo)"
+            "DeepSpeed configs need GPUs; on CPUs run 'ACCELERATE_USE_CPU=1 accelerate launch "
+            "--multi_gpu --num_processes N -m rlhfkit ...' (DDP over gloo)"
         )
 
 
