@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import run_cli, write_jsonl
+from conftest import arithmetic_sft, run_cli, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -22,6 +22,48 @@ def test_init_model_writes_a_loadable_model_and_tokenizer(tiny_model):
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
+
+
+def test_init_model_learns_its_tokenizer_from_a_corpus(tmp_path):
+    """`tokenizer_corpus` gives a byte-level BPE tokenizer learned from the data (here 24 rows of
+    sums and a conversation twice: a merge needs a pair seen twice) and widens the model's
+    vocabulary to hold its ids; the marker records what it was learned from; `sft` trains the
+    result like any model."""
+    rows = arithmetic_sft(24) + [
+        {"messages": [{"role": "user", "content": "Name a fruit."},
+                      {"role": "assistant", "content": "Sure, how about a banana?"}]}
+    ] * 2  # fmt: skip
+    data = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    out = tmp_path / "base"
+    run_cli("init-model", "--preset", "tiny", "--out", str(out),
+            f"tokenizer_corpus={data}", "tokenizer_vocab=300")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert 259 < len(tokenizer) <= 300
+    assert model.config.vocab_size == 320  # the preset's own, already enough
+    assert len(tokenizer(" What is", add_special_tokens=False).input_ids) == 2
+    assert "Ġbanana" in tokenizer.get_vocab()  # the conversation's words were learned too
+    marker = json.loads((out / "rlhfkit_init_model.json").read_text())
+    assert marker == {"preset": "tiny", "seed": 0, "tokenizer_corpus": str(data),
+                      "tokenizer_vocab": len(tokenizer)}  # fmt: skip
+    wide = tmp_path / "wide"
+    run_cli("init-model", "--preset", "tiny", "--out", str(wide),
+            f"tokenizer_corpus={data}", "tokenizer_vocab=400")  # fmt: skip
+    assert AutoModelForCausalLM.from_pretrained(wide).config.vocab_size >= len(
+        AutoTokenizer.from_pretrained(wide)
+    )
+    run_cli("sft", f"model={out}", f"train_data={data}", f"output_dir={tmp_path / 'sft'}",
+            "max_steps=2", "batch_size=4")  # fmt: skip
+
+
+def test_init_model_names_the_bad_record_of_its_tokenizer_corpus(tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    result = run_cli("init-model", "--preset", "tiny", "--out", str(tmp_path / "m"),
+                     f"tokenizer_corpus={data}", check=False)  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "corpus.jsonl:2: completion: missing field" in result.stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_sft_writes_the_output_layout(tiny_model, sft_data, tmp_path):

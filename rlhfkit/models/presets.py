@@ -14,7 +14,13 @@ tokenizer's 259 ids on purpose: the LM head's cost is then that of a real model.
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.tokenizer import build_byte_tokenizer
@@ -63,12 +69,17 @@ def qwen2_05b_config() -> PretrainedConfig:
 PRESETS = {"tiny": tiny_config, "small": small_config, "qwen2-0.5b": qwen2_05b_config}
 
 
-def build_preset(preset: str, *, seed: int = 0):
-    """Return `(model, tokenizer)` for a named preset, weights drawn with `seed`."""
+def build_preset(preset: str, *, seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None):
+    """Return `(model, tokenizer)` for a named preset, weights drawn with `seed`.
+
+    `tokenizer` defaults to the byte tokenizer; a larger one (e.g. `learn_byte_bpe`'s) widens
+    the preset's vocabulary to hold its ids, rounded up to a multiple of 64.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    tokenizer = build_byte_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_byte_tokenizer()
     config = PRESETS[preset]()
+    config.vocab_size = max(config.vocab_size, -(-len(tokenizer) // 64) * 64)
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = None

@@ -3,7 +3,8 @@
 Stages (each writes under `output_dir`, default `runs/demo`):
 
 1. world     — the SFT corpus (behaviour mix + Constitutional-AI demonstrations) and prompt splits;
-2. base      — a random `tiny` Llama + byte tokenizer (`init-model`);
+2. base      — a random `tiny` Llama + a byte-level BPE tokenizer whose merges are learned
+               from the corpus (`init-model tokenizer_corpus=...`);
 3. sft       — supervised fine-tuning on the corpus;
 4. spread    — 256 samples of the SFT policy scored by the gold reward (mean/std/min/max);
 5. pairs     — two responses per training prompt from the SFT policy (`generate`'s format);
@@ -40,6 +41,7 @@ from rich.table import Table
 
 from rlhfkit.config import option
 from rlhfkit.data.io import write_json, write_jsonl
+from rlhfkit.models.tokenizer import BYTE_VOCAB_SIZE
 from rlhfkit.training.run import console
 
 GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
@@ -52,6 +54,12 @@ class DemoConfig:
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(
         20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)"
+    )
+    tokenizer_vocab: int = option(
+        512,
+        "ids of the base model's byte-level BPE tokenizer, merges learned from the world's SFT "
+        "corpus; 259 = one token per byte, no merges",
+        minimum=259,
     )
     sft_steps: int = option(690, "SFT optimizer steps (quick: 240)")
     sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
@@ -386,6 +394,9 @@ def run(config: DemoConfig) -> int:
             # The demo owns its output directory: every stage runs afresh (an older demo's
             # base model carries no init-model marker).
             init = InitModelConfig(preset="tiny", out=str(paths.base), seed=config.seed)
+            if config.tokenizer_vocab > BYTE_VOCAB_SIZE:
+                init.tokenizer_corpus = str(paths.world / "sft.jsonl")
+                init.tokenizer_vocab = config.tokenizer_vocab
             init.overwrite = True
             init_model(init)
     with _stage("sft", timings):

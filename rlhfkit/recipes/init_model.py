@@ -1,6 +1,10 @@
 """`rlhfkit init-model --preset tiny --out DIR`: a random model + byte tokenizer, for tests and
 benchmarks (no download).
 
+With `tokenizer_corpus=DATA` the tokenizer is byte-level BPE with merges learned from DATA (any
+SFT format: its prompts and completions; `tokenizer_vocab` ids in all), and the model's
+vocabulary widens to hold them; the embedded-world demo builds its base model this way.
+
 DIR is replaced atomically, and only when nothing of value can be in it: it must be missing,
 empty, or a model directory that init-model wrote (its marker `MARKER` beside nothing but the
 files a model and tokenizer are saved as, and the bookkeeping `rlhfkit pipeline` keeps there).
@@ -20,8 +24,11 @@ from pathlib import Path
 import yaml
 
 from rlhfkit.config import option
+from rlhfkit.data.datasets import read_nonempty
+from rlhfkit.data.formats import parse_sft
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.presets import PRESETS, build_preset
+from rlhfkit.models.tokenizer import learn_byte_bpe
 from rlhfkit.training.checkpoint import replace_dir_atomically
 
 MARKER = "rlhfkit_init_model.json"  # written beside the model: {"preset", "seed"}
@@ -50,6 +57,17 @@ class InitModelConfig:
         "directory init-model wrote, unless overwrite=true",
     )
     seed: int = option(0, "seed of the random initialisation")
+    tokenizer_corpus: str = option(
+        "",
+        "SFT data (a file or hub dataset, any SFT format) to learn the tokenizer's byte-pair "
+        "merges from (its prompts and completions); empty = one token per byte, no merges",
+    )
+    tokenizer_vocab: int = option(
+        512,
+        "ids of the learned tokenizer: 3 special + 256 bytes + merges (fewer if the corpus runs "
+        "out of pairs seen twice); used only with tokenizer_corpus",
+        minimum=259,
+    )
     overwrite: bool = option(False, "replace `out` even if it holds other files (they are deleted)")
 
 
@@ -58,17 +76,38 @@ def run(config: InitModelConfig) -> int:
         raise ConfigError("out: give the directory to write (--out DIR)")
     out = Path(config.out).expanduser().resolve()
     check_target(out, overwrite=config.overwrite)
-    model, tokenizer = build_preset(config.preset, seed=config.seed)
+    tokenizer = None
+    if config.tokenizer_corpus:
+        tokenizer = learn_byte_bpe(corpus_texts(config.tokenizer_corpus), config.tokenizer_vocab)
+    model, tokenizer = build_preset(config.preset, seed=config.seed, tokenizer=tokenizer)
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"preset": config.preset, "seed": config.seed}) + "\n")
+    marker = {"preset": config.preset, "seed": config.seed}
+    if config.tokenizer_corpus:
+        marker.update(tokenizer_corpus=config.tokenizer_corpus, tokenizer_vocab=len(tokenizer))
+    (tmp / MARKER).write_text(json.dumps(marker) + "\n")
     replace_dir_atomically(tmp, out)
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {config.preset} ({params / 1e6:.1f}M parameters) to {config.out}")
+    merges = f", a {len(tokenizer)}-id learned tokenizer" if config.tokenizer_corpus else ""
+    print(f"wrote {config.preset} ({params / 1e6:.1f}M parameters{merges}) to {config.out}")
     return 0
+
+
+def corpus_texts(spec: str) -> list[str]:
+    """The texts of SFT data `spec` a tokenizer learns from: prompt + completion of each record,
+    or each message's content for conversations (the chat template's own tokens are special)."""
+    texts = []
+    for record in read_nonempty(spec):
+        example = parse_sft(record)
+        for text in (example.prompt, example.completion):
+            if isinstance(text, str):
+                texts.append(text)
+            else:
+                texts.extend(message["content"] for message in text)
+    return texts
 
 
 def check_target(out: Path, *, overwrite: bool) -> None:
