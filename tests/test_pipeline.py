@@ -98,6 +98,9 @@ def test_embedded_world_example_runs_end_to_end(tmp_path):
 
     run_cli("pipeline", str(path))
     root = tmp_path / "run"
+    base = json.loads((root / "base" / "rlhfkit_init_model.json").read_text())
+    assert base["tokenizer_corpus"] == str(root / "world" / "sft.jsonl")
+    assert base["tokenizer_vocab"] > 259  # merges learned from the world's corpus
     labels = [json.loads(line) for line in (root / "labels" / "preferences.jsonl").open()]
     assert labels and all(0.5 <= r["soft_label"] <= 1.0 for r in labels)
     # Scaled down, the SFT policy's held-out pairs can all be ties (soft_label 1/2), and then the

@@ -61,7 +61,7 @@ class DemoConfig:
         "corpus; 259 = one token per byte, no merges",
         minimum=259,
     )
-    sft_steps: int = option(690, "SFT optimizer steps (quick: 240)")
+    sft_steps: int = option(1000, "SFT optimizer steps (quick: 240)")
     sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
     sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
     pair_prompts: int = option(
@@ -81,7 +81,7 @@ class DemoConfig:
     )
     dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
     dpo_learning_rate: float = option(1e-4, "DPO learning rate")
-    dpo_epochs: float = option(1.5, "DPO epochs over the preferences")
+    dpo_epochs: float = option(4.0, "DPO epochs over the preferences")
     cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 32)")
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
@@ -99,7 +99,7 @@ class DemoPaths:
 def _scale(config: DemoConfig) -> DemoConfig:
     if config.quick:
         config.sft_steps = min(config.sft_steps, 240)
-        config.corpus_size = min(config.corpus_size, 8000)  # 240 x 1,024 tokens need ~4,000
+        config.corpus_size = min(config.corpus_size, 8000)  # 240 steps: ~1.1 epochs
         config.pair_prompts = min(config.pair_prompts, 384)
         config.eval_prompts = min(config.eval_prompts, 48)
         config.ppo_steps = min(config.ppo_steps, 8)
