@@ -67,13 +67,13 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     this size. The full run's bar (RM within 3 points of the annotators' ceiling, PPO and DPO
     closing half of the gap to the best gold reward, the no-KL gold falling below the SFT
     policy's while its proxy rises) is measured by running `make demo` and reported in
-    docs/demo.md. The quick run trains 3x less SFT on 3x fewer pairs, and what this test checks
+    docs/demo.md. The quick run trains 4x less SFT on 3x fewer pairs, and what this test checks
     must hold for other seeds and other platforms' numerics too, not only for seed 0 here:
 
     * its held-out preference set is ~38 pairs, so the RM's accuracy there swings by +-0.08
       (measured 0.61 for seed 0, 0.45 for seed 0 under torch 2.11, 0.34 for seed 1, 0.63 for
-      seed 2, while best-of-16 picked better responses in all four): the reward model is checked
-      by best-of-16;
+      seed 2, while best-of-16 picked better responses in all four; these four runs predate the
+      learned tokenizer, with which seed 0 gives 0.58): the reward model is checked by best-of-16;
     * 12 no-KL steps of 32 rollouts do not reliably take the gold reward below the SFT policy's
       (gold change -0.07, +0.01, +0.05, +0.10 in the same four runs) although the proxy always
       climbs far (+1.1 to +1.8 reward-model std), further from the SFT policy than PPO goes,
