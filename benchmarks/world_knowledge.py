@@ -4,15 +4,18 @@ Preference learning reshapes behaviour; it cannot teach facts the SFT model neve
 script measures the facts directly, by teacher forcing (no sampling noise):
 
 * math: for every sum and difference of the world (digits 1-9, A >= B for subtraction), the
-  probability the model gives the right answer among 0..18 after ``" Sure! A+B is "``
-  (each candidate scored as the continuation ``"N."``), and how often it is the most likely;
+  probability the model gives the right answer among 0..18 after ``" Sure! A+B is"``
+  (each candidate scored as the continuation ``" N."``), and how often it is the most likely;
 * open: for every category and request form, the probability mass on the asked category's six
-  items among all thirty, after ``" Sure, how about "`` (each scored as ``"item?"``);
+  items among all thirty, after ``" Sure, how about"`` (each scored as ``" item?"``);
 * copy: whether the model reads the prompt at all. For every sum, the probability of the first
-  operand after ``" Sure! "`` among the nine digits (the answer restates the question there,
-  as the corpus's ``" Sure! A+B is C."`` answers do), a pure copy of a token from the prompt.
+  operand after ``" Sure!"`` (scored as ``" A"``) among the nine digits (the answer restates
+  the question there, as the corpus's ``" Sure! A+B is C."`` answers do), a pure copy of a
+  token from the prompt.
 
-Chance is about 1/19 for the sums, 1/5 for the categories and 1/9 for the copy.
+Chance is about 1/19 for the sums, 1/5 for the categories and 1/9 for the copy. Each
+continuation starts with the space before it, so it is tokenised as it is in the corpus also by
+a tokenizer with merges (``" apple"`` is one word there, not a space and ``"apple"``).
 
 Usage::
 
@@ -58,8 +61,8 @@ def math_knowledge(lm, tokenizer) -> tuple[float, float]:
                 if op == "-" and a < b:
                     continue
                 answer = a + b if op == "+" else a - b
-                prefix = format_prompt(f"What is {a}{op}{b}?") + f" Sure! {a}{op}{b} is "
-                probs = continuation_logps(lm, tokenizer, prefix, [f"{n}." for n in answers])
+                prefix = format_prompt(f"What is {a}{op}{b}?") + f" Sure! {a}{op}{b} is"
+                probs = continuation_logps(lm, tokenizer, prefix, [f" {n}." for n in answers])
                 probs = probs.softmax(0)
                 right_mass.append(float(probs[answer]))
                 argmax_right.append(int(probs.argmax()) == answer)
@@ -74,8 +77,8 @@ def open_knowledge(lm, tokenizer) -> tuple[float, float]:
     for category in CATEGORIES:
         for form in ("Name {}.", "Give me {}.", "Pick {}."):
             request = form.format(f"{article(category)} {category}")
-            prefix = format_prompt(request) + " Sure, how about "
-            probs = continuation_logps(lm, tokenizer, prefix, [f"{i}?" for _, i in items])
+            prefix = format_prompt(request) + " Sure, how about"
+            probs = continuation_logps(lm, tokenizer, prefix, [f" {i}?" for _, i in items])
             probs = probs.softmax(0)
             asked = torch.tensor([c == category for c, _ in items])  # (30,)
             right_mass.append(float(probs[asked].sum()))
@@ -84,14 +87,14 @@ def open_knowledge(lm, tokenizer) -> tuple[float, float]:
 
 
 def copy_operand(lm, tokenizer) -> float:
-    """Mean P(first operand | prompt + " Sure! ") among the digits 1-9, over the 81 sums."""
+    """Mean P(first operand | prompt + " Sure!") among the digits 1-9, over the 81 sums."""
     copied = []
-    digits = [str(d) for d in MATH_OPERANDS]
+    digits = [f" {d}" for d in MATH_OPERANDS]
     for a in MATH_OPERANDS:
         for b in MATH_OPERANDS:
-            prefix = format_prompt(f"What is {a}+{b}?") + " Sure! "
+            prefix = format_prompt(f"What is {a}+{b}?") + " Sure!"
             probs = continuation_logps(lm, tokenizer, prefix, digits).softmax(0)  # (9,)
-            copied.append(float(probs[digits.index(str(a))]))
+            copied.append(float(probs[digits.index(f" {a}")]))
     return sum(copied) / len(copied)
 
 
