@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from conftest import CHROMIUM, playwright_or_skip, run_cli
+from pytest import approx
 
 MINIATURE = [
     "quick=true", "sft_steps=2", "corpus_size=300", "pair_prompts=40", "eval_prompts=8",
@@ -31,12 +32,49 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     assert spread["n"] == 256 and spread["min"] <= spread["mean"] <= spread["max"]
     # Labels went through the annotation server's database.
     assert (out / "labels.db").is_file() and summary["labels"]["train"] > 0
+    fresh = summary["rm_agreement"]["fresh_pairs"]  # best_of=2: one pair per evaluation prompt
+    assert 0 < fresh["pairs"] <= 8 and summary["rm_fresh_expected_accuracy"] is not None
+    assert 0 <= fresh["rm_expected_accuracy"] <= fresh["annotator_ceiling"] <= 1
     evaluation = json.loads((out / "eval.json").read_text())
+    assert "reference_pool" not in evaluation  # kept out of eval.json
     assert {"sft", "best_of_2", "ppo", "ppo_no_kl", "dpo_beta0.1"} <= set(evaluation["policies"])
     page = (out / "report.html").read_text()
     assert "Reward–KL frontier" in page and "data:image/png;base64," in page
     assert "gold reward" in result.stderr  # the final table
     _renders_in_chromium_without_errors(out / "report.html", tmp_path)
+
+
+def test_reward_model_on_fresh_pairs_by_hand():
+    """Pairs are samples (0, 1), (2, 3), ... of one prompt: with n = 3 samples per prompt the
+    third is left unpaired, and identical responses make no pair. The pool below (2 prompts x 3
+    samples) so gives 2 pairs: prompt a's (good, rude) and prompt b's (rude, good), where good
+    is the right sum and rude a wrong one with an insult; p1, p2 = P(the pair's first response
+    is preferred) = pbar, p1 near 1 and p2 near 0. Ceiling = mean max(p, 1 - p) =
+    (p1 + 1 - p2) / 2. The proxy orders a right (c = 1: agreement p1) and b wrong (it prefers
+    b's rude first response, c = 1: agreement p2), so the expected accuracy is (p1 + p2) / 2; a
+    tie on b (c = 1/2: agreement 1/2) gives (p1 + 1/2) / 2."""
+    from rlhfkit.recipes.demo import reward_model_on_fresh_pairs
+    from rlhfkit.synthetic import default_annotators
+    from rlhfkit.synthetic.annotators import pool_probabilities
+
+    good, rude = " Sure! 2+3 is 5.", " 7, you idiot."
+    prompt_a, prompt_b = "User: What is 2+3?\nBot:", "User: What is 2 plus 3?\nBot:"
+    pool = {
+        "n": 3,
+        "prompts": [prompt_a] * 3 + [prompt_b] * 3,
+        "responses": [good, rude, good, rude, good, good],
+        "proxy": [1.0, 0.0, 9.0, 5.0, 0.0, 9.0],  # the third sample of each prompt is unpaired
+    }
+    pairs = [(prompt_a, good, rude), (prompt_b, rude, good)]
+    p1, p2 = pool_probabilities(pairs, default_annotators())
+    assert p1 > 0.95 and p2 < 0.05
+    result = reward_model_on_fresh_pairs(pool)
+    assert result["pairs"] == 2
+    assert result["annotator_ceiling"] == approx((p1 + 1 - p2) / 2)
+    assert result["rm_expected_accuracy"] == approx((p1 + p2) / 2)
+    pool["proxy"][3] = pool["proxy"][4] = 2.0  # a tie on b
+    assert reward_model_on_fresh_pairs(pool)["rm_expected_accuracy"] == approx((p1 + 0.5) / 2)
+    assert reward_model_on_fresh_pairs({**pool, "responses": [good] * 6}) == {"pairs": 0}
 
 
 def _renders_in_chromium_without_errors(report: Path, tmp_path: Path) -> None:

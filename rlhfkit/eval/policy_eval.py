@@ -288,6 +288,7 @@ def evaluate_against_reference(
     top_p: float = 1.0,
     device: str | torch.device | None = None,
     dtype: str = "float32",
+    keep_reference_pool: bool = False,
 ) -> dict:
     """Evaluate policies against a reference on `prompts` (one sample per prompt each).
 
@@ -296,7 +297,10 @@ def evaluate_against_reference(
     is measured at that temperature (module docstring); every model is loaded in `dtype`.
     Prompts may be strings or conversations;
     `samples[*].prompt` holds the rendered text. Returns the `eval.json` structure the report
-    reads: `{"policies", "best_of_n", "samples", "warnings"}`.
+    reads: `{"policies", "best_of_n", "samples", "warnings"}`. With `keep_reference_pool` it
+    also holds `"reference_pool"`: `{"n", "prompts", "responses", "proxy", "gold"}`, the
+    `best_of` reference samples of each prompt (prompt i's at i*n ... i*n + n - 1) and their
+    scores, for callers that measure more on them (too large for `eval.json`: pop it first).
     """
     from rlhfkit.eval import diagnostics
 
@@ -363,7 +367,15 @@ def evaluate_against_reference(
         }
         for i in range(min(num_samples_shown, len(prompts)))
     ]
-    return {"policies": results, "best_of_n": best_of_n, "samples": samples, "warnings": warnings}
+    evaluation = {
+        "policies": results, "best_of_n": best_of_n, "samples": samples, "warnings": warnings
+    }  # fmt: skip
+    if keep_reference_pool:
+        evaluation["reference_pool"] = {
+            "n": k, "prompts": pool.prompts, "responses": pool.responses,
+            "proxy": raw.get("proxy"), "gold": raw.get("gold"),
+        }  # fmt: skip
+    return evaluation
 
 
 def _finite_or_none(value) -> float | None:
