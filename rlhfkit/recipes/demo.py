@@ -24,7 +24,9 @@ Stages (each writes under `output_dir`, default `runs/demo`):
 `summary.json` holds `rm_accuracy`, `annotator_agreement`, `gold_reward_max` and, for each
 policy (`sft`, `best_of_16`, `ppo`, `dpo`, `ppo_no_kl`), `gold_reward`, `proxy_reward`, `kl`;
 also `rm_agreement` (the reward model's expected accuracy over the annotators' label draws and
-the ceiling on the same held-out pairs: `reward_model_agreement`).
+the ceiling on the same held-out pairs: `reward_model_agreement`; under `fresh_pairs`, the same
+two numbers on ~2,000 fresh pairs of SFT samples: `reward_model_on_fresh_pairs`, also at the top
+level as `rm_fresh_expected_accuracy` and `annotator_ceiling_fresh`).
 """
 
 from __future__ import annotations
