@@ -112,15 +112,18 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
       (measured 0.61 for seed 0, 0.45 for seed 0 under torch 2.11, 0.34 for seed 1, 0.63 for
       seed 2, while best-of-16 picked better responses in all four; these four runs predate the
       learned tokenizer, with which seed 0 gives 0.58): the reward model is checked by best-of-16;
-    * 12 no-KL steps of 32 rollouts: with the byte tokenizer they did not reliably take the gold
-      reward below the SFT policy's (gold change -0.07, +0.01, +0.05, +0.10 in the same four
-      runs); with the learned tokenizer (session 11) they do (-0.09 for seed 0, -0.22 for seed
-      1), while the proxy climbs far (+1.5 to +2.9 reward-model std), further from the SFT
-      policy than PPO goes, and the KL of its training rollouts passes 10 nats, which the
-      diagnostics flag: all of that is checked;
-    * DPO's 4 epochs raise the gold reward clearly (+0.10 for seed 0, +0.11 for seed 1): checked;
-    * PPO's gold gain after 8 steps is not reliable (+0.18 for seed 0, +0.03 for seed 1), so the
-      test checks that it moved up the proxy."""
+    * no-KL steps of 32 rollouts: with the byte tokenizer 12 of them did not reliably take the
+      gold reward below the SFT policy's (gold change -0.07, +0.01, +0.05, +0.10 in the same
+      four runs); with the learned tokenizer 12 did for seeds 0 and 1 (-0.09, -0.22) but not
+      for seed 2 (+0.03: its training gold peaked at step 4 and was sliding), so the quick run
+      takes 16 (session 12): -0.11, -0.26, -0.03 for seeds 0, 1, 2, while the proxy climbs far
+      (+0.9 to +3.1 reward-model std), further from the SFT policy than PPO goes, and the KL of
+      its training rollouts passes 10 nats, which the diagnostics flag: all of that is checked;
+    * DPO's 4 epochs raise the gold reward clearly (+0.10, +0.11, +0.08 for seeds 0, 1, 2):
+      checked;
+    * PPO: 8 steps gained gold unreliably (+0.18 for seed 0, +0.03 for seed 1), so the quick run
+      takes 16 (session 12): +0.24, +0.16, +0.20 for seeds 0, 1, 2; checked with a margin of
+      0.05, and that it moved up the proxy."""
     out = tmp_path / "quick"
     run_cli("demo", "--quick", f"output_dir={out}", "progress=false", timeout=900)
     summary = json.loads((out / "summary.json").read_text())
@@ -131,6 +134,7 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     assert 0 < agreement["rm_expected_accuracy"] <= agreement["annotator_ceiling_same_pairs"] <= 1
     assert best["gold_reward"] > sft["gold_reward"]  # the reward model picks better responses
     assert ppo["kl"] > 0 and ppo["proxy_reward"] > sft["proxy_reward"]  # PPO moved, up the proxy
+    assert ppo["gold_reward"] > sft["gold_reward"] + 0.05  # and the gold reward with it
     assert summary["dpo"]["gold_reward"] > sft["gold_reward"]
     no_kl = summary["ppo_no_kl"]
     assert no_kl["proxy_reward"] > sft["proxy_reward"] + 0.5 and no_kl["kl"] > ppo["kl"]

@@ -74,10 +74,10 @@ class DemoConfig:
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
     best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
-    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 8)")
+    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 16)")
     ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
     ppo_learning_rate: float = option(2e-4, "PPO learning rate")
-    no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 12)")
+    no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 16)")
     no_kl_learning_rate: float = option(
         1e-3, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
     )
@@ -104,8 +104,8 @@ def _scale(config: DemoConfig) -> DemoConfig:
         config.corpus_size = min(config.corpus_size, 8000)  # 240 steps: ~1.1 epochs
         config.pair_prompts = min(config.pair_prompts, 384)
         config.eval_prompts = min(config.eval_prompts, 48)
-        config.ppo_steps = min(config.ppo_steps, 8)
-        config.no_kl_steps = min(config.no_kl_steps, 12)
+        config.ppo_steps = min(config.ppo_steps, 16)
+        config.no_kl_steps = min(config.no_kl_steps, 16)
         config.dpo_betas = [0.1]
         config.cai_prompts = min(config.cai_prompts, 32)
         config.best_of = min(config.best_of, 16)
