@@ -15,7 +15,8 @@ same pairs by prompt kind as well (math, open, unsafe).
 
 ``--reward-model DIR`` (repeatable) scores the same pairs with other `rlhfkit rm` outputs instead
 of the demo's (several: their normalised scores are averaged, a seed ensemble); the pairs depend
-only on the demo's SFT model and ``--seed``, so variants are compared on identical pairs.
+only on the demo's SFT model and the sampling options (``--samples``, ``--max-new-tokens``,
+``--seed``), so variants are compared on identical pairs.
 
 Prints a Markdown table: pairs, ceiling, the reward model's expected accuracy, and the gap in
 points per group and overall.
