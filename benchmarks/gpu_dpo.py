@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import argparse
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(parser)
     parser.add_argument("--json", default="")
     args, _ = parser.parse_known_args(argv)

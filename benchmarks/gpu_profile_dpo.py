@@ -28,7 +28,7 @@ import gpu_dpo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     gpu_dpo.add_args(parser)
     parser.add_argument("--rows", type=int, default=18, help="operators listed per table")
     parser.add_argument("--skip", type=int, default=2, help="optimizer steps before recording")

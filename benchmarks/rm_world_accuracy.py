@@ -101,7 +101,7 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-prompts", type=int, default=4000)
     parser.add_argument("--eval-prompts", type=int, default=500)
     parser.add_argument("--epochs", type=float, default=4.0)

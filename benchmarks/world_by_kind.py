@@ -60,7 +60,7 @@ def behaviour_ceiling(reference: dict[str, dict[str, float]]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("policies", nargs="+", help="model directories; the first is the SFT")
     parser.add_argument("--prompts", required=True, help="JSONL with a `prompt` field per line")
     parser.add_argument("--samples", type=int, default=2)

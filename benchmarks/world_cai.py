@@ -58,7 +58,7 @@ def train_world_model(workdir: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="an SFT model of the world (else train one)")
     parser.add_argument("--workdir", default="runs/world_cai")
     parser.add_argument("--prompts", type=int, default=300)

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "world-dpo"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-records", type=int, default=2000)

@@ -51,7 +51,7 @@ GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "world-ppo"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft", default="", help="existing SFT model dir (skips SFT)")
