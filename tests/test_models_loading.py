@@ -89,3 +89,27 @@ def test_a_directory_without_a_tokenizer_is_a_one_line_config_error(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="cannot load a tokenizer from"):
         load_tokenizer(str(tmp_path))
+
+
+def test_dropout_is_off_in_train_mode_even_where_modules_copied_the_rate(tmp_path):
+    """Llama's attention copies `config.attention_dropout` into a float when it is built, so
+    zeroing the config afterwards left dropout live in the attention kernel (two train-mode
+    passes differed by up to 0.56 with a rate of 0.1). After loading, every rate is 0 and two
+    train-mode forward passes of the same batch are identical."""
+    from rlhfkit.models.presets import build_preset
+
+    model, tokenizer = build_preset("tiny", seed=0)
+    model.config.attention_dropout = 0.5
+    model.save_pretrained(tmp_path)  # a checkpoint whose config asks for dropout
+    tokenizer.save_pretrained(tmp_path)
+
+    loaded = loading.load_causal_lm(str(tmp_path), dtype="float32")
+    attention = [m for m in loaded.modules() if hasattr(m, "attention_dropout")]
+    assert attention and all(m.attention_dropout == 0.0 for m in attention)
+    assert loaded.config.attention_dropout == 0.0
+
+    loaded.train()
+    ids = torch.randint(3, 200, (2, 12))
+    with torch.no_grad():
+        first, second = loaded(ids).logits, loaded(ids).logits
+    assert torch.equal(first, second)

@@ -220,14 +220,30 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
     model.config.use_cache = False
 
 
+def _is_dropout_rate(name: str, value: object) -> bool:
+    """A float attribute holding a dropout probability (`attention_dropout`, `attn_pdrop`)."""
+    return isinstance(value, float) and ("dropout" in name or name.endswith("pdrop"))
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
+    """Turn every dropout of `model` off, in train mode too.
+
+    Three places hold a dropout probability: `nn.Dropout` modules; the config; and plain float
+    attributes that modules copy from the config when they are built (Llama's and Qwen2's
+    attention keep `self.attention_dropout` and pass it to the attention kernel while training),
+    which setting the config afterwards does not reach. All three are zeroed.
+    """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name, value in vars(module).items():
+            if _is_dropout_rate(name, value):
+                setattr(module, name, 0.0)
     config = getattr(model, "config", None)
-    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop"):
-        if config is not None and isinstance(getattr(config, key, None), float):
-            setattr(config, key, 0.0)
+    if config is not None:
+        for name, value in list(vars(config).items()):
+            if _is_dropout_rate(name, value):
+                setattr(config, name, 0.0)
 
 
 def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
