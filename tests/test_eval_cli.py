@@ -26,7 +26,14 @@ def test_eval_policies_against_the_reference_and_report(tiny_model, tmp_path):
     assert set(policies) == {"reference", "best_of_4", "same"}
     # A policy identical to the reference has exactly zero KL to it.
     assert policies["same"]["kl"] == 0.0
+    # The proxy is the gold function here, so every proxy number equals its gold twin.
+    for name in ("reference", "same"):
+        for stat in ("reward", "reward_std"):
+            assert policies[name][f"proxy_{stat}"] == policies[name][f"gold_{stat}"]
+        assert policies[name]["gold_reward_std"] >= 0.0
+        assert 0 < policies[name]["length"] <= 6  # tokens, at most max_new_tokens
     assert 0.0 <= policies["same"]["win_rate_gold"] <= 1.0
+    assert policies["same"]["win_rate_proxy"] == policies["same"]["win_rate_gold"]
     # Best-of-n chooses by the proxy; with proxy == gold it can only help.
     assert [row["n"] for row in evaluation["best_of_n"]] == [1, 2, 4]
     assert policies["best_of_4"]["gold_reward"] >= evaluation["best_of_n"][0]["gold_reward"]
@@ -62,13 +69,45 @@ def test_eval_names_the_reference_and_checks_diagnosed_runs(tiny_model, tmp_path
         for s in range(1, 9)
     ])  # fmt: skip
     out = tmp_path / "eval"
-    run_cli("eval", *common, f"reference=sft={tiny_model}", f"diagnose_runs={run}",
-            f"output_dir={out}")  # fmt: skip
+    result = run_cli("eval", *common, f"reference=sft={tiny_model}", f"diagnose_runs={run}",
+                     f"output_dir={out}")  # fmt: skip
     evaluation = json.loads((out / "eval.json").read_text())
     assert set(evaluation["policies"]) == {"sft", "same"}
     assert evaluation["curves"]["ppo_run"]["gold"][0] == 0.45
     checks = {w.get("check") for w in evaluation["warnings"]}
     assert {"proxy_gold_divergence", "kl_growth"} <= checks
+    # The same warnings reach the console, one line each, naming the run.
+    console = " ".join(result.stdout.split() + result.stderr.split())
+    assert "warning: ppo_run: proxy reward rose" in console
+    assert "warning: ppo_run: KL to the reference grew" in console
+
+
+def test_eval_reports_reward_ensemble_disagreement(tiny_model, tmp_path):
+    """With a reward-model ensemble as the proxy, every policy row (the reference's too) gets
+    `ensemble_disagreement`, the mean over its samples of the heads' standard deviation; a
+    warning is raised exactly when a policy's is >= 2x the reference's and >= 0.1."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"User: What is {a}+{b}?\nBot:", "chosen": f" Sure! {a}+{b} is {a + b}.",
+         "rejected": f" Sure! {a}+{b} is {a + b + 1}."}
+        for a, b in [(1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (2, 2), (5, 3), (1, 7)]
+    ])  # fmt: skip
+    rm = tmp_path / "rm"
+    run_cli("rm", f"model={tiny_model}", f"train_data={pairs}", "rm.ensemble=3",
+            "max_steps=2", "batch_size=4", f"output_dir={rm}", "progress=false")  # fmt: skip
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": "User: What is 3+4?\nBot:"}, {"prompt": "User: Name a fruit.\nBot:"}],
+    )
+    out = tmp_path / "eval"
+    run_cli("eval", f"policies=same={tiny_model}", f"reference=sft={tiny_model}",
+            f"prompts={prompts}", f"reward_model={rm / 'model'}", "best_of_n=2",
+            "max_new_tokens=6", f"output_dir={out}")  # fmt: skip
+    evaluation = json.loads((out / "eval.json").read_text())
+    reference = evaluation["policies"]["sft"]["ensemble_disagreement"]
+    mine = evaluation["policies"]["same"]["ensemble_disagreement"]
+    assert reference > 0.0 and mine > 0.0  # three differently initialised heads
+    flagged = any(w.get("check") == "ensemble_disagreement" for w in evaluation["warnings"])
+    assert flagged == (mine >= 2 * reference and mine >= 0.1)
 
 
 def _strict_json(text: str):

@@ -12,7 +12,13 @@ import torch
 
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.eval import report
-from rlhfkit.eval.diagnostics import kl_growth, length_correlation, proxy_gold_divergence, trend
+from rlhfkit.eval.diagnostics import (
+    ensemble_disagreement,
+    kl_growth,
+    length_correlation,
+    proxy_gold_divergence,
+    trend,
+)
 from rlhfkit.eval.policy_eval import (
     best_of_n_curve,
     best_of_n_kl,
@@ -72,6 +78,55 @@ def test_diagnostics_flag_divergence_and_only_then():
     assert proxy_gold_divergence(proxy, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) is None
     assert length_correlation(0.8) is not None and length_correlation(0.1) is None
     assert kl_growth([1, 5, 9, 14, 20]) is not None and kl_growth([1, 1, 1, 1]) is None
+
+
+def test_ensemble_disagreement_is_flagged_against_the_reference():
+    """Flag when std >= 2 x the reference's and std >= 0.1: 0.30 vs 0.10 (3x, >= 0.1) is
+    flagged; 0.15 vs 0.10 (1.5x) is not; 0.03 vs 0.01 (3x but under the 0.1 floor) is not.
+    Without a reference only std >= 5 x 0.1 = 0.5 is flagged."""
+    flagged = ensemble_disagreement(0.30, 0.10)
+    assert flagged is not None and flagged["reference_std"] == 0.10
+    assert "0.30" in flagged["message"] and "0.10" in flagged["message"]
+    assert ensemble_disagreement(0.15, 0.10) is None
+    assert ensemble_disagreement(0.03, 0.01) is None
+    assert ensemble_disagreement(0.5) is not None and ensemble_disagreement(0.49) is None
+
+
+def test_samples_scored_by_an_ensemble_give_the_heads_mean_and_std(tmp_path):
+    """A 2-head reward model whose heads read the same last hidden state h with weights w and
+    -w + 2u: rewards r1 = w.h, r2 = -w.h + 2 u.h, so the reward (their mean) is u.h and the
+    heads' population std is |r1 - r2| / 2 = |w.h - u.h|; checked against score_heads."""
+    from rlhfkit.eval.policy_eval import PolicySamples
+    from rlhfkit.models.presets import build_preset
+    from rlhfkit.models.reward_model import (
+        build_reward_model,
+        load_reward_scorer,
+        save_reward_model,
+    )
+
+    base, tokenizer = build_preset("tiny", seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = build_reward_model(str(tmp_path / "base"), num_heads=2)
+    head = model.head().weight  # (2, d)
+    with torch.no_grad():
+        w, u = torch.randn(head.shape[1]), torch.randn(head.shape[1])
+        head.copy_(torch.stack([w, -w + 2 * u]))
+    save_reward_model(model, tokenizer, tmp_path / "rm")
+    scorer = load_reward_scorer(tmp_path / "rm")
+    samples = PolicySamples(
+        prompts=["User: What is 3+4?\nBot:", "User: Name a fruit.\nBot:"],
+        responses=[" Sure! 3+4 is 7.", " Sure, how about a pear."],
+        prompt_ids=[[1], [1]],
+        response_ids=[[1], [1]],
+    )
+    rewards, stds = samples.score_and_disagreement(scorer)
+    heads = scorer.score_heads(samples.prompts, samples.responses)
+    for reward, std, (r1, r2) in zip(rewards, stds, heads, strict=True):
+        assert reward == pytest.approx((r1 + r2) / 2)
+        assert std == pytest.approx(abs(r1 - r2) / 2)
+    # A plain reward function has no heads: no disagreement.
+    assert samples.score_and_disagreement(lambda p, r: [0.0] * len(r))[1] is None
 
 
 def test_response_logprob_sums_match_the_full_softmax():
@@ -261,3 +316,30 @@ def test_frontier_merges_policies_at_the_same_point():
         ("dpo", {"kl": 0.8410878, "gold_reward": 0.5922}),
     ]
     assert list(_same_points(points).values()) == [["sft"], ["dpo_beta0.1", "dpo"], ["ppo"]]
+
+
+def test_training_paths_keep_the_steps_that_logged_both_kl_and_gold():
+    """Steps 1-4 logged KL (0, 1, None, 3) and gold (0.4, None, 0.5, 0.6): only steps 1 and 4
+    have both, so the path is KL [0, 3], gold [0.4, 0.6]. A run with one such step draws no
+    path, nor does one without gold."""
+    from rlhfkit.eval.report import training_paths
+
+    evaluation = {
+        "curves": {
+            "ppo": {"kl": [0.0, 1.0, None, 3.0], "gold": [0.4, None, 0.5, 0.6], "proxy": [0] * 4},
+            "short": {"kl": [0.0, None], "gold": [0.4, 0.5], "proxy": [0, 0]},
+            "no_gold": {"kl": [0.0, 1.0], "proxy": [0, 0]},
+        }
+    }
+    assert training_paths(evaluation) == {"ppo": ([0.0, 3.0], [0.4, 0.6])}
+    # Smoothed over 2 steps: KL [0, (0 + 3) / 2], gold [0.4, (0.4 + 0.6) / 2].
+    smoothed = training_paths(evaluation, smooth=2)["ppo"]
+    assert smoothed == (pytest.approx([0.0, 1.5]), pytest.approx([0.4, 0.5]))
+
+
+def test_moving_average_by_hand():
+    """Width 3 over 1, 2, 3, 4, 5: 1, (1+2)/2, (1+2+3)/3, (2+3+4)/3, (3+4+5)/3."""
+    from rlhfkit.eval.report import moving_average
+
+    assert moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 3) == pytest.approx([1, 1.5, 2, 3, 4])
+    assert moving_average([2.0, 4.0], 1) == [2.0, 4.0]

@@ -71,12 +71,29 @@ def kl_growth(kl: list[float], *, limit: float = 10.0) -> dict | None:
     return None
 
 
-def ensemble_disagreement(std: float, *, threshold: float = 0.5) -> dict | None:
-    if std >= threshold:
-        return {
-            "check": "ensemble_disagreement",
-            "message": f"reward-model ensemble members disagree (std {std:.2f} in normalised "
-            "units) on the policy's samples: its rewards there are not to be trusted",
-            "std": std,
-        }
-    return None
+def ensemble_disagreement(
+    std: float, reference_std: float | None = None, *, ratio: float = 2.0, floor: float = 0.1
+) -> dict | None:
+    """Flag a policy on whose samples the reward-model ensemble disagrees much more than on the
+    reference's: mean over samples of the heads' standard deviation `std` at least `ratio` times
+    the reference's `reference_std`, and at least `floor` (in the ensemble reward's standard
+    deviations on its normalisation samples, so a rise from 0.01 to 0.03 is not flagged).
+
+    Disagreement grows where the policy's samples leave the reward model's training
+    distribution (Coste et al. 2024, reward-model ensembles against over-optimisation). Without a
+    reference the ratio cannot be taken and only `std` >= 5 x `floor` is flagged.
+    """
+    if reference_std is None:
+        flagged = std >= 5 * floor
+    else:
+        flagged = std >= floor and std >= ratio * reference_std
+    if not flagged:
+        return None
+    against = "" if reference_std is None else f", {reference_std:.2f} on the reference's"
+    return {
+        "check": "ensemble_disagreement",
+        "message": f"reward-model ensemble heads disagree on the policy's samples (std "
+        f"{std:.2f} in reward std units{against}): its rewards there are not to be trusted",
+        "std": std,
+        "reference_std": reference_std,
+    }

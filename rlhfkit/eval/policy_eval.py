@@ -17,6 +17,8 @@ sampled with the same `temperature` T and `top_p`, default 1 and 1):
   y_ref ~ π_ref answering the same prompt, judged by the proxy reward and by the gold reward;
 - best-of-n: n samples of the reference, keep the one the proxy reward prefers; its KL to the
   reference as sampled is analytic, log n − (n − 1)/n (Stiennon et al. 2020, Gao et al. 2022).
+- ensemble disagreement (a proxy with K > 1 heads): mean over samples of
+  sqrt(mean_k (r_k − r̄)²), the heads' standard deviation around their mean r̄ (the reward).
 
 Prompts are plain strings or conversations (`[{"role", "content"}]`, TRL's conversational
 prompt-only format), rendered with each policy's chat template as `ppo` and `generate` render
@@ -116,6 +118,22 @@ class PolicySamples:
             rendered=self.prompts,
             ended=self.ended or [True] * len(self.responses),
         )
+
+    def score_and_disagreement(self, reward_fn: RewardFn) -> tuple[list[float], list[float] | None]:
+        """Every sample's reward and, where `reward_fn` is an rlhfkit reward-model ensemble
+        (K > 1 heads), the heads' standard deviation per sample, sqrt(mean_k (r_k - r̄)^2), in
+        one scoring pass (r̄, the heads' mean, is the reward). Otherwise the disagreement is None.
+        """
+        from rlhfkit.models.reward_model import RewardScorer
+
+        if not isinstance(reward_fn, RewardScorer) or reward_fn.model.num_heads < 2:
+            return self.score(reward_fn), None
+        heads = reward_fn.score_heads(
+            self.prompt_items or self.prompts,
+            self.responses,
+            ended=self.ended or [True] * len(self.responses),
+        )
+        return [statistics.fmean(h) for h in heads], [statistics.pstdev(h) for h in heads]
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -255,9 +273,11 @@ def evaluate_policy(
     out: dict = {"n": len(samples.responses)}
     raw: dict[str, list[float]] = {"length": [float(len(r)) for r in samples.response_ids]}
     if proxy is not None:
-        raw["proxy"] = samples.score(proxy)
+        raw["proxy"], disagreement = samples.score_and_disagreement(proxy)
         out["proxy_reward"], out["proxy_reward_std"] = summarize(raw["proxy"]).values()
         out["proxy_length_correlation"] = pearson(raw["proxy"], raw["length"])
+        if disagreement is not None:
+            out["ensemble_disagreement"] = statistics.fmean(disagreement)
     if gold is not None:
         raw["gold"] = samples.score(gold)
         out["gold_reward"], out["gold_reward_std"] = summarize(raw["gold"]).values()
@@ -317,14 +337,20 @@ def evaluate_against_reference(
     pool = sample_policy(reference, prompts, n=k, seed=seed + 7, **sampling)
     first = [i * k for i in range(len(prompts))]
     raw: dict[str, list[float]] = {}
+    disagreement = None
     if proxy is not None:
-        raw["proxy"] = pool.score(proxy)
+        raw["proxy"], disagreement = pool.score_and_disagreement(proxy)
     if gold is not None:
         raw["gold"] = pool.score(gold)
     reference_raw = {key: [values[i] for i in first] for key, values in raw.items()}
     results: dict[str, dict] = {reference_name: {"kl": 0.0, "n": len(first)}}
     for key, values in reference_raw.items():
-        results[reference_name][f"{key}_reward"] = statistics.fmean(values)
+        numbers = summarize(values)
+        results[reference_name][f"{key}_reward"] = numbers["mean"]
+        results[reference_name][f"{key}_reward_std"] = numbers["std"]
+    if disagreement is not None:
+        reference_disagreement = statistics.fmean(disagreement[i] for i in first)
+        results[reference_name]["ensemble_disagreement"] = reference_disagreement
     lengths = [float(len(pool.response_ids[i])) for i in first]
     results[reference_name]["length"] = statistics.fmean(lengths)
     if "proxy" in reference_raw:
@@ -357,9 +383,14 @@ def evaluate_against_reference(
 
     warnings = []
     for name, numbers in results.items():
-        check = diagnostics.length_correlation(numbers.get("proxy_length_correlation", 0.0))
-        if check:
-            warnings.append({**check, "message": f"{name}: {check['message']}"})
+        checks = [diagnostics.length_correlation(numbers.get("proxy_length_correlation", 0.0))]
+        if name != reference_name and "ensemble_disagreement" in numbers:
+            checks.append(
+                diagnostics.ensemble_disagreement(
+                    numbers["ensemble_disagreement"], reference_disagreement
+                )
+            )
+        warnings += [{**c, "message": f"{name}: {c['message']}"} for c in checks if c]
     samples = [
         {
             "prompt": pool.prompts[first[i]],  # the rendered text: conversations are rendered
