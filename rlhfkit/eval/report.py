@@ -91,8 +91,42 @@ def needs_log_kl_axis(kls: list[float]) -> bool:
     return len(ordered) > 1 and ordered[-1] > 10 * max(ordered[-2], 1.0)
 
 
+#: Steps averaged along an RL run's path on the frontier plot.
+PATH_SMOOTHING = 5
+
+
+def moving_average(values: list[float], width: int) -> list[float]:
+    """Trailing mean over the last `width` values (fewer at the start): m_i = mean(v_{i-w+1..i})."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - width] if i >= width else 0.0)
+        out.append(total / min(i + 1, width))
+    return out
+
+
+def training_paths(
+    evaluation: dict, *, smooth: int = 1
+) -> dict[str, tuple[list[float], list[float]]]:
+    """(KL, gold) along each RL run's training, from `evaluation["curves"]`: the logged steps
+    where both were measured (on the run's own rollouts, at its sampling temperature), each a
+    `smooth`-step trailing mean (one rollout batch's gold is noisy)."""
+    paths = {}
+    for name, curve in evaluation.get("curves", {}).items():
+        pairs = [
+            (kl, gold)
+            for kl, gold in zip(curve.get("kl", []), curve.get("gold", []), strict=False)
+            if kl is not None and gold is not None
+        ]
+        if len(pairs) > 1:
+            kls, golds = [kl for kl, _ in pairs], [gold for _, gold in pairs]
+            paths[name] = (moving_average(kls, smooth), moving_average(golds, smooth))
+    return paths
+
+
 def frontier_plot(evaluation: dict) -> str | None:
-    """Gold reward against KL for every policy, with the best-of-n curve (DPO paper, Fig. 2)."""
+    """Gold reward against KL for every policy, with the best-of-n curve and each RL run's path
+    through training (DPO paper, Fig. 2: a method's frontier is the reward it reaches at each KL).
+    """
     policies = evaluation.get("policies", {})
     points = [
         (name, p)
@@ -102,6 +136,9 @@ def frontier_plot(evaluation: dict) -> str | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, (kls, golds) in training_paths(evaluation, smooth=PATH_SMOOTHING).items():
+        label = f"{name} during training ({PATH_SMOOTHING}-step mean)"
+        ax.plot(kls, golds, "-", linewidth=1, alpha=0.5, label=label)
     bon = evaluation.get("best_of_n", [])
     if bon and "gold_reward" in bon[0]:
         ax.plot(
@@ -120,7 +157,7 @@ def frontier_plot(evaluation: dict) -> str | None:
             [point[0]], [point[1]], s=40, marker=markers[index % len(markers)],
             label=" = ".join(names), zorder=3,
         )  # fmt: skip
-    if needs_log_kl_axis([p["kl"] for _, p in points]):
+    if needs_log_kl_axis([p["kl"] for _, p in points]):  # a path ends near its policy's point
         ax.set_xscale("symlog", linthresh=1.0)  # linear up to 1 nat, logarithmic beyond
         ax.set_xlabel("KL to the reference (nats, log scale above 1)")
     else:
