@@ -24,7 +24,7 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     for key in ("rm_accuracy", "annotator_agreement", "gold_reward_max", "sft_gold_spread"):
         assert key in summary
     assert 0.5 <= summary["annotator_agreement"] <= 1.0 and summary["gold_reward_max"] == 1.0
-    for policy in ("sft", "ppo", "dpo", "ppo_no_kl"):
+    for policy in ("sft", "best_of_2", "ppo", "dpo", "ppo_no_kl"):
         assert set(summary[policy]) == {"gold_reward", "proxy_reward", "kl"}
         assert 0.0 <= summary[policy]["gold_reward"] <= 1.0
     assert summary["sft"]["kl"] == 0.0
@@ -40,7 +40,8 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     assert {"sft", "best_of_2", "ppo", "ppo_no_kl", "dpo_beta0.1"} <= set(evaluation["policies"])
     page = (out / "report.html").read_text()
     assert "Reward–KL frontier" in page and "data:image/png;base64," in page
-    assert "gold reward" in result.stderr  # the final table
+    table = result.stdout + result.stderr  # the final table, its title and last row
+    assert "rlhfkit demo — the embedded world" in table and "best reachable" in table
     _renders_in_chromium_without_errors(out / "report.html", tmp_path)
 
 

@@ -73,7 +73,9 @@ class DemoConfig:
     max_new_tokens: int = option(48, "maximum tokens per sampled response")
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
-    best_of: int = option(16, "largest n of best-of-n (powers of two up to it are reported)")
+    best_of: int = option(
+        16, "largest n of best-of-n (powers of two up to it are reported)", minimum=2
+    )
     ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 16)")
     ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
     ppo_learning_rate: float = option(2e-4, "PPO learning rate")
@@ -524,10 +526,10 @@ def run(config: DemoConfig) -> int:
         for warning in evaluation["warnings"]:
             console.print(f"[yellow]warning[/]: {warning['message']}")
     summary["gold_reward_max"] = gold_reward_max(eval_prompts)
-    for name in ("sft", f"best_of_{config.best_of}", "ppo", "dpo", "ppo_no_kl"):
-        numbers = evaluation["policies"].get(name, {})
-        key = "best_of_16" if name.startswith("best_of_") and config.best_of == 16 else name
-        summary[key] = {k: numbers.get(k) for k in ("gold_reward", "proxy_reward", "kl")}
+    best_of = f"best_of_{2 ** (config.best_of.bit_length() - 1)}"  # the largest power of two
+    for name in ("sft", best_of, "ppo", "dpo", "ppo_no_kl"):
+        numbers = evaluation["policies"][name]
+        summary[name] = {k: numbers.get(k) for k in ("gold_reward", "proxy_reward", "kl")}
     summary["dpo_sweep"] = {
         f"{beta:g}": {
             k: evaluation["policies"][f"dpo_beta{beta:g}"].get(k) for k in ("gold_reward", "kl")
