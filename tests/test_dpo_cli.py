@@ -51,6 +51,16 @@ def test_dpo_cli_outputs_metrics_and_learns(tiny_model, pairs_file, tmp_path):
     assert summary["eval_reward_margin"] > 0 and summary["eval_reward_accuracy"] > 0.5
     evaluation = _rows(out)[-1]
     assert evaluation["eval_loss"] == summary["eval_loss"]
+    # The eval row holds every eval metric, consistent with each other and with summary.json.
+    assert set(evaluation) == {
+        "step", "eval_loss", "eval_kl", "eval_rewards/chosen", "eval_rewards/rejected",
+        "eval_rewards/accuracy", "eval_rewards/margin", "eval_logps/chosen", "eval_logps/rejected",
+    }  # fmt: skip
+    assert evaluation["step"] == 6 and summary["eval_kl"] == evaluation["eval_kl"]
+    assert evaluation["eval_rewards/margin"] == pytest.approx(
+        evaluation["eval_rewards/chosen"] - evaluation["eval_rewards/rejected"], rel=1e-5
+    )
+    assert evaluation["eval_logps/chosen"] < 0 and evaluation["eval_logps/rejected"] < 0
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "reference_logps.pt").is_file()
 

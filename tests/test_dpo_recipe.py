@@ -1,6 +1,8 @@
 """The DPO recipe's pieces, in process on the tiny preset: pair data, the concatenated and packed
-forwards, the reference sources, step-0 values, every loss variant through a step, the batch
-plan with length bucketing, and option validation."""
+forwards, the rows the LM head sees, the reference sources (a separate reference model, LoRA with
+a precomputed reference), step-0 and eval values, length-averaged variants read from the
+registry, every loss variant through a step, the batch plan with length bucketing, and option
+validation."""
 
 from __future__ import annotations
 
@@ -11,14 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import write_jsonl
+from torch.overrides import TorchFunctionMode
+from transformers import AutoModelForCausalLM
 
 from rlhfkit.config import load_config
 from rlhfkit.errors import ConfigError
-from rlhfkit.losses.dpo import available_dpo_losses
+from rlhfkit.losses.dpo import (
+    DPO_LOSSES,
+    available_dpo_losses,
+    is_length_normalised,
+    register_dpo_loss,
+)
 from rlhfkit.models.loading import LoraSettings, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs, sequence_logprobs
 from rlhfkit.recipes.dpo import (
+    REFERENCE_CACHE,
     DPOConfig,
     DPOOptions,
     LengthBucketedPlan,
@@ -30,6 +41,8 @@ from rlhfkit.recipes.dpo import (
     sequence_logps,
     train,
 )
+from rlhfkit.recipes.init_model import InitModelConfig
+from rlhfkit.recipes.init_model import run as init_model
 from rlhfkit.synthetic import default_annotators, label_pairs, make_prompts, sample_response
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.reference import reference_kind, reference_logprobs
@@ -171,6 +184,70 @@ def test_unknown_layout_is_an_error():
         pair_batch(PAIRS, [0], 0, "cpu", layout="diagonal")
 
 
+class LMHeadCalls(TorchFunctionMode):
+    """Records, for every torch call, the rows the LM head's weight is applied to, and the shape
+    of every tensor produced whose last dimension is the vocabulary.
+
+    A module forward hook on `lm.get_output_embeddings()` would never fire: `TokenLogprobs`
+    applies the head's *weight* with `F.linear` chunk by chunk (`chunked_token_logprobs`) and
+    never calls the module, so the calls are watched at the level of torch functions.
+    """
+
+    def __init__(self, head_weight: torch.Tensor):
+        super().__init__()
+        self.head_weight = head_weight
+        self.vocab = head_weight.shape[0]
+        self.head_rows: list[int] = []  # rows of hidden states per LM-head call
+        self.vocab_shapes: list[tuple[int, ...]] = []  # every (..., V) tensor produced
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (
+            func is F.linear
+            and (args[1] if len(args) > 1 else kwargs["weight"]) is self.head_weight
+        ):
+            self.head_rows.append(math.prod(args[0].shape[:-1]))  # input (n, H)
+        for value in out if isinstance(out, tuple | list) else (out,):
+            if (
+                isinstance(value, torch.Tensor)
+                and value.ndim >= 2
+                and value.shape[-1] == self.vocab
+            ):
+                self.vocab_shapes.append(tuple(value.shape))
+        return out
+
+
+@pytest.mark.parametrize("layout", ["padded", "shared_prompt"])
+def test_lm_head_sees_only_completion_rows_in_chunks(tiny_model, layout):
+    """One DPO loss computation (forward, pair losses, backward) on `PAIRS` with chunks of 4 rows.
+
+    Completion tokens: chosen 4 + 1 + 3, rejected 2 + 6 + 5 = 21 (every pair has a prompt, so
+    every completion token is predicted). Padded rows: 2B x T = 6 x 11 = 66 positions (the
+    longest sequence is prompt 5 + rejected 6); shared-prompt rows: B x T = 3 x 12 = 36 (the
+    longest row is 5 + 1 + 6). The head must see exactly 21 rows, in calls of at most 4
+    (21 = 5 x 4 + 1), and no tensor with the vocabulary as last dimension may have more than
+    4 rows: no (B, T, V) logits exist.
+    """
+    lm = load_causal_lm(str(tiny_model))
+    policy = TokenLogprobs(lm, chunk_size=4)
+    batch = pair_batch(PAIRS, [0, 1, 2], 0, "cpu", layout=layout)
+    completion_tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in PAIRS)
+    assert completion_tokens == 21
+    rows, length = batch["input_ids"].shape
+    assert (rows, length) == ((6, 11) if layout == "padded" else (3, 12))
+    calls = LMHeadCalls(lm.get_output_embeddings().weight)
+    with calls:
+        logps, lengths = sequence_logps(policy, batch)  # (6,), (6,)
+        losses, _ = pair_losses(logps, lengths, logps.detach() - 1.0, DPOOptions())
+        losses.sum().backward()
+    assert lengths.sum().item() == completion_tokens
+    assert calls.head_rows == [4, 4, 4, 4, 4, 1]
+    assert calls.vocab_shapes and all(math.prod(shape[:-1]) <= 4 for shape in calls.vocab_shapes), (
+        calls.vocab_shapes
+    )
+
+
 # --- reference -------------------------------------------------------------------------------
 
 
@@ -193,6 +270,101 @@ def test_lora_reference_with_adapters_disabled_equals_a_frozen_copy(tiny_model):
     # The context restored the adapters.
     with torch.no_grad():
         torch.testing.assert_close(sequence_logps(policy, batch)[0], with_adapters)
+
+
+@pytest.fixture(scope="module")
+def other_tiny_model(tmp_path_factory) -> Path:
+    """A second tiny model, another random initialisation (seed 1) with the same tokenizer."""
+    out = tmp_path_factory.mktemp("models") / "tiny-seed1"
+    init_model(InitModelConfig(preset="tiny", out=str(out), seed=1))
+    return out
+
+
+def _recipe_pairs(tiny_model: Path, data: Path) -> list[Pair]:
+    """The pairs of `data` tokenised as `train` does with `_config`'s lengths."""
+    config = _config(tiny_model, data, "unused")
+    pairs, _ = load_pairs(
+        str(data), load_tokenizer(str(tiny_model)), max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+    )  # fmt: skip
+    return pairs
+
+
+def _summed_logps(model_dir: Path, pairs: list[Pair]) -> torch.Tensor:
+    """(N, 2) summed completion log-probs (chosen, rejected) of `pairs` under the model at
+    `model_dir`, loaded with plain transformers and scored one unpadded sequence at a time
+    through the full-logits reference path (`sequence_logprobs`)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    table = torch.zeros(len(pairs), 2)
+    with torch.no_grad():
+        for i, pair in enumerate(pairs):
+            for side, completion in enumerate((pair.chosen_ids, pair.rejected_ids)):
+                ids = torch.tensor([pair.prompt_ids + completion])
+                mask = torch.tensor([[0] * len(pair.prompt_ids) + [1] * len(completion)])
+                table[i, side] = sequence_logprobs(model, ids, mask).sum()
+    return table
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_a_separate_reference_model_is_loaded_and_used(
+    precompute, tiny_model, other_tiny_model, tmp_path
+):
+    """`dpo.reference` names another model (seed 1); the policy starts from seed 0. Four pairs,
+    batch 4: step 1 holds every pair, before any update, so with beta = 0.3 its row must be
+
+        rewards/chosen   = 0.3 * mean_i (logp_policy(w_i) - logp_ref(w_i))
+        rewards/rejected = 0.3 * mean_i (logp_policy(l_i) - logp_ref(l_i))
+        kl               = mean_i (1/2) [(logp_policy(w_i) - logp_ref(w_i))
+                                          + (logp_policy(l_i) - logp_ref(l_i))]
+        loss             = mean_i softplus(-(r_w,i - r_l,i))
+
+    with both models' log-probs computed here independently (`_summed_logps`); had the
+    starting model been used as the reference, every reward would be 0.
+    """
+    data = write_jsonl(tmp_path / "pairs.jsonl", world_pairs(24)[:4])
+    out = tmp_path / "run"
+    summary = train(
+        _config(tiny_model, data, out, "max_steps=1", "dpo.beta=0.3",
+                f"dpo.reference={other_tiny_model}", f"dpo.precompute_ref={precompute}")
+    )  # fmt: skip
+    assert summary["reference_logps"] == (
+        "computed (frozen-copy)" if precompute else "on the fly (frozen-copy)"
+    )
+    pairs = _recipe_pairs(tiny_model, data)
+    assert len(pairs) == 4
+    logratios = _summed_logps(tiny_model, pairs) - _summed_logps(other_tiny_model, pairs)  # (4, 2)
+    rewards = 0.3 * logratios.mean(0)  # (2,): chosen, rejected
+    per_pair = 0.3 * (logratios[:, 0] - logratios[:, 1])  # (4,)
+    row = _rows(out)[0]
+    assert abs(row["rewards/chosen"]) > 0.1 and abs(row["rewards/rejected"]) > 0.1
+    assert row["rewards/chosen"] == pytest.approx(rewards[0].item(), rel=1e-5, abs=1e-5)
+    assert row["rewards/rejected"] == pytest.approx(rewards[1].item(), rel=1e-5, abs=1e-5)
+    assert row["kl"] == pytest.approx(logratios.mean().item(), rel=1e-5, abs=1e-5)
+    expected_loss = F.softplus(-per_pair).mean().item()
+    assert row["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_lora_with_precomputed_reference_caches_the_base_models_logps(
+    tiny_model, dpo_data, tmp_path
+):
+    """LoRA with the default `dpo.precompute_ref=true`: the reference pass runs the policy with
+    its adapters switched off, and the cached (N, 2) table equals the base model's own summed
+    log-probs (computed here with plain transformers, one sequence at a time). LoRA starts as
+    the identity (B = 0), so step 1's rewards are 0 up to float rounding (other batches) and its
+    loss is log 2 = 0.6931472."""
+    out = tmp_path / "lora"
+    summary = train(_config(tiny_model, dpo_data, out, "max_steps=1", "lora.r=4", "lora.alpha=8"))
+    assert summary["reference_logps"] == "computed (adapters-disabled)"
+    cache = torch.load(out / REFERENCE_CACHE, weights_only=True)
+    pairs = _recipe_pairs(tiny_model, dpo_data)
+    assert cache["train"].shape == (len(pairs), 2) and cache["eval"].shape == (0, 2)
+    torch.testing.assert_close(
+        cache["train"], _summed_logps(tiny_model, pairs), rtol=1e-5, atol=1e-4
+    )
+    row = _rows(out)[0]
+    for key in ("rewards/chosen", "rewards/rejected", "kl"):
+        assert row[key] == pytest.approx(0.0, abs=1e-5)
+    assert row["loss"] == pytest.approx(math.log(2), rel=1e-5)
 
 
 def test_reference_sources(tiny_model):
@@ -237,6 +409,75 @@ def test_pair_losses_sft_term_and_length_averaging():
     torch.testing.assert_close(metrics["rewards/rejected"], torch.tensor([-0.25]))
     # kl: mean over both sides of the summed log-ratio: (2 + (-1)) / 2.
     torch.testing.assert_close(metrics["kl"], torch.tensor([0.5]))
+
+
+def test_a_registered_length_normalised_variant_gets_averaged_logps():
+    """A user variant declares `length_normalised=True` when it is registered; the recipe reads
+    the flag from the registry. Both test variants return h = chosen - rejected log-ratio.
+    beta = 0.5; pair as above: chosen -6 over 3 tokens (ref -8), rejected -4 over 2 (ref -3).
+
+    Averaged: chosen (-6 + 8) / 3 = 2/3, rejected (-4 + 3) / 2 = -1/2; h = 7/6;
+    rewards 0.5 * 2/3 = 1/3 and 0.5 * -1/2 = -1/4.
+    Summed (no flag): chosen 2, rejected -1; h = 3; rewards 1 and -0.5.
+    """
+
+    def logratio_gap(chosen_logratios, rejected_logratios, *, beta, label_smoothing):
+        return chosen_logratios - rejected_logratios  # (B,)
+
+    register_dpo_loss("test_gap_averaged", length_normalised=True)(logratio_gap)
+    register_dpo_loss("test_gap_summed")(logratio_gap)
+    logps, lengths = torch.tensor([-6.0, -4.0]), torch.tensor([3.0, 2.0])
+    ref = torch.tensor([-8.0, -3.0])
+    try:
+        assert is_length_normalised("test_gap_averaged")
+        assert not is_length_normalised("test_gap_summed")
+        options = DPOOptions(beta=0.5, loss_type="test_gap_averaged")
+        check_options(DPOConfig(dpo=options))
+        losses, metrics = pair_losses(logps, lengths, ref, options)
+        torch.testing.assert_close(losses, torch.tensor([7 / 6]), rtol=1e-6, atol=0)
+        torch.testing.assert_close(metrics["rewards/chosen"], torch.tensor([1 / 3]))
+        torch.testing.assert_close(metrics["rewards/rejected"], torch.tensor([-0.25]))
+        # logps/* stay the summed log-probs whatever the variant.
+        torch.testing.assert_close(metrics["logps/chosen"], torch.tensor([-6.0]))
+        losses, metrics = pair_losses(
+            logps, lengths, ref, DPOOptions(beta=0.5, loss_type="test_gap_summed")
+        )
+        torch.testing.assert_close(losses, torch.tensor([3.0]), rtol=1e-6, atol=0)
+        torch.testing.assert_close(metrics["rewards/chosen"], torch.tensor([1.0]))
+        torch.testing.assert_close(metrics["rewards/rejected"], torch.tensor([-0.5]))
+    finally:
+        del DPO_LOSSES["test_gap_averaged"], DPO_LOSSES["test_gap_summed"]
+
+
+def test_pair_losses_simpo_uses_length_averages_and_the_configured_gamma():
+    """SimPO through the recipe, options from the config keys `dpo.beta=2 dpo.simpo_gamma=0.8`
+    (not the default 0.5); no reference (the recipe passes None). Rows: chosen then rejected.
+
+    Pair 1: chosen -3 over 3 tokens (avg -1), rejected -6 over 4 (avg -1.5):
+      z = 2 (-1 + 1.5) - 0.8 = 0.2; loss = softplus(-0.2) = log(1 + e^-0.2)
+      = log(1 + 0.8187308) = log(1.8187308) = 0.5981389.
+    Pair 2: chosen -2 over 1 token (avg -2), rejected -2 over 2 (avg -1):
+      z = 2 (-2 + 1) - 0.8 = -2.8; loss = softplus(2.8) = 2.8 + log(1 + e^-2.8)
+      = 2.8 + log(1.0608101) = 2.8 + 0.0590324 = 2.8590324.
+    Rewards beta * avg: (-2, -4) chosen, (-3, -2) rejected; margins 1, -2; accuracy 1, 0.
+    Summed log-probs would give pair 1 z = 2 * 3 - 0.8 = 5.2 (loss 0.0055), and the default
+    gamma z = 0.5 (loss 0.4740770): both ruled out by the first value.
+    """
+    options = load_config(
+        DPOConfig, overrides=["dpo.loss_type=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.8"]
+    ).dpo
+    logps = torch.tensor([-3.0, -2.0, -6.0, -2.0])  # (2B,)
+    lengths = torch.tensor([3.0, 1.0, 4.0, 2.0])  # (2B,)
+    losses, metrics = pair_losses(logps, lengths, None, options)
+    torch.testing.assert_close(
+        losses, torch.tensor([0.5981388693815918, 2.859032420713449]), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(metrics["rewards/chosen"], torch.tensor([-2.0, -4.0]))
+    torch.testing.assert_close(metrics["rewards/rejected"], torch.tensor([-3.0, -2.0]))
+    torch.testing.assert_close(metrics["rewards/margin"], torch.tensor([1.0, -2.0]))
+    assert metrics["rewards/accuracy"].tolist() == [1.0, 0.0]
+    torch.testing.assert_close(metrics["logps/chosen"], torch.tensor([-3.0, -2.0]))
+    assert "kl" not in metrics  # reference-free: no reference, no KL estimate
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -336,6 +577,38 @@ def test_step_zero_rewards_are_exactly_zero_and_loss_is_log2(
         assert row["rewards/chosen"] == 0.0 and row["rewards/rejected"] == 0.0
         assert row["rewards/margin"] == 0.0 and row["kl"] == 0.0
         assert row["loss"] == pytest.approx(math.log(2), rel=1e-7)
+
+
+def test_eval_metrics_at_equal_policy_and_reference(tiny_model, dpo_data, tmp_path):
+    """learning_rate=0: after its one step the policy still equals the reference, and the eval
+    pass (the same length-ordered batches as the precompute pass) sees
+    rewards 0, margin 0, accuracy 0 (ties do not count), kl 0 and eval_loss = -log sigmoid(0)
+    = log 2 = 0.6931472; eval_logps/* are the mean summed log-probs of the 24 eval pairs under
+    the starting model (computed here independently, one sequence at a time)."""
+    out = tmp_path / "eval"
+    summary = train(
+        _config(tiny_model, dpo_data, out, "max_steps=1", "learning_rate=0",
+                f"eval_data={dpo_data}")
+    )  # fmt: skip
+    evaluation = _rows(out)[-1]
+    assert set(evaluation) == {
+        "step", "eval_loss", "eval_kl", "eval_rewards/chosen", "eval_rewards/rejected",
+        "eval_rewards/accuracy", "eval_rewards/margin", "eval_logps/chosen", "eval_logps/rejected",
+    }  # fmt: skip
+    assert evaluation["step"] == 1
+    for key in ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margin", "eval_kl"):
+        assert evaluation[key] == pytest.approx(0.0, abs=1e-6), key
+    assert evaluation["eval_rewards/accuracy"] == 0.0
+    assert evaluation["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    pairs = _recipe_pairs(tiny_model, dpo_data)
+    mean_logps = _summed_logps(tiny_model, pairs).mean(0)  # (2,): chosen, rejected
+    assert evaluation["eval_logps/chosen"] == pytest.approx(mean_logps[0].item(), rel=1e-5)
+    assert evaluation["eval_logps/rejected"] == pytest.approx(mean_logps[1].item(), rel=1e-5)
+    assert mean_logps.max() < 0
+    assert summary["eval_loss"] == evaluation["eval_loss"]
+    assert summary["eval_reward_accuracy"] == evaluation["eval_rewards/accuracy"]
+    assert summary["eval_reward_margin"] == evaluation["eval_rewards/margin"]
+    assert summary["eval_kl"] == evaluation["eval_kl"]
 
 
 def test_grad_accum_1x4_equals_4x1(tiny_model, dpo_data, tmp_path):

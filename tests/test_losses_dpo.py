@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rlhfkit.losses import DPO_LOSSES, available_dpo_losses, dpo_loss, register_dpo_loss
+from rlhfkit.losses.dpo import is_length_normalised
 
 LOG2 = math.log(2.0)  # 0.6931472
 SOFTPLUS_M075 = 0.38687100611489994  # softplus(-0.75)
@@ -42,6 +43,32 @@ def two_pairs():
 def test_registry_lists_every_variant():
     assert available_dpo_losses() == ["cdpo", "hinge", "ipo", "robust", "sigmoid", "simpo"]
     assert set(DPO_LOSSES) == set(available_dpo_losses())
+
+
+def test_variants_declare_length_normalisation_when_registered():
+    """IPO and SimPO are defined on per-token averages (their papers), the rest on sums; a new
+    variant declares it with `length_normalised=True`, and the default is False. `dpo_loss`
+    itself never divides: the flag tells a caller holding sums (the DPO recipe) to."""
+    declared = {name for name in available_dpo_losses() if is_length_normalised(name)}
+    assert declared == {"ipo", "simpo"}
+    assert DPO_LOSSES["simpo"].reference_free and not DPO_LOSSES["ipo"].reference_free
+
+    def gap(chosen_logratios, rejected_logratios, *, beta, label_smoothing):
+        return chosen_logratios - rejected_logratios
+
+    register_dpo_loss("test_averaged_gap", length_normalised=True)(gap)
+    register_dpo_loss("test_summed_gap")(gap)
+    try:
+        assert is_length_normalised("test_averaged_gap")
+        assert not is_length_normalised("test_summed_gap")
+        assert not DPO_LOSSES["test_averaged_gap"].reference_free
+        # two_pairs: h = 1.5 and -1.5, flag or not: the loss takes the log-probs it is given.
+        losses, _, _ = dpo_loss(*two_pairs(), beta=0.5, loss_type="test_averaged_gap")
+        assert_values(losses, [1.5, -1.5])
+    finally:
+        del DPO_LOSSES["test_averaged_gap"], DPO_LOSSES["test_summed_gap"]
+    with pytest.raises(ValueError, match="unknown DPO loss_type 'test_averaged_gap'"):
+        is_length_normalised("test_averaged_gap")
 
 
 def test_unknown_loss_type_raises_and_lists_names():

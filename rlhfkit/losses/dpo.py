@@ -19,7 +19,8 @@ Variants (``loss_type``), each a function registered with ``@register_dpo_loss``
 * ``ipo`` -- Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
   Preferences": ``(h - 1 / (2 beta))^2`` (the paper's ``tau`` is ``beta``). IPO defines the
   log-likelihoods as averages over the response tokens; this function takes the log-probs it is
-  given, and the DPO recipe passes length-averaged log-probs when ``loss_type == "ipo"``.
+  given, and, as it is registered with ``length_normalised=True``, the DPO recipe passes it
+  length-averaged log-probs.
 * ``hinge`` -- SLiC-HF, Zhao et al. 2023, "Calibrating Sequence Likelihood Improves Conditional
   Language Generation": ``max(0, 1 - beta h)``. Departure: the hinge is on the reference
   log-ratios, as in RSO (Liu et al. 2023, "Statistical Rejection Sampling Improves Preference
@@ -30,10 +31,11 @@ Variants (``loss_type``), each a function registered with ``@register_dpo_loss``
 * ``simpo`` -- Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
   Reward": ``-log sigmoid(beta (avg_logp_w - avg_logp_l) - gamma)``. Reference-free: the
   reference log-probs are ignored and may be ``None``; the caller passes length-normalised
-  (mean per token) policy log-probs. ``gamma`` is the keyword ``simpo_gamma``, the target reward
-  margin in reward units (the paper's gamma, not its gamma/beta ratio), default 0.5. SimPO is
-  meant for larger betas than DPO (the paper uses 2.0-2.5). ``label_smoothing`` applies as in
-  cDPO. The rewards returned are SimPO's ``beta * avg_logp``.
+  (mean per token) policy log-probs (registered with ``length_normalised=True``). ``gamma`` is
+  the keyword ``simpo_gamma``, the target reward margin in reward units (the paper's gamma, not
+  its gamma/beta ratio), default 0.5. SimPO is meant for larger betas than DPO (the paper uses
+  2.0-2.5). ``label_smoothing`` applies as in cDPO. The rewards returned are SimPO's
+  ``beta * avg_logp``.
 
 Soft labels (``soft_labels=p``, ``p = P(y_w beats y_l)`` per pair, e.g. AI feedback or vote
 shares): every variant becomes its expected loss over the label,
@@ -50,7 +52,11 @@ Registering a variant::
         return ...  # (B,)
 
 A variant receives the log-ratios (or, when registered with ``reference_free=True``, the policy
-log-probs themselves) and returns per-pair losses; ``dpo_loss`` computes the rewards.
+log-probs themselves) and returns per-pair losses; ``dpo_loss`` computes the rewards. A variant
+defined on per-token averages declares it with ``length_normalised=True``: ``dpo_loss`` itself
+takes whatever log-probs it is given, and a caller that holds sums and lengths (the DPO recipe)
+divides by the lengths first, ``avg_logp(y|x) = log pi(y|x) / |y|``, for the policy and the
+reference alike. ``ipo`` and ``simpo`` are registered so.
 """
 
 from __future__ import annotations
@@ -82,13 +88,21 @@ class DPOLossFunction(Protocol):
 
 @dataclass(frozen=True)
 class DPOLossVariant:
-    """A registered DPO loss: the function and whether it ignores the reference model.
+    """A registered DPO loss: the function and what it expects of its inputs.
 
     Calling the variant calls its function.
+
+    Attributes:
+        fn: The loss function.
+        reference_free: The variant ignores the reference model (its inputs are the policy
+            log-probs, not log-ratios).
+        length_normalised: The variant is defined on length-averaged log-probs
+            ``log pi(y|x) / |y|`` (each (B,)), not on summed ones.
     """
 
     fn: DPOLossFunction
     reference_free: bool = False
+    length_normalised: bool = False
 
     def __call__(
         self, chosen_logratios: Tensor, rejected_logratios: Tensor, **kwargs: Any
@@ -100,7 +114,7 @@ DPO_LOSSES: Registry[DPOLossVariant] = Registry("DPO loss_type")
 
 
 def register_dpo_loss(
-    *names: str, reference_free: bool = False
+    *names: str, reference_free: bool = False, length_normalised: bool = False
 ) -> Callable[[DPOLossFunction], DPOLossFunction]:
     """Decorator that registers a DPO loss variant under one or more names.
 
@@ -108,13 +122,19 @@ def register_dpo_loss(
         *names: The ``loss_type`` names the variant answers to.
         reference_free: If True, the variant receives the policy log-probs in place of the
             log-ratios, and the reference log-probs are neither needed nor used.
+        length_normalised: If True, the variant is defined on length-averaged log-probs
+            ``log pi(y|x) / |y|``: callers that hold summed log-probs (the DPO recipe) divide
+            them, policy and reference alike, by the response lengths before ``dpo_loss``.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
     """
 
     def register(fn: DPOLossFunction) -> DPOLossFunction:
-        DPO_LOSSES.add(names, DPOLossVariant(fn=fn, reference_free=reference_free))
+        variant = DPOLossVariant(
+            fn=fn, reference_free=reference_free, length_normalised=length_normalised
+        )
+        DPO_LOSSES.add(names, variant)
         return fn
 
     return register
@@ -123,6 +143,15 @@ def register_dpo_loss(
 def available_dpo_losses() -> list[str]:
     """The registered ``loss_type`` names, sorted."""
     return DPO_LOSSES.names()
+
+
+def is_length_normalised(loss_type: str) -> bool:
+    """Whether the variant ``loss_type`` was registered with ``length_normalised=True``.
+
+    Raises:
+        ValueError: For an unknown ``loss_type`` (the message lists the registered ones).
+    """
+    return DPO_LOSSES.lookup(loss_type).length_normalised
 
 
 def _smoothed_sigmoid_loss(logits: Tensor, label_smoothing: float) -> Tensor:
@@ -162,7 +191,7 @@ def sigmoid_dpo_loss(
     return _smoothed_sigmoid_loss(logits, label_smoothing)  # (B,)
 
 
-@register_dpo_loss("ipo")
+@register_dpo_loss("ipo", length_normalised=True)
 def ipo_loss(
     chosen_logratios: Tensor,
     rejected_logratios: Tensor,
@@ -241,7 +270,7 @@ def robust_dpo_loss(
     )  # (B,)
 
 
-@register_dpo_loss("simpo", reference_free=True)
+@register_dpo_loss("simpo", reference_free=True, length_normalised=True)
 def simpo_loss(
     chosen_logps: Tensor,
     rejected_logps: Tensor,
@@ -284,8 +313,9 @@ def dpo_loss(
     """Per-pair loss of a DPO-family variant, and the detached implicit rewards.
 
     Args:
-        policy_chosen_logps: Summed (or, for ``ipo``/``simpo``, length-averaged) log-probs of the
-            chosen responses under the policy, shape (B,).
+        policy_chosen_logps: Summed log-probs of the chosen responses under the policy, shape
+            (B,); length-averaged for a variant registered with ``length_normalised=True``
+            (``ipo``, ``simpo``): this function does not divide, the caller does.
         policy_rejected_logps: Same for the rejected responses, shape (B,).
         ref_chosen_logps: Same for the chosen responses under the frozen reference, shape (B,);
             may be ``None`` for a reference-free variant (``simpo``), which ignores it.
@@ -343,6 +373,7 @@ __all__ = [
     "dpo_loss",
     "hinge_loss",
     "ipo_loss",
+    "is_length_normalised",
     "register_dpo_loss",
     "robust_dpo_loss",
     "sigmoid_dpo_loss",

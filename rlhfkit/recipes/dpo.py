@@ -20,8 +20,9 @@ The loss variants live in `rlhfkit.losses.dpo` (registered functions); this modu
   position ids, for flash-attention's varlen kernels on a GPU.
 * **Normalisation.** The loss of an optimizer step is the sum of per-pair losses over the global
   batch divided by the global number of pairs, so 1x8 equals 8x1 equals 2 processes x 4.
-* **Length-averaged log-probs** go to the variants defined on them (`ipo`, `simpo`: see
-  `LENGTH_AVERAGED`); the others get summed log-probs.
+* **Length-averaged log-probs** go to the variants defined on them: those registered with
+  `@register_dpo_loss(..., length_normalised=True)` (`ipo`, `simpo`, and any user variant that
+  declares it; `rlhfkit.losses.dpo.is_length_normalised`). The others get summed log-probs.
 * **RPO.** `dpo.sft_weight = alpha > 0` adds ``alpha * NLL(chosen) / |chosen|`` per pair (Pang et
   al. 2024, "Iterative Reasoning Preference Optimization").
 
@@ -54,7 +55,7 @@ from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
 from rlhfkit.errors import ConfigError, relabel_error
-from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss
+from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss, is_length_normalised
 from rlhfkit.models.loading import compile_blocks, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
@@ -67,8 +68,6 @@ from rlhfkit.training.run import Run, check_finite
 from rlhfkit.training.setup import checked_plan, prepare_optimization, resume_or_start
 from rlhfkit.training.steps import global_sum, optimizer_step, sync_context
 
-# Variants whose papers define the log-likelihoods as per-token averages.
-LENGTH_AVERAGED = frozenset({"ipo", "simpo"})
 REFERENCE_CACHE = "reference_logps.pt"
 
 
@@ -358,6 +357,7 @@ def _variant_kwargs(options: DPOOptions) -> dict:
 
 
 def is_reference_free(loss_type: str) -> bool:
+    """Whether `loss_type` was registered `reference_free` (it needs no reference model)."""
     return DPO_LOSSES.lookup(loss_type).reference_free
 
 
@@ -370,6 +370,10 @@ def pair_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair losses and per-pair metrics.
 
+    A variant registered `length_normalised` (`is_length_normalised`) gets ``logps / lengths``,
+    policy and reference alike; its rewards are then ``beta x`` those averages. The `logps/*`
+    and `kl` metrics stay on the summed log-probs whatever the variant.
+
     Args:
         policy_logps: (2B,) summed policy log-probs, chosen rows then rejected rows.
         lengths: (2B,) completion lengths of those rows.
@@ -381,7 +385,7 @@ def pair_losses(
         `(losses (B,), metrics)` with metrics of shape (B,), detached.
     """
     pairs = policy_logps.shape[0] // 2
-    averaged = options.loss_type in LENGTH_AVERAGED
+    averaged = is_length_normalised(options.loss_type)
     policy_in = policy_logps / lengths if averaged else policy_logps  # (2B,)
     ref_in = None
     if ref_logps is not None and not is_reference_free(options.loss_type):
