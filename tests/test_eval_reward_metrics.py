@@ -6,11 +6,13 @@ import pytest
 
 from rlhfkit.eval.reward_metrics import (
     bradley_terry_nll,
+    ensemble_normalization,
     expected_calibration_error,
     head_disagreement,
     length_correlation,
     mean_margin,
     normalization_from_rewards,
+    normalized_disagreement,
     pair_calibration_error,
     pairwise_accuracy,
     pearson_correlation,
@@ -109,6 +111,65 @@ def test_normalization_from_rewards():
     assert close(sum(values) / 3, 0.0)
     assert close(sum(v * v for v in values) / 3, 1.0)
     assert normalization_from_rewards([4.0, 4.0]) == (1.0, -4.0)
+
+
+# Raw rewards of S = 4 samples (rows) by K = 2 heads (columns), used by the two tests below.
+TWO_HEADS = [[0.0, 1.0], [2.0, 1.0], [0.0, 5.0], [2.0, 5.0]]
+
+
+def test_ensemble_normalization_by_hand():
+    """Head 1 = (0, 2, 0, 2): mean m_1 = 1, population std s_1 = 1, z_1 = (-1, 1, -1, 1).
+    Head 2 = (1, 1, 5, 5): m_2 = 3, s_2 = 2, z_2 = (-1, -1, 1, 1).
+    R = (z_1 + z_2)/2 = (-1, 0, 0, 1): mean 0, variance (1 + 0 + 0 + 1)/4 = 1/2, σ_R = 1/√2.
+    gain_1 = 1/(s_1 σ_R) = √2 = 1.4142136,  bias_1 = -m_1/(s_1 σ_R) = -√2 = -1.4142136;
+    gain_2 = 1/(2/√2) = 1/√2 = 0.7071068,   bias_2 = -3/√2 = -2.1213203.
+    Normalised heads: √2 (-1, 1, -1, 1) and √2 (-1, -1, 1, 1), each std √2 (one shared scale);
+    their mean (-√2, 0, 0, √2) has mean 0 and variance (2 + 2)/4 = 1. Standardising each head
+    on its own instead (the old rule) gave the mean R itself: std 1/√2 = 0.707, not 1."""
+    gains, biases = ensemble_normalization(TWO_HEADS)
+    root2 = math.sqrt(2.0)
+    assert gains == pytest.approx([root2, 1 / root2], rel=1e-12)
+    assert biases == pytest.approx([-root2, -3 / root2], rel=1e-12)
+    heads = [[g * r + b for g, r, b in zip(gains, row, biases, strict=True)] for row in TWO_HEADS]
+    rewards = [sum(h) / 2 for h in heads]
+    assert rewards == pytest.approx([-root2, 0.0, 0.0, root2], abs=1e-12)
+    for k in range(2):
+        column = [h[k] for h in heads]
+        assert close(sum(c * c for c in column) / 4, 2.0)  # mean 0, variance 2: std √2 each
+    old = [normalization_from_rewards([row[k] for row in TWO_HEADS]) for k in range(2)]
+    old_rewards = [
+        sum(g * r + b for (g, b), r in zip(old, row, strict=True)) / 2 for row in TWO_HEADS
+    ]
+    assert close(math.sqrt(sum(r * r for r in old_rewards) / 4), 1 / root2)
+
+
+def test_ensemble_normalization_one_head_is_the_plain_normalisation():
+    """K = 1: exactly `normalization_from_rewards` of the single column (bit for bit), e.g.
+    (1, 2, 3) -> gain 1.2247449, bias -2.4494897; a constant head keeps gain 1. A constant
+    ensemble (two heads that are constant) keeps σ_R = 1 and only removes the means."""
+    column = [0.3, -1.7, 2.9, 0.11, 5.0]
+    gain, bias = normalization_from_rewards(column)
+    assert ensemble_normalization([[r] for r in column]) == ([gain], [bias])
+    (gain_3,), (bias_3,) = ensemble_normalization([[1.0], [2.0], [3.0]])
+    assert close(gain_3, 1.224744871391589) and close(bias_3, -2.449489742783178)
+    assert ensemble_normalization([[4.0], [4.0]]) == ([1.0], [-4.0])
+    assert ensemble_normalization([[4.0, 1.0], [4.0, 1.0]]) == ([1.0, 1.0], [-4.0, -1.0])
+    with pytest.raises(ValueError):
+        ensemble_normalization([])
+    with pytest.raises(ValueError):
+        ensemble_normalization([[1.0, 2.0], [1.0]])
+
+
+def test_normalized_disagreement_by_hand_and_scale_free():
+    """After `ensemble_normalization` of TWO_HEADS the heads are √2 (-1, 1, -1, 1) and
+    √2 (-1, -1, 1, 1): per sample the population std across the two heads is |a - b| / 2 =
+    (0, √2, √2, 0), mean √2/2 = 0.7071068 (in units of the ensemble reward's std). Any per-head
+    map a_k r_k + c_k with a_k > 0 (here 10 r_1 - 3 and 0.5 r_2 + 7) gives the same value; one
+    head gives 0."""
+    assert close(normalized_disagreement(TWO_HEADS), math.sqrt(2.0) / 2)
+    rescaled = [[10 * r1 - 3, 0.5 * r2 + 7] for r1, r2 in TWO_HEADS]
+    assert close(normalized_disagreement(rescaled), math.sqrt(2.0) / 2)
+    assert normalized_disagreement([[1.0], [3.0]]) == 0.0
 
 
 def test_pair_metrics_bundle_and_errors():

@@ -1,8 +1,10 @@
-"""Reward model: shared-prompt packing, head initialisation, save/load with transformers,
-normalisation in the scorer, LoRA, and the ranking loss of the recipe (worked by hand)."""
+"""Reward model: shared-prompt packing, head initialisation, dropout off, ensemble heads and their
+disagreement, save/load with transformers, normalisation in the scorer (and its reset when a
+reward model is trained again), LoRA, and the ranking loss of the recipe (worked by hand)."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from rlhfkit.models.loading import LoraSettings, load_tokenizer
 from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.reward_model import (
     REWARD_INFO_FILE,
+    RewardScorer,
     build_reward_model,
     init_reward_head,
     load_reward_model,
@@ -106,8 +109,111 @@ def test_head_initialisation(tiny_model, tokenizer):
     init_reward_head(linear, seed=0)
     assert torch.all(linear.bias == 0)
     assert abs(float(linear.weight.detach().std()) - 1 / math.sqrt(1001)) < 0.003
-    # Dropout off everywhere.
+
+
+def _checkpoint_with_dropout(tiny_model, out):
+    """A copy of the tiny model whose config asks for dropout 0.5 everywhere it has a rate
+    (`attention_dropout` for Llama, plus any other `*dropout*` / `*pdrop*` float field)."""
+    shutil.copytree(tiny_model, out)
+    config = json.loads((out / "config.json").read_text())
+    for key, value in list(config.items()):
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)):
+            config[key] = 0.5
+    config["attention_dropout"] = 0.5
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_dropout_off_in_train_mode(tiny_model, tokenizer, tmp_path):
+    """The reward is a deterministic function of the text while training (issue: "dropout
+    off"). The tiny Llama has no `nn.Dropout` module: its only dropout is the attention
+    kernel's `dropout_p`, which each attention module copies from `config.attention_dropout`
+    into a float when it is built. From a checkpoint asking for 0.5, a plain transformers
+    classifier in train mode gives two different rewards for one batch (so the check can
+    fail); the reward model built by rlhfkit must give identical ones."""
+    checkpoint = _checkpoint_with_dropout(tiny_model, tmp_path / "dropout")
+    prompts, responses = _ids(tokenizer)
+    rows = pack_responses(prompts, responses, pad_id=tokenizer.pad_token_id, shared_prompt=False)
+    mask = (rows.input_ids != tokenizer.pad_token_id).long()
+
+    torch.manual_seed(0)
+    plain = AutoModelForSequenceClassification.from_pretrained(checkpoint).train()
+    assert plain.config.attention_dropout == 0.5
+    with torch.no_grad():
+        first = plain(input_ids=rows.input_ids, attention_mask=mask).logits
+        second = plain(input_ids=rows.input_ids, attention_mask=mask).logits
+    assert not torch.equal(first, second)  # dropout is live in this checkpoint
+
+    model = build_reward_model(str(checkpoint), num_heads=2, pad_token_id=tokenizer.pad_token_id)
+    model.train()
+    assert model.training
+    with torch.no_grad():
+        first = model(**rows.model_inputs())  # (5, 2), the training path
+        second = model(**rows.model_inputs())
+        scored = [model.score(rows.input_ids, mask, normalized=False) for _ in range(2)]
+    assert torch.equal(first, second)
+    assert torch.equal(scored[0], scored[1])
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_ensemble_heads_start_different(tiny_model, tokenizer):
+    """K = 3 heads are drawn as one (3, d_model) matrix from N(0, 1/sqrt(d_model + 1)), so each
+    row is its own draw: no two rows agree, each head gives each input a different reward, and
+    the untrained ensemble already disagrees. The same seed draws the same heads."""
+    model = build_reward_model(str(tiny_model), num_heads=3, pad_token_id=tokenizer.pad_token_id)
+    weight = model.head().weight.detach()  # (3, 160)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.allclose(weight[i], weight[j], atol=1e-3)
+    again = build_reward_model(str(tiny_model), num_heads=3, seed=0)
+    assert torch.equal(again.head().weight, model.head().weight)
+    scorer = RewardScorer(model.eval(), tokenizer, max_length=64, max_prompt_length=32)
+    heads = scorer.score_heads([PROMPTS[0]] * 3, RESPONSES[0])  # (3 inputs, 3 heads)
+    for row in heads:
+        assert len(set(row)) == 3
+    assert all(value > 0 for value in scorer.disagreement([PROMPTS[0]] * 3, RESPONSES[0]))
+
+
+def test_scorer_disagreement_by_hand(tiny_model, tokenizer):
+    """`RewardScorer.disagreement` is the population std (ddof 0) across heads of each input's
+    normalised head scores, sqrt((1/K) sum_k (s_k - s̄)^2).
+
+    Case 1, head weights all 0 and biases (1, 2, 6) (gain 1): every input scores s = (1, 2, 6),
+    s̄ = 3, deviations (-2, -1, 3), variance (4 + 1 + 9)/3 = 14/3, std 2.1602469
+    (ddof 1 would give sqrt(14/2) = 2.6457513).
+    Case 2, head rows (w, -w, 0) for one vector w (gain 1, bias 0): the raw scores are (a, -a, 0)
+    with a = w · h the first head's reward, s̄ = 0, variance 2a²/3, std |a| sqrt(2/3)
+    = 0.8164966 |a|. With gains (2, 2, 2) and biases (5, 5, 5) every score is 2 s_k + 5:
+    the std doubles."""
+    model = build_reward_model(str(tiny_model), num_heads=3, pad_token_id=tokenizer.pad_token_id)
+    model.eval()
+    scorer = RewardScorer(model, tokenizer, max_length=64, max_prompt_length=32)
+    prompts, responses = [PROMPTS[0]] * 3, RESPONSES[0]
+    head = model.head()
+    with torch.no_grad():
+        head.weight.zero_()
+    model.set_normalization([1.0, 1.0, 1.0], [1.0, 2.0, 6.0], "test")
+    assert scorer.score_heads(prompts, responses) == [[1.0, 2.0, 6.0]] * 3
+    assert scorer.disagreement(prompts, responses) == pytest.approx(
+        [2.160246899469287] * 3, rel=1e-6
+    )
+    assert math.sqrt(14 / 3) == pytest.approx(2.160246899469287, rel=1e-12)
+
+    w = torch.linspace(-0.05, 0.05, head.weight.shape[1])  # (d_model,)
+    with torch.no_grad():
+        head.weight.copy_(torch.stack([w, -w, torch.zeros_like(w)]))
+    model.set_normalization([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], "")
+    heads = scorer.score_heads(prompts, responses)
+    for a, minus_a, zero in heads:
+        assert minus_a == pytest.approx(-a, rel=1e-6) and zero == 0.0 and abs(a) > 1e-4
+    expected = [abs(h[0]) * math.sqrt(2 / 3) for h in heads]
+    assert scorer.disagreement(prompts, responses) == pytest.approx(expected, rel=1e-5)
+    model.set_normalization([2.0, 2.0, 2.0], [5.0, 5.0, 5.0], "")
+    assert scorer.disagreement(prompts, responses) == pytest.approx(
+        [2 * e for e in expected], rel=1e-5
+    )
+    one = build_reward_model(str(tiny_model), pad_token_id=tokenizer.pad_token_id).eval()
+    assert RewardScorer(one, tokenizer).disagreement(prompts, responses) == [0.0] * 3
 
 
 def test_normalisation_stored_and_applied(tiny_model, tokenizer, tmp_path):
@@ -124,6 +230,21 @@ def test_normalisation_stored_and_applied(tiny_model, tokenizer, tmp_path):
     assert normed == pytest.approx([2.0 * r - 0.5 for r in raw], rel=1e-5, abs=1e-6)
     loaded = load_reward_model(tmp_path / "rm")
     assert loaded.info.normalized_on == "test"
+
+
+def test_training_a_reward_model_again_starts_unnormalised(tiny_model, tokenizer, tmp_path):
+    """A normalisation is fitted to the weights it was measured with; building a reward model
+    to train from a directory that stores one (gains (2, 3), biases (-0.5, 0.25)) keeps the
+    trained head but starts at gain 1, bias 0, which is what `rlhfkit rm rm.normalize=false`
+    then saves (`test_rm_cli`)."""
+    model = build_reward_model(str(tiny_model), num_heads=2, pad_token_id=tokenizer.pad_token_id)
+    model.set_normalization([2.0, 3.0], [-0.5, 0.25], "old samples")
+    save_reward_model(model, tokenizer, tmp_path / "rm")
+    again = build_reward_model(str(tmp_path / "rm"), num_heads=2, seed=7)
+    assert torch.equal(again.head().weight, model.head().weight)  # loaded, not drawn anew
+    assert again.info.gain == [1.0, 1.0] and again.info.bias == [0.0, 0.0]
+    assert again.info.normalized_on == ""
+    assert again.norm_gain.tolist() == [1.0, 1.0] and again.norm_bias.tolist() == [0.0, 0.0]
 
 
 def test_lora_keeps_head_trainable_and_exports_plain_model(tiny_model, tokenizer, tmp_path):

@@ -13,6 +13,10 @@
   strongly positive value is a classic reward-hacking warning sign (Singhal et al. 2023).
 * `head_disagreement`: mean over examples of the standard deviation across ensemble heads.
 * `normalization_from_rewards`: gain and bias that map rewards to mean 0, std 1.
+* `ensemble_normalization`: per-head gains and biases that put K heads on one scale and give
+  their mean (the ensemble's reward) mean 0, std 1.
+* `normalized_disagreement`: `head_disagreement` after `ensemble_normalization` fitted on the same
+  examples: the heads' disagreement in units of the ensemble reward's std (scale-free).
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ def length_correlation(rewards: Sequence[float], lengths: Sequence[float]) -> fl
 
 
 def head_disagreement(head_rewards: Sequence[Sequence[float]]) -> float:
-    """Mean over examples of the population std of the K heads' rewards (0 for K = 1)."""
+    """Mean over examples of the population std (ddof 0) of the K heads' rewards (0 for K = 1):
+    (1/S) sum_s sqrt((1/K) sum_k (r_sk - mean_k r_sk)^2) of `head_rewards` (S, K)."""
     if not head_rewards:
         raise ValueError("no examples")
     total = 0.0
@@ -161,6 +166,71 @@ def normalization_from_rewards(rewards: Sequence[float]) -> tuple[float, float]:
     return gain, -mean * gain
 
 
+def ensemble_normalization(
+    head_rewards: Sequence[Sequence[float]],
+) -> tuple[list[float], list[float]]:
+    """Per-head (gains, biases) such that the ensemble's reward has mean 0 and std 1.
+
+    Standardising each head on its own (`normalization_from_rewards` per head) gives every head
+    std 1 but their mean, the reward PPO uses, a std below 1 (the heads are not perfectly
+    correlated). Instead, over the S samples, with head k's mean m_k and population std s_k::
+
+        z_k = (r_k - m_k) / s_k             each head standardised (s_k = 1 if head k is constant)
+        R   = (1/K) sum_k z_k               the ensemble reward, mean 0, population std σ_R
+        gain_k = 1 / (s_k σ_R),  bias_k = -m_k / (s_k σ_R)   (σ_R = 1 if R is constant)
+
+    so that (1/K) sum_k (gain_k r_k + bias_k) = R / σ_R has mean 0 and std 1, and all heads share
+    one scale (each normalised head has std 1/σ_R >= 1): their disagreement (std across heads)
+    is in units of the ensemble reward's std. For K = 1 the result is exactly
+    `normalization_from_rewards` (R = z_1, σ_R = 1 up to rounding, which is not applied).
+
+    Args:
+        head_rewards: (S, K) raw rewards, one list of K head rewards per sample.
+
+    Returns:
+        (gains, biases), K each.
+    """
+    if not head_rewards:
+        raise ValueError("no rewards to normalise on")
+    num_heads = len(head_rewards[0])
+    if num_heads < 1 or any(len(heads) != num_heads for heads in head_rewards):
+        raise ValueError("every sample needs the same number (>= 1) of head rewards")
+    columns = [[float(heads[k]) for heads in head_rewards] for k in range(num_heads)]  # (K, S)
+    if num_heads == 1:
+        gain, bias = normalization_from_rewards(columns[0])
+        return [gain], [bias]
+    per_head = [normalization_from_rewards(column) for column in columns]  # (1/s_k, -m_k/s_k)
+    standardized = [
+        [gain * r + bias for r in column]
+        for (gain, bias), column in zip(per_head, columns, strict=True)
+    ]  # (K, S): z_k
+    ensemble = [sum(z) / num_heads for z in zip(*standardized, strict=True)]  # (S,): R
+    ensemble_gain, _ = normalization_from_rewards(ensemble)  # 1/σ_R (R has mean 0 already)
+    return (
+        [gain * ensemble_gain for gain, _ in per_head],
+        [bias * ensemble_gain for _, bias in per_head],
+    )
+
+
+def normalized_disagreement(head_rewards: Sequence[Sequence[float]]) -> float:
+    """`head_disagreement` of the heads after `ensemble_normalization` fitted on these examples.
+
+    With z_k and σ_R as in `ensemble_normalization`, the mean over examples of
+    std_k(z_k / σ_R) (population std across the K heads): the disagreement in units of the
+    ensemble reward's std over the same examples. Unchanged by any per-head affine map
+    a_k r_k + c_k (a_k > 0) of the raw rewards, so it can be compared across training steps
+    and between raw and normalised rewards. 0 for one head.
+
+    Args:
+        head_rewards: (S, K) rewards, one list of K head rewards per example.
+    """
+    gains, biases = ensemble_normalization(head_rewards)
+    normed = [
+        [g * r + b for g, r, b in zip(gains, heads, biases, strict=True)] for heads in head_rewards
+    ]
+    return head_disagreement(normed)
+
+
 def reward_pair_metrics(
     chosen: Sequence[float], rejected: Sequence[float], *, n_bins: int = 10
 ) -> dict[str, float]:
@@ -175,11 +245,13 @@ def reward_pair_metrics(
 
 __all__ = [
     "bradley_terry_nll",
+    "ensemble_normalization",
     "expected_calibration_error",
     "head_disagreement",
     "length_correlation",
     "mean_margin",
     "normalization_from_rewards",
+    "normalized_disagreement",
     "pair_calibration_error",
     "pairwise_accuracy",
     "pearson_correlation",

@@ -254,6 +254,11 @@ def build_reward_model(
 ) -> RewardModel:
     """A reward model to train, from a causal LM (new head) or a reward-model directory.
 
+    The model starts unnormalised (gain 1, bias 0 per head), also from a reward-model directory
+    whose `rlhfkit_reward.json` holds a normalisation: that was fitted to the directory's
+    weights, which training changes, so it would no longer give mean 0 and std 1. `rlhfkit rm`
+    fits a new one after training (`rm.normalize`) or saves the model unnormalised.
+
     Args:
         name_or_path: A causal-LM checkpoint (hub id or directory) or an rlhfkit reward model.
         num_heads: K heads for an ensemble (1 = plain scalar reward).
@@ -309,13 +314,12 @@ def build_reward_model(
         if gradient_checkpointing:
             seqcls.enable_input_require_grads()
         seqcls = get_peft_model(seqcls, peft_config)
-    info = _read_info(name_or_path) if os.path.isdir(name_or_path) else None
-    if info is None or info.num_heads != num_heads:
-        info = RewardInfo(num_heads=num_heads, gain=[1.0] * num_heads, bias=[0.0] * num_heads)
+    info = RewardInfo(num_heads=num_heads, gain=[1.0] * num_heads, bias=[0.0] * num_heads)
     return RewardModel(seqcls, info)
 
 
-def _read_info(directory: str | os.PathLike) -> RewardInfo | None:
+def read_reward_info(directory: str | os.PathLike) -> RewardInfo | None:
+    """`directory`'s `rlhfkit_reward.json`, or None where it has none (or is no directory)."""
     path = Path(directory) / REWARD_INFO_FILE
     if not path.is_file():
         return None
@@ -388,7 +392,7 @@ def load_reward_model(
         raise ConfigError(f"reward_model: cannot load {directory!r}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
-    stored = _read_info(directory)
+    stored = read_reward_info(directory)
     check_reward_weights(directory, loading.get("missing_keys", []), has_info=stored is not None)
     num_labels = int(seqcls.config.num_labels)
     if stored is None and num_labels != 1:
@@ -542,6 +546,14 @@ class RewardScorer:
     def disagreement(
         self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
     ) -> list[float]:
+        """Per input, the population std (ddof 0) of its K head scores `score_heads` gives:
+        sqrt((1/K) sum_k (s_k - s̄)^2), s̄ = (1/K) sum_k s_k, with s_k = gain_k r_k + bias_k
+        (raw r_k when `normalized=False`). After `rlhfkit rm`'s normalisation it is in units of
+        the ensemble reward's std on the reference samples; 0 for one head.
+
+        Returns:
+            (B,) one value per (prompt, response).
+        """
         values = []
         for heads in self.score_heads(prompts, responses, ended=ended):
             mean = sum(heads) / len(heads)
@@ -701,6 +713,7 @@ __all__ = [
     "load_reward_model",
     "load_reward_scorer",
     "pack_responses",
+    "read_reward_info",
     "save_reward_model",
     "shared_prompt_mask",
 ]

@@ -17,10 +17,21 @@ prompt is encoded once per comparison instead of once per response (`rm.shared_p
 `rlhfkit.models.reward_model`); the head runs only at the K reward positions.
 
 After training, the rewards are normalised (`rm.normalize`): per head a gain and bias such that
-the rewards of reference samples have mean 0 and std 1, stored in `OUT/model/rlhfkit_reward.json`
-and applied whenever rlhfkit scores with the model. The reference samples are `rm.normalize_data`
-(`{prompt, responses}`, `{prompt, completion}`, preference or ranking records: in the pipeline,
-the SFT policy's samples) or, when it is empty, the distinct responses of the training data.
+the reward (the mean over heads) of reference samples has mean 0 and std 1 with every head on one
+scale (`ensemble_normalization`; for one head simply mean 0, std 1), stored in
+`OUT/model/rlhfkit_reward.json` and applied whenever rlhfkit scores with the model. The reference
+samples are `rm.normalize_data` (`{prompt, responses}`, `{prompt, completion}`, preference or
+ranking records: in the pipeline, the SFT policy's samples) or, when it is empty, the distinct
+responses of the training data. With `rm.normalize=false` the model is saved unnormalised (gain
+1, bias 0), also when training starts from a reward model that had a normalisation: it was
+fitted to weights that training changes.
+
+An ensemble's `eval_disagreement` is, at every evaluation (during training and at the end), the
+mean std across heads after `ensemble_normalization` fitted on that evaluation's own responses
+(`normalized_disagreement`): in units of the ensemble reward's std on the eval data, defined
+before any normalisation exists and independent of it, so the values of metrics.jsonl compare
+across steps. `normalize_disagreement` (summary) is the same quantity on the reference samples,
+i.e. under the stored normalisation.
 """
 
 from __future__ import annotations
@@ -40,9 +51,10 @@ from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, 
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.eval.reward_metrics import (
     bradley_terry_nll,
+    ensemble_normalization,
     head_disagreement,
     length_correlation,
-    normalization_from_rewards,
+    normalized_disagreement,
     reward_pair_metrics,
 )
 from rlhfkit.losses import bradley_terry_loss
@@ -53,6 +65,7 @@ from rlhfkit.models.reward_model import (
     build_reward_model,
     encode_pair,
     pack_responses,
+    read_reward_info,
     save_reward_model,
 )
 from rlhfkit.recipes.sft import lora_settings
@@ -272,14 +285,15 @@ def score_comparisons(
 
 
 def evaluate(
-    run: Run,
-    model,
-    comparisons: list[Comparison],
-    config: RMConfig,
-    pad_id: int,
-    normalization: tuple[list[float], list[float]] | None = None,
+    run: Run, model, comparisons: list[Comparison], config: RMConfig, pad_id: int
 ) -> dict[str, float]:
     """eval_accuracy, eval_loss, eval_margin, eval_ece, eval_length_correlation (+ ensemble).
+
+    Every metric uses the raw rewards, so an evaluation during training and the final one (after
+    the normalisation is fitted) are on the same basis. The pair metrics use the mean over heads.
+    An ensemble's `eval_disagreement` is `normalized_disagreement` of the eval responses' raw
+    (N, K) head rewards: the mean std across heads after `ensemble_normalization` fitted on those
+    same responses, in units of the ensemble reward's std there (scale-free).
 
     With soft labels (`rm.soft_labels` and records that carry one), a pair counts for accuracy,
     margin and ECE on the side its label favours (p < 1/2: `rejected`), pairs at p = 1/2 are left
@@ -297,15 +311,12 @@ def evaluate(
         for response, head_values in zip(comparison.responses, per_response, strict=True):
             values.append(sum(head_values) / len(head_values))
             lengths.append(len(response))
-            if normalization is not None:
-                gain, bias = normalization
-                head_values = [g * r + b for g, r, b in zip(gain, head_values, bias, strict=True)]
-            heads.append(head_values)
+            heads.append(head_values)  # raw (K,)
     out = {f"eval_{k}": v for k, v in _pair_metrics(chosen, rejected, labels, config).items()}
     out["eval_length_correlation"] = length_correlation(values, lengths)
     out["eval_pairs"] = len(chosen)
     if config.rm.ensemble > 1:
-        out["eval_disagreement"] = head_disagreement(heads)
+        out["eval_disagreement"] = normalized_disagreement(heads)
     return out
 
 
@@ -374,15 +385,12 @@ def reference_samples(config: RMConfig, tokenizer, comparisons: list[Comparison]
 
 
 def fit_normalization(run: Run, model, samples, config: RMConfig, pad_id: int):
-    """Per-head (gain, bias) lists and the per-sample raw head rewards."""
+    """Per-head gains and biases (K each, `ensemble_normalization`: the mean over heads of
+    gain_k * r_k + bias_k has mean 0 and std 1 over `samples`) and the raw head rewards (S, K)."""
     as_comparisons = [Comparison(p, [r], []) for p, r in samples]
     rewards = score_comparisons(run, model, as_comparisons, config, pad_id)
     heads = [rewards[i][0] for i in range(len(samples))]  # (S, K)
-    gains, biases = [], []
-    for k in range(config.rm.ensemble):
-        gain, bias = normalization_from_rewards([h[k] for h in heads])
-        gains.append(gain)
-        biases.append(bias)
+    gains, biases = ensemble_normalization(heads)
     return gains, biases, heads
 
 
@@ -433,6 +441,14 @@ def train(config: RMConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
         seed=config.seed,
     )
+    start_info = read_reward_info(config.model)
+    if start_info is not None and start_info.normalized_on and not config.rm.normalize:
+        # build_reward_model starts at gain 1, bias 0: the stored fit is for the old weights.
+        run.print(
+            f"{config.model}'s normalisation (fitted on {start_info.normalized_on}) does not fit "
+            "the weights once trained; with rm.normalize=false the model is saved unnormalised "
+            "(gain 1, bias 0)"
+        )
     if config.compile:
         compile_blocks(model)
     model.info.max_length = config.max_length
@@ -535,12 +551,10 @@ def train(config: RMConfig) -> dict:
         "train_seconds": totals["seconds"],
     }
     unwrapped: RewardModel = acc.unwrap_model(model)
-    normalization = None
     if config.rm.normalize:
         samples, where = reference_samples(config, tokenizer, comparisons)
         gains, biases, heads = fit_normalization(run, model, samples, config, pad_id)
         unwrapped.set_normalization(gains, biases, where)
-        normalization = (gains, biases)
         summary["normalization"] = {
             "gain": gains,
             "bias": biases,
@@ -551,7 +565,7 @@ def train(config: RMConfig) -> dict:
             normed = [[g * r + b for g, r, b in zip(gains, h, biases, strict=True)] for h in heads]
             summary["normalize_disagreement"] = head_disagreement(normed)
     if eval_comparisons:
-        metrics = evaluate(run, model, eval_comparisons, config, pad_id, normalization)
+        metrics = evaluate(run, model, eval_comparisons, config, pad_id)
         summary.update(metrics)
         run.log(plan.total_steps, metrics)
     summary["ensemble"] = config.rm.ensemble
