@@ -335,3 +335,480 @@ def test_rloo_advantages_are_whitened_over_sequences_not_tokens():
         assert not advantages[row, n:].any()
     plain, _, _ = _rloo(inputs, PPOOptions(samples_per_prompt=2, whiten_advantages=False))
     assert plain[:, 0].tolist() == [2.0, -2.0, 1.0, -1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths of the loop: temperature, reward normalisation, whitening, minibatches, PPO-ptx, LoRA,
+# the hf sampler, the value head on the policy, pad == EOS.
+# ---------------------------------------------------------------------------------------------
+
+ONE_UPDATE = ("max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1")
+
+
+def built_models(monkeypatch) -> dict:
+    """Record the recipe's `ActorCritic` (and a copy of its weights) when it is built, and a copy
+    of its weights when training ends (before `export_policy`, which merges LoRA adapters)."""
+    from rlhfkit.recipes import ppo as ppo_module
+
+    built = {}
+    real_build, real_export = ppo_module.ActorCritic, ppo_module.export_policy
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built["model"] = model
+        built["initial"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return model
+
+    def export(run, model, tokenizer):
+        state = run.accelerator.unwrap_model(model).state_dict()
+        built["final"] = {k: v.detach().clone() for k, v in state.items()}
+        real_export(run, model, tokenizer)
+
+    monkeypatch.setattr(ppo_module, "ActorCritic", build)
+    monkeypatch.setattr(ppo_module, "export_policy", export)
+    return built
+
+
+def test_sampling_temperature_reaches_every_logprob_computation(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """temperature=0.7: the sampler, the rollout's policy forward (old log-probs, entropy), the
+    reference forward and the training forward all run at 0.7 (every call of the LM-head
+    log-softmax records its temperature), so step 1's KL is exactly 0 and its single update's
+    ratio exactly 1 (approx_kl 0, nothing clipped). A forward left at 1 would either show here
+    (a KL or ratio off) or, had all of them stayed at 1, in the recorded temperatures."""
+    from rlhfkit.models import logprobs as logprobs_module
+    from rlhfkit.recipes import ppo as ppo_module
+
+    seen = {"logprobs": [], "entropy": [], "sampler": []}
+    real_logprobs, real_entropy = logprobs_module._chunk_logprobs, logprobs_module._chunk_entropy
+    real_sampler = ppo_module.sample_with_logprobs
+
+    def logprobs(hidden, weight, bias, targets, temperature):
+        seen["logprobs"].append(temperature)
+        return real_logprobs(hidden, weight, bias, targets, temperature)
+
+    def entropy(hidden, weight, bias, temperature):
+        seen["entropy"].append(temperature)
+        return real_entropy(hidden, weight, bias, temperature)
+
+    def sampler(*args, **kwargs):
+        seen["sampler"].append(kwargs["temperature"])
+        return real_sampler(*args, **kwargs)
+
+    monkeypatch.setattr(logprobs_module, "_chunk_logprobs", logprobs)
+    monkeypatch.setattr(logprobs_module, "_chunk_entropy", entropy)
+    monkeypatch.setattr(ppo_module, "sample_with_logprobs", sampler)
+    train(ppo_config(tiny_model, prompt_file, tmp_path, "temperature=0.7", *ONE_UPDATE))
+    row = read_metrics(tmp_path)[0]
+    assert row["kl"] == 0.0
+    assert row["ratio_mean"] == 1.0 and row["approx_kl"] == 0.0 and row["clipfrac"] == 0.0
+    # One pass each: old log-probs, reference log-probs, the update (4 rows: one chunk).
+    assert seen["logprobs"] == [0.7, 0.7, 0.7]
+    assert seen["entropy"] == [0.7] and seen["sampler"] == [0.7]
+
+
+def test_reward_normalisation_fits_gain_and_bias_on_the_initial_samples(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """ppo.reward_norm_samples=6 with batch_size=4: two scoring passes (4 + 2 rows) before the
+    loop. The reward counts its calls' rows, 1, 2, ..., so the fitting scores are 1..6: mean
+    3.5, biased variance (2.5² + 1.5² + 0.5²) · 2 / 6 = 35/12, std 1.70783; gain 1 / 1.70783 =
+    0.585540, bias -3.5 · 0.585540 = -2.049390 (the fitting scores become mean 0, std 1). Step 1
+    scores 7, 8, 9, 10, which the loop sees as (x - 3.5) / 1.70783 = 2.04939, 2.63493, 3.22047,
+    3.80601 (mean 2.92770); score_mean logs the raw 8.5."""
+    from rlhfkit.recipes import ppo as ppo_module
+
+    counter = iter(range(1, 1000))
+    passes = []
+
+    def reward(prompts, responses):
+        passes.append(len(responses))
+        return [float(next(counter)) for _ in responses]
+
+    shaped = []
+    real_shape = ppo_module.shape_scores
+
+    def shape(raw, has_eos, options, norm):
+        shaped.append((norm, real_shape(raw, has_eos, options, norm)))
+        return shaped[-1][1]
+
+    monkeypatch.setattr(ppo_module, "load_reward_function", lambda spec, **kwargs: reward)
+    monkeypatch.setattr(ppo_module, "shape_scores", shape)
+    config = ppo_config(
+        tiny_model, prompt_file, tmp_path, "ppo.reward_norm_samples=6", "batch_size=4", *ONE_UPDATE
+    )
+    train(config)
+    assert passes == [4, 2, 4]
+    [(norm, scores)] = shaped
+    gain, bias = norm
+    assert gain == pytest.approx(1 / math.sqrt(35 / 12), rel=1e-9)
+    assert gain == pytest.approx(0.585540, rel=1e-5) and bias == pytest.approx(-2.049390, rel=1e-5)
+    fitted = torch.arange(1.0, 7.0, dtype=torch.float64) * gain + bias
+    assert float(fitted.mean()) == pytest.approx(0.0, abs=1e-12)
+    assert float(fitted.std(correction=0)) == pytest.approx(1.0, rel=1e-12)
+    torch.testing.assert_close(
+        scores, torch.tensor([2.04939, 2.63493, 3.22047, 3.80601]), rtol=1e-5, atol=0
+    )
+    row = read_metrics(tmp_path)[0]
+    assert row["score_mean"] == 8.5
+    assert row["shaped_score_mean"] == pytest.approx(2.92770, rel=1e-5)
+
+
+def test_gae_path_whitens_rewards_by_scale_and_advantages_by_hand():
+    """Scores [1, -1], no KL, masks [1, 1, 1] and [1, 1, 0], values 0, gamma = lam = 1.
+    Rewards (score on the last token): [0, 0, 1], [0, -1, 0].
+    whiten_rewards (scale only): masked mean 0, biased variance (1 + 1) / 5 = 0.4, so rewards /
+    sqrt(0.4) = [0, 0, 1.58114], [0, -1.58114, 0].
+    GAE with gamma = lam = 1 and V = 0: advantages = rewards to go = returns:
+    [1.58114] * 3, [-1.58114, -1.58114, 0] (without reward whitening: [1, 1, 1], [-1, -1, 0]).
+    Advantage whitening over the 5 response tokens (3 of a, 2 of -a): mean a/5, deviations
+    4a/5 and -6a/5, variance (3·16 + 2·36) a² / 125 = 0.96 a², whitened sqrt(2/3) = 0.816497 and
+    -sqrt(3/2) = -1.224745 whatever a is; the padding stays 0. Returns come from the advantages
+    before whitening."""
+    from rlhfkit.recipes.ppo import AdvantageInputs, _gae
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    inputs = AdvantageInputs(
+        scores=torch.tensor([1.0, -1.0]),
+        kl=torch.zeros(2, 3),
+        values=torch.zeros(2, 3),
+        mask=mask,
+        kl_coef=0.1,
+    )
+    a = 1 / math.sqrt(0.4)
+    plain = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 0.0]])
+    whitened = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 0.0]])
+    whitened[0] *= math.sqrt(2 / 3)
+    whitened[1] *= math.sqrt(3 / 2)
+
+    options = PPOOptions(gamma=1.0, lam=1.0, whiten_rewards=True, whiten_advantages=True)
+    advantages, returns, rewards = _gae(inputs, options)
+    torch.testing.assert_close(rewards, torch.tensor([[0, 0, a], [0, -a, 0]]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(returns, plain * a, rtol=1e-5, atol=0)
+    torch.testing.assert_close(advantages, whitened, rtol=1e-5, atol=1e-7)
+    assert advantages[1, 2] == 0
+
+    options = PPOOptions(gamma=1.0, lam=1.0, whiten_rewards=False, whiten_advantages=False)
+    advantages, returns, rewards = _gae(inputs, options)
+    assert rewards.tolist() == [[0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]
+    assert advantages.tolist() == plain.tolist() and returns.tolist() == plain.tolist()
+
+
+@pytest.mark.parametrize("whiten_rewards", [False, True])
+@pytest.mark.parametrize("whiten_advantages", [False, True])
+def test_gae_path_equals_the_library_functions_composed(whiten_rewards, whiten_advantages):
+    """Random KL, values, scores and ragged masks, gamma 0.9, lam 0.8: `_gae` is
+    kl_shaped_rewards -> (masked_whiten, scale only) -> gae_advantages -> (masked_whiten), the
+    returns taken before the advantages are whitened."""
+    from rlhfkit.losses import gae_advantages, kl_shaped_rewards, masked_whiten
+    from rlhfkit.recipes.ppo import AdvantageInputs, _gae
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [5, 2, 4]
+    mask = torch.zeros(3, 5)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    kl = torch.randn(3, 5, generator=generator) * 0.1 * mask
+    values = torch.randn(3, 5, generator=generator) * mask
+    scores = torch.randn(3, generator=generator)
+    inputs = AdvantageInputs(scores, kl, values, mask, kl_coef=0.2)
+    options = PPOOptions(
+        gamma=0.9, lam=0.8, whiten_rewards=whiten_rewards, whiten_advantages=whiten_advantages
+    )
+    advantages, returns, rewards = _gae(inputs, options)
+
+    expected_rewards = kl_shaped_rewards(scores, kl, mask, kl_coef=0.2)
+    if whiten_rewards:
+        expected_rewards = masked_whiten(expected_rewards, mask, shift_mean=False)
+    expected_advantages, expected_returns = gae_advantages(
+        expected_rewards, values, mask, gamma=0.9, lam=0.8
+    )
+    if whiten_advantages:
+        expected_advantages = masked_whiten(expected_advantages, mask)
+    torch.testing.assert_close(rewards, expected_rewards, rtol=0, atol=0)
+    torch.testing.assert_close(returns, expected_returns, rtol=0, atol=0)
+    torch.testing.assert_close(advantages, expected_advantages, rtol=0, atol=0)
+    if whiten_advantages:
+        kept = advantages[mask.bool()]
+        assert float(kept.mean()) == pytest.approx(0.0, abs=1e-6)
+        assert float(kept.var(correction=0)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_each_step_takes_epochs_times_minibatches_updates_over_the_whole_batch(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """ppo.ppo_epochs=3, ppo.num_minibatches=2, 4 rows per step: 3 x 2 = 6 optimizer steps, each
+    after a training forward over 2 rows; the two minibatches of each epoch are a partition of
+    the step's 4 rollout rows (the rows of the no-gradient rollout forward)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = []
+    real_forward = ActorCritic.forward
+
+    def forward(self, input_ids, *args, **kwargs):
+        calls.append((torch.is_grad_enabled(), input_ids.detach().clone()))
+        return real_forward(self, input_ids, *args, **kwargs)
+
+    steps = []
+    handle = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: steps.append(optimizer)
+    )
+    monkeypatch.setattr(ActorCritic, "forward", forward)
+    try:
+        train(
+            ppo_config(
+                tiny_model,
+                prompt_file,
+                tmp_path,
+                "max_steps=1",
+                "ppo.ppo_epochs=3",
+                "ppo.num_minibatches=2",
+            )
+        )
+    finally:
+        handle.remove()
+    assert len(steps) == 3 * 2
+    rollout_rows = torch.cat([ids for grad, ids in calls if not grad])
+    training = [ids for grad, ids in calls if grad]
+    assert rollout_rows.shape[0] == 4
+    assert [ids.shape[0] for ids in training] == [2] * 6
+
+    def sorted_rows(ids):
+        return sorted(map(tuple, ids.tolist()))
+
+    for epoch in range(3):
+        seen = torch.cat(training[2 * epoch : 2 * epoch + 2])
+        assert sorted_rows(seen) == sorted_rows(rollout_rows), epoch
+
+
+def test_ptx_loss_is_the_policy_nll_on_the_sft_rows(tiny_model, prompt_file, sft_data, tmp_path):
+    """One update (1 epoch, 1 minibatch) with ppo.ptx_coef=0.5 and batch_size=4: the logged
+    ptx_loss is the token-mean NLL of the first 4 SFT rows' completion tokens under the initial
+    policy, -sum log p / count, computed here with a plain full-logits forward per row."""
+    from rlhfkit.data.datasets import load_sft
+    from rlhfkit.models.logprobs import sequence_logprobs
+
+    config = ppo_config(
+        tiny_model,
+        prompt_file,
+        tmp_path,
+        "ppo.ptx_coef=0.5",
+        f"ppo.ptx_data={sft_data}",
+        "batch_size=4",
+        *ONE_UPDATE,
+    )
+    tokenizer = load_tokenizer(str(tiny_model))
+    examples, _ = load_sft(
+        str(sft_data),
+        tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+    )
+    lm = load_causal_lm(str(tiny_model), trainable=False)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for example in examples[:4]:
+            ids = torch.tensor([example.prompt_ids + example.completion_ids])
+            target = torch.tensor(
+                [[0] * len(example.prompt_ids) + [1] * len(example.completion_ids)]
+            )
+            nll -= float(sequence_logprobs(lm, ids, target).sum())
+            count += int(target[:, 1:].sum())
+    train(config)
+    row = read_metrics(tmp_path)[0]
+    assert row["ptx_loss"] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_ptx_rows_are_cycled_in_order(tiny_model, tmp_path):
+    """6 SFT rows, batch_size 4: the first call averages rows 0-3 (cursor -> 4), the second rows
+    4, 5, 0, 1 (cursor -> (4 + 4) mod 6 = 2), each a token mean over its 4 rows."""
+    from rlhfkit.data.datasets import load_sft
+    from rlhfkit.models.logprobs import sequence_logprobs
+    from rlhfkit.recipes.ppo import _ptx_loss
+    from tests.conftest import arithmetic_sft
+
+    config = ppo_config(tiny_model, "unused.jsonl", tmp_path, "batch_size=4")
+    tokenizer = load_tokenizer(str(tiny_model))
+    data = write_jsonl(tmp_path / "sft.jsonl", arithmetic_sft(6, seed=4))
+    examples, _ = load_sft(str(data), tokenizer, max_length=64, max_prompt_length=32)
+    rows = [e.prompt_ids + e.completion_ids for e in examples]
+    masks = [[0] * len(e.prompt_ids) + [1] * len(e.completion_ids) for e in examples]
+    lm = load_causal_lm(str(tiny_model))
+    model = ActorCritic(lm)
+
+    def expected(picked):
+        nll, count = 0.0, 0
+        for i in picked:
+            target = torch.tensor([masks[i]])
+            nll -= float(sequence_logprobs(lm, torch.tensor([rows[i]]), target).sum())
+            count += int(target[:, 1:].sum())
+        return nll / count
+
+    state = {"ptx_cursor": 0}
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        first = _ptx_loss(model, rows, masks, state, config, pad, torch.device("cpu"))
+        assert state["ptx_cursor"] == 4
+        second = _ptx_loss(model, rows, masks, state, config, pad, torch.device("cpu"))
+        assert state["ptx_cursor"] == 2
+        assert float(first) == pytest.approx(expected([0, 1, 2, 3]), rel=1e-5)
+        assert float(second) == pytest.approx(expected([4, 5, 0, 1]), rel=1e-5)
+
+
+def test_lora_reference_is_the_base_model_and_only_adapters_and_critic_train(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """lora.r=4: no frozen copy is loaded; the reference is the policy with its adapters
+    disabled. LoRA's B starts at 0, so at step 1 the policy is the base model bitwise and the KL
+    is exactly 0 (ratio 1 at the first update); after two steps the adapters have moved, so
+    step 2's KL (policy with adapters vs base without) is not 0. Training changed the LoRA
+    weights and the critic, and no base weight of the policy."""
+    from rlhfkit.recipes import ppo as ppo_module
+
+    built = built_models(monkeypatch)
+    loaded = []
+    real_load = ppo_module.load_causal_lm
+
+    def load(*args, **kwargs):
+        loaded.append(kwargs.get("trainable", True))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_module, "load_causal_lm", load)
+    train(
+        ppo_config(
+            tiny_model, prompt_file, tmp_path, "lora.r=4", "ppo.num_minibatches=1", "max_steps=2"
+        )
+    )
+    rows = read_metrics(tmp_path)
+    assert loaded == [True]  # the policy only: no frozen reference copy
+    assert rows[0]["kl"] == 0.0
+    assert rows[1]["kl"] != 0.0
+    initial, final = built["initial"], built["final"]
+    assert initial.keys() == final.keys()
+    changed = {name for name in initial if not torch.equal(initial[name], final[name])}
+    lora_names = {name for name in initial if "lora_" in name}
+    critic_names = {name for name in initial if name.startswith("critic.")}
+    assert lora_names and critic_names
+    assert changed <= lora_names | critic_names, sorted(changed - lora_names - critic_names)[:5]
+    assert changed & lora_names and changed & critic_names
+    assert all(torch.count_nonzero(initial[n]) == 0 for n in lora_names if "lora_B" in n)
+
+
+def test_hf_sampler_runs_a_step_with_zero_first_kl(tiny_model, prompt_file, tmp_path):
+    """ppo.sampler=hf (transformers' generate): its tokens and masks feed the same forwards, so
+    step 1's KL is exactly 0 and the single update's ratio exactly 1."""
+    config = ppo_config(
+        tiny_model, prompt_file, tmp_path, "ppo.sampler=hf", "temperature=0.7", *ONE_UPDATE
+    )
+    train(config)
+    row = read_metrics(tmp_path)[0]
+    assert row["kl"] == 0.0 and row["ratio_mean"] == 1.0 and row["approx_kl"] == 0.0
+    assert row["response_length"] > 0
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_rollout_masks_keep_the_eos_and_drop_what_follows(tiny_model, tmp_path, pad_is_eos):
+    """Rows are forced to EOS at their 2nd, 3rd and 1st token (an LM-head hook; no other EOS):
+    both samplers (fast, and hf = `generate`, same seed) give the same rollout, 3 columns wide,
+    mask [1, 1, 0], [1, 1, 1], [1, 0, 0]: the EOS is a response token, what follows is not,
+    also when the pad id is the EOS id (`load_tokenizer` sets pad = EOS for a tokenizer without
+    a pad token), where the filler after an EOS is itself an EOS token."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    if pad_is_eos:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert (pad == eos) == pad_is_eos
+    lm = load_causal_lm(str(tiny_model), trainable=False)
+    prompts = ["User: What is 3+4?\nBot:", "User: Hi\nBot:", "User: Name a fruit please.\nBot:"]
+    ids = [tokenizer(p).input_ids for p in prompts]
+    ends_at = {1: [2], 2: [0], 3: [1]}  # token number -> rows forced to EOS there
+    calls = {"n": 0}
+
+    def force(_module, _inputs, output):
+        calls["n"] += 1
+        output[..., eos] -= 1e4  # nobody ends by chance
+        for row in ends_at.get(calls["n"], []):
+            output[row, -1, eos] += 2e4
+        return output
+
+    batches = {}
+    handle = lm.get_output_embeddings().register_forward_hook(force)
+    try:
+        for sampler in ("fast", "hf"):
+            calls["n"] = 0
+            config = ppo_config(
+                tiny_model, "unused.jsonl", tmp_path, f"ppo.sampler={sampler}", "temperature=0.7"
+            )
+            torch.manual_seed(3)
+            batches[sampler] = rollout(lm, tokenizer, ids, prompts, config, torch.device("cpu"))
+    finally:
+        handle.remove()
+    fast, hf = batches["fast"], batches["hf"]
+    for name in ("input_ids", "attention_mask", "position_ids", "target_mask", "mask", "has_eos"):
+        assert torch.equal(getattr(fast, name), getattr(hf, name)), name
+    assert fast.responses == hf.responses
+    assert fast.mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert fast.has_eos.tolist() == [True, True, True]
+    response = fast.input_ids[:, fast.prompt_length :]
+    assert [response[row, n - 1].item() for row, n in enumerate([2, 3, 1])] == [eos] * 3
+    assert response[0, 2:].tolist() == [pad] and response[2, 1:].tolist() == [pad, pad]
+    assert (response[fast.mask.bool()] == eos).sum() == 3  # one EOS per row inside the mask
+    torch.testing.assert_close(fast.target_mask[:, fast.prompt_length :], fast.mask, rtol=0, atol=0)
+    assert all(tokenizer.eos_token not in text for text in fast.responses)
+
+
+def test_value_head_on_the_policy_adds_one_linear_and_learns(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """ppo.value_head_on_policy=true: no critic is loaded; the model is the policy plus a
+    Linear(160, 1) on its hidden states (tiny preset: hidden size 160), 160 + 1 = 161 more
+    parameters, trained with it. Every response scores 5 while the new head's values start near
+    0: over four epochs on the one rollout batch (value clipping off, lr 1e-4) the value loss
+    falls to under a tenth of the first update's (seen: 9.95 -> 1.10 -> 0.16 -> 0.24). With
+    the default clip range 0.2 it could fall only to mean((R - V_old - 0.2)^2), as PPO's value
+    clipping intends."""
+    from rlhfkit.recipes import ppo as ppo_module
+
+    built = built_models(monkeypatch)
+
+    def no_critic(*args, **kwargs):
+        raise AssertionError("a separate critic was loaded")
+
+    value_losses = []
+    real_value_loss = ppo_module.ppo_value_loss
+
+    def value_loss(*args, **kwargs):
+        loss, info = real_value_loss(*args, **kwargs)
+        value_losses.append(float(loss.detach()))
+        return loss, info
+
+    monkeypatch.setattr(ppo_module, "load_value_model", no_critic)
+    monkeypatch.setattr(ppo_module, "ppo_value_loss", value_loss)
+    monkeypatch.setattr(
+        ppo_module, "load_reward_function", lambda spec, **kwargs: lambda p, r: [5.0] * len(r)
+    )
+    train(
+        ppo_config(
+            tiny_model,
+            prompt_file,
+            tmp_path,
+            "ppo.value_head_on_policy=true",
+            "ppo.clip_range_value=100",
+            "learning_rate=1e-4",
+            "max_steps=1",
+            "ppo.ppo_epochs=4",
+            "ppo.num_minibatches=1",
+        )
+    )
+    model = built["model"]
+    assert model.critic is None
+    head = model.value_head
+    assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (160, 1)
+    policy_size = sum(p.numel() for p in model.lm.parameters())
+    assert sum(p.numel() for p in model.parameters()) == policy_size + 161
+    assert sum(p.numel() for p in load_causal_lm(str(tiny_model)).parameters()) == policy_size
+    initial, final = built["initial"], built["final"]
+    assert not torch.equal(initial["value_head.weight"], final["value_head.weight"])
+    assert len(value_losses) == 4
+    assert value_losses[-1] < value_losses[0] / 10, value_losses

@@ -1,0 +1,63 @@
+"""`training/steps.py`: the optimizer step every recipe's loop takes (clip, step, schedule,
+zero), checked on a two-parameter linear model whose gradient is worked by hand."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from rlhfkit.training.steps import optimizer_step
+
+
+def one_step(max_grad_norm: float, steps: int = 1):
+    """Linear(2, 1) with weight [1, 1] and bias 0, loss = model([2, 2]) = 2 w1 + 2 w2 + b, plain
+    SGD at lr 0.1 and a schedule lr_s = 0.1 / (s + 1). Returns (model, [(grad_norm, lr), ...])."""
+    accelerator = Accelerator()  # the default, as `Run` builds it (cpu=True would clash on a GPU)
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    results = []
+    for _ in range(steps):
+        loss = model(torch.tensor([[2.0, 2.0]], device=accelerator.device)).sum()
+        accelerator.backward(loss)
+        results.append(optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm))
+    return accelerator.unwrap_model(model), results
+
+
+def test_clips_by_the_global_norm_and_steps_with_the_clipped_gradient():
+    """Gradient: dL/dw = [2, 2], dL/db = 1, global norm sqrt(4 + 4 + 1) = 3 (per tensor the norms
+    would be 2.83 and 1, neither above the limit). max_grad_norm 1.5 scales every gradient by
+    1.5 / 3 = 0.5: w grad [1, 1], b grad 0.5; SGD at lr 0.1 gives w = [1 - 0.1, 1 - 0.1] =
+    [0.9, 0.9] and b = 0 - 0.05 = -0.05. The returned norm is the one before clipping (3), the
+    returned lr the one this update used (0.1), and the gradients are cleared."""
+    model, [(grad_norm, lr)] = one_step(max_grad_norm=1.5)
+    assert grad_norm == pytest.approx(3.0, rel=1e-6)
+    assert lr == 0.1
+    torch.testing.assert_close(model.weight.detach().cpu(), torch.tensor([[0.9, 0.9]]))
+    torch.testing.assert_close(model.bias.detach().cpu(), torch.tensor([-0.05]))
+    assert model.weight.grad is None and model.bias.grad is None
+
+
+def test_no_clipping_when_max_grad_norm_is_zero_or_above_the_norm():
+    """max_grad_norm 0 (off) or 10 (> 3): the full gradient is applied, w = [1 - 0.2, 1 - 0.2] =
+    [0.8, 0.8] and b = -0.1, and the norm is still reported (3)."""
+    for max_grad_norm in (0.0, 10.0):
+        model, [(grad_norm, _lr)] = one_step(max_grad_norm=max_grad_norm)
+        assert grad_norm == pytest.approx(3.0, rel=1e-6), max_grad_norm
+        torch.testing.assert_close(model.weight.detach().cpu(), torch.tensor([[0.8, 0.8]]))
+        torch.testing.assert_close(model.bias.detach().cpu(), torch.tensor([-0.1]))
+
+
+def test_the_schedule_moves_after_each_update():
+    """lr_s = 0.1 / (s + 1): the first update uses 0.1, the second 0.05. With clipping off the
+    gradient is the same each time (the loss is linear), so w = 1 - 0.1 * 2 - 0.05 * 2 = 0.7 and
+    b = 0 - 0.1 - 0.05 = -0.15; each update reports the norm of its own gradient (3, not the
+    6 of two accumulated ones: `zero_grad` ran in between)."""
+    model, results = one_step(max_grad_norm=0.0, steps=2)
+    assert [lr for _, lr in results] == pytest.approx([0.1, 0.05], rel=1e-12)
+    assert [norm for norm, _ in results] == pytest.approx([3.0, 3.0], rel=1e-6)
+    torch.testing.assert_close(model.weight.detach().cpu(), torch.tensor([[0.7, 0.7]]))
+    torch.testing.assert_close(model.bias.detach().cpu(), torch.tensor([-0.15]))
