@@ -465,7 +465,7 @@ def test_gae_path_whitens_rewards_by_scale_and_advantages_by_hand():
     Advantage whitening over the 5 response tokens (3 of a, 2 of -a): mean a/5, deviations
     4a/5 and -6a/5, variance (3·16 + 2·36) a² / 125 = 0.96 a², whitened sqrt(2/3) = 0.816497 and
     -sqrt(3/2) = -1.224745 whatever a is; the padding stays 0. Returns come from the advantages
-    before whitening."""
+    before whitening; the rewards returned are the shaped ones, unscaled."""
     from rlhfkit.recipes.ppo import AdvantageInputs, _gae
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -484,7 +484,8 @@ def test_gae_path_whitens_rewards_by_scale_and_advantages_by_hand():
 
     options = PPOOptions(gamma=1.0, lam=1.0, whiten_rewards=True, whiten_advantages=True)
     advantages, returns, rewards = _gae(inputs, options)
-    torch.testing.assert_close(rewards, torch.tensor([[0, 0, a], [0, -a, 0]]), rtol=1e-5, atol=0)
+    # The rewards returned (logged as reward_mean) are the shaped ones, before the scaling.
+    assert rewards.tolist() == [[0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]
     torch.testing.assert_close(returns, plain * a, rtol=1e-5, atol=0)
     torch.testing.assert_close(advantages, whitened, rtol=1e-5, atol=1e-7)
     assert advantages[1, 2] == 0
@@ -519,10 +520,11 @@ def test_gae_path_equals_the_library_functions_composed(whiten_rewards, whiten_a
     advantages, returns, rewards = _gae(inputs, options)
 
     expected_rewards = kl_shaped_rewards(scores, kl, mask, kl_coef=0.2)
+    gae_rewards = expected_rewards
     if whiten_rewards:
-        expected_rewards = masked_whiten(expected_rewards, mask, shift_mean=False)
+        gae_rewards = masked_whiten(expected_rewards, mask, shift_mean=False)
     expected_advantages, expected_returns = gae_advantages(
-        expected_rewards, values, mask, gamma=0.9, lam=0.8
+        gae_rewards, values, mask, gamma=0.9, lam=0.8
     )
     if whiten_advantages:
         expected_advantages = masked_whiten(expected_advantages, mask)

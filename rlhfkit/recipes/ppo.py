@@ -370,15 +370,19 @@ class AdvantageInputs:
 
 
 def _gae(inputs: AdvantageInputs, options: PPOOptions):
-    rewards = kl_shaped_rewards(inputs.scores, inputs.kl, inputs.mask, kl_coef=inputs.kl_coef)
-    if options.whiten_rewards:
-        rewards = masked_whiten(rewards, inputs.mask, shift_mean=False)
+    """(advantages, returns, shaped rewards), each (B, N). GAE runs on the shaped rewards
+    score - β KL, scaled to unit variance first with `whiten_rewards`; the rewards returned (for
+    the `reward_mean` metric) are the shaped ones, before that scaling."""
+    shaped = kl_shaped_rewards(inputs.scores, inputs.kl, inputs.mask, kl_coef=inputs.kl_coef)
+    rewards = (
+        masked_whiten(shaped, inputs.mask, shift_mean=False) if options.whiten_rewards else shaped
+    )
     advantages, returns = gae_advantages(
         rewards, inputs.values, inputs.mask, gamma=options.gamma, lam=options.lam
     )  # returns from the advantages before whitening
     if options.whiten_advantages:
         advantages = masked_whiten(advantages, inputs.mask)  # over every response token
-    return advantages, returns, rewards
+    return advantages, returns, shaped
 
 
 def _sequence_advantages(per_sequence: torch.Tensor, inputs: AdvantageInputs):
