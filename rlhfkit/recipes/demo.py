@@ -73,6 +73,12 @@ class DemoConfig:
     max_new_tokens: int = option(48, "maximum tokens per sampled response")
     rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
     rm_learning_rate: float = option(1e-3, "reward-model learning rate")
+    rm_ensemble: int = option(
+        1,
+        "reward-model heads on one backbone (rm.ensemble; the reward is their mean); with K > 1 "
+        "the evaluation reports their disagreement on each policy's samples (docs/demo.md)",
+        minimum=1,
+    )
     best_of: int = option(
         16, "largest n of best-of-n (powers of two up to it are reported)", minimum=2
     )
@@ -271,7 +277,9 @@ def train_reward_model(config: DemoConfig, paths: DemoPaths) -> dict:
             logging_steps=10,
             progress=config.progress,
             dtype="float32",
-            rm=RMOptions(normalize_data=str(paths.root / "pairs.jsonl")),
+            rm=RMOptions(
+                normalize_data=str(paths.root / "pairs.jsonl"), ensemble=config.rm_ensemble
+            ),
         )  # fmt: skip
     )
 
