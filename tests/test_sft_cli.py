@@ -68,10 +68,11 @@ def test_init_model_names_the_bad_record_of_its_tokenizer_corpus(tmp_path):
 
 def test_sft_writes_the_output_layout(tiny_model, sft_data, tmp_path):
     out = tmp_path / "sft"
-    run_cli(
+    result = run_cli(
         "sft", f"model={tiny_model}", f"train_data={sft_data}", f"eval_data={sft_data}",
         f"output_dir={out}", "max_steps=6", "batch_size=8", "learning_rate=3e-3", "logging_steps=2",
     )  # fmt: skip
+    assert "6/6" in result.stdout + result.stderr  # the progress bar (on by default), finished
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["stage"] == "sft" and config["max_steps"] == 6 and config["lora"]["r"] == 0
     summary = json.loads((out / "summary.json").read_text())
