@@ -42,6 +42,12 @@ def test_pipeline_runs_skips_and_reruns(tmp_path, tiny_model, sft_data):
     second = run_cli("pipeline", str(path))
     assert "skip sft" in second.stderr and "skip pairs" in second.stderr
 
+    # A completed stage whose output was removed runs again, the others are still skipped.
+    pairs.unlink()
+    again = run_cli("pipeline", str(path))
+    assert "skip sft" in again.stderr and "skip pairs" not in again.stderr
+    assert "outputs were removed" in " ".join(again.stderr.split()) and pairs.is_file()
+
     # Changing an input file reruns the stage that reads it (and only that one here).
     write_jsonl(prompts, [{"prompt": "User: What is 2+2?\nBot:"}])
     third = run_cli("pipeline", str(path))
@@ -203,6 +209,10 @@ def test_decide_resumes_only_an_interrupted_run_of_the_same_digest():
     assert decide({"digest": "d", "status": "pending"}, "d", forced=False) == "fresh"
     assert decide({"digest": "d", "status": "running"}, "d", forced=True) == "fresh"
     assert decide({}, "d", forced=False) == "fresh"
+    # A completed stage whose outputs were (partly) removed runs again; extra files do not count.
+    done = {"digest": "d", "status": "done", "outputs": ["model", "summary.json"]}
+    assert decide(done, "d", forced=False, present=["model", "summary.json", "x"]) == "skip"
+    assert decide(done, "d", forced=False, present=["summary.json"]) == "fresh"
 
 
 def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(

@@ -16,10 +16,11 @@ pipeline's `output_dir` (a stage naming it depends on every earlier stage). An u
 the top, in a stage entry or in a stage's config, is an error naming the nearest valid key. Each
 stage needs a directory of its own: two stages' directories may not overlap.
 
-A stage is skipped when its digest is unchanged since it last completed (`OUT/.pipeline.json`
-records it): the digest covers its resolved config, the input files it names (their content),
-the local directories it names (the names, sizes and modification times of their files, so a
-model re-created at the same path counts as changed) and the digests of the stages it refers to.
+A stage is skipped when its digest is unchanged since it last completed and what it left in its
+directory is still there (`OUT/.pipeline.json` records both): the digest covers its resolved
+config, the input files it names (their content), the local directories it names (the names,
+sizes and modification times of their files, so a model re-created at the same path counts as
+changed) and the digests of the stages it refers to.
 Paths inside a stage directory of this pipeline are left to that stage's digest.
 
 A stage that runs is either *resumed* or run *afresh*:
@@ -293,18 +294,31 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {}
 
 
+def _outputs(out: Path) -> list[str]:
+    """The entries a stage left in its output directory (top level, the marker aside)."""
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(MARKER))
+
+
 def _write_marker(stage: PlannedStage, status: str) -> None:
     stage.out.mkdir(parents=True, exist_ok=True)
+    record = {"digest": stage.digest, "status": status, "stage": stage.stage}
+    if status == "done":
+        record["outputs"] = _outputs(stage.out)
     tmp = stage.out / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps({"digest": stage.digest, "status": status, "stage": stage.stage}))
+    tmp.write_text(json.dumps(record))
     tmp.replace(stage.out / MARKER)
 
 
-def decide(record: dict[str, Any] | None, digest: str, forced: bool) -> str:
-    """What to do with a stage: `skip` (completed with this digest), `resume` (interrupted with
-    this digest) or `fresh` (anything else, and whatever `--from` forces)."""
+def decide(
+    record: dict[str, Any] | None, digest: str, forced: bool, present: list[str] | None = None
+) -> str:
+    """What to do with a stage: `skip` (completed with this digest, and every output it left is
+    still `present`), `resume` (interrupted with this digest) or `fresh` (anything else, and
+    whatever `--from` forces)."""
     if forced or record is None or record.get("digest") != digest:
         return "fresh"
+    if record.get("status") == "done" and not set(record.get("outputs", [])) <= set(present or []):
+        return "fresh"  # completed, but some of what it wrote has been removed since
     return {"done": "skip", "running": "resume"}.get(record.get("status"), "fresh")
 
 
@@ -355,7 +369,8 @@ def run(config: PipelineConfig) -> int:
                 _write_marker(stage, "pending")
     for index, stage in enumerate(stages):
         record = _read_marker(stage.out)
-        action = decide(record, stage.digest, forced=index >= first_forced)
+        present = _outputs(stage.out) if stage.out.is_dir() else []
+        action = decide(record, stage.digest, forced=index >= first_forced, present=present)
         if action == "skip":
             console.print(
                 f"[dim]skip[/] {stage.name} ({stage.stage}): unchanged since it completed"
@@ -372,6 +387,13 @@ def run(config: PipelineConfig) -> int:
                 values["overwrite"] = True
             if record is not None and record.get("status") == "running":
                 note = " — interrupted with another config or inputs: starting afresh"
+            elif (
+                record is not None
+                and record.get("status") == "done"
+                and record.get("digest") == stage.digest
+                and index < first_forced
+            ):
+                note = " — some of its outputs were removed: running again"
         if config.dry_run:
             verb = "would resume" if resuming else "would run"
             console.print(f"{verb} {stage.name} ({stage.stage}){note}")
