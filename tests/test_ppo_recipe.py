@@ -256,6 +256,35 @@ def test_critic_from_a_reward_model_dir_reads_the_reward_head(tiny_model, tmp_pa
     torch.testing.assert_close(values[0, -1], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """Where the critic's weights come from: `ppo.value_model` if given; else the reward model
+    when `ppo.reward_model` is an rlhfkit reward-model directory (InstructGPT's choice); else the
+    policy (a python: or http reward has no weights to start from)."""
+    import rlhfkit.recipes.ppo as ppo_recipe
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    rm = tmp_path / "rm"
+    save_reward_model(
+        build_reward_model(str(tiny_model), seed=1), load_tokenizer(str(tiny_model)), rm
+    )
+    sources = []
+    real = ppo_recipe.load_value_model
+
+    def recording(source, **kwargs):
+        sources.append(str(source))
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(ppo_recipe, "load_value_model", recording)
+    one_step = ["max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1"]
+    train(ppo_config(tiny_model, prompt_file, tmp_path / "a", *one_step))
+    train(ppo_config(tiny_model, prompt_file, tmp_path / "b", *one_step, f"ppo.reward_model={rm}"))
+    explicit = [f"ppo.reward_model={rm}", f"ppo.value_model={tiny_model}"]
+    train(ppo_config(tiny_model, prompt_file, tmp_path / "c", *one_step, *explicit))
+    assert sources == [str(tiny_model), str(rm), str(tiny_model)]
+
+
 def test_resume_equals_an_uninterrupted_run(tiny_model, prompt_file, tmp_path):
     """4 steps in one go == 2 steps, then resume=true to 4 (adaptive KL state carried)."""
     common = ["ppo.target_kl=0.2", "ppo.kl_horizon=50", "save_steps=2"]
