@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,14 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
     (out / ".pipeline.json").write_text(json.dumps({**marker, "status": "running"}))
     same = run_cli("pipeline", str(path), "--dry-run")
     assert "would resume sft (sft) — resuming" in same.stderr
+    # As a kill after step 1's checkpoint leaves it: the rerun resumes from that checkpoint.
+    shutil.rmtree(out / "model")
+    shutil.rmtree(out / "checkpoints" / "step-00000002")
+    resumed = run_cli("pipeline", str(path))
+    assert "resuming" in resumed.stderr and "at step 1" in resumed.stdout + resumed.stderr
+    assert (out / "model").is_dir() and json.loads((out / "summary.json").read_text())
+
+    (out / ".pipeline.json").write_text(json.dumps({**marker, "status": "running"}))
 
     path.write_text(text.replace("1.0e-3", "2.0e-3"))
     stale = out / "checkpoints" / "step-00000099"  # the old run's latest checkpoint
@@ -246,6 +255,7 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
         "digest": plan(path)[0].digest,
         "status": "done",
         "stage": "sft",
+        "outputs": ["config.yaml", "metrics.jsonl", "model", "summary.json"],
     }
     assert "learning_rate: 0.002" in (out / "config.yaml").read_text()
 

@@ -295,8 +295,11 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
 
 
 def _outputs(out: Path) -> list[str]:
-    """The entries a stage left in its output directory (top level, the marker aside)."""
-    return sorted(p.name for p in out.iterdir() if not p.name.startswith(MARKER))
+    """The entries a stage left in its output directory (top level), leaving out the marker and
+    `checkpoints` (resumable state, not a result: removing it to free disk reruns nothing)."""
+    return sorted(
+        p.name for p in out.iterdir() if not p.name.startswith(MARKER) and p.name != "checkpoints"
+    )
 
 
 def _write_marker(stage: PlannedStage, status: str) -> None:
