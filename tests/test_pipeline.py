@@ -219,8 +219,8 @@ def test_decide_resumes_only_an_interrupted_run_of_the_same_digest():
 def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
     tmp_path, tiny_model, sft_data
 ):
-    """An sft stage marked `running` (what a kill leaves) resumes only when its digest is the
-    same; after a config change it runs from scratch, and no checkpoint of the old run is left
+    """An sft stage marked `running` (what a kill leaves) resumes, from its last checkpoint,
+    only when its digest is the same; after a config change it runs from scratch, and no checkpoint of the old run is left
     for it to resume from."""
     path = tmp_path / "p.yaml"
     text = (
