@@ -285,6 +285,50 @@ def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
     assert sources == [str(tiny_model), str(rm), str(tiny_model)]
 
 
+def test_uncertainty_penalty_scores_mean_minus_std_of_the_ensemble(
+    tiny_model, prompt_file, tmp_path
+):
+    """`ppo.uncertainty_coef=c` with a 3-head reward model: every score PPO logs in
+    samples.jsonl is mean - c x std over the heads of that sample (recomputed here with the
+    saved scorer's heads); with a python: reward it is a one-line config error."""
+    from rlhfkit.models.reward_model import (
+        build_reward_model,
+        ensemble_reward,
+        load_reward_scorer,
+        save_reward_model,
+    )
+
+    rm = tmp_path / "rm"
+    tokenizer = load_tokenizer(str(tiny_model))
+    save_reward_model(build_reward_model(str(tiny_model), num_heads=3, seed=1), tokenizer, rm)
+    out = tmp_path / "ppo"
+    train(
+        ppo_config(
+            tiny_model,
+            prompt_file,
+            out,
+            "max_steps=1",
+            f"ppo.reward_model={rm}",
+            "ppo.uncertainty_coef=2.0",
+            "ppo.sample_every=1",
+            "ppo.reward_norm_samples=0",
+        )  # fmt: skip
+    )
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    scorer = load_reward_scorer(rm)
+    heads = scorer.score_heads(
+        [r["prompt"] for r in rows], [r["response"] for r in rows],
+        ended=[r["has_eos"] for r in rows],
+    )  # fmt: skip
+    spread = [max(h) - min(h) for h in heads]
+    assert max(spread) > 0  # three differently initialised heads
+    expected = [ensemble_reward(h, 2.0) for h in heads]
+    assert [r["score"] for r in rows] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+    with pytest.raises(ConfigError, match="ppo.uncertainty_coef: 0.5 needs ppo.reward_model"):
+        train(ppo_config(tiny_model, prompt_file, tmp_path / "bad", "ppo.uncertainty_coef=0.5"))
+
+
 def test_resume_equals_an_uninterrupted_run(tiny_model, prompt_file, tmp_path):
     """4 steps in one go == 2 steps, then resume=true to 4 (adaptive KL state carried)."""
     common = ["ppo.target_kl=0.2", "ppo.kl_horizon=50", "save_steps=2"]

@@ -216,6 +216,29 @@ def test_scorer_disagreement_by_hand(tiny_model, tokenizer):
     assert RewardScorer(one, tokenizer).disagreement(prompts, responses) == [0.0] * 3
 
 
+def test_uncertainty_penalised_reward_by_hand(tiny_model, tokenizer):
+    """Heads (1, 2, 6) on every input (weights 0, biases 1, 2, 6): mean 3, population std
+    sqrt(14/3) = 2.1602469. With uncertainty_coef 0.5 the reward is 3 - 0.5 x 2.1602469 =
+    1.9198765; the plain scorer's stays the mean, 3. One head has no spread: refused."""
+    from rlhfkit.models.reward_model import ensemble_reward
+
+    assert ensemble_reward([1.0, 2.0, 6.0]) == 3.0
+    assert ensemble_reward([1.0, 2.0, 6.0], 0.5) == pytest.approx(1.9198765, rel=1e-7)
+    model = build_reward_model(str(tiny_model), num_heads=3, pad_token_id=tokenizer.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        model.head().weight.zero_()
+    model.set_normalization([1.0, 1.0, 1.0], [1.0, 2.0, 6.0], "test")
+    scorer = RewardScorer(model, tokenizer, max_length=64, max_prompt_length=32)
+    prompts, responses = [PROMPTS[0]] * 2, RESPONSES[0][:2]
+    penalised = scorer.with_uncertainty_penalty(0.5)
+    assert penalised(prompts, responses) == pytest.approx([1.9198765] * 2, rel=1e-6)
+    assert scorer(prompts, responses) == [3.0, 3.0] and penalised.model is scorer.model
+    one = build_reward_model(str(tiny_model), pad_token_id=tokenizer.pad_token_id).eval()
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        RewardScorer(one, tokenizer).with_uncertainty_penalty(0.5)
+
+
 def test_normalisation_stored_and_applied(tiny_model, tokenizer, tmp_path):
     model = build_reward_model(str(tiny_model), pad_token_id=tokenizer.pad_token_id)
     model.set_normalization([2.0], [-0.5], "test")

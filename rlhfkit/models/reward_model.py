@@ -30,6 +30,7 @@ encoded once (`pack_responses`, `shared_prompt_mask`). Inference (`score`) uses 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -467,6 +468,16 @@ def encode_pair(
     return encoded.prompt_ids, encoded.completion_ids
 
 
+def ensemble_reward(heads: Sequence[float], uncertainty_coef: float = 0.0) -> float:
+    """The reward of one input from its K head scores: mean_k s_k - c * std_k s_k (population
+    std), c = `uncertainty_coef`. c = 0 is the heads' mean; c > 0 is Coste et al. (2024)'s
+    uncertainty-weighted optimisation, which pays less where the heads disagree."""
+    mean = sum(heads) / len(heads)
+    if not uncertainty_coef:
+        return mean
+    return mean - uncertainty_coef * math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
+
+
 class RewardScorer:
     """`(prompts, responses) -> list[float]` over a loaded reward model (normalised rewards).
 
@@ -477,7 +488,12 @@ class RewardScorer:
     is the assistant's turn). Every method takes `ended=` (one bool per response): False marks a
     sampled response that ran out of tokens, scored without the EOS a finished one gets
     (`encode_pair`); None = every response is finished.
+
+    The reward of an ensemble is its heads' mean, less `uncertainty_coef` times their std
+    (`ensemble_reward`; 0 unless set with `with_uncertainty_penalty`).
     """
+
+    uncertainty_coef: float = 0.0
 
     def __init__(
         self,
@@ -541,7 +557,16 @@ class RewardScorer:
         self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
     ) -> list[float]:
         heads_per_input = self.score_heads(prompts, responses, ended=ended)
-        return [sum(heads) / len(heads) for heads in heads_per_input]
+        return [ensemble_reward(heads, self.uncertainty_coef) for heads in heads_per_input]
+
+    def with_uncertainty_penalty(self, coef: float) -> RewardScorer:
+        """This scorer (the same model, not a copy of it) rewarding mean - `coef` x std over
+        the heads; refused for a single head, which has no spread to penalise."""
+        if self.model.num_heads < 2:
+            raise ValueError("an uncertainty penalty needs an ensemble (rm.ensemble=K >= 2)")
+        penalised = copy.copy(self)
+        penalised.uncertainty_coef = float(coef)
+        return penalised
 
     def disagreement(
         self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
@@ -708,6 +733,7 @@ __all__ = [
     "RewardScorer",
     "build_reward_model",
     "encode_pair",
+    "ensemble_reward",
     "init_reward_head",
     "check_reward_weights",
     "load_reward_model",

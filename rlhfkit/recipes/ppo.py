@@ -10,9 +10,10 @@ Objective: maximise ``E[r(x, y)] - beta KL(pi(.|x) || pi_ref(.|x))`` over prompt
    the reference's log-probs, of every response token, recomputed in forward passes (the same
    function and batch shapes the PPO epochs use, so at the first step the ratio is exactly 1
    and, with the policy equal to the reference, the KL is exactly 0);
-3. **score**: `ppo.reward_model` scores the decoded responses; optional normalisation (gain and
-   bias fitted once on the initial policy's samples), clipping, and the EOS trick (a response
-   that never ends gets `ppo.missing_eos_penalty` as its score);
+3. **score**: `ppo.reward_model` scores the decoded responses (an ensemble: its heads' mean, less
+   `ppo.uncertainty_coef` times their std); optional normalisation (gain and bias fitted once on
+   the initial policy's samples), clipping, and the EOS trick (a response that never ends gets
+   `ppo.missing_eos_penalty` as its score);
 4. **rewards**: ``-beta KL_t`` on every response token (`ppo.kl_estimator`) plus the score on the
    last one; optionally whitened (scale only);
 5. **advantages**: GAE (gamma, lambda) with the critic, whitened; or critic-free RLOO / GRPO from
@@ -91,6 +92,12 @@ from rlhfkit.training.steps import global_sum, optimizer_step
 class PPOOptions:
     reward_model: str = option(
         "", "reward: an `rlhfkit rm` model directory, an http(s) scorer URL, or python:mod:fn"
+    )
+    uncertainty_coef: float = option(
+        0.0,
+        "with a reward-model ensemble (rm.ensemble=K >= 2): score = mean - this x std over its "
+        "heads, paying less where they disagree (Coste et al. 2024); 0 = the heads' mean",
+        minimum=0,
     )
     value_model: str = option(
         "", "critic init: a directory; empty = the reward model dir if it is one, else the policy"
@@ -513,6 +520,21 @@ def _load_reward(spec: str, key: str, **kwargs):
         raise relabel_error(err, key, ("reward_model", "model")) from None
 
 
+def _penalise_uncertainty(reward_fn, options: PPOOptions):
+    """The reward-model ensemble scoring mean - `uncertainty_coef` x std over its heads."""
+    from rlhfkit.models.reward_model import RewardScorer
+
+    heads = reward_fn.model.num_heads if isinstance(reward_fn, RewardScorer) else 0
+    if heads < 2:
+        what = f"a reward model with {heads} head" if heads else "not an rlhfkit reward model"
+        raise ConfigError(
+            f"ppo.uncertainty_coef: {options.uncertainty_coef} needs ppo.reward_model to be a "
+            f"reward-model ensemble (rlhfkit rm rm.ensemble=K, K >= 2); "
+            f"{options.reward_model!r} is {what}"
+        )
+    return reward_fn.with_uncertainty_penalty(options.uncertainty_coef)
+
+
 def _kl_controller(options: PPOOptions):
     if options.target_kl > 0:
         return AdaptiveKLController(options.kl_coef, options.target_kl, options.kl_horizon)
@@ -577,6 +599,8 @@ def train(config: PPOConfig) -> dict:
 
     # --- models ---------------------------------------------------------------------------
     reward_fn = _load_reward(options.reward_model, "ppo.reward_model", dtype=config.dtype)
+    if options.uncertainty_coef > 0:
+        reward_fn = _penalise_uncertainty(reward_fn, options)
     gold_fn = _load_reward(options.gold_reward, "ppo.gold_reward") if options.gold_reward else None
     lora = lora_settings(config)
     lm = load_causal_lm(
