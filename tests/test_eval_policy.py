@@ -45,6 +45,18 @@ def test_best_of_n_kl_by_hand():
     assert best_of_n_kl(4) == pytest.approx(0.6362944, rel=1e-6)
 
 
+def test_best_of_n_up_to_64_by_hand():
+    """One prompt, 64 candidates with proxy = gold = i (i = 0..63): best-of-n by the proxy
+    keeps candidate n - 1, so gold = proxy = n - 1 for n = 1, 2, 4, ..., 64, and the KL of n=64
+    is log 64 - 63/64 = 4.1588831 - 0.984375 = 3.1745081 (`rlhfkit eval`'s default n)."""
+    scores = [float(i) for i in range(64)]
+    ns = [1, 2, 4, 8, 16, 32, 64]
+    curve = best_of_n_curve([scores], [scores], ns)
+    assert [row["gold_reward"] for row in curve] == [n - 1 for n in ns]
+    assert [row["proxy_reward"] for row in curve] == [n - 1 for n in ns]
+    assert curve[-1]["kl"] == pytest.approx(3.1745081, rel=1e-7)
+
+
 def test_win_rate_counts_ties_half():
     """Scores (3, 1, 2) vs (1, 1, 5): win, tie, loss → (1 + 0.5 + 0) / 3 = 0.5."""
     assert win_rate([3, 1, 2], [1, 1, 5]) == pytest.approx(0.5)
