@@ -122,9 +122,9 @@ class PolicySamples:
     def score_and_disagreement(self, reward_fn: RewardFn) -> tuple[list[float], list[float] | None]:
         """Every sample's reward and, where `reward_fn` is an rlhfkit reward-model ensemble
         (K > 1 heads), the heads' standard deviation per sample, sqrt(mean_k (r_k - r̄)^2), in
-        one scoring pass (r̄, the heads' mean, is the reward). Otherwise the disagreement is None.
-        """
-        from rlhfkit.models.reward_model import RewardScorer
+        one scoring pass (the reward is r̄, the heads' mean, as `reward_fn(...)` gives it).
+        Otherwise the disagreement is None."""
+        from rlhfkit.models.reward_model import RewardScorer, ensemble_reward, heads_std
 
         if not isinstance(reward_fn, RewardScorer) or reward_fn.model.num_heads < 2:
             return self.score(reward_fn), None
@@ -133,7 +133,8 @@ class PolicySamples:
             self.responses,
             ended=self.ended or [True] * len(self.responses),
         )
-        return [statistics.fmean(h) for h in heads], [statistics.pstdev(h) for h in heads]
+        coef = reward_fn.uncertainty_coef  # 0 unless penalised: then as reward_fn(...) scores
+        return [ensemble_reward(h, coef) for h in heads], [heads_std(h) for h in heads]
 
 
 def summarize(values: list[float]) -> dict[str, float]:

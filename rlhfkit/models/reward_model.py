@@ -468,14 +468,18 @@ def encode_pair(
     return encoded.prompt_ids, encoded.completion_ids
 
 
+def heads_std(heads: Sequence[float]) -> float:
+    """Population std (ddof 0) of one input's K head scores: sqrt((1/K) sum_k (s_k - s̄)^2)."""
+    mean = sum(heads) / len(heads)
+    return math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
+
+
 def ensemble_reward(heads: Sequence[float], uncertainty_coef: float = 0.0) -> float:
     """The reward of one input from its K head scores: mean_k s_k - c * std_k s_k (population
     std), c = `uncertainty_coef`. c = 0 is the heads' mean; c > 0 is Coste et al. (2024)'s
     uncertainty-weighted optimisation, which pays less where the heads disagree."""
     mean = sum(heads) / len(heads)
-    if not uncertainty_coef:
-        return mean
-    return mean - uncertainty_coef * math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
+    return mean - uncertainty_coef * heads_std(heads) if uncertainty_coef else mean
 
 
 class RewardScorer:
@@ -579,11 +583,7 @@ class RewardScorer:
         Returns:
             (B,) one value per (prompt, response).
         """
-        values = []
-        for heads in self.score_heads(prompts, responses, ended=ended):
-            mean = sum(heads) / len(heads)
-            values.append(math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads)))
-        return values
+        return [heads_std(heads) for heads in self.score_heads(prompts, responses, ended=ended)]
 
 
 def load_reward_scorer(
@@ -734,6 +734,7 @@ __all__ = [
     "build_reward_model",
     "encode_pair",
     "ensemble_reward",
+    "heads_std",
     "init_reward_head",
     "check_reward_weights",
     "load_reward_model",
