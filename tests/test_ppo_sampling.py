@@ -122,6 +122,30 @@ def test_a_prompt_is_scored_the_same_alone_and_in_a_left_padded_batch(lm_and_tok
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
 
 
+def test_decoding_feeds_one_new_token_per_step_through_the_kv_cache(lm_and_tokenizer):
+    """With a KV cache the prompt goes through the model once (3 rows x its padded length) and
+    every later step feeds one token per row: 5 new tokens = 1 prefill + 4 decode calls, whose
+    inputs are (3, 1), and the cache the decode calls see grows by one position per step."""
+    lm, tokenizer = lm_and_tokenizer
+    query, query_mask = left_padded(tokenizer, PROMPTS)
+    calls = []
+
+    def record(_module, args, kwargs):
+        cache = next((v for k, v in kwargs.items() if "past_key" in k or k == "cache"), None)
+        calls.append((tuple(kwargs["input_ids"].shape), cache.get_seq_length()))
+
+    handle = lm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        sample_with_logprobs(
+            lm, query, query_mask, max_new_tokens=5, eos_id=-1, pad_id=tokenizer.pad_token_id
+        )
+    finally:
+        handle.remove()
+    prompt_length = query.shape[1]
+    assert calls[0] == ((3, prompt_length), 0)
+    assert calls[1:] == [((3, 1), prompt_length + t) for t in range(4)]
+
+
 def test_stops_at_eos_and_pads_after_it(lm_and_tokenizer):
     """Forcing EOS (bias on the LM head) ends every row at its first token: mask 1 there,
     has_eos True, and the loop stops instead of running to max_new_tokens."""
