@@ -13,7 +13,7 @@ from pytest import approx
 MINIATURE = [
     "quick=true", "sft_steps=2", "corpus_size=300", "pair_prompts=40", "eval_prompts=8",
     "rm_epochs=1", "best_of=2", "ppo_steps=1", "no_kl_steps=1", "dpo_betas=[0.1]",
-    "dpo_epochs=1", "cai_prompts=4", "max_new_tokens=8", "progress=false",
+    "dpo_epochs=1", "cai_prompts=4", "max_new_tokens=8", "rm_ensemble=2", "progress=false",
 ]  # fmt: skip
 
 
@@ -38,6 +38,9 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert "reference_pool" not in evaluation  # kept out of eval.json
     assert {"sft", "best_of_2", "ppo", "ppo_no_kl", "dpo_beta0.1"} <= set(evaluation["policies"])
+    # rm_ensemble=2: two heads, whose disagreement every sampled policy's row reports.
+    for name in ("sft", "ppo", "ppo_no_kl", "dpo_beta0.1"):
+        assert evaluation["policies"][name]["ensemble_disagreement"] >= 0.0
     page = (out / "report.html").read_text()
     assert "Reward–KL frontier" in page and "data:image/png;base64," in page
     table = result.stdout + result.stderr  # the final table, its title and last row
