@@ -124,7 +124,8 @@ class PolicySamples:
         (K > 1 heads), the heads' standard deviation per sample, sqrt(mean_k (r_k - r̄)^2), in
         one scoring pass (the reward is r̄, the heads' mean, as `reward_fn(...)` gives it).
         Otherwise the disagreement is None."""
-        from rlhfkit.models.reward_model import RewardScorer, ensemble_reward, heads_std
+        from rlhfkit.eval.reward_metrics import heads_std
+        from rlhfkit.models.reward_model import RewardScorer, ensemble_reward
 
         if not isinstance(reward_fn, RewardScorer) or reward_fn.model.num_heads < 2:
             return self.score(reward_fn), None

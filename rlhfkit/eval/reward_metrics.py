@@ -11,7 +11,8 @@
   order a pair is written. Bins of equal width over confidence [1/2, 1].
 * `pearson_correlation`, `length_correlation`: Pearson r of reward with response length; a
   strongly positive value is a classic reward-hacking warning sign (Singhal et al. 2023).
-* `head_disagreement`: mean over examples of the standard deviation across ensemble heads.
+* `heads_std`, `head_disagreement`: the standard deviation across ensemble heads of one example,
+  and its mean over examples.
 * `normalization_from_rewards`: gain and bias that map rewards to mean 0, std 1.
 * `ensemble_normalization`: per-head gains and biases that put K heads on one scale and give
   their mean (the ensemble's reward) mean 0, std 1.
@@ -140,16 +141,18 @@ def length_correlation(rewards: Sequence[float], lengths: Sequence[float]) -> fl
     return pearson_correlation([float(r) for r in rewards], [float(n) for n in lengths])
 
 
+def heads_std(heads: Sequence[float]) -> float:
+    """Population std (ddof 0) of one input's K head scores: sqrt((1/K) sum_k (s_k - s̄)^2)."""
+    mean = sum(heads) / len(heads)
+    return math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
+
+
 def head_disagreement(head_rewards: Sequence[Sequence[float]]) -> float:
     """Mean over examples of the population std (ddof 0) of the K heads' rewards (0 for K = 1):
     (1/S) sum_s sqrt((1/K) sum_k (r_sk - mean_k r_sk)^2) of `head_rewards` (S, K)."""
     if not head_rewards:
         raise ValueError("no examples")
-    total = 0.0
-    for heads in head_rewards:
-        mean = sum(heads) / len(heads)
-        total += math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
-    return total / len(head_rewards)
+    return sum(heads_std(heads) for heads in head_rewards) / len(head_rewards)
 
 
 def normalization_from_rewards(rewards: Sequence[float]) -> tuple[float, float]:
@@ -248,6 +251,7 @@ __all__ = [
     "ensemble_normalization",
     "expected_calibration_error",
     "head_disagreement",
+    "heads_std",
     "length_correlation",
     "mean_margin",
     "normalization_from_rewards",

@@ -42,6 +42,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.eval.reward_metrics import heads_std
 from rlhfkit.models.loading import (
     LoraSettings,
     disable_dropout,
@@ -468,12 +469,6 @@ def encode_pair(
     return encoded.prompt_ids, encoded.completion_ids
 
 
-def heads_std(heads: Sequence[float]) -> float:
-    """Population std (ddof 0) of one input's K head scores: sqrt((1/K) sum_k (s_k - s̄)^2)."""
-    mean = sum(heads) / len(heads)
-    return math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
-
-
 def ensemble_reward(heads: Sequence[float], uncertainty_coef: float = 0.0) -> float:
     """The reward of one input from its K head scores: mean_k s_k - c * std_k s_k (population
     std), c = `uncertainty_coef`. c = 0 is the heads' mean; c > 0 is Coste et al. (2024)'s
@@ -734,7 +729,6 @@ __all__ = [
     "build_reward_model",
     "encode_pair",
     "ensemble_reward",
-    "heads_std",
     "init_reward_head",
     "check_reward_weights",
     "load_reward_model",
