@@ -220,8 +220,8 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
     tmp_path, tiny_model, sft_data
 ):
     """An sft stage marked `running` (what a kill leaves) resumes, from its last checkpoint,
-    only when its digest is the same; after a config change it runs from scratch, and no checkpoint of the old run is left
-    for it to resume from."""
+    only when its digest is the same; after a config change it runs from scratch, and no
+    checkpoint of the old run is left for it to resume from."""
     path = tmp_path / "p.yaml"
     text = (
         f"output_dir: {tmp_path / 'r'}\nstages:\n"
