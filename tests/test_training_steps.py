@@ -61,3 +61,19 @@ def test_the_schedule_moves_after_each_update():
     assert [norm for norm, _ in results] == pytest.approx([3.0, 3.0], rel=1e-6)
     torch.testing.assert_close(model.weight.detach().cpu(), torch.tensor([[0.7, 0.7]]))
     torch.testing.assert_close(model.bias.detach().cpu(), torch.tensor([-0.15]))
+
+
+def test_a_step_without_gradients_reports_norm_zero():
+    """No backward before the step (clipping off): no parameter has a gradient, so the norm is
+    0, the optimizer leaves the weights alone, and the schedule still moves."""
+    accelerator = Accelerator()
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    grad_norm, lr = optimizer_step(accelerator, model, optimizer, scheduler, 0.0)
+    assert (grad_norm, lr) == (0.0, 0.1)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.05)
+    for old, new in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(new.detach().cpu(), old)

@@ -28,9 +28,10 @@ def optimizer_step(
     if max_grad_norm > 0:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     else:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        # The global L2 norm of whatever gradients exist (0 when none do, e.g. every
+        # parameter frozen or no backward this step).
+        grad_norm = torch.nn.utils.get_total_norm(
+            [p.grad for p in model.parameters() if p.grad is not None]
         )
     optimizer.step()
     scheduler.step()
