@@ -13,6 +13,7 @@ import torch
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.eval import report
 from rlhfkit.eval.diagnostics import (
+    disagreement_growth,
     ensemble_disagreement,
     kl_growth,
     length_correlation,
@@ -102,6 +103,20 @@ def test_ensemble_disagreement_is_flagged_against_the_reference():
     assert ensemble_disagreement(0.15, 0.10) is None
     assert ensemble_disagreement(0.03, 0.01) is None
     assert ensemble_disagreement(0.5) is not None and ensemble_disagreement(0.49) is None
+
+
+def test_disagreement_growth_compares_the_last_quarter_with_the_first():
+    """8 steps, window 2: (0.05, 0.07) → mean 0.06 at the start; (0.13, 0.15) → 0.14 at the end:
+    2.33x and >= 0.1: flagged. Ending at (0.11, 0.11) = 0.11 is 1.83x: not flagged. From (0.02,
+    0.02) to (0.06, 0.06): 3x but under the 0.1 floor: not flagged. Fewer than 4 steps: no
+    judgement."""
+    middle = [0.08, 0.09, 0.10, 0.11]
+    flagged = disagreement_growth([0.05, 0.07, *middle, 0.13, 0.15])
+    assert flagged is not None and flagged["disagreement"] == pytest.approx([0.06, 0.14])
+    assert "0.06 → 0.14" in flagged["message"]
+    assert disagreement_growth([0.05, 0.07, *middle, 0.11, 0.11]) is None
+    assert disagreement_growth([0.02, 0.02, 0.03, 0.04, 0.05, 0.05, 0.06, 0.06]) is None
+    assert disagreement_growth([0.01, 0.5, 0.9]) is None
 
 
 def test_samples_scored_by_an_ensemble_give_the_heads_mean_and_std(tmp_path):
@@ -222,12 +237,14 @@ def test_eval_refuses_a_temperature_it_cannot_measure_a_kl_at():
         evaluate_against_reference({}, reference="unused", prompts=["x"], proxy=None, temperature=0)
 
 
-def _rows(steps, gold=None, kl=None):
+def _rows(steps, gold=None, kl=None, disagreement=None):
     rows = [{"step": 0, "eval_start/score_mean": 0.0}]  # an evaluation row: not a training step
     for i, step in enumerate(steps):
         row = {"step": step, "score_mean": 0.1 * i, "kl": (kl or {}).get(step, 1.0 + i)}
         if gold is not None and gold[i] is not None:
             row["gold_reward_mean"] = gold[i]
+        if disagreement is not None:
+            row["reward_disagreement"] = disagreement[i]
         rows.append(row)
     return rows
 
@@ -257,6 +274,18 @@ def test_curve_checks_use_the_rows_that_logged_each_value():
     kl = {1: 1.0, 2: float("nan"), 3: 8.0, 4: 12.0, 5: 15.0}
     grown = run_curve(_rows([1, 2, 3, 4, 5], kl=kl))
     assert [c["check"] for c in curve_checks(grown)] == ["kl_growth"]  # 1, 8, 12, 15: > 10
+
+
+def test_curve_carries_the_ensemble_disagreement_and_flags_its_growth():
+    """A PPO run against an ensemble logs `reward_disagreement`: the curve keeps it (NaN as
+    null) and the checks flag 0.05 → 0.2 over 4 steps (window 1 row: 4x, >= 0.1)."""
+    curve = run_curve(_rows([1, 2, 3, 4], disagreement=[0.05, float("nan"), 0.1, 0.2]))
+    assert curve["disagreement"] == [0.05, None, 0.1, 0.2]
+    assert [c["check"] for c in curve_checks(curve)] == []  # 3 finite values: too few
+    curve = run_curve(_rows([1, 2, 3, 4], disagreement=[0.05, 0.08, 0.1, 0.2]))
+    checks = {c["check"]: c for c in curve_checks(curve)}
+    assert checks["disagreement_growth"]["disagreement"] == pytest.approx([0.05, 0.2])
+    assert "disagreement" not in run_curve(_rows([1, 2]))
 
 
 def test_over_optimisation_plot_puts_the_logged_steps_on_its_x_axis(monkeypatch):

@@ -3,6 +3,7 @@ RLOO/GRPO and value-head paths, the critic built from a reward model, and resume
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -176,6 +177,7 @@ def test_cli_run_writes_outputs_and_adapts_the_kl_coefficient(tiny_model, prompt
         "gold_reward_mean",
     ):  # fmt: skip
         assert key in rows[0], key
+    assert "reward_disagreement" not in rows[0]  # a python: reward has no heads
     assert rows[0]["kl"] == 0.0
     assert rows[0]["kl_coef"] == 0.05
     for before, after in zip(rows, rows[1:], strict=False):
@@ -324,6 +326,10 @@ def test_uncertainty_penalty_scores_mean_minus_std_of_the_ensemble(
     assert max(spread) > 0  # three differently initialised heads
     expected = [ensemble_reward(h, 2.0) for h in heads]
     assert [r["score"] for r in rows] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    # The step's disagreement: the mean over its responses of the heads' population std.
+    (logged,) = [r for r in read_metrics(out) if "score_mean" in r]
+    stds = [statistics.pstdev(h) for h in heads]
+    assert logged["reward_disagreement"] == pytest.approx(statistics.fmean(stds), rel=1e-4)
 
     with pytest.raises(ConfigError, match="ppo.uncertainty_coef: 0.5 needs ppo.reward_model"):
         train(ppo_config(tiny_model, prompt_file, tmp_path / "bad", "ppo.uncertainty_coef=0.5"))

@@ -4,7 +4,8 @@
   gold reward falls (Gao et al. 2022's over-optimisation);
 - reward–length correlation: a reward that pays for length invites padding (Singhal et al. 2023);
 - KL growth: the policy keeps moving away from the reference (no leash);
-- ensemble disagreement: reward models trained alike disagree on the policy's samples.
+- ensemble disagreement: reward models trained alike disagree on the policy's samples (at
+  evaluation, against the reference's samples; in training, end against start).
 
 Each check is a pure function returning a `Warning`-like dict or None, so the console and the
 report show the same messages.
@@ -96,4 +97,27 @@ def ensemble_disagreement(
         f"{std:.2f} in reward std units{against}): its rewards there are not to be trusted",
         "std": std,
         "reference_std": reference_std,
+    }
+
+
+def disagreement_growth(
+    disagreement: list[float], *, window: float = 0.25, ratio: float = 2.0, floor: float = 0.1
+) -> dict | None:
+    """Flag an RL run on whose rollouts the reward-model ensemble came to disagree: the mean of
+    the last `window` fraction of its per-step disagreements (the heads' std, averaged over the
+    step's samples) at least `ratio` times the mean of the first, and at least `floor` (the
+    thresholds of `ensemble_disagreement`, with the run's own start as the reference)."""
+    if len(disagreement) < 4:
+        return None
+    width = max(1, int(len(disagreement) * window))
+    start = statistics.fmean(disagreement[:width])
+    end = statistics.fmean(disagreement[-width:])
+    if end < floor or end < ratio * start:
+        return None
+    return {
+        "check": "disagreement_growth",
+        "message": f"reward-model ensemble disagreement on the rollouts rose {start:.2f} → "
+        f"{end:.2f} (heads' std in reward std units): the policy is moving where the reward "
+        "model's heads no longer agree",
+        "disagreement": [start, end],
     }

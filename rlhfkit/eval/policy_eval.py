@@ -124,18 +124,15 @@ class PolicySamples:
         (K > 1 heads), the heads' standard deviation per sample, sqrt(mean_k (r_k - r̄)^2), in
         one scoring pass (the reward is r̄, the heads' mean, as `reward_fn(...)` gives it).
         Otherwise the disagreement is None."""
-        from rlhfkit.eval.reward_metrics import heads_std
-        from rlhfkit.models.reward_model import RewardScorer, ensemble_reward
+        from rlhfkit.models.reward_model import is_ensemble
 
-        if not isinstance(reward_fn, RewardScorer) or reward_fn.model.num_heads < 2:
+        if not is_ensemble(reward_fn):
             return self.score(reward_fn), None
-        heads = reward_fn.score_heads(
+        return reward_fn.score_with_disagreement(
             self.prompt_items or self.prompts,
             self.responses,
             ended=self.ended or [True] * len(self.responses),
         )
-        coef = reward_fn.uncertainty_coef  # 0 unless penalised: then as reward_fn(...) scores
-        return [ensemble_reward(h, coef) for h in heads], [heads_std(h) for h in heads]
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -423,8 +420,9 @@ def run_curve(rows: list[dict]) -> dict[str, list]:
 
     Rows without `score_mean` (evaluation rows) are left out. `step` holds each kept row's
     logged step, so a plot's x-axis is the optimizer step whatever `logging_steps` was. `gold`
-    is there only if some row logged `gold_reward_mean`. A missing or non-finite value is None,
-    never NaN, so eval.json stays valid JSON.
+    is there only if some row logged `gold_reward_mean`, `disagreement` only if some row logged
+    `reward_disagreement` (a reward-model ensemble's heads' std). A missing or non-finite value
+    is None, never NaN, so eval.json stays valid JSON.
     """
     rows = [r for r in rows if "score_mean" in r]
     curve: dict[str, list] = {
@@ -434,12 +432,15 @@ def run_curve(rows: list[dict]) -> dict[str, list]:
     }
     if any(r.get("gold_reward_mean") is not None for r in rows):
         curve["gold"] = [_finite_or_none(r.get("gold_reward_mean")) for r in rows]
+    if any(r.get("reward_disagreement") is not None for r in rows):
+        curve["disagreement"] = [_finite_or_none(r.get("reward_disagreement")) for r in rows]
     return curve
 
 
 def curve_checks(curve: dict[str, list]) -> list[dict]:
-    """The diagnostics a training curve raises (proxy–gold divergence, KL growth), computed on
-    the rows that logged the values each check needs."""
+    """The diagnostics a training curve raises (proxy–gold divergence, KL growth, growth of
+    the reward ensemble's disagreement), computed on the rows that logged the values each check
+    needs."""
     from rlhfkit.eval import diagnostics
 
     both = [
@@ -450,6 +451,9 @@ def curve_checks(curve: dict[str, list]) -> list[dict]:
     checks = [
         diagnostics.proxy_gold_divergence([p for p, _ in both], [g for _, g in both]),
         diagnostics.kl_growth([kl for kl in curve["kl"] if kl is not None]),
+        diagnostics.disagreement_growth(
+            [d for d in curve.get("disagreement", []) if d is not None]
+        ),
     ]
     return [check for check in checks if check]
 

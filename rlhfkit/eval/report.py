@@ -7,9 +7,10 @@ Inputs under one runs directory:
     "best_of_n": [{"n", "kl", "proxy_reward", "gold_reward"}],
     "samples": [{"prompt", "responses": {policy: text}}],
     "warnings": [{"check", "message"}],
-    "curves": {run: {"step": [...], "proxy": [...], "gold": [...], "kl": [...]}}}`
-  (`step`: the logged optimizer steps; `gold` only where a gold reward was logged; a missing
-  value is null).
+    "curves": {run: {"step": [...], "proxy": [...], "gold": [...], "kl": [...],
+                     "disagreement": [...]}}}`
+  (`step`: the logged optimizer steps; `gold` only where a gold reward was logged,
+  `disagreement` only where a reward-model ensemble was; a missing value is null).
 Model text is always escaped: a response holding `<script>` shows as characters.
 """
 
@@ -30,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 CURVE_KEYS = (
     "loss", "eval_loss", "eval_accuracy", "eval_reward_accuracy", "score_mean", "reward_mean",
     "gold_reward_mean", "kl", "kl_coef", "rewards/margins", "reward_margin",
+    "reward_disagreement",
 )  # fmt: skip
 
 

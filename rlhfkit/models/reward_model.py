@@ -558,6 +558,21 @@ class RewardScorer:
         heads_per_input = self.score_heads(prompts, responses, ended=ended)
         return [ensemble_reward(heads, self.uncertainty_coef) for heads in heads_per_input]
 
+    def score_with_disagreement(
+        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
+    ) -> tuple[list[float], list[float]]:
+        """`self(...)` and `self.disagreement(...)` from one scoring pass: per input, the reward
+        (the heads' mean, less the uncertainty penalty if one is set) and the heads' std.
+
+        Returns:
+            ((B,), (B,)) rewards and disagreements.
+        """
+        heads = self.score_heads(prompts, responses, ended=ended)
+        return (
+            [ensemble_reward(h, self.uncertainty_coef) for h in heads],
+            [heads_std(h) for h in heads],
+        )
+
     def with_uncertainty_penalty(self, coef: float) -> RewardScorer:
         """This scorer (the same model, not a copy of it) rewarding mean - `coef` x std over
         the heads; refused for a single head, which has no spread to penalise."""
@@ -579,6 +594,12 @@ class RewardScorer:
             (B,) one value per (prompt, response).
         """
         return [heads_std(heads) for heads in self.score_heads(prompts, responses, ended=ended)]
+
+
+def is_ensemble(reward_fn: object) -> bool:
+    """Whether `reward_fn` is an rlhfkit reward model with K >= 2 heads (whose disagreement
+    means something)."""
+    return isinstance(reward_fn, RewardScorer) and reward_fn.model.num_heads >= 2
 
 
 def load_reward_scorer(
@@ -730,6 +751,7 @@ __all__ = [
     "encode_pair",
     "ensemble_reward",
     "init_reward_head",
+    "is_ensemble",
     "check_reward_weights",
     "load_reward_model",
     "load_reward_scorer",

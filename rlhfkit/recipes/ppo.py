@@ -72,6 +72,7 @@ from rlhfkit.losses import (
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.reward_fn import load_reward_function, score_samples
+from rlhfkit.models.reward_model import is_ensemble
 from rlhfkit.models.value_model import (
     ActorCritic,
     is_reward_model_dir,
@@ -211,6 +212,15 @@ class RolloutBatch:
             self.responses,
             rendered=self.prompts,
             ended=self.has_eos.tolist(),
+        )
+
+    def score_and_disagreement(self, reward_fn) -> tuple[list[float], list[float] | None]:
+        """`score`, plus each row's disagreement (the std of its K head scores) when
+        `reward_fn` is a reward-model ensemble, from the same scoring pass; None otherwise."""
+        if not is_ensemble(reward_fn):
+            return self.score(reward_fn), None
+        return reward_fn.score_with_disagreement(
+            self.prompt_items, self.responses, ended=self.has_eos.tolist()
         )
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -525,7 +535,7 @@ def _penalise_uncertainty(reward_fn, options: PPOOptions):
     from rlhfkit.models.reward_model import RewardScorer
 
     heads = reward_fn.model.num_heads if isinstance(reward_fn, RewardScorer) else 0
-    if heads < 2:
+    if not is_ensemble(reward_fn):
         what = f"a reward model with {heads} head" if heads else "not an rlhfkit reward model"
         raise ConfigError(
             f"ppo.uncertainty_coef: {options.uncertainty_coef} needs ppo.reward_model to be a "
@@ -739,7 +749,8 @@ def train(config: PPOConfig) -> dict:
                 RowNoise(_step_seed(config.seed, step), rank * share, rows_per_step),
             )
             t_generate = time.perf_counter() - t0
-            raw_scores = torch.tensor(batch.score(reward_fn), dtype=torch.float32, device=device)
+            scored, disagreement = batch.score_and_disagreement(reward_fn)
+            raw_scores = torch.tensor(scored, dtype=torch.float32, device=device)
             if world > 1:
                 batch, raw_scores = gather_rollout(acc, batch, raw_scores, tokenizer)
 
@@ -846,6 +857,8 @@ def train(config: PPOConfig) -> dict:
                 "generation_share": t_generate / elapsed,
                 "score_s": t_score,
             }
+            if disagreement is not None:  # mean over the step's responses, all processes
+                metrics["reward_disagreement"] = global_sum(acc, sum(disagreement)) / rows_per_step
             if returns is not None:
                 metrics["explained_variance"] = float(
                     explained_variance(old["values"], returns, mask)
