@@ -13,6 +13,8 @@ Sides:
   computed on the fly at every step.
 * ``trl-precompute`` -- TRL with ``precompute_ref_log_probs=True``.
 * ``rlhfkit-onthefly`` -- (optional) rlhfkit with ``dpo.precompute_ref=false`` (frozen copy).
+* ``rlhfkit-chunked`` -- (optional) rlhfkit with ``dpo.pairs_per_forward=2``: each batch of 8
+  pairs in four forwards and backwards of 2 pairs (less activation memory, some speed).
 * ``rlhfkit-gc`` -- (optional) rlhfkit with gradient checkpointing, which TRL's `DPOConfig`
   turns on by default (so memory is compared at equal settings).
 * ``rlhfkit-stacked`` -- (optional) rlhfkit with ``dpo.shared_prompt=false``: chosen and
@@ -59,6 +61,12 @@ def add_args(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=-1, help="-1 = one epoch")
     parser.add_argument("--preset", default="small", help="rlhfkit init-model preset")
+    parser.add_argument(
+        "--pairs-per-forward",
+        type=int,
+        default=None,
+        help="rlhfkit's dpo.pairs_per_forward (default: rlhfkit's own default)",
+    )
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "bench-dpo"))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -198,7 +206,10 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
             f"max_length={args.prompt_tokens + args.response_tokens}",
             f"max_prompt_length={args.prompt_tokens}", f"eval_batch_size={args.batch_size}",
             "logging_steps=1000000", "progress=false", f"dpo.precompute_ref={precompute}",
-            f"dtype={args.dtype}", *extra,
+            f"dtype={args.dtype}",
+            *([] if args.pairs_per_forward is None else
+              [f"dpo.pairs_per_forward={args.pairs_per_forward}"]),
+            *extra,
         ],
     )  # fmt: skip
     _reset_gpu_peak(args)
@@ -303,6 +314,9 @@ SIDES = {
     ),
     "rlhfkit-stacked": lambda args: _run_rlhfkit(
         args, precompute=True, extra=("dpo.shared_prompt=false",)
+    ),
+    "rlhfkit-chunked": lambda args: _run_rlhfkit(
+        args, precompute=True, extra=("dpo.pairs_per_forward=2",)
     ),
     "rlhfkit-compile": lambda args: _run_rlhfkit(args, precompute=True, extra=("compile=true",)),
     "rlhfkit-stacked-compile": lambda args: _run_rlhfkit(

@@ -35,6 +35,7 @@ from rlhfkit.recipes.dpo import (
     LengthBucketedPlan,
     Pair,
     check_options,
+    forward_chunks,
     load_pairs,
     pair_batch,
     pair_losses,
@@ -611,8 +612,33 @@ def test_eval_metrics_at_equal_policy_and_reference(tiny_model, dpo_data, tmp_pa
     assert summary["eval_kl"] == evaluation["eval_kl"]
 
 
+def test_forward_chunks_cut_micro_batches_in_order():
+    micro = [[5, 1, 7, 2], [9, 3, 4]]
+    assert forward_chunks(micro, 2) == [[5, 1], [7, 2], [9, 3], [4]]
+    assert forward_chunks(micro, 3) == [[5, 1, 7], [2], [9, 3, 4]]
+    assert forward_chunks(micro, 0) == micro
+    assert forward_chunks(micro, 8) == micro
+    assert forward_chunks([[], [1]], 2) == [[1]]
+
+
+def test_pairs_per_forward_gives_the_same_steps(tiny_model, dpo_data, tmp_path):
+    """Chunked passes sum to the whole micro-batch's gradient: 4 pairs in one pass, in passes
+    of 1, and in passes of 3 + 1 take the same steps (loss at step 2 depends on step 1's update,
+    the gradient norm on the whole gradient)."""
+    common = ["max_steps=2", "learning_rate=3e-3", "batch_size=4"]
+    runs = {}
+    for size in (0, 1, 3):
+        out = tmp_path / f"chunks{size}"
+        train(_config(tiny_model, dpo_data, out, *common, f"dpo.pairs_per_forward={size}"))
+        runs[size] = _rows(out)
+    for size in (1, 3):
+        for whole, chunked in zip(runs[0], runs[size], strict=True):
+            for key in ("loss", "grad_norm", "rewards/margin", "rewards/accuracy"):
+                assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), (size, key)
+
+
 def test_grad_accum_1x4_equals_4x1(tiny_model, dpo_data, tmp_path):
-    common = ["max_steps=2", "learning_rate=3e-3"]
+    common = ["max_steps=2", "learning_rate=3e-3", "dpo.pairs_per_forward=0"]
     train(_config(tiny_model, dpo_data, tmp_path / "big", *common, "batch_size=4", "grad_accum=1"))
     train(_config(tiny_model, dpo_data, tmp_path / "acc", *common, "batch_size=1", "grad_accum=4"))
     big, acc = _rows(tmp_path / "big"), _rows(tmp_path / "acc")
