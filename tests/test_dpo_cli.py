@@ -113,11 +113,14 @@ def test_bad_loss_type_exits_2_with_one_line(tiny_model, pairs_file, tmp_path):
 
 def test_two_processes_equal_one(tiny_model, pairs_file, tmp_path):
     """2 gloo processes x 2 pairs = 1 process x 4 pairs: the reference pass is sharded and
-    summed, the loss normalised by the global pair count; same losses and final weights."""
+    summed, the loss normalised by the global pair count; same losses and final weights. The
+    two processes run their 2 pairs in passes of 1 (`dpo.pairs_per_forward=1`), so DDP skips
+    the all-reduce on each first pass and sums both."""
     args = [f"model={tiny_model}", f"train_data={pairs_file}", "max_steps=3", "logging_steps=1"]
     args += ["progress=false", "learning_rate=2e-3"]
     run_cli("dpo", *args, "batch_size=4", f"output_dir={tmp_path / 'one'}")
-    run_cli_two_processes("dpo", *args, "batch_size=2", f"output_dir={tmp_path / 'two'}")
+    two_args = ["batch_size=2", "dpo.pairs_per_forward=1", f"output_dir={tmp_path / 'two'}"]
+    run_cli_two_processes("dpo", *args, *two_args)
     one = [r["loss"] for r in _rows(tmp_path / "one") if "loss" in r]
     two = [r["loss"] for r in _rows(tmp_path / "two") if "loss" in r]
     assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
