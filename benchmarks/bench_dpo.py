@@ -198,6 +198,9 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
     write_jsonl(data, make_records(args))
     out = work / f"out-rlhfkit-{os.getpid()}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: no cached reference log-probs
+    chunking = []
+    if args.pairs_per_forward is not None:
+        chunking = [f"dpo.pairs_per_forward={args.pairs_per_forward}"]
     config = load_config(
         DPOConfig,
         overrides=[
@@ -206,10 +209,7 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
             f"max_length={args.prompt_tokens + args.response_tokens}",
             f"max_prompt_length={args.prompt_tokens}", f"eval_batch_size={args.batch_size}",
             "logging_steps=1000000", "progress=false", f"dpo.precompute_ref={precompute}",
-            f"dtype={args.dtype}",
-            *([] if args.pairs_per_forward is None else
-              [f"dpo.pairs_per_forward={args.pairs_per_forward}"]),
-            *extra,
+            f"dtype={args.dtype}", *chunking, *extra,
         ],
     )  # fmt: skip
     _reset_gpu_peak(args)
