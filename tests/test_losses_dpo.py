@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlhfkit.losses import DPO_LOSSES, available_dpo_losses, dpo_loss, register_dpo_loss
-from rlhfkit.losses.dpo import is_length_normalised
+from rlhfkit.losses.dpo import is_length_normalised, is_reference_free
 
 LOG2 = math.log(2.0)  # 0.6931472
 SOFTPLUS_M075 = 0.38687100611489994  # softplus(-0.75)
@@ -52,6 +52,7 @@ def test_variants_declare_length_normalisation_when_registered():
     declared = {name for name in available_dpo_losses() if is_length_normalised(name)}
     assert declared == {"ipo", "simpo"}
     assert DPO_LOSSES["simpo"].reference_free and not DPO_LOSSES["ipo"].reference_free
+    assert {name for name in available_dpo_losses() if is_reference_free(name)} == {"simpo"}
 
     def gap(chosen_logratios, rejected_logratios, *, beta, label_smoothing):
         return chosen_logratios - rejected_logratios

@@ -39,7 +39,7 @@ import torch
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.formats import Text
 from rlhfkit.models.logprobs import TokenLogprobs
-from rlhfkit.models.reward_fn import score_samples
+from rlhfkit.models.reward_fn import score_samples, score_samples_with_disagreement
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -124,13 +124,11 @@ class PolicySamples:
         (K > 1 heads), the heads' standard deviation per sample, sqrt(mean_k (r_k - r̄)^2), in
         one scoring pass (the reward is r̄, the heads' mean, as `reward_fn(...)` gives it).
         Otherwise the disagreement is None."""
-        from rlhfkit.models.reward_model import is_ensemble
-
-        if not is_ensemble(reward_fn):
-            return self.score(reward_fn), None
-        return reward_fn.score_with_disagreement(
+        return score_samples_with_disagreement(
+            reward_fn,
             self.prompt_items or self.prompts,
             self.responses,
+            rendered=self.prompts,
             ended=self.ended or [True] * len(self.responses),
         )
 

@@ -145,6 +145,16 @@ def available_dpo_losses() -> list[str]:
     return DPO_LOSSES.names()
 
 
+def is_reference_free(loss_type: str) -> bool:
+    """Whether the variant ``loss_type`` was registered ``reference_free`` (it needs no
+    reference model).
+
+    Raises:
+        ValueError: For an unknown ``loss_type`` (the message lists the registered ones).
+    """
+    return DPO_LOSSES.lookup(loss_type).reference_free
+
+
 def is_length_normalised(loss_type: str) -> bool:
     """Whether the variant ``loss_type`` was registered with ``length_normalised=True``.
 
@@ -374,6 +384,7 @@ __all__ = [
     "hinge_loss",
     "ipo_loss",
     "is_length_normalised",
+    "is_reference_free",
     "register_dpo_loss",
     "robust_dpo_loss",
     "sigmoid_dpo_loss",

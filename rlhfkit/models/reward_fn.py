@@ -56,6 +56,24 @@ def score_samples(
     return reward_fn(rendered, responses)
 
 
+def score_samples_with_disagreement(
+    reward_fn: RewardFn,
+    prompts: list,
+    responses: list[str],
+    *,
+    rendered: list[str],
+    ended: list[bool],
+) -> tuple[list[float], list[float] | None]:
+    """`score_samples`, and where `reward_fn` is an rlhfkit reward-model ensemble (K >= 2
+    heads) each sample's disagreement, the std of its K head scores, from the same scoring
+    pass; None for any other reward."""
+    from rlhfkit.models.reward_model import is_ensemble
+
+    if is_ensemble(reward_fn):
+        return reward_fn.score_with_disagreement(prompts, responses, ended=ended)
+    return score_samples(reward_fn, prompts, responses, rendered=rendered, ended=ended), None
+
+
 def load_reward_function(spec: str, **kwargs) -> RewardFn:
     """Resolve a reward spec to a callable. `kwargs` go to the reward-model loader."""
     if not spec:

@@ -555,8 +555,7 @@ class RewardScorer:
     def __call__(
         self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
     ) -> list[float]:
-        heads_per_input = self.score_heads(prompts, responses, ended=ended)
-        return [ensemble_reward(heads, self.uncertainty_coef) for heads in heads_per_input]
+        return self.score_with_disagreement(prompts, responses, ended=ended)[0]
 
     def score_with_disagreement(
         self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
@@ -593,7 +592,7 @@ class RewardScorer:
         Returns:
             (B,) one value per (prompt, response).
         """
-        return [heads_std(heads) for heads in self.score_heads(prompts, responses, ended=ended)]
+        return self.score_with_disagreement(prompts, responses, ended=ended)[1]
 
 
 def is_ensemble(reward_fn: object) -> bool:

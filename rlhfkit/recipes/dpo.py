@@ -59,7 +59,13 @@ from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
 from rlhfkit.errors import ConfigError, relabel_error
-from rlhfkit.losses.dpo import DPO_LOSSES, available_dpo_losses, dpo_loss, is_length_normalised
+from rlhfkit.losses.dpo import (
+    DPO_LOSSES,
+    available_dpo_losses,
+    dpo_loss,
+    is_length_normalised,
+    is_reference_free,
+)
 from rlhfkit.models.loading import compile_blocks, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
@@ -365,11 +371,6 @@ def _variant_kwargs(options: DPOOptions) -> dict:
     parameters = inspect.signature(DPO_LOSSES.lookup(options.loss_type).fn).parameters
     extra = {"simpo_gamma": options.simpo_gamma}
     return {name: value for name, value in extra.items() if name in parameters}
-
-
-def is_reference_free(loss_type: str) -> bool:
-    """Whether `loss_type` was registered `reference_free` (it needs no reference model)."""
-    return DPO_LOSSES.lookup(loss_type).reference_free
 
 
 def pair_losses(

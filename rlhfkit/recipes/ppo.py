@@ -71,7 +71,11 @@ from rlhfkit.losses import (
 )
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
-from rlhfkit.models.reward_fn import load_reward_function, score_samples
+from rlhfkit.models.reward_fn import (
+    load_reward_function,
+    score_samples,
+    score_samples_with_disagreement,
+)
 from rlhfkit.models.reward_model import is_ensemble
 from rlhfkit.models.value_model import (
     ActorCritic,
@@ -217,10 +221,12 @@ class RolloutBatch:
     def score_and_disagreement(self, reward_fn) -> tuple[list[float], list[float] | None]:
         """`score`, plus each row's disagreement (the std of its K head scores) when
         `reward_fn` is a reward-model ensemble, from the same scoring pass; None otherwise."""
-        if not is_ensemble(reward_fn):
-            return self.score(reward_fn), None
-        return reward_fn.score_with_disagreement(
-            self.prompt_items, self.responses, ended=self.has_eos.tolist()
+        return score_samples_with_disagreement(
+            reward_fn,
+            self.prompt_items,
+            self.responses,
+            rendered=self.prompts,
+            ended=self.has_eos.tolist(),
         )
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -52,7 +52,6 @@ from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.eval.reward_metrics import (
     bradley_terry_nll,
     ensemble_normalization,
-    head_disagreement,
     length_correlation,
     normalized_disagreement,
     reward_pair_metrics,
@@ -562,8 +561,8 @@ def train(config: RMConfig) -> dict:
             "on": where,
         }
         if config.rm.ensemble > 1:
-            normed = [[g * r + b for g, r, b in zip(gains, h, biases, strict=True)] for h in heads]
-            summary["normalize_disagreement"] = head_disagreement(normed)
+            # The heads under the normalisation just fitted on these same samples.
+            summary["normalize_disagreement"] = normalized_disagreement(heads)
     if eval_comparisons:
         metrics = evaluate(run, model, eval_comparisons, config, pad_id)
         summary.update(metrics)
