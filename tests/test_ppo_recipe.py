@@ -4,6 +4,7 @@ RLOO/GRPO and value-head paths, the critic built from a reward model, and resume
 import json
 import math
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,6 +106,7 @@ def test_rollouts_give_the_reward_model_conversations_and_unfinished_rows(tiny_m
     class Recorder(RewardScorer):
         def __init__(self):
             self.calls = []
+            self.model = SimpleNamespace(num_heads=1)  # a one-head reward model's shape
 
         def __call__(self, prompts, responses, *, ended=None):
             self.calls.append((prompts, responses, ended))

@@ -39,7 +39,7 @@ import torch
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.formats import Text
 from rlhfkit.models.logprobs import TokenLogprobs
-from rlhfkit.models.reward_fn import score_samples, score_samples_with_disagreement
+from rlhfkit.models.reward_fn import score_samples_with_disagreement
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -111,13 +111,7 @@ class PolicySamples:
     def score(self, reward_fn: RewardFn) -> list[float]:
         """Every sample's reward (`score_samples`: an rlhfkit reward model gets conversations
         as conversations and scores a response that ran out of tokens without an EOS)."""
-        return score_samples(
-            reward_fn,
-            self.prompt_items or self.prompts,
-            self.responses,
-            rendered=self.prompts,
-            ended=self.ended or [True] * len(self.responses),
-        )
+        return self.score_and_disagreement(reward_fn)[0]
 
     def score_and_disagreement(self, reward_fn: RewardFn) -> tuple[list[float], list[float] | None]:
         """Every sample's reward and, where `reward_fn` is an rlhfkit reward-model ensemble

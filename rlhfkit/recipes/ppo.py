@@ -71,11 +71,7 @@ from rlhfkit.losses import (
 )
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
-from rlhfkit.models.reward_fn import (
-    load_reward_function,
-    score_samples,
-    score_samples_with_disagreement,
-)
+from rlhfkit.models.reward_fn import load_reward_function, score_samples_with_disagreement
 from rlhfkit.models.reward_model import is_ensemble
 from rlhfkit.models.value_model import (
     ActorCritic,
@@ -210,13 +206,7 @@ class RolloutBatch:
     def score(self, reward_fn) -> list[float]:
         """The reward of every row (`score_samples`: an rlhfkit reward model sees the prompt as
         it trained on it and a response that ran out of tokens without an EOS)."""
-        return score_samples(
-            reward_fn,
-            self.prompt_items,
-            self.responses,
-            rendered=self.prompts,
-            ended=self.has_eos.tolist(),
-        )
+        return self.score_and_disagreement(reward_fn)[0]
 
     def score_and_disagreement(self, reward_fn) -> tuple[list[float], list[float] | None]:
         """`score`, plus each row's disagreement (the std of its K head scores) when
