@@ -327,6 +327,23 @@ def test_local_directories_named_as_inputs_enter_the_digest(tmp_path):
     assert plan(path)[0].digest != retouched
 
 
+def test_every_member_of_a_reward_ensemble_enters_the_digest(tmp_path):
+    """`ppo.reward_model: A,B` names two directories: re-writing the second reruns the stage."""
+    members = [tmp_path / "rm_a", tmp_path / "rm_b"]
+    for member in members:
+        member.mkdir()
+        (member / "model.safetensors").write_bytes(b"0" * 8)
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'r'}\nstages:\n  - {{name: ppo, stage: ppo, config: "
+        f"{{ppo: {{reward_model: '{members[0]},{members[1]}'}}}}}}\n"
+    )
+    first = plan(path)[0].digest
+    assert plan(path)[0].digest == first
+    (members[1] / "model.safetensors").write_bytes(b"1" * 9)
+    assert plan(path)[0].digest != first
+
+
 def test_an_interrupted_from_run_is_finished_by_a_plain_rerun(tmp_path, monkeypatch, capsys):
     """`--from b` marks b and c pending before running b; killed during b, a plain rerun runs b
     and c again rather than skipping c as completed."""

@@ -15,6 +15,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.losses import kl_penalty, ppo_policy_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.value_model import ActorCritic, is_reward_model_dir, load_value_model
 from rlhfkit.recipes.ppo import (
     PPOConfig,
@@ -260,19 +261,10 @@ def test_critic_from_a_reward_model_dir_reads_the_reward_head(tiny_model, tmp_pa
     torch.testing.assert_close(values[0, -1], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
-    tiny_model, prompt_file, tmp_path, monkeypatch
-):
-    """Where the critic's weights come from: `ppo.value_model` if given; else the reward model
-    when `ppo.reward_model` is an rlhfkit reward-model directory (InstructGPT's choice); else the
-    policy (a python: or http reward has no weights to start from)."""
+def record_critic_sources(monkeypatch) -> list[str]:
+    """The directories PPO loads its critic from, in order, appended as it loads them."""
     import rlhfkit.recipes.ppo as ppo_recipe
-    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
 
-    rm = tmp_path / "rm"
-    save_reward_model(
-        build_reward_model(str(tiny_model), seed=1), load_tokenizer(str(tiny_model)), rm
-    )
     sources = []
     real = ppo_recipe.load_value_model
 
@@ -281,6 +273,22 @@ def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
         return real(source, **kwargs)
 
     monkeypatch.setattr(ppo_recipe, "load_value_model", recording)
+    return sources
+
+
+def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """Where the critic's weights come from: `ppo.value_model` if given; else the reward model
+    when `ppo.reward_model` is an rlhfkit reward-model directory (InstructGPT's choice); else the
+    policy (a python: or http reward has no weights to start from)."""
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    rm = tmp_path / "rm"
+    save_reward_model(
+        build_reward_model(str(tiny_model), seed=1), load_tokenizer(str(tiny_model)), rm
+    )
+    sources = record_critic_sources(monkeypatch)
     one_step = ["max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1"]
     train(ppo_config(tiny_model, prompt_file, tmp_path / "a", *one_step))
     train(ppo_config(tiny_model, prompt_file, tmp_path / "b", *one_step, f"ppo.reward_model={rm}"))
@@ -335,6 +343,41 @@ def test_uncertainty_penalty_scores_mean_minus_std_of_the_ensemble(
 
     with pytest.raises(ConfigError, match="ppo.uncertainty_coef: 0.5 needs ppo.reward_model"):
         train(ppo_config(tiny_model, prompt_file, tmp_path / "bad", "ppo.uncertainty_coef=0.5"))
+
+
+def test_ppo_against_an_ensemble_of_reward_model_directories(
+    tiny_model, prompt_file, tmp_path, monkeypatch
+):
+    """`ppo.reward_model=A,B` (two one-head reward models, seeds 1 and 2) with
+    `ppo.uncertainty_coef=1`: every logged score is mean - 1 x std over (A's head, B's head),
+    the step logs their mean std as `reward_disagreement`, and the critic starts from A."""
+    from rlhfkit.models.reward_model import build_reward_model, ensemble_reward, save_reward_model
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    members = [tmp_path / "rm_a", tmp_path / "rm_b"]
+    for seed, path in enumerate(members, start=1):
+        save_reward_model(build_reward_model(str(tiny_model), seed=seed), tokenizer, path)
+    sources = record_critic_sources(monkeypatch)
+    out = tmp_path / "ppo"
+    spec = ",".join(str(p) for p in members)
+    overrides = [
+        "max_steps=1", f"ppo.reward_model={spec}", "ppo.uncertainty_coef=1.0",
+        "ppo.sample_every=1", "ppo.reward_norm_samples=0",
+    ]  # fmt: skip
+    train(ppo_config(tiny_model, prompt_file, out, *overrides))
+    assert sources == [str(members[0])]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    ensemble = load_reward_function(spec)
+    heads = ensemble.score_heads(
+        [r["prompt"] for r in rows], [r["response"] for r in rows],
+        ended=[r["has_eos"] for r in rows],
+    )  # fmt: skip
+    assert all(len(h) == 2 for h in heads) and max(abs(a - b) for a, b in heads) > 0
+    expected = [ensemble_reward(h, 1.0) for h in heads]
+    assert [r["score"] for r in rows] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    (logged,) = [r for r in read_metrics(out) if "score_mean" in r]
+    stds = [statistics.pstdev(h) for h in heads]
+    assert logged["reward_disagreement"] == pytest.approx(statistics.fmean(stds), rel=1e-4)
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_model, prompt_file, tmp_path):

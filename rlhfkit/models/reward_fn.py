@@ -3,6 +3,8 @@
 `ppo.reward_model`, `eval`, and the annotation tool's reward-model-in-the-loop accept:
 
 - a reward-model directory written by `rlhfkit rm` (normalisation applied when stored);
+- several such directories joined by commas, `DIR,DIR,...`: an ensemble of independently
+  trained reward models whose heads are pooled (`rlhfkit.models.reward_ensemble`);
 - an HTTP scorer URL: `POST URL` with `{"prompts": [...], "responses": [...]}` answering
   `{"scores": [...]}`; sampled responses (`score_samples`) also send `chat_prompts` (each prompt
   as the data held it: a string or a conversation) and `ended` (whether each response ended),
@@ -32,13 +34,13 @@ def score_samples(
 ) -> list[float]:
     """Rewards of sampled responses, each given to the reward in the form it understands best.
 
-    An rlhfkit reward model (`RewardScorer`) gets each prompt as the data held it, so a
-    conversation is rendered with the reward model's chat template and the response becomes the
-    assistant's turn, as `rm` trained on it, and gets `ended`: a response that ran out of
-    tokens is scored as sampled, without an EOS. An HTTP scorer gets the `rendered` text as
-    `prompts` (its contract) plus both of those as `chat_prompts` and `ended`, so a reward model
-    served by `rlhfkit serve` scores exactly as in process. A python function keeps its
-    contract: the `rendered` prompt text and the response text.
+    An rlhfkit reward model (`RewardScorer`, or an ensemble of them) gets each prompt as the
+    data held it, so a conversation is rendered with the reward model's chat template and the
+    response becomes the assistant's turn, as `rm` trained on it, and gets `ended`: a response
+    that ran out of tokens is scored as sampled, without an EOS. An HTTP scorer gets the
+    `rendered` text as `prompts` (its contract) plus both of those as `chat_prompts` and
+    `ended`, so a reward model served by `rlhfkit serve` scores exactly as in process. A python
+    function keeps its contract: the `rendered` prompt text and the response text.
 
     Args:
         reward_fn: From `load_reward_function`.
@@ -47,9 +49,9 @@ def score_samples(
         rendered: Each row's prompt as text (conversations through the policy's chat template).
         ended: Whether each response ended with EOS.
     """
-    from rlhfkit.models.reward_model import RewardScorer
+    from rlhfkit.models.head_scorer import HeadScorer
 
-    if isinstance(reward_fn, RewardScorer):
+    if isinstance(reward_fn, HeadScorer):
         return reward_fn(prompts, responses, ended=ended)
     if isinstance(reward_fn, HttpScorer):
         return reward_fn(rendered, responses, chat_prompts=prompts, ended=ended)
@@ -86,8 +88,14 @@ def load_reward_function(spec: str, **kwargs) -> RewardFn:
         from rlhfkit.models.reward_model import load_reward_scorer
 
         return load_reward_scorer(spec, **kwargs)
+    from rlhfkit.models.reward_ensemble import load_reward_ensemble, reward_model_dirs
+
+    directories = reward_model_dirs(spec)
+    if directories is not None:
+        return load_reward_ensemble(directories, **kwargs)
     raise ConfigError(
-        f"reward_model: {spec!r} is neither a directory, an http(s) URL nor python:module:function"
+        f"reward_model: {spec!r} is neither a directory, several directories joined by ',' "
+        "(an ensemble), an http(s) URL nor python:module:function"
     )
 
 

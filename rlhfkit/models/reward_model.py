@@ -30,7 +30,6 @@ encoded once (`pack_responses`, `shared_prompt_mask`). Inference (`score`) uses 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -42,7 +41,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.eval.reward_metrics import heads_std
+from rlhfkit.models.head_scorer import HeadScorer, ensemble_reward, is_ensemble
 from rlhfkit.models.loading import (
     LoraSettings,
     disable_dropout,
@@ -469,30 +468,21 @@ def encode_pair(
     return encoded.prompt_ids, encoded.completion_ids
 
 
-def ensemble_reward(heads: Sequence[float], uncertainty_coef: float = 0.0) -> float:
-    """The reward of one input from its K head scores: mean_k s_k - c * std_k s_k (population
-    std), c = `uncertainty_coef`. c = 0 is the heads' mean; c > 0 is Coste et al. (2024)'s
-    uncertainty-weighted optimisation, which pays less where the heads disagree."""
-    mean = sum(heads) / len(heads)
-    return mean - uncertainty_coef * heads_std(heads) if uncertainty_coef else mean
-
-
-class RewardScorer:
+class RewardScorer(HeadScorer):
     """`(prompts, responses) -> list[float]` over a loaded reward model (normalised rewards).
 
     Also `score_heads(prompts, responses) -> list[list[float]]` (one list of K per input) and
-    `disagreement(prompts, responses) -> list[float]` (std over heads; 0 for one head).
+    `disagreement(prompts, responses) -> list[float]` (std over heads; 0 for one head): see
+    `HeadScorer`. After `rlhfkit rm`'s normalisation the disagreement is in units of the
+    ensemble reward's std on the reference samples.
 
     Prompts are text or conversations (rendered with the chat template; a text response to one
-    is the assistant's turn). Every method takes `ended=` (one bool per response): False marks a
-    sampled response that ran out of tokens, scored without the EOS a finished one gets
-    (`encode_pair`); None = every response is finished.
+    is the assistant's turn). `ended=False` marks a sampled response that ran out of tokens,
+    scored without the EOS a finished one gets (`encode_pair`).
 
     The reward of an ensemble is its heads' mean, less `uncertainty_coef` times their std
     (`ensemble_reward`; 0 unless set with `with_uncertainty_penalty`).
     """
-
-    uncertainty_coef: float = 0.0
 
     def __init__(
         self,
@@ -510,6 +500,10 @@ class RewardScorer:
         self.normalized = normalized
         self.max_length = max_length or model.info.max_length
         self.max_prompt_length = max_prompt_length or model.info.max_prompt_length
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.num_heads
 
     @property
     def device(self) -> torch.device:
@@ -551,54 +545,6 @@ class RewardScorer:
             for i, value in zip(chunk, rewards, strict=True):
                 out[i] = [float(v) for v in value]
         return out
-
-    def __call__(
-        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
-    ) -> list[float]:
-        return self.score_with_disagreement(prompts, responses, ended=ended)[0]
-
-    def score_with_disagreement(
-        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
-    ) -> tuple[list[float], list[float]]:
-        """`self(...)` and `self.disagreement(...)` from one scoring pass: per input, the reward
-        (the heads' mean, less the uncertainty penalty if one is set) and the heads' std.
-
-        Returns:
-            ((B,), (B,)) rewards and disagreements.
-        """
-        heads = self.score_heads(prompts, responses, ended=ended)
-        return (
-            [ensemble_reward(h, self.uncertainty_coef) for h in heads],
-            [heads_std(h) for h in heads],
-        )
-
-    def with_uncertainty_penalty(self, coef: float) -> RewardScorer:
-        """This scorer (the same model, not a copy of it) rewarding mean - `coef` x std over
-        the heads; refused for a single head, which has no spread to penalise."""
-        if self.model.num_heads < 2:
-            raise ValueError("an uncertainty penalty needs an ensemble (rm.ensemble=K >= 2)")
-        penalised = copy.copy(self)
-        penalised.uncertainty_coef = float(coef)
-        return penalised
-
-    def disagreement(
-        self, prompts: Sequence, responses: Sequence, *, ended: Sequence[bool] | None = None
-    ) -> list[float]:
-        """Per input, the population std (ddof 0) of its K head scores `score_heads` gives:
-        sqrt((1/K) sum_k (s_k - s̄)^2), s̄ = (1/K) sum_k s_k, with s_k = gain_k r_k + bias_k
-        (raw r_k when `normalized=False`). After `rlhfkit rm`'s normalisation it is in units of
-        the ensemble reward's std on the reference samples; 0 for one head.
-
-        Returns:
-            (B,) one value per (prompt, response).
-        """
-        return self.score_with_disagreement(prompts, responses, ended=ended)[1]
-
-
-def is_ensemble(reward_fn: object) -> bool:
-    """Whether `reward_fn` is an rlhfkit reward model with K >= 2 heads (whose disagreement
-    means something)."""
-    return isinstance(reward_fn, RewardScorer) and reward_fn.model.num_heads >= 2
 
 
 def load_reward_scorer(

@@ -14,7 +14,8 @@ Modes (chosen by which keys are set; each mode is a function in `MODES`, tried i
   with preference or ranking records, `summary.json` also reports `accuracy` (pairs ranked as
   labelled, ties half) and `margin`. For an ensemble, rows get `heads` (K scores per response,
   normalised) and the summary `disagreement` (mean std over heads). `reward_model` may be any
-  reward spec `load_reward_function` accepts (directory, http URL, python:module:function).
+  reward spec `load_reward_function` accepts (directory, several directories joined by `,`
+  as one ensemble, http URL, python:module:function).
 
 * policy evaluation — `rlhfkit eval policies=DIR,... reference=DIR prompts=FILE
   [reward_model=...] [gold_reward=...]`: see `evaluate_policies`.
@@ -55,7 +56,9 @@ class EvalConfig(BaseConfig):
         "(the KL sums per-token log-ratios, which 16-bit weights blur)",
     )
     reward_model: str = option(
-        "", "reward to score with: a reward-model directory, an http URL or python:mod:fn"
+        "",
+        "reward to score with: a reward-model directory (several joined by ',' = an ensemble), "
+        "an http URL or python:mod:fn",
     )
     data: str = option("", "records to score (completion, responses, preference or ranking)")
     output: str = option("", "scored JSONL to write; empty = OUTPUT_DIR/scores.jsonl")

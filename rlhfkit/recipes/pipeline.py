@@ -139,11 +139,13 @@ def directory_fingerprint(directory: Path) -> str:
 
 
 def _named_paths(value: str) -> list[Path]:
-    """The local paths a config string may name: itself, or PATH in `NAME=PATH` (eval's
-    `policies` and `reference`)."""
+    """The local paths a config string may name: itself, PATH in `NAME=PATH` (eval's
+    `policies` and `reference`), or each PATH of `PATH,PATH,...` (a reward-model ensemble)."""
     candidates = [value]
     if "=" in value:
         candidates.append(value.split("=", 1)[1])
+    if "," in value:
+        candidates.extend(part.strip() for part in value.split(","))
     return [Path(c) for c in candidates if c and Path(c).exists()]
 
 

@@ -69,10 +69,11 @@ from rlhfkit.losses import (
     ppo_value_loss,
     rloo_advantages,
 )
+from rlhfkit.models.head_scorer import HeadScorer, is_ensemble
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
+from rlhfkit.models.reward_ensemble import SEPARATOR as ENSEMBLE_SEPARATOR
 from rlhfkit.models.reward_fn import load_reward_function, score_samples_with_disagreement
-from rlhfkit.models.reward_model import is_ensemble
 from rlhfkit.models.value_model import (
     ActorCritic,
     is_reward_model_dir,
@@ -92,16 +93,21 @@ from rlhfkit.training.steps import global_sum, optimizer_step
 @dataclass
 class PPOOptions:
     reward_model: str = option(
-        "", "reward: an `rlhfkit rm` model directory, an http(s) scorer URL, or python:mod:fn"
+        "",
+        "reward: an `rlhfkit rm` model directory (several joined by ',' = an ensemble of them), "
+        "an http(s) scorer URL, or python:mod:fn",
     )
     uncertainty_coef: float = option(
         0.0,
-        "with a reward-model ensemble (rm.ensemble=K >= 2): score = mean - this x std over its "
-        "heads, paying less where they disagree (Coste et al. 2024); 0 = the heads' mean",
+        "with a reward-model ensemble (rm.ensemble=K >= 2, or several directories): score = "
+        "mean - this x std over its heads, paying less where they disagree (Coste et al. 2024); "
+        "0 = the heads' mean",
         minimum=0,
     )
     value_model: str = option(
-        "", "critic init: a directory; empty = the reward model dir if it is one, else the policy"
+        "",
+        "critic init: a directory; empty = the reward model dir (an ensemble's first) if it is "
+        "one, else the policy",
     )
     value_head_on_policy: bool = option(
         False, "critic = a value head on the policy's hidden states (shared backbone)"
@@ -526,17 +532,22 @@ def _load_reward(spec: str, key: str, **kwargs):
         raise relabel_error(err, key, ("reward_model", "model")) from None
 
 
+def _default_critic(reward_spec: str, policy: str) -> str:
+    """Where the critic starts without `ppo.value_model`: the reward model, or an ensemble's
+    first member, when it is a reward-model directory; else the policy."""
+    first = reward_spec.split(ENSEMBLE_SEPARATOR)[0].strip()
+    return first if is_reward_model_dir(first) else policy
+
+
 def _penalise_uncertainty(reward_fn, options: PPOOptions):
     """The reward-model ensemble scoring mean - `uncertainty_coef` x std over its heads."""
-    from rlhfkit.models.reward_model import RewardScorer
-
-    heads = reward_fn.model.num_heads if isinstance(reward_fn, RewardScorer) else 0
+    heads = reward_fn.num_heads if isinstance(reward_fn, HeadScorer) else 0
     if not is_ensemble(reward_fn):
         what = f"a reward model with {heads} head" if heads else "not an rlhfkit reward model"
         raise ConfigError(
             f"ppo.uncertainty_coef: {options.uncertainty_coef} needs ppo.reward_model to be a "
-            f"reward-model ensemble (rlhfkit rm rm.ensemble=K, K >= 2); "
-            f"{options.reward_model!r} is {what}"
+            f"reward-model ensemble (rlhfkit rm rm.ensemble=K, K >= 2, or several reward-model "
+            f"directories joined by ','); {options.reward_model!r} is {what}"
         )
     return reward_fn.with_uncertainty_penalty(options.uncertainty_coef)
 
@@ -621,9 +632,7 @@ def train(config: PPOConfig) -> dict:
         if options.value_head_on_policy:
             value_head = new_value_head(lm)
         else:
-            source = options.value_model or (
-                options.reward_model if is_reward_model_dir(options.reward_model) else config.model
-            )
+            source = options.value_model or _default_critic(options.reward_model, config.model)
             try:
                 critic = load_value_model(
                     source,
