@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         config_file, overrides = split_args(rest, stage.positional)
         check_unique_overrides(overrides)
         config = load_config(_load(stage.config), config_file, overrides, stage=name)
+        if getattr(config, "progress", True) is False:
+            from rlhfkit.models.loading import disable_hf_progress_bars
+
+            disable_hf_progress_bars()  # transformers' loading/saving bars too
         result = _load(stage.entry)(config)
         return result if isinstance(result, int) else 0
     except RlhfkitError as err:

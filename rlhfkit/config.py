@@ -256,7 +256,9 @@ class TrainConfig(BaseConfig):
     save_total_limit: int = option(2, "keep at most this many checkpoints; 0 = all", minimum=0)
     resume: bool = option(False, "continue from the last checkpoint in output_dir/checkpoints")
     report_to: list[str] = option([], "trackers through accelerate: tensorboard, wandb")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool = option(
+        True, "show a progress bar (false: transformers' loading and saving bars too)"
+    )
     lora: LoraOptions = group(LoraOptions, "LoRA adapters through peft")
 
 

@@ -113,3 +113,24 @@ def test_dropout_is_off_in_train_mode_even_where_modules_copied_the_rate(tmp_pat
     with torch.no_grad():
         first, second = loaded(ids).logits, loaded(ids).logits
     assert torch.equal(first, second)
+
+
+def test_quiet_hf_progress_bars_restores_what_it_found():
+    """The demo's block turns transformers' bars off inside and back as they were after: on if
+    they were on, still off if they were off."""
+    from transformers.utils import logging as hf_logging
+
+    from rlhfkit.models.loading import quiet_hf_progress_bars
+
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.enable_progress_bar()
+        with quiet_hf_progress_bars():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        with quiet_hf_progress_bars():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

@@ -100,6 +100,23 @@ def test_sft_writes_the_output_layout(tiny_model, sft_data, tmp_path):
     assert (out / "checkpoints" / "step-00000006" / "trainer_state.json").is_file()
 
 
+def test_progress_false_prints_no_bars_and_checkpoints_print_no_tied_weight_notice(
+    tiny_model, sft_data, tmp_path
+):
+    """`progress=false` silences transformers' own bars ("Loading weights", "Writing model
+    shards") as well as rlhfkit's; saving a checkpoint of the tied-embedding tiny model prints no
+    "Removed shared tensor" warning (the tie is restored on resume: the resume tests)."""
+    out = tmp_path / "quiet"
+    result = run_cli(
+        "sft", f"model={tiny_model}", f"train_data={sft_data}", f"output_dir={out}",
+        "max_steps=2", "batch_size=4", "save_steps=1", "progress=false",
+    )  # fmt: skip
+    printed = result.stdout + result.stderr
+    assert list((out / "checkpoints").glob("step-*"))  # a checkpoint was written
+    for noise in ("Loading weights", "Writing model shards", "Removed shared tensor", "2/2"):
+        assert noise not in printed, noise
+
+
 def test_sft_with_lora_and_packing(tiny_model, sft_data, tmp_path):
     out = tmp_path / "lora"
     run_cli(

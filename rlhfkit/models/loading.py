@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,31 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+def disable_hf_progress_bars() -> None:
+    """Turn off transformers' own progress bars (weights loaded, shards written) and
+    huggingface_hub's (downloads) for the rest of the process: `progress=false` means none."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+@contextmanager
+def quiet_hf_progress_bars():
+    """transformers' loading and saving bars off inside the block, as they were after it (the
+    demo loads many small local models, each a bar that says nothing next to its own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass

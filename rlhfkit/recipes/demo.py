@@ -43,6 +43,7 @@ from rich.table import Table
 
 from rlhfkit.config import option
 from rlhfkit.data.io import write_json, write_jsonl
+from rlhfkit.models.loading import quiet_hf_progress_bars
 from rlhfkit.models.tokenizer import BYTE_VOCAB_SIZE
 from rlhfkit.training.run import console
 
@@ -419,6 +420,13 @@ def _stage(name: str, timings: dict[str, float]):
 
 
 def run(config: DemoConfig) -> int:
+    """Every stage of the demo, then its table; transformers' own loading and saving bars are
+    off throughout (each of the demo's many small local models would get one)."""
+    with quiet_hf_progress_bars():
+        return _run_stages(config)
+
+
+def _run_stages(config: DemoConfig) -> int:
     from rlhfkit.eval.report import write_report
     from rlhfkit.recipes.init_model import InitModelConfig
     from rlhfkit.recipes.init_model import run as init_model

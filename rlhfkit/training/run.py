@@ -45,6 +45,7 @@ from rich.progress import (
 from rlhfkit.config import write_config
 from rlhfkit.data.io import write_json
 from rlhfkit.errors import ConfigError, TrainingDiverged
+from rlhfkit.models.loading import disable_hf_progress_bars
 
 console = Console(stderr=True)
 
@@ -101,6 +102,8 @@ class Run:
             getattr(config, "mixed_precision", "no"), getattr(config, "report_to", None)
         )
         self.is_main = self.accelerator.is_main_process
+        if not getattr(config, "progress", True):
+            disable_hf_progress_bars()
         check_output_stage(self.out, stage)
         set_seed(config.seed)
         self._config_written = False
