@@ -17,8 +17,8 @@ K_2, ... heads, input i's scores are ``[s^1_1..s^1_K1, s^2_1.., ...]`` and
 
 Each member scores with its own tokenizer and its own stored normalisation (mean 0, std 1 on the
 samples its `rlhfkit rm` run was normalised on), so the disagreement is in units of one member's
-std there, and the mean of M members that are not perfectly correlated has a std under 1 (PPO's
-`ppo.normalize_reward` refits it on the policy's samples).
+std there, and the mean of M members that are not perfectly correlated has a std under 1
+(`ppo.reward_norm_samples=N` refits mean 0, std 1 on the initial policy's samples).
 """
 
 from __future__ import annotations
