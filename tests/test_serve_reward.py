@@ -77,6 +77,30 @@ def test_a_reward_model_directory_is_served_as_a_scorer(reward_client, rm_dir, l
     assert health["kind"] == "reward_model" and health["scored"] >= 2 * len(PROMPTS)
 
 
+def test_an_ensemble_of_reward_model_directories_is_served_as_one_scorer(
+    tiny_model, rm_dir, tmp_path
+):
+    """`model=A,B` serves the ensemble's reward (the mean of both members' normalised heads),
+    as `load_reward_function("A,B")` scores in process; a member that is a causal LM is a
+    one-line error naming it."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    other = tmp_path / "rm_b"
+    save_reward_model(build_reward_model(str(tiny_model), seed=4), load_tokenizer(str(tiny_model)),
+                      other)  # fmt: skip
+    spec = f"{rm_dir},{other}"
+    expected = load_reward_function(spec)(PROMPTS, RESPONSES)
+    alone = [load_reward_scorer(path)(PROMPTS, RESPONSES) for path in (rm_dir, other)]
+    assert expected == pytest.approx([(a + b) / 2 for a, b in zip(*alone, strict=True)])
+    with TestClient(create_app(spec, model_name="rm-pair")) as client:
+        scored = client.post("/score", json={"prompts": PROMPTS, "responses": RESPONSES})
+        assert scored.status_code == 200
+        assert scored.json()["scores"] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ConfigError, match=r"model: .*tiny \(in the ensemble .*is not a reward"):
+        create_app(f"{rm_dir},{tiny_model}")
+
+
 def test_text_generation_endpoints_are_refused_with_a_clear_message(reward_client):
     for method, path in (
         ("POST", "/v1/chat/completions"),

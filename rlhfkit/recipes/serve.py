@@ -80,7 +80,11 @@ class ServeConfig:
     local model, with request batching; a reward-model directory is served as an HTTP scorer
     (POST /score)."""
 
-    model: str = option("", "model directory (or hub id) to serve")
+    model: str = option(
+        "",
+        "model directory (or hub id) to serve; reward-model directories joined by ',' are "
+        "served as one ensemble scorer",
+    )
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 = every interface)")
     port: int = option(8000, "TCP port", minimum=1, maximum=65535)
     model_name: str = option("", "model id clients use; empty = the directory's name")
@@ -114,14 +118,15 @@ def create_app(
 ):
     """The FastAPI app serving ``model_dir`` (the model is loaded here, before it returns).
 
-    A reward-model directory gets the scorer app of `rlhfkit.recipes.serve_reward` instead.
+    A reward-model directory, or several joined by commas (an ensemble), gets the scorer app of
+    `rlhfkit.recipes.serve_reward` instead.
     """
-    from rlhfkit.recipes.serve_reward import create_reward_app, is_reward_model
+    from rlhfkit.recipes.serve_reward import create_reward_app, is_reward_model, serves_ensemble
 
     if max_request_bytes < 1:
         raise ConfigError(f"max_request_bytes: must be at least 1, got {max_request_bytes}")
     name = model_name or Path(model_dir.rstrip("/")).name or model_dir
-    if is_reward_model(model_dir):
+    if serves_ensemble(model_dir) or is_reward_model(model_dir):
         return create_reward_app(
             model_dir,
             model_name=name,

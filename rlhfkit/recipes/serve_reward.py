@@ -1,11 +1,13 @@
-"""`rlhfkit serve model=RM_DIR`: a reward model served as the HTTP scorer that
-``ppo.reward_model``, ``eval`` and the annotation tool accept (`rlhfkit.models.reward_fn`).
+"""`rlhfkit serve model=RM_DIR[,RM_DIR,...]`: a reward model (or an ensemble of them) served
+as the HTTP scorer that ``ppo.reward_model``, ``eval`` and the annotation tool accept
+(`rlhfkit.models.reward_fn`).
 
 Protocol, as the client (`reward_fn.HttpScorer`) speaks it: it POSTs to the URL it is given,
 so the scorer answers at ``/score`` (the URL to give: ``http://HOST:PORT/score``) and at ``/``,
 ``{"prompts": [...], "responses": [...]}`` -> ``{"scores": [...]}``. Each score is the reward
 model's normalised reward (the gain and bias stored in ``rlhfkit_reward.json`` applied, the
-heads of an ensemble averaged): exactly what `load_reward_scorer(RM_DIR)` returns in process.
+heads of an ensemble averaged): exactly what `load_reward_function(RM_DIR[,...])` returns in
+process.
 Prompts and responses are strings or conversations (``[{"role", "content"}]``), as in rlhfkit's
 data formats, and are tokenised and truncated as `rlhfkit rm` trained on them (`encode_pair`).
 Two optional fields, which rlhfkit's client sends for sampled responses (`score_samples`), make
@@ -30,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.reward_ensemble import load_reward_ensemble, reward_model_dirs
 from rlhfkit.models.reward_model import REWARD_INFO_FILE, load_reward_scorer
 from rlhfkit.models.value_model import is_reward_model_dir
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
@@ -54,6 +57,21 @@ def is_reward_model(model_dir: str) -> bool:
             f"model: {model_dir} is a sequence classifier with {num_labels} labels: neither a "
             f"causal LM nor a reward model (one score, or {REWARD_INFO_FILE}), so nothing to serve"
         )
+    return True
+
+
+def serves_ensemble(spec: str) -> bool:
+    """Whether `spec` is an ensemble of reward-model directories ``DIR,DIR,...``; every member
+    must be a reward model (`is_reward_model`), or the error names the one that is not."""
+    directories = reward_model_dirs(spec)
+    if directories is None:
+        return False
+    for directory in directories:
+        if not is_reward_model(directory):
+            raise ConfigError(
+                f"model: {directory} (in the ensemble {spec!r}) is not a reward model; every "
+                "member must be an `rlhfkit rm` model directory"
+            )
     return True
 
 
@@ -129,13 +147,19 @@ def create_reward_app(
     (loaded here, before it returns).
 
     Args:
-        model_dir: A reward-model directory (`rlhfkit rm`'s ``OUT/model``).
+        model_dir: A reward-model directory (`rlhfkit rm`'s ``OUT/model``), or several joined
+            by commas: one ensemble, scored with its heads' mean (`reward_ensemble`).
         model_name: The name `/health` reports.
         dtype: Weight dtype (``auto``: fp32 on CPU, bf16 on a GPU).
         batch_size: Most rows in one forward pass.
         max_request_bytes: Larger request bodies are refused (413).
     """
-    scorer = load_reward_scorer(model_dir, batch_size=max(1, batch_size), dtype=dtype)
+    kwargs = {"batch_size": max(1, batch_size), "dtype": dtype}
+    directories = reward_model_dirs(model_dir)
+    if directories is None:
+        scorer = load_reward_scorer(model_dir, **kwargs)
+    else:
+        scorer = load_reward_ensemble(directories, **kwargs)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhfkit-scorer")
     stats = {"requests": 0, "scored": 0}
 
