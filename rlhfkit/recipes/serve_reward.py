@@ -32,8 +32,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.reward_ensemble import load_reward_ensemble, reward_model_dirs
-from rlhfkit.models.reward_model import REWARD_INFO_FILE, load_reward_scorer
+from rlhfkit.models.reward_ensemble import reward_model_dirs
+from rlhfkit.models.reward_fn import load_reward_function
+from rlhfkit.models.reward_model import REWARD_INFO_FILE
 from rlhfkit.models.value_model import is_reward_model_dir
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
 
@@ -154,12 +155,8 @@ def create_reward_app(
         batch_size: Most rows in one forward pass.
         max_request_bytes: Larger request bodies are refused (413).
     """
-    kwargs = {"batch_size": max(1, batch_size), "dtype": dtype}
-    directories = reward_model_dirs(model_dir)
-    if directories is None:
-        scorer = load_reward_scorer(model_dir, **kwargs)
-    else:
-        scorer = load_reward_ensemble(directories, **kwargs)
+    # A directory or an ensemble spec: the same loader `ppo` and `eval` use in process.
+    scorer = load_reward_function(model_dir, batch_size=max(1, batch_size), dtype=dtype)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhfkit-scorer")
     stats = {"requests": 0, "scored": 0}
 
