@@ -184,6 +184,44 @@ def test_remove_checkpoints_takes_complete_and_half_written_ones_only(tmp_path):
     assert remove_checkpoints(tmp_path / "absent") == []
 
 
+class _TwoRankAccelerator:
+    """The main process of a 2-process run, where rank 1 is slower: its `save_state` file lands
+    only by the next barrier, as when rank 1 is still pickling its RNG state after rank 0's
+    `save_state` has returned."""
+
+    is_main_process = True
+
+    def __init__(self):
+        self.pending: list[Path] = []
+
+    def save_state(self, out: str) -> None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "random_states_0.pkl").write_bytes(b"0")
+        self.pending.append(Path(out) / "random_states_1.pkl")
+
+    def wait_for_everyone(self) -> None:
+        for path in self.pending:
+            path.write_bytes(b"1")  # FileNotFoundError where rank 0 moved the directory away
+        self.pending.clear()
+
+
+def test_a_checkpoint_is_moved_into_place_only_after_every_process_wrote_into_it(tmp_path):
+    """The CI failure this guards against: rank 0 renamed `.tmp-step-N` to `step-N` while rank 1
+    was still writing its `random_states_1.pkl` into it ("Parent directory ... does not exist").
+    Both ranks' files must end up in the final checkpoint."""
+    from rlhfkit.training.checkpoint import save_checkpoint
+
+    root = tmp_path / "checkpoints"
+    final = save_checkpoint(_TwoRankAccelerator(), root, 2, {"epoch": 0})
+    assert sorted(p.name for p in final.iterdir()) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+        STATE_FILE,
+    ]
+    assert read_trainer_state(final)["step"] == 2
+    assert [p.name for p in root.iterdir()] == ["step-00000002"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Strict JSON and atomic rewrites
 # ---------------------------------------------------------------------------------------------

@@ -187,6 +187,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     with _quiet_shared_tensor_warning():
         accelerator.save_state(str(tmp))
+    # Every process writes its own RNG state into `tmp`; none may be moved before all are done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record = read_config_record(root.parent)
         with open(tmp / STATE_FILE, "w") as handle:
