@@ -504,32 +504,27 @@ def test_sampling_temperature_reaches_every_logprob_computation(
     from rlhfkit.models import logprobs as logprobs_module
     from rlhfkit.recipes import ppo as ppo_module
 
-    seen = {"logprobs": [], "entropy": [], "sampler": []}
-    real_logprobs, real_entropy = logprobs_module._chunk_logprobs, logprobs_module._chunk_entropy
+    seen = {"logits": [], "sampler": []}
+    real_logits = logprobs_module._chunk_logits
     real_sampler = ppo_module.sample_with_logprobs
 
-    def logprobs(hidden, weight, bias, targets, temperature):
-        seen["logprobs"].append(temperature)
-        return real_logprobs(hidden, weight, bias, targets, temperature)
-
-    def entropy(hidden, weight, bias, temperature):
-        seen["entropy"].append(temperature)
-        return real_entropy(hidden, weight, bias, temperature)
+    def logits(hidden, weight, bias, temperature):
+        seen["logits"].append(temperature)
+        return real_logits(hidden, weight, bias, temperature)
 
     def sampler(*args, **kwargs):
         seen["sampler"].append(kwargs["temperature"])
         return real_sampler(*args, **kwargs)
 
-    monkeypatch.setattr(logprobs_module, "_chunk_logprobs", logprobs)
-    monkeypatch.setattr(logprobs_module, "_chunk_entropy", entropy)
+    monkeypatch.setattr(logprobs_module, "_chunk_logits", logits)
     monkeypatch.setattr(ppo_module, "sample_with_logprobs", sampler)
     train(ppo_config(tiny_model, prompt_file, tmp_path, "temperature=0.7", *ONE_UPDATE))
     row = read_metrics(tmp_path)[0]
     assert row["kl"] == 0.0
     assert row["ratio_mean"] == 1.0 and row["approx_kl"] == 0.0 and row["clipfrac"] == 0.0
-    # One pass each: old log-probs, reference log-probs, the update (4 rows: one chunk).
-    assert seen["logprobs"] == [0.7, 0.7, 0.7]
-    assert seen["entropy"] == [0.7] and seen["sampler"] == [0.7]
+    # One LM-head pass each (4 rows: one chunk): old log-probs with the entropy from the same
+    # logits, reference log-probs, the update.
+    assert seen["logits"] == [0.7, 0.7, 0.7] and seen["sampler"] == [0.7]
 
 
 def test_reward_normalisation_fits_gain_and_bias_on_the_initial_samples(

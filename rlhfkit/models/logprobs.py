@@ -31,6 +31,14 @@ def rows_per_chunk(vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
     return max(1, budget // max(1, vocab_size))
 
 
+def _chunk_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """(n, V) fp32 logits of the tempered distribution: head(h) / temperature."""
+    logits = F.linear(hidden, weight, bias).float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
 def _chunk_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -38,19 +46,36 @@ def _chunk_logprobs(
     targets: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()  # (n, V)
-    if temperature != 1.0:
-        logits = logits / temperature
+    """(n,) log softmax(logits)[target] = logits[target] - logsumexp(logits)."""
+    logits = _chunk_logits(hidden, weight, bias, temperature)  # (n, V)
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n,)
     return target_logits - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_logprobs_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both from one LM-head matmul: (n,) log-probs (with gradient) and (n,) entropy
+    H = -sum_v p_v log p_v (without), where log p = logits - logsumexp(logits)."""
+    logits = _chunk_logits(hidden, weight, bias, temperature)  # (n, V)
+    logz = torch.logsumexp(logits, dim=-1)  # (n,)
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    with torch.no_grad():
+        logp = logits - logz.unsqueeze(-1)  # (n, V)
+        entropy = -(logp.exp() * logp).sum(-1)
+    return logprobs, entropy
 
 
 @torch.no_grad()
 def _chunk_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
 ) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float() / temperature  # (n, V)
-    logp = logits.log_softmax(-1)
+    """(n,) entropy of the tempered distribution, for chunks whose logits are not kept."""
+    logp = _chunk_logits(hidden, weight, bias, temperature).log_softmax(-1)  # (n, V)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -91,11 +116,14 @@ def chunked_token_logprobs(
             lp = checkpoint(
                 _chunk_logprobs, h, head.weight, head.bias, t, temperature, use_reentrant=False
             )
+            if with_entropy:  # the logits are not kept, so the entropy takes its own matmul
+                entropies.append(_chunk_entropy(h.detach(), head.weight, head.bias, temperature))
+        elif with_entropy:
+            lp, entropy = _chunk_logprobs_and_entropy(h, head.weight, head.bias, t, temperature)
+            entropies.append(entropy)
         else:
             lp = _chunk_logprobs(h, head.weight, head.bias, t, temperature)
         pieces.append(lp)
-        if with_entropy:
-            entropies.append(_chunk_entropy(h.detach(), head.weight, head.bias, temperature))
     if not pieces:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
