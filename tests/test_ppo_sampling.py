@@ -216,7 +216,8 @@ def test_checking_for_the_end_less_often_changes_nothing(lm_and_tokenizer, check
 
 def test_rows_that_end_early_are_padded_and_masked(lm_and_tokenizer):
     """Row 0 is forced to EOS on its 2nd token; the others run on. After the EOS row 0 holds
-    the pad id, mask 0 and log-prob 0; pad id != EOS id."""
+    the pad id, mask 0 and log-prob 0 (0, not 0 x -inf = nan, though the model gives the pad
+    token no probability at all); pad id != EOS id."""
     lm, tokenizer = lm_and_tokenizer
     query, query_mask = left_padded(tokenizer, PROMPTS)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -226,6 +227,7 @@ def test_rows_that_end_early_are_padded_and_masked(lm_and_tokenizer):
     def force(_module, _inputs, output):
         calls["n"] += 1
         output[..., eos] -= 1e4  # nobody ends by chance
+        output[..., pad] = float("-inf")  # log p(pad) = -inf on every row
         if calls["n"] == 2:  # the first decode step: the second token
             output[0, -1, eos] += 2e4
         return output

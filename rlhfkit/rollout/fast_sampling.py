@@ -197,7 +197,8 @@ def sample_with_logprobs(
                 token = gumbel_max(filtered, uniform)  # (B,)
         token = torch.where(unfinished, token, torch.full_like(token, pad_id))  # (B,)
         tokens.append(token)
-        logps.append(log_probs.gather(1, token[:, None]).squeeze(1) * unfinished)
+        token_logp = log_probs.gather(1, token[:, None]).squeeze(1)  # (B,)
+        logps.append(torch.where(unfinished, token_logp, torch.zeros_like(token_logp)))
         alive.append(unfinished.clone())
         unfinished = unfinished & (token != eos_id)
         if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and not unfinished.any()):
