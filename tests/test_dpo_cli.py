@@ -115,15 +115,23 @@ def test_two_processes_equal_one(tiny_model, pairs_file, tmp_path):
     """2 gloo processes x 2 pairs = 1 process x 4 pairs: the reference pass is sharded and
     summed, the loss normalised by the global pair count; same losses and final weights. The
     two processes run their 2 pairs in passes of 1 (`dpo.pairs_per_forward=1`), so DDP skips
-    the all-reduce on each first pass and sums both."""
+    the all-reduce on each first pass and sums both. The eval set has one pair, so rank 1 has
+    none of its own: it runs a filler batch to keep its forwards and sums in step with rank 0's
+    (it hung before)."""
+    first = pairs_file.read_text().splitlines()[0]
+    (tmp_path / "eval1.jsonl").write_text(first + "\n")
     args = [f"model={tiny_model}", f"train_data={pairs_file}", "max_steps=3", "logging_steps=1"]
     args += ["progress=false", "learning_rate=2e-3"]
+    args += [f"eval_data={tmp_path / 'eval1.jsonl'}", "eval_steps=2"]
     run_cli("dpo", *args, "batch_size=4", f"output_dir={tmp_path / 'one'}")
     two_args = ["batch_size=2", "dpo.pairs_per_forward=1", f"output_dir={tmp_path / 'two'}"]
-    run_cli_two_processes("dpo", *args, *two_args)
+    run_cli_two_processes("dpo", *args, *two_args, timeout=300)
     one = [r["loss"] for r in _rows(tmp_path / "one") if "loss" in r]
     two = [r["loss"] for r in _rows(tmp_path / "two") if "loss" in r]
     assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
+    one = [r["eval_loss"] for r in _rows(tmp_path / "one") if "eval_loss" in r]
+    two = [r["eval_loss"] for r in _rows(tmp_path / "two") if "eval_loss" in r]
+    assert len(one) == 2 and two == pytest.approx(one, rel=1e-5)
     a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
     for name in a:

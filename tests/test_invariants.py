@@ -27,6 +27,11 @@ def _losses(out):
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def _evals(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["eval_loss"] for r in rows if "eval_loss" in r]
+
+
 def _sft(tiny_model, data, out, *extra):
     return run_cli(
         "sft", f"model={tiny_model}", f"train_data={data}", f"output_dir={out}", *COMMON, *extra
@@ -85,13 +90,21 @@ def test_resume_after_kill_equals_uninterrupted(tiny_model, sft_data, tmp_path):
 
 
 def test_two_processes_equal_one(tiny_model, sft_data, tmp_path):
-    _sft(tiny_model, sft_data, tmp_path / "one", "max_steps=3", "batch_size=8")
+    """2 processes x 4 rows = 1 x 8: same losses, evaluations and weights. The eval set has one
+    row, so rank 1 has none of its own: it runs a filler batch to keep its forwards and sums in
+    step with rank 0's (it hung before)."""
+    one_eval = tmp_path / "eval1.jsonl"
+    one_eval.write_text(sft_data.read_text().splitlines()[0] + "\n")
+    evaluation = [f"eval_data={one_eval}", "eval_steps=2"]
+    _sft(tiny_model, sft_data, tmp_path / "one", "max_steps=3", "batch_size=8", *evaluation)
     run_cli_two_processes(
         "sft", f"model={tiny_model}", f"train_data={sft_data}", f"output_dir={tmp_path / 'two'}",
-        *COMMON, "max_steps=3", "batch_size=4",
+        *COMMON, "max_steps=3", "batch_size=4", *evaluation, timeout=300,
     )  # fmt: skip
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), rel=1e-5)
+    evals = [_evals(tmp_path / name) for name in ("one", "two")]
+    assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], rel=1e-5)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=5e-5)

@@ -183,16 +183,27 @@ def test_grad_accumulation_invariant(tiny_model, world_data, tmp_path):
 
 
 def test_two_processes_equal_one(tiny_model, world_data, tmp_path):
-    """2 gloo processes x 2 comparisons = 1 process x 4: same losses and final weights."""
+    """2 gloo processes x 2 comparisons = 1 process x 4: same losses, evaluations and final
+    weights. The eval set has one comparison, so rank 1 has none of its own: it runs a filler
+    batch to keep its forwards in step with rank 0's (it hung before)."""
+    one_eval = write_jsonl(tmp_path / "eval1.jsonl", _read_jsonl(world_data["eval"])[:1])
     args = [f"model={tiny_model}", f"train_data={world_data['train']}", "max_steps=2"]
     args += ["learning_rate=1e-4", "logging_steps=1", "rm.normalize=false", "progress=false"]
+    args += [f"eval_data={one_eval}", "eval_steps=1"]
     run_cli("rm", *args, "batch_size=4", f"output_dir={tmp_path / 'one'}")
-    run_cli_two_processes("rm", *args, "batch_size=2", f"output_dir={tmp_path / 'two'}")
+    run_cli_two_processes(
+        "rm", *args, "batch_size=2", f"output_dir={tmp_path / 'two'}", timeout=300
+    )
     one, two = (
         [m["loss"] for m in _read_jsonl(tmp_path / name / "metrics.jsonl") if "loss" in m]
         for name in ("one", "two")
     )
     assert len(one) == 2 and two == pytest.approx(one, rel=1e-5)
+    one, two = (
+        [m["eval_loss"] for m in _read_jsonl(tmp_path / name / "metrics.jsonl") if "eval_loss" in m]
+        for name in ("one", "two")
+    )
+    assert len(one) >= 2 and two == pytest.approx(one, rel=1e-5)
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     for key in a:

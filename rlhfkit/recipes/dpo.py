@@ -560,10 +560,11 @@ def compute_reference_logps(
     """
     result = torch.zeros(len(pairs), 2, dtype=torch.float64, device=acc.device)
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
-    for shard in eval_shards(len(pairs), batch_size, acc.num_processes, acc.process_index):
+    for shard, counted in eval_shards(len(pairs), batch_size, acc.num_processes, acc.process_index):
         indices = [order[i] for i in shard]
         logps, _ = sequence_logps(ref_fn, make_batch(pairs, indices))  # (2B,)
-        result[indices] = logps.view(2, -1).t().to(torch.float64)
+        if counted:  # a filler batch only keeps the processes' forwards in step
+            result[indices] = logps.view(2, -1).t().to(torch.float64)
     if acc.num_processes > 1:
         result = acc.reduce(result, reduction="sum")
     return result.float().cpu()
@@ -610,7 +611,7 @@ def evaluate(
     totals: dict[str, float] = {}
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
     with torch.no_grad():
-        for shard in eval_shards(
+        for shard, counted in eval_shards(
             len(pairs), config.eval_batch_size, acc.num_processes, acc.process_index
         ):
             indices = [order[i] for i in shard]
@@ -619,8 +620,9 @@ def evaluate(
             ref_logps = _reference_for(batch, indices, ref_table, ref_fn, acc.device)
             labels = soft_label_tensor(pairs, indices, acc.device, use=config.dpo.soft_labels)
             _, metrics = pair_losses(policy_logps, lengths, ref_logps, config.dpo, labels)
+            # A filler batch adds 0 but its keys, so every process sums the same keys below.
             for key, values in metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(values.sum())
+                totals[key] = totals.get(key, 0.0) + (float(values.sum()) if counted else 0.0)
     model.train()
     count = max(len(pairs), 1)
     return {f"eval_{key}": global_sum(acc, totals[key]) / count for key in sorted(totals)}

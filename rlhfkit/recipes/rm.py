@@ -268,11 +268,13 @@ def score_comparisons(
     dtype = acc.unwrap_model(model).shared_prompt_mask_dtype() or torch.float32
     model.eval()
     local = []
-    for indices in eval_shards(
+    for indices, counted in eval_shards(
         len(comparisons), config.eval_batch_size, acc.num_processes, acc.process_index
     ):
         rows, _ = _batch_inputs(comparisons, indices, pad_id, config.rm.shared_prompt, dtype)
         rewards = model(**rows.to(acc.device).model_inputs()).cpu()  # (N, K)
+        if not counted:  # a filler batch only keeps the processes' forwards in step
+            continue
         offset = 0
         for i in indices:
             n = len(comparisons[i].responses)

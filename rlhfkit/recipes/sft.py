@@ -113,13 +113,14 @@ def evaluate(run: Run, model, rows: list[dict], config: SFTConfig, pad_id: int) 
     model.eval()
     nll, tokens = 0.0, 0
     with torch.no_grad():
-        for indices in eval_shards(
+        for indices, counted in eval_shards(
             len(rows), config.eval_batch_size, acc.num_processes, acc.process_index
         ):
             batch = _batch(rows, indices, pad_id, acc.device)
             logps = model(**batch)["logprobs"]
-            nll -= float(logps.sum())
-            tokens += _targets(rows, indices)
+            if counted:  # a filler batch only keeps the processes' forwards in step
+                nll -= float(logps.sum())
+                tokens += _targets(rows, indices)
     model.train()
     return global_sum(acc, nll) / max(global_sum(acc, tokens), 1)
 

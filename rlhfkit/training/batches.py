@@ -79,7 +79,20 @@ class BatchPlan:
         return out
 
 
-def eval_shards(num_examples: int, batch_size: int, world_size: int, rank: int) -> list[list[int]]:
-    """Evaluation batches for this process: every example exactly once across processes."""
+def eval_shards(
+    num_examples: int, batch_size: int, world_size: int, rank: int
+) -> list[tuple[list[int], bool]]:
+    """Evaluation batches for this process, as `(indices, counted)`.
+
+    Rank `r` takes examples `r, r + W, r + 2W, ...` in batches of `batch_size`, so every example
+    is counted exactly once across processes. Every process gets the same number of batches,
+    ceil(ceil(n / W) / batch_size): a process with fewer examples runs filler batches (example
+    0, `counted=False`) whose results it must discard. Wrapped models run collectives inside
+    their forward (DDP's buffer broadcast after a training step, FSDP's all-gathers), so a
+    process that skipped a forward the others make would hang them all.
+    """
     mine = list(range(rank, num_examples, world_size))
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    batches = [(mine[i : i + batch_size], True) for i in range(0, len(mine), batch_size)]
+    rank0_examples = math.ceil(num_examples / world_size)
+    most = math.ceil(rank0_examples / batch_size)
+    return batches + [([0], False)] * (most - len(batches))
