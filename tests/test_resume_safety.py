@@ -190,6 +190,7 @@ class _TwoRankAccelerator:
     `save_state` has returned."""
 
     is_main_process = True
+    num_processes = 2
 
     def __init__(self):
         self.pending: list[Path] = []
@@ -219,7 +220,25 @@ def test_a_checkpoint_is_moved_into_place_only_after_every_process_wrote_into_it
         STATE_FILE,
     ]
     assert read_trainer_state(final)["step"] == 2
+    assert read_trainer_state(final)["num_processes"] == 2
     assert [p.name for p in root.iterdir()] == ["step-00000002"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_process_count(tmp_path):
+    """A step's global batch is batch_size x grad_accum x processes: a checkpoint written by 2
+    processes continued by 1 would read other examples from its next step on. Refused, with both
+    counts; the same count, or a checkpoint of an older rlhfkit (no count recorded), passes."""
+    from rlhfkit.training.setup import check_process_count
+
+    two = _fake_checkpoint(tmp_path / "a", 4, _record())
+    state = read_trainer_state(two)
+    (two / STATE_FILE).write_text(json.dumps({**state, "num_processes": 2}))
+    with pytest.raises(ConfigError) as error:
+        check_process_count(two, 1)
+    message = str(error.value)
+    assert str(two) in message and "2 process(es)" in message and "this run has 1" in message
+    check_process_count(two, 2)
+    check_process_count(_fake_checkpoint(tmp_path / "b", 4, _record()), 1)
 
 
 # ---------------------------------------------------------------------------------------------

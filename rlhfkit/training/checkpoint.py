@@ -29,6 +29,7 @@ from accelerate import Accelerator
 
 STATE_FILE = "trainer_state.json"
 RECORD_FIELD = "run_config"  # the config record's field in trainer_state.json
+PROCESSES_FIELD = "num_processes"  # how many processes wrote the checkpoint
 
 # Keys that may change between a run and its resumption without changing what it computes:
 # where it writes, what it shows and logs, how often it checkpoints, recomputing activations in
@@ -174,8 +175,9 @@ def save_checkpoint(
 ) -> Path:
     """Save a resumable checkpoint after optimizer step `step` (all processes must call this).
 
-    `trainer_state.json` gets the step, `state`, and the config record of the run (read from
-    `root.parent / "config.yaml"`, which `Run` writes for every run). Then all but the newest
+    `trainer_state.json` gets the step, `state`, the config record of the run (read from
+    `root.parent / "config.yaml"`, which `Run` writes for every run) and the number of
+    processes. Then all but the newest
     `keep` checkpoints that this run could resume from are deleted; checkpoints it could not
     resume from (another config's) are neither counted nor deleted.
     """
@@ -192,7 +194,9 @@ def save_checkpoint(
     if accelerator.is_main_process:
         record = read_config_record(root.parent)
         with open(tmp / STATE_FILE, "w") as handle:
-            json.dump({"step": step, **state, RECORD_FIELD: record}, handle, indent=2)
+            saved = {"step": step, **state, RECORD_FIELD: record}
+            saved[PROCESSES_FIELD] = accelerator.num_processes
+            json.dump(saved, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
         replace_dir_atomically(tmp, final)

@@ -19,6 +19,7 @@ from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import (
+    PROCESSES_FIELD,
     RECORD_FIELD,
     checkpoint_step,
     config_differences,
@@ -100,6 +101,7 @@ def resume_state(run: Run, config: TrainConfig) -> dict | None:
     last = latest_checkpoint(run.checkpoints)
     if config.resume and last is not None:
         check_resumable(last, current_record(run))
+        check_process_count(last, run.accelerator.num_processes)
         run.write_config()
         state = load_checkpoint(run.accelerator, last)
         run.truncate_metrics(state["step"])
@@ -126,6 +128,22 @@ def current_record(run: Run) -> dict:
     equals the record read back from the file the run writes once this check has passed."""
     resolved = yaml.safe_load(yaml.safe_dump(run.resolved_config(), sort_keys=False))
     return config_record(resolved)
+
+
+def check_process_count(checkpoint: Path, num_processes: int) -> None:
+    """Raise a one-line `ConfigError` when `checkpoint` was written by another number of
+    processes. A step's global batch is batch_size x grad_accum x processes, so with another
+    count step s would read other examples (and an `epochs` run would have another length),
+    and each process's RNG state is restored from its own file. Checkpoints of an older rlhfkit
+    record no count and are not checked."""
+    saved = read_trainer_state(checkpoint).get(PROCESSES_FIELD)
+    if saved is not None and saved != num_processes:
+        raise ConfigError(
+            f"resume: {checkpoint} was written by {saved} process(es) and this run has "
+            f"{num_processes}; a step's examples depend on the count (batch_size x grad_accum x "
+            f"processes), so relaunch with {saved} process(es) to continue it, or start a fresh "
+            "run with resume=false (it removes these checkpoints)"
+        )
 
 
 def check_resumable(checkpoint: Path, current: dict | None) -> None:
