@@ -13,7 +13,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,15 @@ class Stage:
     config: str | None  # "module:Class" of the config dataclass
     entry: str  # "module:function"; takes the config (or argv when config is None)
     positional: tuple[str, ...] = ()  # keys that may be given as bare positional arguments
+    scales_out: bool = False  # runs as several processes under `accelerate launch`
 
 
 STAGES: dict[str, Stage] = {
     "sft": Stage(
-        "supervised fine-tuning", "rlhfkit.recipes.sft:SFTConfig", "rlhfkit.recipes.sft:train"
+        "supervised fine-tuning",
+        "rlhfkit.recipes.sft:SFTConfig",
+        "rlhfkit.recipes.sft:train",
+        scales_out=True,
     ),
     "generate": Stage(
         "sample K responses per prompt (JSONL {prompt, responses})",
@@ -52,16 +56,19 @@ STAGES: dict[str, Stage] = {
         "reward model: Bradley-Terry on preference or ranking data",
         "rlhfkit.recipes.rm:RMConfig",
         "rlhfkit.recipes.rm:train",
+        scales_out=True,
     ),
     "dpo": Stage(
         "direct preference optimisation and its family",
         "rlhfkit.recipes.dpo:DPOConfig",
         "rlhfkit.recipes.dpo:train",
+        scales_out=True,
     ),
     "ppo": Stage(
         "PPO against a reward with a KL penalty to the reference",
         "rlhfkit.recipes.ppo:PPOConfig",
         "rlhfkit.recipes.ppo:train",
+        scales_out=True,
     ),
     "eval": Stage(
         "score data with a reward model; evaluate policies against a reference",
@@ -105,6 +112,27 @@ STAGES: dict[str, Stage] = {
 def _load(path: str):
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _check_single_process(name: str, stage: Stage) -> None:
+    """Refuse a stage that runs in one process when a launcher started several (WORLD_SIZE):
+    each copy would do the whole job and write the same files at once."""
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if stage.scales_out or not launched.isdigit() or int(launched) <= 1:
+        return
+    several = [key for key, value in STAGES.items() if value.scales_out]
+    several = ", ".join(several[:-1]) + " and " + several[-1]
+    hint = (
+        "; to scale a pipeline's training stages out, run each one under accelerate launch "
+        "(`rlhfkit STAGE --config OUT/NAME/config.yaml` repeats one)"
+        if name in ("pipeline", "demo")
+        else ""
+    )
+    raise ConfigError(
+        f"{name} runs in one process, but the launcher started {launched} (WORLD_SIZE="
+        f"{launched}): run it without accelerate launch. Only {several} run as several "
+        f"processes{hint}"
+    )
 
 
 def _module_exists(path: str) -> bool:
@@ -209,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit: unknown stage {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
+        _check_single_process(name, stage)
         if not _module_exists(stage.entry):
             print(f"rlhfkit: stage {name!r} is not available in this build", file=sys.stderr)
             return 2

@@ -166,3 +166,21 @@ def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path):
     pipeline.write_text("output_dir: a\nstages: []\noutput_dir: b\n")
     with pytest.raises(ConfigError, match="key 'output_dir' given twice"):
         plan(pipeline)
+
+
+@pytest.mark.parametrize("stage", ["pipeline", "demo", "eval", "label", "report", "world"])
+def test_one_process_stages_refuse_a_multi_process_launch(stage, monkeypatch, capsys, tmp_path):
+    """Under `accelerate launch --num_processes 2` every process would run the whole pipeline
+    (or eval, or labelling) and write the same files at once; such stages say so before doing
+    anything. Only the training stages scale out."""
+    from rlhfkit.cli import STAGES, main
+
+    assert sorted(k for k, v in STAGES.items() if v.scales_out) == ["dpo", "ppo", "rm", "sft"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([stage, f"output_dir={tmp_path / 'out'}"]) == 2
+    error = capsys.readouterr().err
+    assert f"{stage} runs in one process, but the launcher started 2" in error
+    assert "Only sft, rm, dpo and ppo run as several processes" in error
+    assert ("run each one under accelerate launch" in error) == (stage in ("pipeline", "demo"))
+    assert list(tmp_path.iterdir()) == []  # nothing written
