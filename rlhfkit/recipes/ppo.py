@@ -833,7 +833,9 @@ def train(config: PPOConfig) -> dict:
                         loss = loss + options.ptx_coef * ptx_loss
                         info["ptx_loss"] = ptx_loss.detach()
                     acc.backward(loss)
-                    check_finite(float(loss.detach()), done, run)
+                    # Every process must stop together: a loss is checked summed over them.
+                    local = float(loss.detach())
+                    check_finite(global_sum(acc, local) if world > 1 else local, done, run)
                     info["grad_norm"], lr = optimizer_step(
                         acc, model, optimizer, scheduler, config.max_grad_norm
                     )
