@@ -100,6 +100,37 @@ def test_all_file_formats_give_the_same_records(tmp_path):
         assert records[0].line == first_line
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    """Excel's "CSV UTF-8" (and some editors' JSONL) start with U+FEFF; it used to stick to the
+    first column's name ("missing field prompt (record has: \\ufeffprompt)")."""
+    bom = "\ufeff"
+    (tmp_path / "d.csv").write_text(bom + "prompt,completion\np1,c1\n", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text(bom + '{"prompt": "p1", "completion": "c1"}\n')
+    (tmp_path / "d.json").write_text(bom + '[{"prompt": "p1", "completion": "c1"}]')
+    for suffix in ("csv", "jsonl", "json"):
+        records = read_records(str(tmp_path / f"d.{suffix}"))
+        assert [r.data for r in records] == [{"prompt": "p1", "completion": "c1"}], suffix
+
+
+def test_csv_cells_are_json_only_where_a_field_holds_structure(tmp_path):
+    """A completion that reads `[1, 2, 3]` or `{"a": 1}` is text; `responses` and `ranking`
+    cells are JSON lists, and a conversation (a list of role messages) is one in any column."""
+    (tmp_path / "d.csv").write_text(
+        "prompt,completion\n"
+        'p,"[1, 2, 3]"\n'
+        'p,"{""a"": 1}"\n'
+        'p,"[{""role"": ""assistant"", ""content"": ""x""}]"\n'
+    )
+    assert [r.data["completion"] for r in read_records(str(tmp_path / "d.csv"))] == [
+        "[1, 2, 3]",
+        '{"a": 1}',
+        [{"role": "assistant", "content": "x"}],
+    ]
+    (tmp_path / "r.csv").write_text('prompt,responses,ranking\np,"[""a"", ""b""]","[1, 0]"\n')
+    (record,) = read_records(str(tmp_path / "r.csv"))
+    assert record.data == {"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: file not found"):
         read_records(str(tmp_path / "nope.jsonl"))
@@ -227,3 +258,14 @@ def test_packing_masks_prompts_unless_told_to_train_on_every_token():
     every = pack_examples(prompts, completions, block_size=6, completion_only=False)
     assert [r["input_ids"] for r in every] == [r["input_ids"] for r in rows]
     assert [r["completion_mask"] for r in every] == [[0, 1, 1, 1], [0, 1, 1, 0, 1, 1]]
+
+
+def test_packed_text_records_never_train_across_examples():
+    """`{"text"}` records have no prompt, so the whole example is completion. Packed as
+    [5, 6, 7 | 8, 9], token 8 must not be a target: its left neighbour is the previous
+    example's last token (7), and unpacked, position 0 is never scored. Targets: 6, 7, 9."""
+    rows = pack_examples([[], []], [[5, 6, 7], [8, 9]], block_size=16)
+    assert rows == [
+        {"input_ids": [5, 6, 7, 8, 9], "completion_mask": [0, 1, 1, 0, 1],
+         "position_ids": [0, 1, 2, 0, 1]}
+    ]  # fmt: skip

@@ -57,7 +57,8 @@ def pack_examples(
     that into a block-diagonal causal mask (no attention across examples) when no 2-D attention
     mask is passed. Examples longer than `block_size` get a row of their own (already truncated
     upstream). `completion_mask` marks the completion tokens, or (``completion_only=False``)
-    every token but each example's first, which nothing in the example predicts.
+    every token; either way never an example's first token, which nothing in the example
+    predicts (unpacked rows never score position 0 either).
     """
     order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
     shortest = min((len(p) + len(c) for p, c in zip(prompts, completions, strict=True)), default=0)
@@ -68,7 +69,10 @@ def pack_examples(
         if completion_only:
             mask = [0] * len(prompts[i]) + [1] * len(completions[i])
         else:
-            mask = [0] + [1] * (len(ids) - 1)
+            mask = [1] * len(ids)
+        # An example's first token is predicted by nothing of its own: in a packed row its
+        # left neighbour is the previous example's last token (a `{"text"}` record has no prompt).
+        mask[:1] = [0]
         for row in open_rows:
             if len(row["input_ids"]) + len(ids) <= block_size:
                 break

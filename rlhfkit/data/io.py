@@ -24,6 +24,10 @@ from typing import Any
 from rlhfkit.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# "utf-8-sig" reads UTF-8 and drops a leading byte-order mark (Excel's "CSV UTF-8" writes one).
+UTF8 = "utf-8-sig"
+# CSV columns whose cells are JSON (a list or an object), whatever they hold.
+STRUCTURED_CELLS = frozenset({"messages", "responses", "ranking", "criteria"})
 
 
 @dataclass
@@ -66,7 +70,7 @@ def _read_file(path: Path) -> Iterator[Record]:
 
 def _read_jsonl(path: Path, source: str) -> Iterator[Record]:
     """One record per non-blank line; `line` is the line number."""
-    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+    with path.open(encoding=UTF8, errors="surrogateescape") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -76,7 +80,7 @@ def _read_jsonl(path: Path, source: str) -> Iterator[Record]:
 
 def _read_json(path: Path, source: str) -> Iterator[Record]:
     """A JSON list of records (or `{"data": [...]}`); `line` is the 1-based record number."""
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = path.read_text(encoding=UTF8, errors="surrogateescape")
     _check_utf8(text, source, 1)
     value = _parse_json(text, source, None)
     if isinstance(value, dict) and isinstance(value.get("data"), list):
@@ -106,7 +110,7 @@ def _read_csv(path: Path, source: str) -> Iterator[Record]:
 
     A quoted cell may span lines, so the start is taken from the reader's line count before
     the row, not from the row's index."""
-    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with path.open(encoding=UTF8, errors="surrogateescape", newline="") as handle:
         text = handle.read()
     _check_utf8(text, source, 1)
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -126,7 +130,7 @@ def _read_csv(path: Path, source: str) -> Iterator[Record]:
             continue
         if len(row) != len(header):
             raise DataError(source, start, None, f"{len(row)} cells, the header has {len(header)}")
-        data = {name: _decode_cell(cell) for name, cell in zip(header, row, strict=True)}
+        data = {name: _decode_cell(name, cell) for name, cell in zip(header, row, strict=True)}
         yield _as_record(data, source, start)
 
 
@@ -140,14 +144,20 @@ def _csv_header(row: list[str], source: str, line: int) -> list[str]:
     return row
 
 
-def _decode_cell(value: str | None) -> Any:
-    """Decode cells holding JSON lists or objects (responses, messages); others stay text."""
-    if value and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+def _decode_cell(name: str, value: str | None) -> Any:
+    """A CSV cell as a record field: JSON for the fields that hold lists or objects
+    (`STRUCTURED_CELLS`) and for conversations (a JSON list of `{"role", ...}` messages) in any
+    field; everything else stays text, so a completion that reads `[1, 2, 3]` is that text."""
+    if not value or value[:1] not in "[{":
+        return value
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    conversation = isinstance(decoded, list) and all(
+        isinstance(message, dict) and "role" in message for message in decoded
+    )
+    return decoded if name in STRUCTURED_CELLS or (decoded and conversation) else value
 
 
 # Bytes that are not UTF-8, as the "surrogateescape" error handler decodes them (U+DC80..U+DCFF).
