@@ -126,6 +126,39 @@ def test_errors_have_the_openai_shape(serve_client):
     assert serve_client.post("/v1/chat/completions", json={"messages": []}).status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"prompt": "x", "n": Infinity}', "n must be between 1 and 128, got inf"),
+        (
+            b'{"prompt": "x", "temperature": NaN}',
+            "temperature must be between 0.0 and 2.0, got nan",
+        ),
+        (b'{"prompt": "x", "top_p": 1e400}', "top_p must be between 0.0 and 1.0, got inf"),
+        (b'{"prompt": "x", "max_tokens": ' + b"9" * 400 + b"}", "got a larger integer"),
+        (b'{"prompt": "x", "n": 1.9}', "n must be an integer, got 1.9"),
+    ],
+)
+def test_numbers_json_lets_through_are_a_400_not_a_500(serve_client, body, message):
+    """Python's JSON reader takes NaN, Infinity, 1e400 (inf) and 400-digit integers; casting
+    those raised OverflowError or ValueError, answered as a 500. A fraction where an integer is
+    asked for was silently truncated."""
+    response = serve_client.post(
+        "/v1/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(serve_client):
+    """Logits / 1e-45 overflow to inf and sampling failed (a 500); below 1e-5 the server decodes
+    greedily, the limit of sampling as the temperature goes to 0."""
+    ask = {"prompt": PROMPT, "max_tokens": 4, "logprobs": 1}
+    tiny = serve_client.post("/v1/completions", json={**ask, "temperature": 1e-45})
+    greedy = serve_client.post("/v1/completions", json={**ask, "temperature": 0})
+    assert tiny.status_code == 200
+    assert tiny.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
 def test_concurrent_requests_share_generate_calls(tiny_model):
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 

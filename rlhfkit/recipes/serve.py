@@ -73,6 +73,9 @@ from rlhfkit.serving.prompt_limits import PromptEncoder, server_prompt_limits
 from rlhfkit.serving.text_stream import Choice, TextStream, choice_of_row
 from rlhfkit.training.run import console
 
+# A temperature below this decodes greedily (its limit): dividing logits by ~1e-45 overflows.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass
 class ServeConfig:
@@ -184,6 +187,8 @@ def create_app(
         new tokens fit the context), and its prompt token count."""
         requested = requested_max_tokens(body)
         temperature = number_param(body, "temperature", 1.0, float, 0.0, 2.0)
+        if temperature < GREEDY_BELOW:  # logits / 1e-45 overflow; sampling's limit is greedy
+            temperature = 0.0
         top_p = number_param(body, "top_p", 1.0, float, 0.0, 1.0)
         n = number_param(body, "n", 1, int, 1, 128)
         jobs = [

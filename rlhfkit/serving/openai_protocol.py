@@ -8,6 +8,7 @@ bytes) and the chunks of a stream.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -169,10 +170,13 @@ def number_param(body: dict, key: str, default: Any, cast: type, low: float, hig
         value = default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError(f"{key} must be a number", key)
-    value = cast(value)
-    if not low <= value <= high:
-        raise ApiError(f"{key} must be between {low} and {high}, got {value}", key)
-    return value
+    # JSON lets through NaN, Infinity and numbers too large for a float (1e400, 400 digits).
+    if not (isinstance(value, int) or math.isfinite(value)) or not low <= value <= high:
+        shown = value if isinstance(value, float) or abs(value) < 10**15 else "a larger integer"
+        raise ApiError(f"{key} must be between {low} and {high}, got {shown}", key)
+    if cast is int and value != int(value):
+        raise ApiError(f"{key} must be an integer, got {value}", key)
+    return cast(value)
 
 
 def stop_list(body: dict) -> list[str]:
