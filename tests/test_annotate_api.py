@@ -357,13 +357,18 @@ def test_skip_and_flag(campaign):
     assert no_reason.status_code == 422
     assert c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "gibberish"}).is_success
     assert c.next("carol").json()["item_id"] == first["item_id"]  # one flag: still queued
+    # Flag, skip, flag again: still one annotator's flag, so the item stays queued.
+    assert c.post("bob", f"/api/items/{first['item_id']}/skip").is_success
+    assert c.post("bob", f"/api/items/{first['item_id']}/flag", {"reason": "again"}).is_success
+    flags = "SELECT COUNT(DISTINCT user_id), COUNT(*) FROM item_events WHERE kind = 'flag'"
+    assert c.sql(flags)[0] == (1, 1)
     assert c.post("carol", f"/api/items/{first['item_id']}/flag", {"reason": "broken"}).is_success
     # Flagged twice: out of the queue for everyone.
     c.post("alice", f"/api/items/{second['item_id']}/skip")
     assert c.next("carol").json()["item_id"] == second["item_id"]
     assert c.post("alice", "/api/items/999/skip").status_code == 404
     stats = c.get("root", "/api/stats").json()
-    assert stats["counts"]["flags"] == 2 and stats["counts"]["skips"] == 2
+    assert stats["counts"]["flags"] == 2 and stats["counts"]["skips"] == 3
     assert stats["flagged_items"][0]["reasons"] == ["gibberish", "broken"]
     assert c.label("alice", first).status_code == 409  # skipped items cannot be labelled
 

@@ -124,7 +124,7 @@ WHERE i.is_gold = :false
   AND (SELECT COUNT(*) FROM assignments t
        WHERE t.item_id = i.id
          AND (t.status = 'labelled' OR (t.status = 'leased' AND t.expires_at > :now))) < :overlap
-  AND (SELECT COUNT(*) FROM item_events e
+  AND (SELECT COUNT(DISTINCT e.user_id) FROM item_events e
        WHERE e.item_id = i.id AND e.kind = 'flag') < :flag_limit
 """
 OPEN_ITEM_SQL = sa.text(

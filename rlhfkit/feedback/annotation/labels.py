@@ -371,7 +371,20 @@ def skip_or_flag(
             )
         else:
             assignment.status = status
-        session.add(
-            ItemEvent(item_id=item_id, user_id=user.id, kind=kind, reason=reason, created_at=now)
+        flagged_before = (
+            kind == "flag"
+            and session.scalars(
+                sa.select(ItemEvent.id).where(
+                    ItemEvent.item_id == item_id,
+                    ItemEvent.user_id == user.id,
+                    ItemEvent.kind == "flag",
+                )
+            ).first()
         )
+        if not flagged_before:  # flag, skip, flag again: one annotator's flag counts once
+            session.add(
+                ItemEvent(
+                    item_id=item_id, user_id=user.id, kind=kind, reason=reason, created_at=now
+                )
+            )
     return {"item_id": item_id, "status": status}
