@@ -116,6 +116,27 @@ def test_load_pairs_expands_rankings_and_counts_skips(tiny_model, tmp_path):
     assert decoded == [(" c.", " a."), (" c.", " b."), (" a.", " b.")]
 
 
+def test_load_pairs_skips_pairs_identical_after_truncation(tiny_model, tmp_path):
+    """ " Same start. A" and " Same start. B" differ only in their last characters; with room
+    for 4 completion tokens (max_length = prompt + 4) both truncate to the same 4 ids, so the
+    model sees one sequence twice and the pair's log-ratio gap is 0 whatever the weights. It is
+    skipped and counted, not trained; a pair that differs within the room is kept."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    prompt = "P:"
+    room = len(tokenizer(prompt).input_ids) + 4
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": prompt, "chosen": " Same start. A", "rejected": " Same start. B"},
+            {"prompt": prompt, "chosen": " Yes", "rejected": " No"},
+        ],
+    )
+    pairs, stats = load_pairs(str(data), tokenizer, max_length=room, max_prompt_length=32)
+    assert stats.examples == 2 and stats.kept == 1 and len(pairs) == 1
+    assert stats.skipped == {"chosen == rejected after truncation to max_length": 1}
+    assert pairs[0].chosen_ids != pairs[0].rejected_ids
+
+
 # --- forwards --------------------------------------------------------------------------------
 
 

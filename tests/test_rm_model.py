@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.data.formats import PreferenceExample, RankingExample
+from rlhfkit.data.tokenize import TokenStats
 from rlhfkit.losses.bradley_terry import ranking_pairs
 from rlhfkit.models.loading import LoraSettings, load_tokenizer
 from rlhfkit.models.reward_fn import load_reward_function
@@ -293,6 +294,26 @@ def test_lora_keeps_head_trainable_and_exports_plain_model(tiny_model, tokenizer
     with torch.no_grad():
         after = reloaded(**rows.model_inputs())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_identical_after_truncation_are_skipped_and_counted(tokenizer):
+    """Responses that differ only past max_length are one sequence to the model (Δr = 0 for any
+    weights). With room for 3 response tokens: a preference " Same start. A" / " Same start. B"
+    is skipped; a ranking of [" Same start. A", " Same start. B", " No"] keeps the 2 pairs with
+    " No" and drops (0, 1); both are counted in the stats."""
+    prompt = "P:"
+    room = len(tokenizer(prompt).input_ids) + 3
+    preference = PreferenceExample(prompt, " Same start. A", " Same start. B")
+    ranking = RankingExample(prompt, [" Same start. A", " Same start. B", " No"], [0, 1, 2])
+    stats = TokenStats()
+    comparisons = encode_comparisons(
+        [preference, ranking], tokenizer, max_length=room, max_prompt_length=32, stats=stats
+    )
+    assert len(comparisons) == 1 and comparisons[0].pairs == [(0, 2), (1, 2)]
+    assert stats.kept == 1 and stats.skipped == {
+        "chosen == rejected after truncation to max_length": 1,
+        "responses identical after truncation in a ranking (pairs dropped)": 1,
+    }
 
 
 def test_ranking_becomes_all_pairs_of_one_batch_element(tokenizer):

@@ -193,6 +193,11 @@ def load_pairs(
             if not sides[0].completion_ids or not sides[1].completion_ids:
                 stats.skipped["no completion token fits max_length"] += 1
                 continue
+            if sides[0].completion_ids == sides[1].completion_ids:
+                # Different only past max_length: the model sees one sequence twice, so the
+                # pair's log-ratio gap is 0 whatever the weights; it trains nothing.
+                stats.skipped["chosen == rejected after truncation to max_length"] += 1
+                continue
             stats.kept += 1
             chosen, rejected = (side.completion_ids for side in sides)
             pairs.append(Pair(sides[0].prompt_ids, chosen, rejected, soft_label))

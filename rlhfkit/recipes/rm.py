@@ -165,6 +165,15 @@ def encode_comparisons(
         if any(not r for r in responses):
             stats.skipped["no response token fits max_length"] += 1
             continue
+        # Responses that differ only past max_length are the same sequence to the model: such a
+        # pair has Δr = 0 whatever the weights, so it trains nothing and would skew accuracy.
+        distinct = [(p, m) for p, m in kept if responses[p[0]] != responses[p[1]]]
+        if not distinct:
+            stats.skipped["chosen == rejected after truncation to max_length"] += 1
+            continue
+        if len(distinct) < len(kept):
+            stats.skipped["responses identical after truncation in a ranking (pairs dropped)"] += 1
+        kept = distinct
         stats.kept += 1
         soft_label = None if isinstance(example, RankingExample) else example.soft_label
         pairs_kept, margins_kept = [p for p, _ in kept], [m for _, m in kept]
