@@ -10,7 +10,7 @@ from rlhfkit.data.collate import pack_examples
 from rlhfkit.data.datasets import load_comparisons, load_sft
 from rlhfkit.data.formats import PreferenceExample, RankingExample, parse_sft
 from rlhfkit.data.io import Record, read_records
-from rlhfkit.data.tokenize import TokenStats, encode_example, truncate
+from rlhfkit.data.tokenize import TokenStats, encode_example, encode_prompts, truncate
 from rlhfkit.errors import DataError
 from rlhfkit.models.tokenizer import build_byte_tokenizer
 
@@ -269,3 +269,33 @@ def test_packed_text_records_never_train_across_examples():
         {"input_ids": [5, 6, 7, 8, 9], "completion_mask": [0, 1, 1, 0, 1],
          "position_ids": [0, 1, 2, 0, 1]}
     ]  # fmt: skip
+
+
+def test_text_records_start_with_bos_where_the_tokenizer_has_one(tmp_path):
+    """A Llama-style tokenizer prepends BOS to every encoded text. A `{"text"}` record has an
+    empty prompt, which must still encode as `[bos]`, so the text's first token is trained as
+    following BOS (as in pretraining) rather than not at all. The byte tokenizer with a
+    TemplateProcessing post-processor "<|im_start|> $A" (id 2) is that tokenizer: "hi" ->
+    prompt [2], completion [h, i, eos]. Without BOS (the plain byte tokenizer) the prompt is []."""
+    from tokenizers import processors
+
+    with_bos = build_byte_tokenizer()
+    with_bos.bos_token = "<|im_start|>"
+    with_bos._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 2)]
+    )
+    data = _write(tmp_path / "t.jsonl", [json.dumps({"text": "hi"})])
+    (example,), _ = load_sft(data, with_bos, max_length=16, max_prompt_length=8)
+    hi = with_bos("hi", add_special_tokens=False).input_ids
+    assert example.prompt_ids == [2]
+    assert example.completion_ids == hi + [with_bos.eos_token_id]
+    (plain,), _ = load_sft(data, build_byte_tokenizer(), max_length=16, max_prompt_length=8)
+    assert plain.prompt_ids == [] and plain.completion_ids == hi + [with_bos.eos_token_id]
+
+
+def test_prompts_to_sample_from_lose_their_start_and_are_counted(tokenizer):
+    """Byte tokenizer: "abcdef" is 6 ids, "ab" 2. With max_prompt_length=3 the first keeps its
+    last 3 ("def") and is counted; the second is whole. The cut keeps the end, next to the
+    response."""
+    ids, cut = encode_prompts(tokenizer, ["abcdef", "ab"], max_prompt_length=3)
+    assert [tokenizer.decode(row) for row in ids] == ["def", "ab"] and cut == 1

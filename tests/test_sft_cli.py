@@ -160,10 +160,12 @@ def test_generate_writes_k_responses_per_prompt(tiny_model, tmp_path):
         [{"prompt": "User: hi\nBot:"}, {"prompt": [{"role": "user", "content": "hello"}]}],
     )
     out = tmp_path / "pairs.jsonl"
-    run_cli(
+    result = run_cli(
         "generate", f"model={tiny_model}", f"prompts={prompts}", "n=3", f"output={out}",
-        "max_new_tokens=8", "temperature=1.0",
+        "max_new_tokens=8", "temperature=1.0", "max_prompt_length=4",
     )  # fmt: skip
+    # Both prompts are longer than 4 tokens: they lose their start, and the run says so.
+    assert "2 prompts longer than max_prompt_length=4 tokens" in result.stdout + result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["User: hi\nBot:", [{"role": "user", "content": "hello"}]]
     assert all(

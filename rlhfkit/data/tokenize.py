@@ -67,11 +67,24 @@ def render_completion(tokenizer: PreTrainedTokenizerBase, prompt: Text, completi
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> list[int]:
+    """Token ids of the prompt. Chat templates already hold their special tokens; plain prompts
+    get the tokenizer's BOS, the empty prompt of a `{"text"}` record included: a Llama-style
+    tokenizer encodes "" as `[bos]`, so a text's first token is trained as following BOS, as in
+    pretraining (tokenizers without BOS, as GPT-2's and Qwen2's, encode "" as `[]`)."""
     text = render_prompt(tokenizer, prompt)
-    if not text:
-        return []
-    # Chat templates already hold their special tokens; plain prompts get the tokenizer's BOS.
     return tokenizer(text, add_special_tokens=not is_conversational(prompt)).input_ids
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[Text], max_prompt_length: int
+) -> tuple[list[list[int]], int]:
+    """Prompts to sample from: ids of each, cut from the left to `max_prompt_length` tokens (the
+    end of a prompt, next to the response, matters most), and how many were cut."""
+    ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    truncated = sum(len(row) > max_prompt_length for row in ids)
+    return [
+        row[len(row) - max_prompt_length :] if len(row) > max_prompt_length else row for row in ids
+    ], truncated
 
 
 def encode_completion(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rlhfkit.config import BaseConfig, SamplingOptions, option
 from rlhfkit.data.datasets import load_prompts
 from rlhfkit.data.io import write_jsonl
-from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sampling import SamplingParams, sample_responses
@@ -35,7 +35,12 @@ def run(config: GenerateConfig) -> int:
     tokenizer = load_tokenizer(config.model)
     examples = load_prompts(config.prompts)
     model = load_causal_lm(config.model, dtype=config.dtype, trainable=False)
-    ids = [encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
+    ids, cut = encode_prompts(tokenizer, [e.prompt for e in examples], config.max_prompt_length)
+    if cut:
+        console.print(
+            f"[yellow]{cut} prompts longer than max_prompt_length={config.max_prompt_length} "
+            "tokens lose their start[/]"
+        )
     params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     from rich.progress import Progress
 

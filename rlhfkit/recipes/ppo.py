@@ -52,7 +52,7 @@ import torch
 from rlhfkit.config import SamplingOptions, TrainConfig, check_limits, group, option
 from rlhfkit.data.collate import pad_left
 from rlhfkit.data.datasets import load_prompts, load_sft
-from rlhfkit.data.tokenize import encode_prompt, render_prompt
+from rlhfkit.data.tokenize import encode_prompts, render_prompt
 from rlhfkit.errors import ConfigError, relabel_error
 from rlhfkit.losses import (
     AdaptiveKLController,
@@ -579,15 +579,12 @@ def train(config: PPOConfig) -> dict:
 
     # --- data -----------------------------------------------------------------------------
     examples = load_prompts(config.train_data)
-    prompt_ids = [encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in examples]
     prompt_items = [e.prompt for e in examples]  # text or conversations
-    eval_ids, eval_items = [], []
+    prompt_ids, cut = encode_prompts(tokenizer, prompt_items, config.max_prompt_length)
+    eval_ids, eval_items, eval_cut = [], [], 0
     if config.eval_data:
-        eval_examples = load_prompts(config.eval_data)
-        eval_ids = [
-            encode_prompt(tokenizer, e.prompt)[-config.max_prompt_length :] for e in eval_examples
-        ]
-        eval_items = [e.prompt for e in eval_examples]
+        eval_items = [e.prompt for e in load_prompts(config.eval_data)]
+        eval_ids, eval_cut = encode_prompts(tokenizer, eval_items, config.max_prompt_length)
     ptx_rows = []
     if options.ptx_coef > 0:
         ptx_examples, _ = load_sft(
@@ -599,6 +596,12 @@ def train(config: PPOConfig) -> dict:
         ptx_rows = [e.prompt_ids + e.completion_ids for e in ptx_examples]
         ptx_masks = [[0] * len(e.prompt_ids) + [1] * len(e.completion_ids) for e in ptx_examples]
     run.print(f"[bold]prompts[/] {config.train_data}: {len(prompt_ids)}")
+    for name, count in (("train_data", cut), ("eval_data", eval_cut)):
+        if count:
+            run.print(
+                f"[yellow]{name}: {count} prompts longer than max_prompt_length="
+                f"{config.max_prompt_length} tokens lose their start[/]"
+            )
     # A step takes `rollout_batch_size` prompts of the shuffled order (all processes together).
     plan = checked_plan(
         run,
