@@ -577,6 +577,82 @@ def test_export_after_a_chat_prompt_writes_assistant_messages(campaign):
         assert record["rejected"] == [{"role": "assistant", "content": "Go away."}]
 
 
+def _rank_as(c, name, order):
+    """Rank the next item (K > 2) best first by canonical indices ``order``."""
+    item = c.next(name).json()
+    original = c.records[item["item_id"] - 1]["responses"]
+    ranking = [slot_of(item, original[i]) for i in order]
+    criteria = {"helpfulness": ranking[0], "accuracy": "tie", "safety": ranking[1]}
+    body = {**c.body(item, criteria=criteria), "overall": None}
+    return c.post(name, "/api/labels", {**body, "ranking": ranking})
+
+
+CHAT_RANKING = {
+    "prompt": [{"role": "user", "content": "Hi?"}],
+    "responses": ["Hello.", "Go away.", "Hm."],
+}
+
+
+def test_ranking_export_after_a_chat_prompt_writes_assistant_messages(campaign):
+    """Ranking records (K > 2) keep prompt and responses alike, as pair records do: after a
+    conversation prompt every response is an assistant message, per label and aggregated (they
+    were bare strings, which `rm` trains without the chat template's end of turn)."""
+    c = campaign(records=[CHAT_RANKING], users=[("a1", "annotator"), ("root", "admin")], overlap=1)
+    assert _rank_as(c, "a1", [2, 0, 1]).status_code == 201
+    replies = [[{"role": "assistant", "content": t}] for t in CHAT_RANKING["responses"]]
+    for query in ("", "?aggregate=majority", "?aggregate=soft"):
+        (record,) = [json.loads(x) for x in c.get("root", f"/api/export{query}").text.splitlines()]
+        assert record["prompt"] == CHAT_RANKING["prompt"]
+        assert record["responses"] == replies, query
+        assert record["ranking"] == [2, 0, 1]
+
+
+def test_ranking_export_round_trips_to_rm_tokens_ending_with_the_end_of_turn(campaign, tmp_path):
+    r"""export -> load_comparisons (parse_ranking) -> encode_completion, as `rlhfkit rm` reads
+    a ranking: every ranked response after a chat prompt must end with the template's end of
+    turn, exactly the ids `encode_pair` scores the reward model on.
+
+    Byte tokenizer (ids 3 + byte, <|im_end|> = 1 = EOS, "\n" = 3 + 10 = 13). The template
+    renders an assistant turn as `content<|im_end|>\n`, so "Hello." (6 bytes) is 6 + 2 = 8 ids
+    ending [..., 1, 13]; a bare string got EOS appended instead: 6 + 1 = 7 ids ending [..., 1],
+    one token short of the turn, so the reward was read one position before where the scorer
+    (`encode_pair`, which wraps text with `as_reply`) reads it.
+
+    Qwen2-base-like tokenizer (EOS reassigned to a new <|endoftext|>, id 259): the turn is
+    `Hello.<|im_end|>\n<|endoftext|>` = 6 + 3 = 9 ids, <|im_end|> at position -3; the bare
+    string was `Hello.<|endoftext|>` = 7 ids with no <|im_end|> at all."""
+    from rlhfkit.data.datasets import load_comparisons
+    from rlhfkit.data.formats import RankingExample
+    from rlhfkit.data.tokenize import encode_completion
+    from rlhfkit.models.reward_model import encode_pair
+    from rlhfkit.models.tokenizer import build_byte_tokenizer
+
+    c = campaign(records=[CHAT_RANKING], users=[("a1", "annotator"), ("root", "admin")], overlap=1)
+    assert _rank_as(c, "a1", [2, 0, 1]).status_code == 201
+    path = tmp_path / "ranking.jsonl"
+    path.write_text(c.get("root", "/api/export").text, encoding="utf-8")
+    (example,) = load_comparisons(str(path))
+    assert isinstance(example, RankingExample) and example.ranking == [2, 0, 1]
+    assert len(example.responses) == 3
+
+    byte = build_byte_tokenizer()
+    qwen_base_like = build_byte_tokenizer()
+    qwen_base_like.add_special_tokens({"eos_token": "<|endoftext|>"})
+    end_of_turn = byte.convert_tokens_to_ids("<|im_end|>")
+    newline = byte.convert_tokens_to_ids(byte.tokenize("\n"))
+    assert (end_of_turn, newline, qwen_base_like.eos_token_id) == (1, [13], 259)
+    limits = {"max_length": 256, "max_prompt_length": 128}
+    for text, response in zip(CHAT_RANKING["responses"], example.responses, strict=True):
+        content = byte(text, add_special_tokens=False).input_ids
+        ids = encode_completion(byte, example.prompt, response)
+        assert ids == content + [end_of_turn] + newline, text
+        assert ids == encode_pair(byte, example.prompt, text, **limits)[1]
+        assert byte.decode(ids) == f"{text}<|im_end|>\n"
+        ids = encode_completion(qwen_base_like, example.prompt, response)
+        assert ids == content + [end_of_turn] + newline + [qwen_base_like.eos_token_id], text
+        assert qwen_base_like.decode(ids) == f"{text}<|im_end|>\n<|endoftext|>"
+
+
 def test_export_formats_and_aggregation(campaign):
     users = [("a1", "annotator"), ("a2", "annotator"), ("a3", "annotator"), ("root", "admin")]
     c = campaign(records=pairs(3), users=users, overlap=3)

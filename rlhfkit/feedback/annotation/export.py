@@ -21,7 +21,9 @@ dropped silently.
 Items with K > 2 responses become ranking records
 ``{"prompt", "responses": [...], "ranking": [best ... worst], "criteria": {name: index|"tie"|
 "both_bad"}, ...}`` where ranking holds indices into ``responses`` (the original order) and a
-criterion's verdict is the index of the best response on it.
+criterion's verdict is the index of the best response on it. After a conversation prompt each
+response is an assistant message, as in pairs (`as_reply`), so `rlhfkit rm` trains every ranked
+response up to the chat template's end of turn.
 
 ``aggregate``:
 * ``none`` (default): one record per label;
@@ -164,7 +166,7 @@ def _label_record(row: LabelRow, summary: Counter) -> dict | None:
         summary["rankings"] += 1
         return {
             "prompt": row.prompt,
-            "responses": row.responses,
+            "responses": [as_reply(row.prompt, text) for text in row.responses],
             "ranking": row.canonical_ranking(),
             "criteria": {name: row.criterion(name) for name in row.criteria},
             "display_order": row.display_order,
@@ -211,7 +213,7 @@ def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict
         summary["rankings"] += 1
         return {
             "prompt": first.prompt,
-            "responses": first.responses,
+            "responses": [as_reply(first.prompt, text) for text in first.responses],
             "ranking": _borda(rows),
             "criteria": {n: _most_common([r.criterion(n) for r in rows]) for n in names},
             "n_labels": len(rows),
