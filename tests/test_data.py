@@ -299,3 +299,18 @@ def test_prompts_to_sample_from_lose_their_start_and_are_counted(tokenizer):
     response."""
     ids, cut = encode_prompts(tokenizer, ["abcdef", "ab"], max_prompt_length=3)
     assert [tokenizer.decode(row) for row in ids] == ["def", "ab"] and cut == 1
+
+
+def test_a_template_that_rewrites_the_prompt_once_a_response_follows_is_one_clear_error():
+    """A template whose generation prompt opens a `<think>` block that the rendered dialogue does
+    not hold: the prompt alone is not a prefix of prompt + response, so the response's tokens
+    would follow a different context than at sampling. One RlhfkitError (was a bare ValueError)."""
+    from rlhfkit.data.tokenize import encode_completion
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.models.tokenizer import CHAT_TEMPLATE
+
+    thinking = build_byte_tokenizer()
+    thinking.chat_template = CHAT_TEMPLATE.replace("assistant\n' }}", "assistant\n<think>' }}")
+    prompt = [{"role": "user", "content": "hi"}]
+    with pytest.raises(RlhfkitError, match="renders a prompt differently once a response"):
+        encode_completion(thinking, prompt, [{"role": "assistant", "content": "yo"}])

@@ -4,6 +4,7 @@ never a traceback and never a silent choice (DESIGN.md, "Data")."""
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -235,3 +236,56 @@ def test_valid_records_of_every_format_still_load(tmp_path, tokenizer):
     pref, rank = load_comparisons(prefs)
     assert pref.margin == 2.0 and rank.ranking == [1, 0]
     assert parse_sft(Record({"text": "t", "prompt": None}, "f", 1)).completion == "t"
+
+
+# --- responses in their prompt's format --------------------------------------------------------
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"prompt": CHAT, "completion": [{"role": "user", "content": "again"}]}, "completion"),
+        ({"prompt": CHAT, "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "chosen"),
+        ({"prompt": CHAT, "responses": ["a", [{"role": "system", "content": "b"}]],
+          "ranking": [0, 1]}, "responses[1]"),
+    ],
+)  # fmt: skip
+def test_a_conversational_response_opening_with_another_turn_is_refused(
+    tmp_path, tokenizer, row, field
+):
+    """The prompt renders with the generation prompt (`<|im_start|>assistant\\n`); a response
+    that opens with a user (or system) turn does not follow it, and tokenising it used to raise a
+    bare ValueError without file or line."""
+    path = _write(tmp_path / "d.jsonl", [json.dumps(row)])
+    where = re.escape(f"d.jsonl:1: {field}[0].role: ")
+    with pytest.raises(DataError, match=where + ".*assistant's turn"):
+        _sft(path, tokenizer) if "completion" in row else load_comparisons(path)
+
+
+def test_messages_after_a_text_prompt_are_refused(tmp_path):
+    """A chat template needs the whole dialogue as messages; a text prompt cannot be one (the
+    old code split the prompt string into characters and failed inside the template)."""
+    row = {"prompt": "Q:", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}
+    path = _write(tmp_path / "p.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: chosen: a list of messages after a text"):
+        load_comparisons(path)
+
+
+def test_a_text_response_after_a_conversation_is_the_assistant_reply(tmp_path, tokenizer):
+    """After a chat prompt, "a" is read as [{"role": "assistant", "content": "a"}] in pairs and
+    rankings alike, so training renders it with the template's end of turn as scoring does:
+    "a<|im_end|>\\n" is 3 byte-tokenizer ids [a, <|im_end|>=1, "\\n"], not "a" + EOS (2 ids)."""
+    from rlhfkit.data.tokenize import encode_completion
+
+    rows = [
+        {"prompt": CHAT, "chosen": "a", "rejected": ""},
+        {"prompt": CHAT, "responses": ["a", "b"], "ranking": [1, 0]},
+    ]
+    pair, ranking = load_comparisons(_write(tmp_path / "c.jsonl", [json.dumps(r) for r in rows]))
+    reply = [{"role": "assistant", "content": "a"}]
+    assert pair.chosen == reply and pair.rejected == [{"role": "assistant", "content": ""}]
+    assert ranking.responses == [reply, [{"role": "assistant", "content": "b"}]]
+    ids = encode_completion(tokenizer, CHAT, pair.chosen)
+    assert ids == tokenizer("a", add_special_tokens=False).input_ids + [1, 13]

@@ -12,6 +12,10 @@ Formats follow TRL's conventions, each either plain text or conversational
   implicit (the shared prefix);
 - ranking: `{"prompt", "responses": [...], "ranking": [best ... worst]}` (indices into responses).
 
+A response (completion, chosen, rejected, each of responses) follows its prompt's format: after a
+conversation a plain string is read as the assistant's reply (`as_reply`), and messages must open
+with the assistant's turn; after a text prompt messages are refused.
+
 Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`. A record
 holding the fields of two formats (`text` and `prompt`, `messages` and `completion`, `chosen` and
 `ranking`) is refused as ambiguous rather than read as one of them; a field whose value is None
@@ -103,6 +107,30 @@ def is_conversational(value: Text) -> bool:
     return isinstance(value, list)
 
 
+def _reply(record: Record, name: str, prompt: Text, response: Text) -> Text:
+    """A response in its prompt's format, or a `file:line: field` error.
+
+    After a conversation a plain string is the assistant's reply (`as_reply`: training then
+    renders it with the chat template's end of turn, as scoring does), and a conversational
+    response must open with the assistant's turn: the prompt is rendered with the generation
+    prompt (``<|im_start|>assistant``), so a response opening with a user turn does not follow
+    it. After a text prompt a response must be text too (a chat template needs the whole
+    dialogue as messages)."""
+    if isinstance(prompt, str):
+        if isinstance(response, list):
+            raise record.error(name, "a list of messages after a text prompt (both must be text "
+                               "or both messages)")  # fmt: skip
+        return response
+    if isinstance(response, str) or not response:
+        return as_reply(prompt, response or "")
+    if response[0]["role"] != "assistant":
+        raise record.error(
+            f"{name}[0].role",
+            f"a response opens with the assistant's turn, got {response[0]['role']!r}",
+        )
+    return response
+
+
 def _given(record: Record, names: tuple[str, ...]) -> list[str]:
     """Which of `names` the record holds (a None value, as Parquet gives absent columns, is not
     held)."""
@@ -146,6 +174,7 @@ def parse_sft(record: Record) -> SFTExample:
     completion = _text(record, "completion", _require(record, "completion"))
     if isinstance(prompt, list) != isinstance(completion, list):
         raise record.error("completion", "prompt and completion must both be text or both messages")
+    completion = _reply(record, "completion", prompt, completion)
     return SFTExample(prompt, completion, record.source, record.line)
 
 
@@ -177,6 +206,8 @@ def parse_preference(record: Record) -> PreferenceExample:
         prompt, chosen, rejected = _split_implicit_prompt(record, chosen, rejected)
     else:
         raise record.error("prompt", "missing field (an implicit prompt needs conversations)")
+    chosen = _reply(record, "chosen", prompt, chosen)
+    rejected = _reply(record, "rejected", prompt, rejected)
     margin = data.get("margin")
     if isinstance(margin, bool):
         raise record.error("margin", f"expected a number, got {margin!r}")
@@ -261,7 +292,10 @@ def parse_ranking(record: Record) -> RankingExample:
     if not isinstance(responses, list) or len(responses) < 2:
         raise record.error("responses", "expected a list of at least 2 responses")
     responses = [
-        _text(record, f"responses[{i}]", r, allow_empty=True) for i, r in enumerate(responses)
+        _reply(
+            record, f"responses[{i}]", prompt, _text(record, f"responses[{i}]", r, allow_empty=True)
+        )
+        for i, r in enumerate(responses)
     ]
     ranking = _require(record, "ranking")
     expected = f"expected a permutation of 0..{len(responses) - 1} (best first), got {ranking!r}"

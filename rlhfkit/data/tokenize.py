@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from rlhfkit.data.formats import Text, is_conversational
+from rlhfkit.errors import RlhfkitError
 
 
 @dataclass
@@ -62,7 +63,16 @@ def render_completion(tokenizer: PreTrainedTokenizerBase, prompt: Text, completi
     prompt_text = render_prompt(tokenizer, prompt)
     full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
     if not full.startswith(prompt_text):
-        raise ValueError("the chat template does not render the prompt as a prefix of the dialogue")
+        # The records are valid (`formats` checks that a response opens with the assistant's
+        # turn); the template rewrites earlier turns once a later one follows (some drop past
+        # reasoning), so the prompt's tokens are not those the response is trained after.
+        raise RlhfkitError(
+            "the tokenizer's chat template renders a prompt differently once a response follows "
+            f"(prompt alone: {prompt_text[-60:]!r}; with the response: "
+            f"{full[: len(prompt_text)][-60:]!r}); conversational responses cannot be trained "
+            "with this template: give text prompts and responses, or a template that renders "
+            "the prompt as a prefix of the dialogue"
+        )
     return full[len(prompt_text) :]
 
 
