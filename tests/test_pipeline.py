@@ -251,10 +251,13 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
     assert "resuming" not in changed.stderr and "resumed from" not in changed.stderr
     assert "starting afresh" in changed.stderr
     assert not stale.exists()
-    assert json.loads((out / ".pipeline.json").read_text()) == {
+    marker = json.loads((out / ".pipeline.json").read_text())
+    assert len(marker.pop("run_id")) == 32  # a new run: stages reading sft's outputs rerun
+    assert marker == {
         "digest": plan(path)[0].digest,
         "status": "done",
         "stage": "sft",
+        "kept": [],
         "outputs": ["config.yaml", "metrics.jsonl", "model", "summary.json"],
     }
     assert "learning_rate: 0.002" in (out / "config.yaml").read_text()
@@ -417,3 +420,158 @@ def test_a_failing_stage_is_named_in_its_error(tmp_path):
     path = _world_stages(tmp_path, names=("w",), corpus_size=0)
     with pytest.raises(ConfigError, match=r"^stage w \(world\): corpus_size: must be at least 1"):
         run(PipelineConfig(file=str(path)))
+
+
+# --- digests and directories (stages faked: `_run_stage` writes the stage's `output`) ---------
+
+
+def _fake_stages(monkeypatch):
+    """Replace running a stage by writing its `output` file (a counter, so each run differs);
+    returns the names of the stages run, in order."""
+    from rlhfkit.recipes import pipeline
+
+    ran = []
+
+    def fake_run(stage, values):
+        ran.append(stage.name)
+        Path(values["output"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(values["output"]).write_text(f"run {len(ran)}\n")
+
+    monkeypatch.setattr(pipeline, "_run_stage", fake_run)
+    return ran
+
+
+def _faked_pipeline(tmp_path, stages: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'r'}\nstages:\n{stages}")
+    return path
+
+
+def _run(path):
+    from rlhfkit.recipes.pipeline import PipelineConfig, run
+
+    run(PipelineConfig(file=str(path)))
+
+
+def test_inputs_in_a_stage_directory_survive_a_fresh_run_and_enter_the_digest(
+    tmp_path, monkeypatch
+):
+    """A user's file in a stage's output_dir before the pipeline first ran there is theirs: a
+    fresh run (changed config) removes the stage's outputs but keeps it (it used to delete it),
+    and editing it reruns the stage (it used to be left out of the digest)."""
+    ran = _fake_stages(monkeypatch)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "prompts.jsonl").write_text('{"prompt": "a"}\n')
+    stage = (
+        f"  - {{name: g, stage: generate, config: {{model: m, prompts: {work}/prompts.jsonl,"
+        f" output: {work}/pairs.jsonl, output_dir: {work}, n: 2}}}}\n"
+    )
+    path = _faked_pipeline(tmp_path, stage)
+    _run(path)
+    _run(path)
+    assert ran == ["g"]  # the second run skipped it
+    path.write_text(path.read_text().replace("n: 2", "n: 3"))
+    _run(path)
+    assert ran == ["g", "g"] and (work / "prompts.jsonl").read_text() == '{"prompt": "a"}\n'
+    assert json.loads((work / ".pipeline.json").read_text())["kept"] == ["prompts.jsonl"]
+    (work / "prompts.jsonl").write_text('{"prompt": "b"}\n')
+    _run(path)
+    assert ran == ["g", "g", "g"] and (work / "prompts.jsonl").exists()
+
+
+def test_a_path_written_out_into_an_earlier_stage_makes_a_dependency(tmp_path, monkeypatch):
+    """`prompts: <root>/a/out.jsonl` reads stage a's output as `${a}/out.jsonl` does: b depends
+    on a (it used to be skipped with a's old outputs after a changed)."""
+    ran = _fake_stages(monkeypatch)
+    root = tmp_path / "r"
+    path = _faked_pipeline(
+        tmp_path,
+        "  - {name: a, stage: generate, config: {model: m, prompts: x, output: '${out}/o.jsonl',"
+        " n: 2}}\n"
+        f"  - {{name: b, stage: generate, config: {{model: m, prompts: {root}/a/o.jsonl,"
+        " output: '${out}/o.jsonl'}}\n",
+    )
+    assert [s.upstream for s in plan(path)] == [(), ("a",)]
+    _run(path)
+    _run(path)
+    assert ran == ["a", "b"]
+    path.write_text(path.read_text().replace("n: 2", "n: 3"))
+    _run(path)
+    assert ran == ["a", "b", "a", "b"]
+
+
+def test_an_earlier_stage_run_again_reruns_the_stages_reading_it(tmp_path, monkeypatch):
+    """A's output removed: a runs again with the same digest, and b, which reads a's new output,
+    runs too (the run id of a's outputs enters b's digest), whereas c, independent, is
+    skipped."""
+    ran = _fake_stages(monkeypatch)
+    path = _faked_pipeline(
+        tmp_path,
+        "  - {name: a, stage: generate, config: {model: m, prompts: x, output: '${out}/o.jsonl'}}\n"
+        "  - {name: b, stage: generate, config: {model: m, prompts: '${a}/o.jsonl',"
+        " output: '${out}/o.jsonl'}}\n"
+        "  - {name: c, stage: generate, config: {model: m, prompts: x,"
+        " output: '${out}/o.jsonl'}}\n",
+    )
+    _run(path)
+    (tmp_path / "r" / "a" / "o.jsonl").unlink()
+    _run(path)
+    assert ran == ["a", "b", "c", "a", "b"]
+
+
+def test_a_file_an_earlier_stage_writes_elsewhere_is_read_when_its_reader_is_decided(
+    tmp_path, monkeypatch
+):
+    """a writes data/pairs.jsonl outside its directory; b names that file directly. Digests are
+    taken when each stage's turn comes, so b sees the file a has just written: it is not
+    skipped on the run that changed a (it used to be, once, with a's old content hashed)."""
+    ran = _fake_stages(monkeypatch)
+    data = tmp_path / "data" / "pairs.jsonl"
+    path = _faked_pipeline(
+        tmp_path,
+        f"  - {{name: a, stage: generate, config: {{model: m, prompts: x, output: {data},"
+        " n: 2}}\n"
+        f"  - {{name: b, stage: generate, config: {{model: m, prompts: {data},"
+        " output: '${out}/o.jsonl'}}\n",
+    )
+    _run(path)
+    _run(path)
+    assert ran == ["a", "b"]
+    path.write_text(path.read_text().replace("n: 2", "n: 3"))
+    _run(path)
+    assert ran == ["a", "b", "a", "b"]
+
+
+def test_the_digest_is_of_the_resolved_config(tmp_path):
+    """Dotted and nested keys, and a key written at its default value, give one digest (the
+    resolved config, defaults included, is hashed), and output_dir may use `${root}`."""
+    from rlhfkit.recipes.dpo import DPOConfig
+
+    beta = DPOConfig().dpo.beta
+    common = "{name: d, stage: dpo, config: {model: m, train_data: t.jsonl, output_dir: '${root}/x'"
+    digests = []
+    for extra in ("", f", dpo.beta: {beta}", f", dpo: {{beta: {beta}}}"):
+        path = _faked_pipeline(tmp_path, f"  - {common}{extra}}}}}\n")
+        (stage,) = plan(path)
+        digests.append(stage.digest)
+    assert len(set(digests)) == 1
+    assert stage.out == tmp_path / "r" / "x"
+    path = _faked_pipeline(tmp_path, f"  - {common}, dpo.beta: {beta * 2}}}}}\n")
+    assert plan(path)[0].digest != digests[0]
+
+
+def test_editing_a_python_reward_reruns_its_stage(tmp_path, monkeypatch):
+    """`gold_reward: python:module:function`: the module's source enters the digest."""
+    module = tmp_path / "my_gold_reward.py"
+    module.write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = _faked_pipeline(
+        tmp_path,
+        "  - {name: e, stage: eval, config: {policies: [p], reference: r, prompts: q.jsonl,"
+        " gold_reward: 'python:my_gold_reward:score'}}\n",
+    )
+    first = plan(path)[0].digest
+    assert plan(path)[0].digest == first
+    module.write_text("def score(prompts, responses):\n    return [1.0] * len(prompts)\n")
+    assert plan(path)[0].digest != first

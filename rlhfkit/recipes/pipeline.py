@@ -17,11 +17,14 @@ the top, in a stage entry or in a stage's config, is an error naming the nearest
 stage needs a directory of its own: two stages' directories may not overlap.
 
 A stage is skipped when its digest is unchanged since it last completed and what it left in its
-directory is still there (`OUT/.pipeline.json` records both): the digest covers its resolved
-config, the input files it names (their content), the local directories it names (the names,
-sizes and modification times of their files, so a model re-created at the same path counts as
-changed) and the digests of the stages it refers to.
-Paths inside a stage directory of this pipeline are left to that stage's digest.
+directory is still there (`OUT/.pipeline.json` records both). The digest is taken when the
+stage's turn comes (so it sees what earlier stages have just written) and covers its resolved
+config (defaults included), the input files it names (their content), the local directories it
+names (the names, sizes and modification times of their files, so a model re-created at the
+same path counts as changed), the source of a `python:module:function` it names, and the run ids
+of the earlier stages it reads (by `${NAME}`, `${root}` or a path into their directories): a
+stage reruns whenever one of those ran again. Paths inside a stage directory of this pipeline
+are left to that stage's run id; what a stage writes (`output*` keys) is not an input.
 
 A stage that runs is either *resumed* or run *afresh*:
 - resumed when it was interrupted (its marker says `running`) with the same digest: a stage with
@@ -29,8 +32,8 @@ A stage that runs is either *resumed* or run *afresh*:
 - afresh otherwise (first run, changed config or inputs, `--from`, or an interrupted run of
   another digest): the outputs of its previous run in its directory are removed first, and a
   stage with an `overwrite` key gets `overwrite=true` (for outputs it keeps elsewhere), so no
-  checkpoint, judgment or model of another configuration is reused. A directory that no pipeline
-  run has marked is left as it is.
+  checkpoint, judgment or model of another configuration is reused. What a directory held
+  before the pipeline first ran a stage in it (a user's data, say) is kept, and hashed as input.
 
 `--from NAME` marks NAME and every stage after it as pending before it runs any, so a plain rerun
 after an interruption finishes what `--from` started. A failing stage's error names the stage.
@@ -45,6 +48,7 @@ import hashlib
 import json
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +96,9 @@ class PlannedStage:
     stage: str
     values: dict[str, Any]
     out: Path
-    digest: str
+    config_digest: str  # the stage kind and its resolved config, defaults included
+    upstream: tuple[str, ...]  # earlier stages whose outputs it reads
+    digest: str = ""  # set by `stage_digest` just before the stage is decided
 
 
 def _substitute(
@@ -138,40 +144,79 @@ def directory_fingerprint(directory: Path) -> str:
     return hasher.hexdigest()
 
 
-def _named_paths(value: str) -> list[Path]:
-    """The local paths a config string may name: itself, PATH in `NAME=PATH` (eval's
-    `policies` and `reference`), or each PATH of `PATH,PATH,...` (a reward-model ensemble)."""
+def _candidate_paths(value: str) -> list[Path]:
+    """The paths a config string may name: itself, PATH in `NAME=PATH` (eval's `policies` and
+    `reference`), or each PATH of `PATH,PATH,...` (a reward-model ensemble)."""
     candidates = [value]
     if "=" in value:
         candidates.append(value.split("=", 1)[1])
     if "," in value:
         candidates.extend(part.strip() for part in value.split(","))
-    return [Path(c) for c in candidates if c and Path(c).exists()]
+    return [Path(c) for c in candidates if c]
 
 
-def _input_digest(value: Any, hasher, stage_dirs: list[Path]) -> None:
-    """Fold every existing input a config value names into the hash: a file's content, a
-    directory's `directory_fingerprint`.
+def _python_source(value: str) -> Path | None:
+    """The source of the module a `python:package.module:function` spec names (a package's
+    directory), so editing a custom reward reruns the stages using it; None if not found."""
+    import importlib.util
+
+    module = value[len("python:") :].rsplit(":", 1)[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None  # the stage itself reports the bad spec
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    origin = Path(spec.origin)
+    return origin.parent if origin.name == "__init__.py" else origin
+
+
+def _strings(value: Any):
+    """Every string in a config value (nested lists and mappings included)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+
+
+def _referenced_stages(values: dict[str, Any], outputs: dict[str, Path]) -> set[str]:
+    """Earlier stages whose directories the config names by a path, written out rather than as
+    `${NAME}`: a path inside one reads that stage's outputs, a path holding some reads all."""
+    dirs = {name: out.resolve() for name, out in outputs.items()}
+    found = set()
+    for text in _strings(values):
+        for path in _candidate_paths(text):
+            resolved = path.resolve()
+            found.update(n for n, d in dirs.items() if _within(resolved, d) or _within(d, resolved))
+    return found
+
+
+def _input_digest(values: dict[str, Any], hasher, stage_dirs: list[Path], own: list[Path]) -> None:
+    """Fold every existing input the config names into the hash: a file's content, a
+    directory's `directory_fingerprint`, the source of a `python:module:function`.
 
     Paths inside a stage directory of this pipeline (the stage's own: its outputs; an earlier
-    stage's: that stage's digest already stands for them) are left out: they may not exist yet
-    when the pipeline is planned, and hashing them on a later run only would rerun a stage that
-    did not change. So is a directory holding a stage directory (`${root}`)."""
-    if isinstance(value, str):
-        for path in _named_paths(value):
+    stage's: that stage's run stands for them) are left out: they may not exist yet when the
+    pipeline is planned, and hashing them on a later run only would rerun a stage that did not
+    change. So is a directory holding a stage directory (`${root}`). `own` are the entries that
+    were in the stage's directory before it first ran (inputs of the user's, kept): hashed."""
+    for text in _strings(values):
+        paths = [p for p in _candidate_paths(text) if p.exists()]
+        if text.startswith("python:") and (source := _python_source(text)) is not None:
+            paths.append(source)
+        for path in paths:
             resolved = path.resolve()
-            if any(_within(resolved, d) or _within(d, resolved) for d in stage_dirs):
+            kept = any(_within(resolved, entry) for entry in own)
+            if not kept and any(_within(resolved, d) or _within(d, resolved) for d in stage_dirs):
                 continue
             if path.is_file():
                 hasher.update(path.read_bytes())
             elif path.is_dir():
                 hasher.update(directory_fingerprint(path).encode())
-    elif isinstance(value, list):
-        for v in value:
-            _input_digest(v, hasher, stage_dirs)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _input_digest(v, hasher, stage_dirs)
 
 
 def _read_spec(path: Path) -> PipelineFile:
@@ -224,7 +269,6 @@ def plan(path: Path) -> list[PlannedStage]:
     top = _read_spec(path)
     root = Path(top.output_dir)
     outputs: dict[str, Path] = {}
-    digests: dict[str, str] = {}
     planned = []
     for index, raw in enumerate(top.stages, start=1):
         where = f"{path}: stages[{index}]"
@@ -238,25 +282,66 @@ def plan(path: Path) -> list[PlannedStage]:
         if name in outputs:
             raise ConfigError(f"{where}: stage name {name!r} is used twice")
         values = dict(entry.config or {})
-        out = Path(values.get("output_dir") or root / name)
-        _check_directory(out, root, outputs, f"{where} ({name})")
         used: set[str] = set()
+        out = root / name
+        if values.get("output_dir"):
+            if "${out}" in str(values["output_dir"]):
+                raise ConfigError(f"{where} ({name}): output_dir: cannot name ${{out}} (itself)")
+            out = Path(_substitute(str(values["output_dir"]), outputs, out, root, used))
+        _check_directory(out, root, outputs, f"{where} ({name})")
         values = _substitute(values, outputs, out, root, used)
+        used |= _referenced_stages(values, outputs)
         cls = _config_class(kind)
         if "output_dir" in _field_names(cls):
             values["output_dir"] = str(out)
         try:
-            build(cls, _nest(values))
+            config = build(cls, _nest(values))
         except ConfigError as err:
             raise ConfigError(f"{where} ({name}): {err}") from None
-        hasher = hashlib.sha256(json.dumps([kind, values], sort_keys=True, default=str).encode())
-        stage_dirs = [d.resolve() for d in (out, *outputs.values())]
-        _input_digest(values, hasher, stage_dirs)
-        for ref in sorted(used):
-            hasher.update(digests[ref].encode())
-        outputs[name], digests[name] = out, hasher.hexdigest()
-        planned.append(PlannedStage(name, kind, values, out, digests[name]))
+        # The resolved config (defaults included; `dpo.beta: 0.1` and `dpo: {beta: 0.1}` alike),
+        # so a default that changes between versions reruns the stage rather than resuming it.
+        resolved = json.dumps([kind, dataclasses.asdict(config)], sort_keys=True, default=str)
+        outputs[name] = out
+        stage = PlannedStage(
+            name, kind, values, out, hashlib.sha256(resolved.encode()).hexdigest(),
+            tuple(sorted(used)),
+        )  # fmt: skip
+        planned.append(stage)
+        # Provisional (the run recomputes it when the stage's turn comes): earlier stages stand
+        # for their runs by their digests.
+        stage.digest = stage_digest(stage, planned, {s.name: s.digest for s in planned})
     return planned
+
+
+def _kept_entries(out: Path) -> list[str]:
+    """What of the user's `out` held before the pipeline first ran a stage in it: kept by a
+    fresh run's clearing and hashed as inputs. A marked directory says (its marker's `kept`);
+    an unmarked one holds only such entries."""
+    record = _read_marker(out)
+    if record is None:
+        return _outputs(out) if out.is_dir() else []
+    kept = record.get("kept", [])
+    return [k for k in kept if isinstance(k, str)] if isinstance(kept, list) else []
+
+
+def stage_digest(stage: PlannedStage, planned: list[PlannedStage], runs: dict[str, str]) -> str:
+    """The stage's digest, taken just before it is decided (inputs an earlier stage of this run
+    wrote are read as they are now): its resolved config, the content of the inputs it names and
+    the run ids (`runs`) of the earlier stages it reads, so it reruns whenever one of them ran
+    again, even to the same digest. `planned`: the pipeline's stages up to this one or further."""
+    upto = next(i for i, s in enumerate(planned) if s is stage)
+    hasher = hashlib.sha256(stage.config_digest.encode())
+    stage_dirs = [s.out.resolve() for s in planned[: upto + 1]]
+    own = [(stage.out / entry).resolve() for entry in _kept_entries(stage.out)]
+    # What the stage writes (`output`, `judgments_output`, `output_dir`) is not an input, even
+    # where it lies outside any stage directory and exists from the last run.
+    inputs = {
+        k: v for k, v in stage.values.items() if not k.endswith("output") and k != "output_dir"
+    }
+    _input_digest(inputs, hasher, stage_dirs, own)
+    for ref in stage.upstream:
+        hasher.update(f"{ref}={runs[ref]}".encode())
+    return hasher.hexdigest()
 
 
 def _nest(values: dict[str, Any]) -> dict[str, Any]:
@@ -304,11 +389,13 @@ def _outputs(out: Path) -> list[str]:
     )
 
 
-def _write_marker(stage: PlannedStage, status: str) -> None:
+def _write_marker(stage: PlannedStage, status: str, run_id: str = "") -> None:
+    kept = _kept_entries(stage.out)
     stage.out.mkdir(parents=True, exist_ok=True)
-    record = {"digest": stage.digest, "status": status, "stage": stage.stage}
+    record = {"digest": stage.digest, "status": status, "stage": stage.stage, "kept": kept}
     if status == "done":
         record["outputs"] = _outputs(stage.out)
+        record["run_id"] = run_id
     tmp = stage.out / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(record))
     tmp.replace(stage.out / MARKER)
@@ -327,9 +414,12 @@ def decide(
     return {"done": "skip", "running": "resume"}.get(record.get("status"), "fresh")
 
 
-def _clear(directory: Path) -> None:
-    """Remove everything inside `directory` (the directory itself stays)."""
+def _clear(directory: Path, keep: list[str]) -> None:
+    """Remove everything inside `directory` but the entries `keep` (the user's, there before
+    the pipeline first ran a stage in it) and the marker; the directory itself stays."""
     for entry in directory.iterdir():
+        if entry.name in keep or entry.name == MARKER:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -372,15 +462,19 @@ def run(config: PipelineConfig) -> int:
         for stage in stages[first_forced:]:
             if _read_marker(stage.out) is not None:
                 _write_marker(stage, "pending")
+    runs: dict[str, str] = {}  # stage name -> id of the run its outputs are from
     for index, stage in enumerate(stages):
+        stage.digest = stage_digest(stage, stages, runs)
         record = _read_marker(stage.out)
         present = _outputs(stage.out) if stage.out.is_dir() else []
         action = decide(record, stage.digest, forced=index >= first_forced, present=present)
         if action == "skip":
+            runs[stage.name] = str(record.get("run_id") or record.get("digest"))
             console.print(
                 f"[dim]skip[/] {stage.name} ({stage.stage}): unchanged since it completed"
             )
             continue
+        runs[stage.name] = uuid.uuid4().hex
         fields = _field_names(_config_class(stage.stage))
         values = dict(stage.values)
         note = ""
@@ -405,9 +499,9 @@ def run(config: PipelineConfig) -> int:
             continue
         console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")
         if action == "fresh" and record is not None:
-            _clear(stage.out)
+            _clear(stage.out, keep=_kept_entries(stage.out))
             console.print(f"[dim]removed the previous run's outputs in {stage.out}[/]")
         _write_marker(stage, "running")
         _run_stage(stage, values)
-        _write_marker(stage, "done")
+        _write_marker(stage, "done", run_id=runs[stage.name])
     return 0
