@@ -389,6 +389,24 @@ def test_lora_with_precomputed_reference_caches_the_base_models_logps(
     assert row["loss"] == pytest.approx(math.log(2), rel=1e-5)
 
 
+def test_a_frozen_reference_runs_under_the_policys_bf16_autocast(tiny_model, dpo_data, tmp_path):
+    """`mixed_precision=bf16`: accelerate runs the prepared policy under bf16 autocast. The
+    frozen reference copy (`dpo.precompute_ref=false`), not prepared, ran in fp32, so at step 1,
+    where policy == reference on the same batch, the rewards were ~1e-2 instead of 0."""
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "bf16"
+    AcceleratorState._reset_state(reset_partial_state=True)  # other tests made one without bf16
+    try:
+        train(_config(tiny_model, dpo_data, out, "max_steps=1", "mixed_precision=bf16",
+                      "dpo.precompute_ref=false", "dpo.beta=1.0"))  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    row = _rows(out)[0]
+    for key in ("rewards/chosen", "rewards/rejected", "kl"):
+        assert row[key] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_reference_sources(tiny_model):
     full = _policy(tiny_model)
     assert reference_kind(full, "", initial=True) == "initial-policy"

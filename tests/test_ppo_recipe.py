@@ -97,6 +97,21 @@ def test_first_step_kl_is_zero_with_a_non_default_attention_kernel(
     assert read_metrics(out)[0]["kl"] == 0.0
 
 
+def test_first_step_kl_is_zero_under_bf16_mixed_precision(tiny_model, prompt_file, tmp_path):
+    """accelerate runs the prepared policy under bf16 autocast; the frozen reference copy, not
+    prepared, ran in fp32, so step 1's KL was ~1e-2 instead of 0. It now runs under the same
+    autocast."""
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "bf16"
+    AcceleratorState._reset_state(reset_partial_state=True)  # other tests made one without bf16
+    try:
+        train(ppo_config(tiny_model, prompt_file, out, "max_steps=1", "mixed_precision=bf16"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert read_metrics(out)[0]["kl"] == 0.0
+
+
 def test_rollouts_give_the_reward_model_conversations_and_unfinished_rows(tiny_model, tmp_path):
     """An rlhfkit reward model gets each row's prompt as loaded (a conversation, which it renders
     and answers as the assistant's turn, as `rm` trained on it) and whether the row ended with

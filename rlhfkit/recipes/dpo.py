@@ -749,6 +749,7 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch,
         "reference": options.reference,
         "dtype": config.dtype,
         "attn_implementation": config.attn_implementation or None,
+        "autocast": acc.autocast,
     }
     if not options.precompute_ref:
         ref_fn = _enter_reference(stack, policy, options.reference, False, reference_args)

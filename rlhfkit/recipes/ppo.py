@@ -683,8 +683,9 @@ def train(config: PPOConfig) -> dict:
         return model(**rows, temperature=config.temperature, **kwargs)
 
     def reference_forward(rows: dict) -> dict[str, torch.Tensor]:
-        if reference is not None:
-            return reference(**rows, temperature=config.temperature)
+        if reference is not None:  # not prepared: under the policy's mixed-precision autocast
+            with acc.autocast():
+                return reference(**rows, temperature=config.temperature)
         with unwrapped.lm.disable_adapter():  # LoRA: the base model is the reference
             return unwrapped(**rows, temperature=config.temperature, with_values=False)
 

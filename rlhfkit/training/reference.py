@@ -17,7 +17,8 @@ Every source is used the same way: ``with reference_logprobs(...) as ref: ref(**
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -46,12 +47,12 @@ def load_frozen_reference(
     return TokenLogprobs(lm).eval()
 
 
-def _no_grad_call(module: TokenLogprobs) -> RefFn:
+def _no_grad_call(module: TokenLogprobs, autocast: Callable[[], ContextManager]) -> RefFn:
     def call(**batch: torch.Tensor) -> dict[str, torch.Tensor]:
         was_training = module.training
         module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 return module(**batch)
         finally:
             module.train(was_training)
@@ -59,8 +60,8 @@ def _no_grad_call(module: TokenLogprobs) -> RefFn:
     return call
 
 
-def _adapters_off_call(policy: TokenLogprobs) -> RefFn:
-    base_call = _no_grad_call(policy)
+def _adapters_off_call(policy: TokenLogprobs, autocast: Callable[[], ContextManager]) -> RefFn:
+    base_call = _no_grad_call(policy, autocast)
 
     def call(**batch: torch.Tensor) -> dict[str, torch.Tensor]:
         with policy.lm.disable_adapter():
@@ -93,6 +94,7 @@ def reference_logprobs(
     initial: bool = False,
     dtype: str = "auto",
     attn_implementation: str | None = None,
+    autocast: Callable[[], ContextManager] = nullcontext,
 ) -> Iterator[RefFn]:
     """Yield a function `(**batch) -> {"logprobs": (B, T)}` of the reference policy.
 
@@ -103,13 +105,16 @@ def reference_logprobs(
         initial: The policy still holds the starting weights (allows `initial-policy`).
         dtype: Weight dtype of a frozen copy.
         attn_implementation: Attention kernel of a frozen copy.
+        autocast: The policy's mixed-precision context (`accelerator.autocast`): a frozen copy
+            is not prepared by accelerate, and computed in fp32 next to a bf16-autocast policy
+            its log-probs differ from the starting policy's (a non-zero KL at step 0).
     """
     kind = reference_kind(policy, reference, initial=initial)
     if kind == "adapters-disabled":
-        yield _adapters_off_call(policy)
+        yield _adapters_off_call(policy, autocast)
         return
     if kind == "initial-policy":
-        yield _no_grad_call(policy)
+        yield _no_grad_call(policy, autocast)
         return
     device = next(policy.parameters()).device
     frozen = load_frozen_reference(
@@ -119,6 +124,6 @@ def reference_logprobs(
         device=device,
     )
     try:
-        yield _no_grad_call(frozen)
+        yield _no_grad_call(frozen, autocast)
     finally:
         del frozen
