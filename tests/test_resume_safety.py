@@ -390,20 +390,45 @@ def test_ppo_resumed_at_its_last_step_writes_the_uninterrupted_summary(
     """A run killed after its final checkpoint but before summary.json (and a finished run
     resumed again) runs no step; its summary's end numbers (reward, KL, the adaptive KL
     coefficient, gold reward) come from the checkpoint, so they equal the uninterrupted run's
-    instead of NaN, and summary.json is strict JSON. A changed PPO key is refused."""
+    instead of NaN, and summary.json is strict JSON; metrics.jsonl and samples.jsonl equal the
+    uninterrupted run's. A changed PPO key is refused."""
     out = tmp_path / "out"
-    ppo.train(_ppo_config(tiny_model, prompt_file, out))
+    evaluated = (f"eval_data={prompt_file}",)
+    ppo.train(_ppo_config(tiny_model, prompt_file, out, *evaluated))
     text = (out / "summary.json").read_text()
     finished = _strict_loads(text)
     assert all(math.isfinite(finished[k]) for k in ("reward_end", "kl_end", "kl_coef_end"))
     assert finished["kl_coef_end"] != 0.05  # adapted, so it must come from the saved state
     finished_weights = _weights(out)
+    logs = {name: (out / name).read_text() for name in ("metrics.jsonl", "samples.jsonl")}
+    assert '"eval_' in logs["metrics.jsonl"].splitlines()[-1]  # the end evaluation, logged last
 
     _as_if_killed_after(out, 2, before=set())
-    ppo.train(_ppo_config(tiny_model, prompt_file, out, "resume=true"))
+    with (out / "samples.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "prompt": "torn by the ki')  # a kill mid-write
+    ppo.train(_ppo_config(tiny_model, prompt_file, out, *evaluated, "resume=true"))
     assert (out / "summary.json").read_text() == text
+    # Cut back to their bytes at the checkpoint: no torn line (it made json.loads fail), no
+    # second end evaluation (it was logged after the checkpoint, and again by the resumed run).
+    assert {name: (out / name).read_text() for name in logs} == logs
     resumed = _weights(out)
     assert all((finished_weights[k] == resumed[k]).all() for k in finished_weights)
 
     with pytest.raises(ConfigError, match=r"ppo\.kl_coef: 0\.05 -> 0\.1.*resume=false"):
         ppo.train(_ppo_config(tiny_model, prompt_file, out, "resume=true", "ppo.kl_coef=0.1"))
+
+
+def test_cut_log_keeps_the_checkpoints_bytes_or_else_whole_lines_up_to_its_step(tmp_path):
+    """With the byte length saved at the checkpoint (24: the first two 12-byte lines) the log is
+    cut exactly there, dropping a same-step row logged after it; without it (an older
+    checkpoint) lines past the step and a torn last line are dropped."""
+    from rlhfkit.training.run import cut_log
+
+    lines = ['{"step": 1}\n', '{"step": 2}\n', '{"step": 2, "eval_loss": 1}\n', '{"step": 3}\n']
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(lines) + '{"step": 4, "lo')
+    cut_log(path, after_step=2, size=24)
+    assert path.read_text() == "".join(lines[:2])
+    path.write_text("".join(lines) + '{"step": 4, "lo')
+    cut_log(path, after_step=3, size=None)
+    assert path.read_text() == "".join(lines)

@@ -83,9 +83,9 @@ from rlhfkit.models.value_model import (
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.rollout.fast_sampling import RowNoise, positions_from_mask, sample_with_logprobs
 from rlhfkit.training.batches import BatchPlan
-from rlhfkit.training.checkpoint import save_checkpoint
+from rlhfkit.training.checkpoint import LOGS_FIELD, save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
-from rlhfkit.training.run import Run, check_finite, write_text_atomically
+from rlhfkit.training.run import Run, check_finite, cut_log
 from rlhfkit.training.setup import checked_plan, resume_state
 from rlhfkit.training.steps import global_sum, optimizer_step
 
@@ -698,7 +698,7 @@ def train(config: PPOConfig) -> dict:
     if saved is not None:
         start_step, state = saved["step"], saved["state"]
         kl_ctl.load_state_dict(saved["kl_ctl"])
-        _truncate_samples(run, start_step)
+        _truncate_samples(run, start_step, saved.get(LOGS_FIELD, {}).get("samples.jsonl"))
     else:
         if run.is_main and (run.out / "samples.jsonl").exists():
             (run.out / "samples.jsonl").unlink()
@@ -1058,17 +1058,10 @@ def _write_samples(run: Run, step: int, batch: RolloutBatch, scores, sequence_kl
             handle.write(json.dumps(row) + "\n")
 
 
-def _truncate_samples(run: Run, after_step: int) -> None:
-    """On resume, drop samples past the checkpoint (atomically, as metrics.jsonl)."""
-    path = run.out / "samples.jsonl"
-    if not run.is_main or not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= after_step
-    ]
-    write_text_atomically(path, "".join(line + "\n" for line in kept))
+def _truncate_samples(run: Run, after_step: int, size: int | None) -> None:
+    """On resume, cut samples.jsonl back to the checkpoint, as metrics.jsonl (`cut_log`)."""
+    if run.is_main:
+        cut_log(run.out / "samples.jsonl", after_step, size)
 
 
 __all__ = [

@@ -30,6 +30,8 @@ from accelerate import Accelerator
 STATE_FILE = "trainer_state.json"
 RECORD_FIELD = "run_config"  # the config record's field in trainer_state.json
 PROCESSES_FIELD = "num_processes"  # how many processes wrote the checkpoint
+LOGS_FIELD = "log_bytes"  # byte length of each append-only log in OUT when it was saved
+LOG_FILES = ("metrics.jsonl", "samples.jsonl")
 
 # Keys that may change between a run and its resumption without changing what it computes:
 # where it writes, what it shows and logs, how often it checkpoints, recomputing activations in
@@ -176,10 +178,10 @@ def save_checkpoint(
     """Save a resumable checkpoint after optimizer step `step` (all processes must call this).
 
     `trainer_state.json` gets the step, `state`, the config record of the run (read from
-    `root.parent / "config.yaml"`, which `Run` writes for every run) and the number of
-    processes. Then all but the newest
-    `keep` checkpoints that this run could resume from are deleted; checkpoints it could not
-    resume from (another config's) are neither counted nor deleted.
+    `root.parent / "config.yaml"`, which `Run` writes for every run), the number of processes
+    and the byte length of the run's logs (`LOG_FILES`, cut back to it on resume). Then all
+    but the newest `keep` checkpoints that this run could resume from are deleted; checkpoints
+    it could not resume from (another config's) are neither counted nor deleted.
     """
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -196,6 +198,8 @@ def save_checkpoint(
         with open(tmp / STATE_FILE, "w") as handle:
             saved = {"step": step, **state, RECORD_FIELD: record}
             saved[PROCESSES_FIELD] = accelerator.num_processes
+            logs = [root.parent / name for name in LOG_FILES]
+            saved[LOGS_FIELD] = {log.name: log.stat().st_size for log in logs if log.exists()}
             json.dump(saved, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())

@@ -141,16 +141,10 @@ class Run:
             console.print(*args)
 
     # --- metrics -----------------------------------------------------------------------------
-    def truncate_metrics(self, after_step: int) -> None:
-        """On resume, drop log lines past the checkpoint so the log equals an uninterrupted run."""
-        if not self.is_main or not self.metrics_path.exists():
-            return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= after_step
-        ]
-        write_text_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
+    def truncate_metrics(self, after_step: int, size: int | None = None) -> None:
+        """On resume, cut metrics.jsonl back to the checkpoint (`cut_log`)."""
+        if self.is_main:
+            cut_log(self.metrics_path, after_step, size)
 
     def reset_metrics(self) -> None:
         if self.is_main and self.metrics_path.exists():
@@ -274,6 +268,33 @@ def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
             replaced += inner
         return out_list, replaced
     return value, []
+
+
+def cut_log(path: Path, after_step: int, size: int | None) -> None:
+    """On resume, cut an append-only JSONL log (metrics.jsonl, samples.jsonl) back to what it
+    held when the checkpoint was saved, so it ends as an uninterrupted run's would.
+
+    `size` is the file's byte length then (`trainer_state.json`'s `log_bytes`): cutting there
+    also drops what was logged after the checkpoint at the same step (the final evaluation of a
+    run resumed at its last step, or extended past it) and a last line torn by a kill. Without
+    it (an older checkpoint, or a log shorter than recorded) lines past `after_step` are
+    dropped, and so are lines that do not parse."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if size is not None and len(data) >= size:
+        kept = data[:size].decode()
+    else:
+        lines = []
+        for line in data.decode(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by a kill mid-write
+            if isinstance(row, dict) and row.get("step", 0) <= after_step:
+                lines.append(line + "\n")
+        kept = "".join(lines)
+    write_text_atomically(path, kept)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

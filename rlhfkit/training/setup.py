@@ -19,6 +19,7 @@ from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import (
+    LOGS_FIELD,
     PROCESSES_FIELD,
     RECORD_FIELD,
     checkpoint_step,
@@ -104,7 +105,7 @@ def resume_state(run: Run, config: TrainConfig) -> dict | None:
         check_process_count(last, run.accelerator.num_processes)
         run.write_config()
         state = load_checkpoint(run.accelerator, last)
-        run.truncate_metrics(state["step"])
+        run.truncate_metrics(state["step"], state.get(LOGS_FIELD, {}).get("metrics.jsonl"))
         run.print(f"resumed from {last} at step {state['step']}")
         return state
     if config.resume:
