@@ -432,3 +432,24 @@ def test_cut_log_keeps_the_checkpoints_bytes_or_else_whole_lines_up_to_its_step(
     path.write_text("".join(lines) + '{"step": 4, "lo')
     cut_log(path, after_step=3, size=None)
     assert path.read_text() == "".join(lines)
+
+
+def test_resume_refuses_training_data_changed_since_the_checkpoint(tiny_model, sft_data, tmp_path):
+    """Same `train_data` path, other content: with one record more the plan has another length
+    and step s other examples (the schedule's total moves: lr at each step changes); with one
+    record edited, step s trains other tokens. Either is refused in one line, before loading."""
+    data = tmp_path / "sft.jsonl"
+    data.write_bytes(Path(sft_data).read_bytes())
+    out = tmp_path / "out"
+    sft.train(_sft_config(tiny_model, str(data), out, "max_steps=2", "save_steps=1"))
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines + lines[:1]))
+    grown = r"train_data: .*step-00000002 was written for \d+ training examples and the data now"
+    with pytest.raises(ConfigError, match=grown + r" gives \d+; .*resume=false"):
+        sft.train(_sft_config(tiny_model, str(data), out, "max_steps=2", "resume=true"))
+    data.write_text("".join([lines[0].replace("a", "b", 1)] + lines[1:]))
+    assert data.read_text() != "".join(lines)
+    with pytest.raises(ConfigError, match=r"train_data: its content changed since .*step-0000"):
+        sft.train(_sft_config(tiny_model, str(data), out, "max_steps=2", "resume=true"))
+    data.write_text("".join(lines))
+    sft.train(_sft_config(tiny_model, str(data), out, "max_steps=2", "resume=true"))

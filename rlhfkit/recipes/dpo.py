@@ -851,8 +851,9 @@ def _train_loop(
                 run.log(done, run_eval())
             if (config.save_steps and done % config.save_steps == 0) or done == plan.total_steps:
                 save_checkpoint(
-                    acc, run.checkpoints, done, {"totals": totals}, keep=config.save_total_limit
-                )
+                    acc, run.checkpoints, done, {"totals": totals},
+                    keep=config.save_total_limit, data=run.data_record,
+                )  # fmt: skip
 
     summary = {
         "train_loss": totals["loss_sum"] / max(totals["loss_steps"], 1),

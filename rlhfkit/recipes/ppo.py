@@ -896,6 +896,7 @@ def train(config: PPOConfig) -> dict:
                     done,
                     {"state": state, "kl_ctl": kl_ctl.state_dict()},
                     keep=config.save_total_limit,
+                    data=run.data_record,
                 )
 
     summary = _summary(state, plan.total_steps)

@@ -548,8 +548,9 @@ def train(config: RMConfig) -> dict:
                 totals["seconds"] += time.perf_counter() - loop_start
                 loop_start = time.perf_counter()
                 save_checkpoint(
-                    acc, run.checkpoints, done, {"totals": totals}, keep=config.save_total_limit
-                )
+                    acc, run.checkpoints, done, {"totals": totals},
+                    keep=config.save_total_limit, data=run.data_record,
+                )  # fmt: skip
                 loop_start = time.perf_counter()
 
     steps = max(totals["loss_steps"], 1)

@@ -225,8 +225,9 @@ def train(config: SFTConfig) -> dict:
                 )
             if (config.save_steps and done % config.save_steps == 0) or done == plan.total_steps:
                 save_checkpoint(
-                    acc, run.checkpoints, done, {"totals": totals}, keep=config.save_total_limit
-                )
+                    acc, run.checkpoints, done, {"totals": totals},
+                    keep=config.save_total_limit, data=run.data_record,
+                )  # fmt: skip
 
     summary = {
         "train_loss": totals["loss_sum"] / max(totals["loss_steps"], 1),

@@ -32,6 +32,7 @@ RECORD_FIELD = "run_config"  # the config record's field in trainer_state.json
 PROCESSES_FIELD = "num_processes"  # how many processes wrote the checkpoint
 LOGS_FIELD = "log_bytes"  # byte length of each append-only log in OUT when it was saved
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
+DATA_FIELD = "train_data"  # what the training data was (`setup.data_record`)
 
 # Keys that may change between a run and its resumption without changing what it computes:
 # where it writes, what it shows and logs, how often it checkpoints, recomputing activations in
@@ -173,13 +174,20 @@ def remove_checkpoints(root: Path) -> list[str]:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, root: Path, step: int, state: dict[str, Any], *, keep: int = 2
+    accelerator: Accelerator,
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    *,
+    keep: int = 2,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Save a resumable checkpoint after optimizer step `step` (all processes must call this).
 
     `trainer_state.json` gets the step, `state`, the config record of the run (read from
     `root.parent / "config.yaml"`, which `Run` writes for every run), the number of processes
-    and the byte length of the run's logs (`LOG_FILES`, cut back to it on resume). Then all
+    the byte length of the run's logs (`LOG_FILES`, cut back to it on resume) and `data`, what
+    the training data was (`setup.data_record`, checked on resume). Then all
     but the newest `keep` checkpoints that this run could resume from are deleted; checkpoints
     it could not resume from (another config's) are neither counted nor deleted.
     """
@@ -200,6 +208,8 @@ def save_checkpoint(
             saved[PROCESSES_FIELD] = accelerator.num_processes
             logs = [root.parent / name for name in LOG_FILES]
             saved[LOGS_FIELD] = {log.name: log.stat().st_size for log in logs if log.exists()}
+            if data is not None:
+                saved[DATA_FIELD] = data
             json.dump(saved, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())

@@ -107,6 +107,7 @@ class Run:
         check_output_stage(self.out, stage)
         set_seed(config.seed)
         self._config_written = False
+        self.data_record: dict[str, Any] | None = None  # set by `setup.checked_plan`
         if getattr(config, "report_to", None) and self.accelerator.log_with:
             self.accelerator.init_trackers(
                 f"rlhfkit-{stage}", config=_flat(dataclasses.asdict(config))

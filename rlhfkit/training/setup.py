@@ -10,7 +10,9 @@ of them can be picked up by a later resume.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -19,6 +21,7 @@ from rlhfkit.config import TrainConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import (
+    DATA_FIELD,
     LOGS_FIELD,
     PROCESSES_FIELD,
     RECORD_FIELD,
@@ -35,11 +38,13 @@ from rlhfkit.training.run import Run
 
 
 def checked_plan(run: Run, plan: BatchPlan, unit: str = "examples") -> BatchPlan:
-    """Fail clearly when the data is smaller than one global batch; say what each epoch drops."""
+    """Fail clearly when the data is smaller than one global batch; say what each epoch drops.
+    Records what checkpoints store of the data (`data_record`) on `run`."""
     try:
         plan.check()
     except ValueError as err:
         raise ConfigError(f"train_data: {err}") from None
+    run.data_record = data_record(run.config.train_data, plan.num_examples, unit)
     if plan.dropped_per_epoch:
         run.print(
             f"each epoch leaves out the last {plan.dropped_per_epoch} {unit} of its shuffled "
@@ -103,6 +108,7 @@ def resume_state(run: Run, config: TrainConfig) -> dict | None:
     if config.resume and last is not None:
         check_resumable(last, current_record(run))
         check_process_count(last, run.accelerator.num_processes)
+        check_same_data(last, run.data_record)
         run.write_config()
         state = load_checkpoint(run.accelerator, last)
         run.truncate_metrics(state["step"], state.get(LOGS_FIELD, {}).get("metrics.jsonl"))
@@ -129,6 +135,42 @@ def current_record(run: Run) -> dict:
     equals the record read back from the file the run writes once this check has passed."""
     resolved = yaml.safe_load(yaml.safe_dump(run.resolved_config(), sort_keys=False))
     return config_record(resolved)
+
+
+def data_record(spec: str, examples: int, unit: str) -> dict[str, Any]:
+    """What a checkpoint stores of its training data: the number of examples the batches are
+    drawn from and, for a local file, the sha256 of its bytes (a hub dataset or a directory is
+    known by its name only, in the config record)."""
+    record: dict[str, Any] = {"examples": examples, "unit": unit}
+    path = Path(spec)
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        record["sha256"] = digest.hexdigest()
+    return record
+
+
+def check_same_data(checkpoint: Path, current: dict[str, Any] | None) -> None:
+    """Raise a one-line `ConfigError` when the training data changed since `checkpoint` was
+    written (same `train_data` path, other content): step s would then read other examples and
+    an `epochs` run would have another length, so continuing is not the run it claims to be.
+    Checkpoints of an older rlhfkit record no data and are not checked."""
+    saved = read_trainer_state(checkpoint).get(DATA_FIELD)
+    if not saved or not current:
+        return
+    fresh = "restore it to continue, or start a fresh run with resume=false"
+    if saved.get("examples") != current["examples"]:
+        raise ConfigError(
+            f"train_data: {checkpoint} was written for {saved.get('examples')} training "
+            f"{current['unit']} and the data now gives {current['examples']}; {fresh}"
+        )
+    if "sha256" in saved and "sha256" in current and saved["sha256"] != current["sha256"]:
+        raise ConfigError(
+            f"train_data: its content changed since {checkpoint} was written (same number of "
+            f"{current['unit']}, other bytes); {fresh}"
+        )
 
 
 def check_process_count(checkpoint: Path, num_processes: int) -> None:
