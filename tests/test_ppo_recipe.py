@@ -237,6 +237,18 @@ def test_estimator_needs_k_samples(tiny_model, prompt_file, tmp_path):
         train(ppo_config(tiny_model, prompt_file, tmp_path, "ppo.advantage_estimator=rloo"))
 
 
+def test_adaptive_kl_from_a_zero_coefficient_is_refused_before_loading(prompt_file, tmp_path):
+    """β ← β(1 + e·n/horizon) stays 0 from 0: `ppo.target_kl` with `ppo.kl_coef=0` was a
+    ValueError traceback after every model had loaded; now one line naming the key, first
+    (the model path does not even exist)."""
+    from rlhfkit.errors import ConfigError
+
+    config = ppo_config(tmp_path / "no-model", prompt_file, tmp_path, "ppo.kl_coef=0",
+                        "ppo.target_kl=6")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ppo\.kl_coef: the adaptive controller .* got 0\.0"):
+        train(config)
+
+
 def test_value_head_on_policy_and_ptx(tiny_model, prompt_file, sft_data, tmp_path):
     summary = train(
         ppo_config(

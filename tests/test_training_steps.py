@@ -77,3 +77,35 @@ def test_a_step_without_gradients_reports_norm_zero():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.05)
     for old, new in zip(before, model.parameters(), strict=True):
         torch.testing.assert_close(new.detach().cpu(), old)
+
+
+class _FP16Overflow:
+    """What an fp16 accelerator reports after a step its loss scaler skipped (gradients held
+    inf), with gradients scaled by 4 until `unscale_gradients` divides them back."""
+
+    optimizer_step_was_skipped = True
+
+    def __init__(self, model):
+        self.model, self.unscaled = model, False
+
+    def unscale_gradients(self):
+        for p in self.model.parameters():
+            p.grad /= 4
+        self.unscaled = True
+
+
+def test_an_fp16_step_the_scaler_skipped_leaves_the_schedule_and_reports_the_unscaled_norm():
+    """lr_s = 0.1 / (s + 1). A skipped step must not advance the schedule (the next real update
+    would otherwise use 0.05, the rate of an update that never happened), and with clipping off
+    the reported norm is of the unscaled gradients: scaled by 4 they read 12, unscaled 3."""
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    (4 * model(torch.tensor([[2.0, 2.0]])).sum()).backward()
+    accelerator = _FP16Overflow(model)
+    grad_norm, lr = optimizer_step(accelerator, model, optimizer, scheduler, 0.0)
+    assert accelerator.unscaled and grad_norm == pytest.approx(3.0, rel=1e-6)
+    assert lr == 0.1 and scheduler.get_last_lr() == [0.1]  # not stepped (would be 0.05)

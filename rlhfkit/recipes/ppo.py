@@ -508,6 +508,12 @@ def _validate(config: PPOConfig) -> None:
         )
     if options.ptx_coef > 0 and not options.ptx_data:
         raise ConfigError("ppo.ptx_data: ptx_coef > 0 needs SFT data to mix in")
+    if options.target_kl > 0 and options.kl_coef <= 0:
+        raise ConfigError(
+            f"ppo.kl_coef: the adaptive controller (ppo.target_kl={options.target_kl}) scales "
+            f"the coefficient multiplicatively, so it must start above 0, got {options.kl_coef} "
+            "(ppo.target_kl=0 keeps it fixed)"
+        )
 
 
 def _validate_processes(options: PPOOptions, processes: int) -> None:

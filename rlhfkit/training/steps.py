@@ -29,12 +29,16 @@ def optimizer_step(
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     else:
         # The global L2 norm of whatever gradients exist (0 when none do, e.g. every
-        # parameter frozen or no backward this step).
+        # parameter frozen or no backward this step); fp16's loss scale taken out first.
+        accelerator.unscale_gradients()
         grad_norm = torch.nn.utils.get_total_norm(
             [p.grad for p in model.parameters() if p.grad is not None]
         )
     optimizer.step()
-    scheduler.step()
+    # fp16: the loss scaler skips a step whose gradients overflowed; the schedule waits too (as
+    # accelerate's own scheduler wrapper does), so step s's rate stays step s's.
+    if not accelerator.optimizer_step_was_skipped:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm), lr
 
