@@ -12,6 +12,7 @@ from rlhfkit.cli import STAGES, _load, main
 from rlhfkit.config import build, describe, length, load_config, option, to_dict
 from rlhfkit.errors import ConfigError
 from rlhfkit.recipes.cai import CAIReviseConfig
+from rlhfkit.recipes.demo import DemoConfig
 from rlhfkit.recipes.generate import GenerateConfig
 from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.rm import RMConfig
@@ -51,6 +52,16 @@ REFUSED = [
     (PPOConfig, "batch_size=0", "batch_size: must be >= 1, got 0"),
     (PPOConfig, "logging_steps=0", "logging_steps: must be >= 1, got 0"),
     (PPOConfig, "top_p=5", "top_p: must be <= 1, got 5.0"),
+    # The demo's own keys: each was a traceback (IndexError, ZeroDivisionError) after training.
+    (DemoConfig, "dpo_betas=[]", "dpo_betas: must list at least one β, each once, got []"),
+    (
+        DemoConfig,
+        "dpo_betas=[0.1,0.1]",
+        "dpo_betas: must list at least one β, each once, got [0.1, 0.1]",
+    ),
+    (DemoConfig, "dpo_betas=[0]", "dpo_betas: must be > 0 (each item), got [0.0]"),
+    (DemoConfig, "eval_prompts=0", "eval_prompts: must be >= 1, got 0"),
+    (DemoConfig, "ppo_steps=0", "ppo_steps: must be >= 1, got 0"),
 ]
 
 

@@ -145,3 +145,17 @@ def test_quick_demo_aligns_and_shows_reward_hacking(tmp_path):
     assert no_kl["gold_reward"] < sft["gold_reward"]  # gold falls while the proxy rises
     warnings = json.loads((out / "eval.json").read_text())["warnings"]
     assert any(w["message"].startswith("ppo_no_kl:") for w in warnings), warnings
+
+
+def test_a_quick_demo_after_a_full_one_removes_the_dpo_runs_it_does_not_sweep(tmp_path):
+    """The report plots every run under the output directory: a full demo's dpo_beta0.05 and
+    dpo_beta0.5 left beside a quick demo's dpo_beta0.1 showed as current curves. Runs of β not
+    in the sweep are removed; the swept one and directories that are not runs stay."""
+    from rlhfkit.recipes.demo import _remove_stale_sweep
+
+    for name in ("dpo_beta0.05", "dpo_beta0.1", "dpo_beta0.5"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "dpo_beta_notes").mkdir()  # not a run: no metrics.jsonl
+    _remove_stale_sweep(tmp_path, [0.1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dpo_beta0.1", "dpo_beta_notes"]

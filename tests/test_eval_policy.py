@@ -29,6 +29,7 @@ from rlhfkit.eval.policy_eval import (
     response_logprob_sums,
     run_curve,
     sample_policy,
+    training_diagnostics,
     win_rate,
 )
 from rlhfkit.eval.report import _same_points, curve_points, needs_log_kl_axis, write_report
@@ -384,3 +385,60 @@ def test_moving_average_by_hand():
 
     assert moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 3) == pytest.approx([1, 1.5, 2, 3, 4])
     assert moving_average([2.0, 4.0], 1) == [2.0, 4.0]
+
+
+def test_policy_names_are_their_stages_and_never_collide():
+    """`runs/ppo/model` is named ppo and `runs/dpo` dpo (both used to be "runs", one row lost);
+    two directories of one stage name fall back to their paths; an explicit name given twice,
+    or the reference's or a best-of-n row's, is refused in one line."""
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.recipes.evaluate import policy_names
+
+    assert policy_names(["runs/ppo/model", "runs/dpo"], "sft") == {
+        "ppo": "runs/ppo/model",
+        "dpo": "runs/dpo",
+    }
+    assert policy_names(["a/ppo/model", "b/ppo/model"], "sft") == {
+        "ppo": "a/ppo/model",
+        "b/ppo/model": "b/ppo/model",
+    }
+    assert policy_names(["x=runs/sft/model"], "sft") == {"x": "runs/sft/model"}
+    assert policy_names(["runs/sft/model"], "sft") == {"runs/sft/model": "runs/sft/model"}
+    for bad in (["a=x", "a=y"], ["sft=x"], ["best_of_16=x"]):
+        with pytest.raises(ConfigError, match="name each policy as NAME=DIR"):
+            policy_names(bad, "sft")
+
+
+def test_diagnostics_read_a_metrics_log_with_a_torn_last_line(tmp_path):
+    """A killed run's metrics.jsonl may end mid-line; `rlhfkit eval diagnose_runs=` read it with
+    json.loads per line and failed after all its sampling. The torn line is left out."""
+    run = tmp_path / "ppo"
+    run.mkdir()
+    rows = [{"step": s, "score_mean": 0.1 * s, "kl": 0.01 * s} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "score_me'
+    )
+    curves, _ = training_diagnostics({"ppo": run})
+    assert curves["ppo"]["step"] == [1, 2]
+
+
+def test_report_errors_are_one_line_and_a_missing_output_directory_is_made(tmp_path):
+    """A corrupt or non-object eval.json names the file (was JSONDecodeError/AttributeError);
+    `output=` in a directory that does not exist yet is created (was FileNotFoundError); a
+    sample whose response is null renders as empty."""
+    from rlhfkit.errors import ConfigError
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    evaluation = {"policies": {"sft": {"gold_reward": float("nan")}},
+                  "samples": [{"prompt": "p", "responses": {"sft": None}}]}  # fmt: skip
+    from rlhfkit.data.io import write_json
+
+    write_json(root / "eval.json", evaluation)
+    assert json.loads((root / "eval.json").read_text())["policies"]["sft"]["gold_reward"] is None
+    out = write_report(root, tmp_path / "new" / "dir" / "report.html")
+    assert out.is_file()
+    for text, problem in (("{not json", "not valid JSON"), ("[]", "expected a JSON object")):
+        (root / "eval.json").write_text(text)
+        with pytest.raises(ConfigError, match=rf"eval\.json: {problem}"):
+            write_report(root)

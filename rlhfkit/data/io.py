@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -260,10 +261,38 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write one JSON document atomically."""
+    """Write one JSON document atomically, as strict JSON: NaN and infinities (a reward that
+    returned NaN) become null, which every JSON reader accepts (bare `NaN` is Python's own)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(_finite_or_null(value), indent=2, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_log(path: Path | str) -> list[dict]:
+    """The rows of an append-only JSONL log (metrics.jsonl, samples.jsonl). A line that does not
+    parse (the last one, torn by a kill mid-write) or is not an object is left out: a log is
+    read for curves and diagnostics, which a torn line must not stop."""
+    rows = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -453,14 +453,14 @@ def curve_checks(curve: dict[str, list]) -> list[dict]:
 def training_diagnostics(runs: dict[str, Path]) -> tuple[dict, list[dict]]:
     """Proxy/gold/KL curves of RL runs (their metrics.jsonl; `run_curve`) and the warnings they
     raise."""
-    import json
+    from rlhfkit.data.io import read_log
 
     curves, warnings = {}, []
     for name, directory in runs.items():
         path = Path(directory) / "metrics.jsonl"
         if not path.exists():
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_log(path)  # a torn last line (a killed run) is left out, not a traceback
         curves[name] = run_curve(rows)
         for check in curve_checks(curves[name]):
             warnings.append({**check, "message": f"{name}: {check['message']}"})

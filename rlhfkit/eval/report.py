@@ -28,6 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlhfkit.data.io import read_log  # noqa: E402
+from rlhfkit.errors import ConfigError  # noqa: E402
+
 CURVE_KEYS = (
     "loss", "eval_loss", "eval_accuracy", "eval_reward_accuracy", "score_mean", "reward_mean",
     "gold_reward_mean", "kl", "kl_coef", "rewards/margins", "reward_margin",
@@ -49,24 +52,13 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def training_curves(root: Path) -> list[tuple[str, str]]:
     """(title, png) per stage directory that logged metrics."""
     figures = []
     for metrics in sorted(root.glob("**/metrics.jsonl")):
         if "checkpoints" in metrics.parts:
             continue
-        rows = _read_metrics(metrics)
+        rows = read_log(metrics)
         keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
         if not rows or not keys:
             continue
@@ -274,12 +266,23 @@ def find_evaluation(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _read_object(path: Path | None) -> dict:
+    """The JSON object in `path` ({} when there is none), or a one-line error naming the file."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problem = f"not valid JSON ({err}); rerun the stage that wrote it"
+        raise ConfigError(f"{path}: {problem}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def render_report(root: Path, title: str = "rlhfkit report") -> str:
-    evaluation_path = find_evaluation(root)
-    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path else {}
-    summary = (
-        json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
-    )
+    evaluation = _read_object(find_evaluation(root))
+    summary = _read_object(root / "summary.json")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>runs: <code>{html.escape(str(root))}</code></p>",
@@ -320,8 +323,11 @@ def render_report(root: Path, title: str = "rlhfkit report") -> str:
     if samples:
         names = list(samples[0]["responses"])
         rows = [
-            [f'<div class="sample">{html.escape(s["prompt"])}</div>']
-            + [f'<div class="sample">{html.escape(s["responses"].get(n, ""))}</div>' for n in names]
+            [f'<div class="sample">{html.escape(str(s.get("prompt") or ""))}</div>']
+            + [
+                f'<div class="sample">{html.escape(str(s["responses"].get(n) or ""))}</div>'
+                for n in names
+            ]
             for s in samples
         ]
         parts += ["<h2>Samples before and after alignment</h2>", _table(rows, ["prompt", *names])]
@@ -335,6 +341,7 @@ def render_report(root: Path, title: str = "rlhfkit report") -> str:
 
 def write_report(root: Path, output: Path | None = None, title: str = "rlhfkit report") -> Path:
     output = output or root / "report.html"
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(render_report(root, title), encoding="utf-8")
     tmp.replace(output)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class DemoConfig:
     seed: int = option(0, "seed of the world, the models and the sampling")
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(
-        20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)"
+        20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)", minimum=1
     )
     tokenizer_vocab: int = option(
         512,
@@ -64,16 +65,18 @@ class DemoConfig:
         "corpus; 259 = one token per byte, no merges",
         minimum=259,
     )
-    sft_steps: int = option(1000, "SFT optimizer steps (quick: 240)")
-    sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)")
-    sft_learning_rate: float = option(3e-3, "SFT peak learning rate")
+    sft_steps: int = option(1000, "SFT optimizer steps (quick: 240)", minimum=1)
+    sft_batch_size: int = option(4, "SFT rows per step (packed rows of 256 tokens)", minimum=1)
+    sft_learning_rate: float = option(3e-3, "SFT peak learning rate", exclusive_minimum=0)
     pair_prompts: int = option(
-        1024, "training prompts answered twice for preference pairs (quick: 384)"
+        1024, "training prompts answered twice for preference pairs (quick: 384)", minimum=1
     )
-    eval_prompts: int = option(256, "held-out prompts for measuring policies (quick: 48)")
-    max_new_tokens: int = option(48, "maximum tokens per sampled response")
-    rm_epochs: float = option(2.0, "reward-model epochs over the preferences")
-    rm_learning_rate: float = option(1e-3, "reward-model learning rate")
+    eval_prompts: int = option(
+        256, "held-out prompts for measuring policies (quick: 48)", minimum=1
+    )
+    max_new_tokens: int = option(48, "maximum tokens per sampled response", minimum=1)
+    rm_epochs: float = option(2.0, "reward-model epochs over the preferences", exclusive_minimum=0)
+    rm_learning_rate: float = option(1e-3, "reward-model learning rate", exclusive_minimum=0)
     rm_ensemble: int = option(
         1,
         "reward-model heads on one backbone (rm.ensemble; the reward is their mean); with K > 1 "
@@ -83,17 +86,30 @@ class DemoConfig:
     best_of: int = option(
         16, "largest n of best-of-n (powers of two up to it are reported)", minimum=2
     )
-    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 16)")
-    ppo_kl_coef: float = option(0.3, "PPO KL coefficient")
-    ppo_learning_rate: float = option(2e-4, "PPO learning rate")
-    no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 16)")
+    ppo_steps: int = option(40, "PPO steps with the KL penalty (quick: 16)", minimum=1)
+    ppo_kl_coef: float = option(0.3, "PPO KL coefficient", minimum=0)
+    ppo_learning_rate: float = option(2e-4, "PPO learning rate", exclusive_minimum=0)
+    no_kl_steps: int = option(20, "PPO steps without a KL penalty (quick: 16)", minimum=1)
     no_kl_learning_rate: float = option(
-        1e-3, "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)"
+        1e-3,
+        "learning rate of the no-KL run (larger: the unconstrained optimiser pushed hard)",
+        exclusive_minimum=0,
     )
-    dpo_betas: list[float] = option([0.05, 0.1, 0.5], "DPO β sweep (quick: 0.1 only)")
-    dpo_learning_rate: float = option(1e-4, "DPO learning rate")
-    dpo_epochs: float = option(4.0, "DPO epochs over the preferences")
-    cai_prompts: int = option(128, "prompts for critique-and-revise and AI labels (quick: 32)")
+    dpo_betas: list[float] = option(
+        [0.05, 0.1, 0.5],
+        "DPO β sweep (quick: 0.1 only)",
+        exclusive_minimum=0,
+        check=lambda betas: (
+            None
+            if betas and len(set(betas)) == len(betas)
+            else "must list at least one β, each once"
+        ),
+    )
+    dpo_learning_rate: float = option(1e-4, "DPO learning rate", exclusive_minimum=0)
+    dpo_epochs: float = option(4.0, "DPO epochs over the preferences", exclusive_minimum=0)
+    cai_prompts: int = option(
+        128, "prompts for critique-and-revise and AI labels (quick: 32)", minimum=1
+    )
     threads: int = option(0, "torch CPU threads; 0 = torch's default")
     reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
     progress: bool = option(True, "show progress bars")
@@ -419,6 +435,16 @@ def _stage(name: str, timings: dict[str, float]):
     timings[name] = round(time.perf_counter() - start, 1)
 
 
+def _remove_stale_sweep(root: Path, betas: list[float]) -> None:
+    """Remove DPO runs of β values this demo does not sweep (a full demo's `dpo_beta0.05`
+    before a `--quick` one): the report plots every run under the output directory."""
+    wanted = {f"dpo_beta{beta:g}" for beta in betas}
+    for stale in sorted(root.glob("dpo_beta*")):
+        if stale.is_dir() and stale.name not in wanted and (stale / "metrics.jsonl").exists():
+            shutil.rmtree(stale)
+            console.print(f"[dim]removed {stale}: β {stale.name[8:]} is not in this sweep[/]")
+
+
 def run(config: DemoConfig) -> int:
     """Every stage of the demo, then its table; transformers' own loading and saving bars are
     off throughout (each of the demo's many small local models would get one)."""
@@ -439,6 +465,7 @@ def _run_stages(config: DemoConfig) -> int:
         torch.set_num_threads(config.threads)
     paths = DemoPaths(Path(config.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_sweep(paths.root, config.dpo_betas)
     timings: dict[str, float] = {}
     summary: dict = {"seed": config.seed, "quick": config.quick}
     started = time.perf_counter()

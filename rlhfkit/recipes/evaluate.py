@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,30 @@ def _check_sampling(config: EvalConfig) -> None:
         raise ConfigError(f"best_of_n: must be >= 0 (0 = off), got {config.best_of_n}")
 
 
+def policy_names(policies: list[str], reference_name: str) -> dict[str, str]:
+    """{name: directory} of `policies` (`NAME=DIR` or `DIR`). A directory's name is its stage's
+    (`runs/ppo/model` -> `ppo`, `runs/ppo` -> `ppo`), its whole path where two would share one;
+    a name given twice, or the reference's or a best-of-n row's, is a one-line error (a later
+    policy silently replaced an earlier one's row)."""
+    named: dict[str, str] = {}
+    taken = lambda name: (  # noqa: E731
+        name in named or name == reference_name or re.fullmatch(r"best_of_\d+", name) is not None
+    )
+    for item in policies:
+        given, _, directory = item.rpartition("=")
+        path = Path(directory)
+        name = given or (path.parent.name if path.name == "model" else path.name) or directory
+        if not given and taken(name):
+            name = directory
+        if taken(name):
+            raise ConfigError(
+                f"policies: two rows would be named {name!r} (policies, reference={reference_name}"
+                ", best_of_N); name each policy as NAME=DIR"
+            )
+        named[name] = directory
+    return named
+
+
 def evaluate_policies(config: EvalConfig) -> dict:
     """Policy mode: reward, gold reward, KL to the reference, win rates, best-of-n; writes
     OUTPUT_DIR/eval.json (the report's input) and summary.json."""
@@ -285,11 +310,8 @@ def evaluate_policies(config: EvalConfig) -> dict:
     resolve_dtype(config.dtype)  # an unknown dtype is a one-line error before anything loads
     if not config.reference or not config.prompts:
         raise ConfigError("eval: policy evaluation needs reference=DIR and prompts=FILE")
-    named = {}
-    for i, item in enumerate(config.policies):
-        name, _, directory = item.rpartition("=")
-        named[name or Path(directory).parent.name or f"policy{i}"] = directory
     reference_name, _, reference = config.reference.rpartition("=")
+    named = policy_names(config.policies, reference_name or "reference")
     runs: dict[str, Path] = {}
     for directory in map(Path, config.diagnose_runs):  # named by directory, unless two clash
         runs[directory.name if directory.name not in runs else str(directory)] = directory
