@@ -357,10 +357,14 @@ def test_dpo_fresh_run_over_old_checkpoints_resumes_its_own(tiny_model, tmp_path
     _as_if_killed_after(out, 2, before)
     with pytest.raises(ConfigError, match=r"dpo\.beta: 0\.1 -> 0\.5"):
         dpo.train(config("max_steps=4", "dpo.beta=0.5", "resume=true"))
-    dpo.train(config("max_steps=4", "dpo.beta=0.1", "resume=true"))
+    saved_seconds = read_trainer_state(out / "checkpoints" / "step-00000002")["totals"]["seconds"]
+    summary = dpo.train(config("max_steps=4", "dpo.beta=0.1", "resume=true"))
     resumed = _weights(out)
     assert all((finished_weights[k] == resumed[k]).all() for k in finished_weights)
     assert _losses(out) == finished_losses
+    # Steps 1-2 ran before the kill: their seconds are carried (a resumed run used to report
+    # only its own steps' time).
+    assert saved_seconds > 0 and summary["train_seconds"] > saved_seconds
 
 
 # ---------------------------------------------------------------------------------------------

@@ -692,7 +692,7 @@ def train(config: DPOConfig) -> dict:
     checked_plan(run, plan, "pairs")
     model, optimizer, scheduler = prepare_optimization(run, model, config, plan.total_steps)
 
-    totals = {"loss_sum": 0.0, "loss_steps": 0}
+    totals = {"loss_sum": 0.0, "loss_steps": 0, "seconds": 0.0}
     start_step, totals = resume_or_start(run, config, totals)
 
     with ExitStack() as stack:
@@ -795,7 +795,9 @@ def _train_loop(
 
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
-    step_seconds = 0.0  # optimizer steps only: no evaluation, no checkpoint writes
+    # Seconds of optimizer steps only (no evaluation, no checkpoint writes), carried in the
+    # checkpoints' totals so that a resumed run reports the whole run's.
+    totals.setdefault("seconds", 0.0)
     with run.progress(plan.total_steps, start_step, "dpo"):
         for step in range(start_step, plan.total_steps):
             step_started = time.perf_counter()
@@ -819,7 +821,7 @@ def _train_loop(
             means = {key: global_sum(acc, value) / global_pairs for key, value in sums.items()}
             check_finite(means["loss"], step + 1, run)
             grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
-            step_seconds += time.perf_counter() - step_started
+            totals["seconds"] += time.perf_counter() - step_started
             totals["loss_sum"] += means["loss"]
             totals["loss_steps"] += 1
             done = step + 1
@@ -858,7 +860,7 @@ def _train_loop(
     summary = {
         "train_loss": totals["loss_sum"] / max(totals["loss_steps"], 1),
         "steps": plan.total_steps,
-        "step_seconds": step_seconds,
+        "step_seconds": totals["seconds"],
     }
     if eval_pairs:
         evaluation = run_eval()

@@ -190,7 +190,7 @@ def train(config: SFTConfig) -> dict:
                     # DDP averages gradients over processes, hence the factor num_processes.
                     acc.backward(nll * acc.num_processes / step_tokens)
                 local_nll += float(nll.detach())
-                window_tokens += int(batch["input_ids"].numel())
+                window_tokens += sum(len(rows[i]["input_ids"]) for i in indices)  # no padding
             loss = global_sum(acc, local_nll) / step_tokens
             check_finite(loss, step + 1, run)
             grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
