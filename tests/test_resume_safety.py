@@ -115,7 +115,7 @@ def _fake_checkpoint(root: Path, step: int, record: dict | None) -> Path:
 
 def test_a_changed_trajectory_key_is_named_and_bookkeeping_keys_are_not():
     """learning_rate changes the trajectory: named with both values. Where the run writes, what
-    it shows and how often it logs or checkpoints do not: ignored."""
+    it shows and how often it logs, evaluates or checkpoints do not: ignored."""
     saved = _record(learning_rate=1e-3)
     assert config_differences(saved, _record(learning_rate=3e-3), 4) == [
         "learning_rate: 0.001 -> 0.003"
@@ -131,6 +131,7 @@ def test_a_changed_trajectory_key_is_named_and_bookkeeping_keys_are_not():
         report_to=["tensorboard"],
         gradient_checkpointing=True,
         compile=True,
+        eval_steps=11,
     )
     assert config_differences(saved, same, 4) == []
     assert any(d.startswith("stage:") for d in config_differences(saved, _record("rm"), 4))

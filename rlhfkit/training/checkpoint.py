@@ -49,6 +49,10 @@ BOOKKEEPING_KEYS = frozenset(
         "save_total_limit",
         "gradient_checkpointing",
         "compile",
+        # How often the run evaluates or writes samples: evaluation draws no random number
+        # that training uses (eval mode; PPO seeds every step's sampling afresh).
+        "eval_steps",
+        "ppo.sample_every",
     }
 )
 # The run's length. It may change on resume only where the learning-rate schedule of the steps
