@@ -68,6 +68,35 @@ def test_request_text_of_world_prompts_and_conversations():
         ("comparison_principles: [\n", "not valid YAML"),
         ("name: empty\n", "critique_principles: no principles"),
         ("principles: []\n", "principles: unknown key"),
+        # Each of these was a traceback (ValueError at render time after the model loaded,
+        # TypeError from replace()) or a wrong message.
+        (
+            "critique_principles:\n  - {name: a, critique_request: x, revision_request: y}\n"
+            "prompts:\n  critique: '{response:d}'\n",
+            "prompts.critique: bad template: Unknown format code 'd'",
+        ),
+        (
+            "critique_principles:\n  - {name: a, critique_request: x, revision_request: y}\n"
+            "prompts:\n  critique: '{response!z}'\n",
+            "prompts.critique: bad template",
+        ),
+        (
+            "comparison_principles:\n  - {name: a, question: q}\nprompts:\n  __init__: x\n",
+            "prompts.__init__: unknown template",
+        ),
+        (
+            "critique_principles:\n  - {name: a, critique_request: x, revision_request: y}\n"
+            "prompts:\n  revision: '{critique}\\nRevision:'\n",
+            "prompts.revision: must use {response} or {critique_prompt}",
+        ),
+        (
+            "name: 2024\ncomparison_principles: [{name: a, question: q}]\n",
+            "name: expected a string",
+        ),
+        (
+            "comparison_principles:\n  - {name: a, question: 7}\n",
+            "comparison_principles[0].question: expected a string, got int",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_field(tmp_path, text, message):
@@ -88,3 +117,11 @@ def test_prompt_format_file_overrides_templates(tmp_path):
     assert world.prompts.stop == ("\n",)
     with pytest.raises(DataError, match="constitution file not found"):
         load_constitution(str(tmp_path / "missing.yaml"))
+
+
+def test_a_constitution_that_is_not_utf8_is_one_error(tmp_path):
+    """A Latin-1 "é" was a UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\ncomparison_principles: [{name: a, question: q}]\n")
+    with pytest.raises(DataError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_constitution(str(path))

@@ -204,3 +204,63 @@ def test_cli_default_constitution_on_the_tiny_model_stays_in_context(tiny_model,
     tokenizer = load_tokenizer(str(tiny_model))
     _, stats = load_sft(str(out / "sft.jsonl"), tokenizer, max_length=512, max_prompt_length=256)
     assert stats.examples == len(sft)
+
+
+def test_a_resume_keeps_chains_holding_line_separator_characters(scripted, tmp_path):
+    """A prompt holding U+2028 (common in web text) was written raw by the resume's rewrite
+    (`write_jsonl`, ensure_ascii=False) and `str.splitlines` split the line there: the next
+    resume read 1 of 5 chains and redid the rest with other draws. Lines now end at "\\n" only,
+    and a bad line before the last one is an error instead of a silent truncation."""
+    prompts = [{"prompt": p + (" \u2028 more" if i == 0 else "")} for i, p in enumerate(PROMPTS)]
+    data = str(write_jsonl(tmp_path / "prompts.jsonl", prompts))
+    cai.revise(_config(tmp_path, train_data=data))
+    calls = len(scripted.calls)
+    for _ in range(2):  # the first resume rewrites the file; the second reads the rewrite
+        summary = cai.revise(_config(tmp_path, train_data=data))
+        assert summary["resumed_prompts"] == 5 and len(scripted.calls) == calls
+    path = tmp_path / "out" / "chains.jsonl"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_text("\n".join([lines[0], "{torn", *lines[1:]]), encoding="utf-8")
+    with pytest.raises(cai.DataError, match=r"chains\.jsonl:2: not valid JSON"):
+        cai.revise(_config(tmp_path, train_data=data))
+
+
+def test_a_lower_limit_reuses_the_chains_it_needs(scripted, tmp_path):
+    """docs/cai.md: `limit` changes how much is done, not how. 5 chains written, then limit=2:
+    the first 2 are reused (it was refused as "chains of other prompts") and the outputs hold
+    2 prompts; the file keeps all 5 for a later run with the full set."""
+    cai.revise(_config(tmp_path))
+    calls = len(scripted.calls)
+    summary = cai.revise(_config(tmp_path, limit=2))
+    assert summary["prompts"] == 2 and summary["resumed_prompts"] == 2
+    assert len(scripted.calls) == calls
+    assert len((tmp_path / "out" / "chains.jsonl").read_text().splitlines()) == 5
+
+
+def test_overwrite_removes_every_output_of_the_earlier_run_first(scripted, tmp_path, monkeypatch):
+    """overwrite=true removed chains.jsonl only: a run that then failed left the old sft.jsonl,
+    preferences.jsonl and summary.json beside the new chains."""
+    cai.revise(_config(tmp_path))
+    out = tmp_path / "out"
+    failing = type(scripted)(fail_after=0)
+    monkeypatch.setattr(cai, "load_text_model", lambda *a, **k: failing)
+    with pytest.raises(cai.EndpointError):
+        cai.revise(_config(tmp_path, overwrite=True))
+    assert not any((out / n).exists() for n in ("sft.jsonl", "preferences.jsonl", "summary.json"))
+
+
+def test_revisions_take_the_responses_leading_whitespace_and_blank_ones_are_not_data():
+    """A revision follows "Revision:" and opens with a space; a first response to a chat
+    template does not. " Hello." as the revision of "Hello." becomes "Hello.": no preference
+    pair (they differ in whitespace only). A blank final is no SFT row (`rlhfkit sft` refuses
+    an empty completion)."""
+    assert cai.as_revision_of("Hello.", " Better. \n") == "Better."
+    assert cai.as_revision_of(" Hi.", "Better.") == " Better."
+    chains = [
+        {"prompt": "p", "response": "Hello.", "final": cai.as_revision_of("Hello.", " Hello.")},
+        {"prompt": "p", "response": " ", "final": " "},
+        {"prompt": "p", "response": "Bad.", "final": "Good."},
+    ]
+    sft_rows, pref_rows = cai.output_rows(chains)
+    assert [r["completion"] for r in sft_rows] == ["Hello.", "Good."]
+    assert pref_rows == [{"prompt": "p", "chosen": "Good.", "rejected": "Bad."}]

@@ -38,7 +38,7 @@ format is data, so the same code runs the tiny world model (whose templates are
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ _TEMPLATE_FIELDS: dict[str, tuple[set[str], set[str]]] = {
             "critique",
             "revision_request",
         },
+        # The critique, and the text to rewrite: the response itself or the critique prompt
+        # that holds it (checked apart: one of the two suffices).
         {"critique"},
     ),
     "comparison": (
@@ -247,6 +249,9 @@ def _read_yaml(path: Path) -> dict:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise DataError(source, None, None, f"not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        problem = f"not UTF-8 text ({err.reason} at byte {err.start})"
+        raise DataError(source, None, None, problem) from None
     if not isinstance(tree, dict):
         raise DataError(source, None, None, "expected a mapping at the top level")
     return tree
@@ -285,6 +290,8 @@ def parse_constitution(tree: dict, source: str = "<constitution>") -> Constituti
         )
     prompts = _parse_prompts(tree.get("prompts") or {}, source)
     name = tree.get("name") or Path(source).stem
+    if not isinstance(name, str):
+        raise DataError(source, None, "name", f"expected a string, got {type(name).__name__}")
     return Constitution(
         name=str(name),
         critique_principles=tuple(CritiquePrinciple(**p) for p in critique),
@@ -314,6 +321,13 @@ def _principles(tree: dict, source: str, key: str, fields: tuple[str, ...]) -> l
         values = {}
         for name in fields:
             value = item.get(name)
+            if value is not None and not isinstance(value, str):
+                raise DataError(
+                    source,
+                    None,
+                    f"{where}.{name}",
+                    f"expected a string, got {type(value).__name__}",
+                )
             if not isinstance(value, str) or not value.strip():
                 raise DataError(source, None, f"{where}.{name}", "missing or empty (a string)")
             values[name] = value.strip() if name == "name" else value
@@ -328,11 +342,14 @@ def _parse_prompts(raw: Any, source: str) -> PromptFormat:
     if not isinstance(raw, dict):
         raise DataError(source, None, "prompts", "expected a mapping of templates")
     defaults = PromptFormat()
+    known = {f.name for f in fields(PromptFormat)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"prompts.{key}"
-        if not hasattr(defaults, str(key)):
-            raise DataError(source, None, where, "unknown template")
+        if key not in known:
+            raise DataError(
+                source, None, where, f"unknown template; expected one of {sorted(known)}"
+            )
         if key in ("options", "stop"):
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise DataError(source, None, where, "expected a list of non-empty strings")
@@ -360,6 +377,15 @@ def _parse_prompts(raw: Any, source: str) -> PromptFormat:
             missing = required - used
             if missing:
                 raise DataError(source, None, where, f"must use {{{sorted(missing)[0]}}}")
+            if key == "revision" and not used & {"response", "critique_prompt"}:
+                raise DataError(
+                    source, None, where, "must use {response} or {critique_prompt} (the text to "
+                    "rewrite)"
+                )  # fmt: skip
+            try:  # format specs and conversions ({response:d}, {response!z}) fail only here
+                value.format(**{name: "text" for name in allowed})
+            except (ValueError, KeyError, IndexError, AttributeError) as err:
+                raise DataError(source, None, where, f"bad template: {err}") from None
         values[key] = value
     return replace(defaults, **values)
 

@@ -153,11 +153,13 @@ def _check_chains(
     chains: list[dict], examples: list[PromptExample], settings: dict[str, Any], path: Path
 ) -> None:
     """Refuse chains of other prompts or made with other settings (``FILE:LINE: ...``)."""
-    for i, chain in enumerate(chains):
+    # Chains past the prompts of this run (a lower `limit` than the run that wrote them) are
+    # kept in the file but not checked or used.
+    for i, chain in enumerate(chains[: len(examples)]):
         refusal = settings_error(f"{path}:{i + 1}", chain.get("settings"), settings, "chains")
         if refusal:
             raise ConfigError(refusal)
-        if i >= len(examples) or chain.get("prompt") != examples[i].prompt:
+        if chain.get("prompt") != examples[i].prompt:
             raise ConfigError(
                 f"{path}:{i + 1}: chains of other prompts (a different train_data?); "
                 "delete it or pass overwrite=true"
@@ -170,7 +172,7 @@ def output_rows(chains: list[dict]) -> tuple[list[dict], list[dict]]:
     sft_rows = [
         {"prompt": c["prompt"], "completion": as_reply(c["prompt"], c["final"])}
         for c in chains
-        if c["final"]
+        if c["final"].strip()  # `rlhfkit sft` refuses an empty (or blank) completion
     ]
     pref_rows = [
         {
@@ -179,22 +181,39 @@ def output_rows(chains: list[dict]) -> tuple[list[dict], list[dict]]:
             "rejected": as_reply(c["prompt"], c["response"]),
         }
         for c in chains
-        if c["final"] != c["response"] and c["final"]
+        # Differing in whitespace only is no preference (DPO would learn the whitespace).
+        if c["final"].strip() and c["final"].strip() != c["response"].strip()
     ]
     return sft_rows, pref_rows
 
 
+def as_revision_of(response: str, revision: str) -> str:
+    """``revision`` with the leading whitespace of the ``response`` it replaces and no trailing
+    whitespace: revisions follow ``Revision:`` and open with a space a first response to a chat
+    template does not have, so chosen and rejected would differ by it alone."""
+    return response[: len(response) - len(response.lstrip())] + revision.strip()
+
+
 def _read_chains(path: Path) -> list[dict]:
-    chains = []
+    """The chains written so far. Lines end at "\\n" only (`str.splitlines` also splits at
+    U+2028 and U+0085, which a response may hold raw); a last line cut short by a crash is
+    dropped (that prompt is done again), a bad line before the last is an error."""
+    chains: list[dict] = []
     if not path.exists():
         return chains
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             chains.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a crash: that prompt is done again
+        except json.JSONDecodeError as err:
+            if any(rest.strip() for rest in lines[number:]):
+                raise DataError(
+                    str(path), number, None, f"not valid JSON ({err.msg}); delete the line or "
+                    "pass overwrite=true"
+                ) from None  # fmt: skip
+            break
     return chains
 
 
@@ -237,15 +256,16 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
     settings = revise_settings(config, constitution)
     out = Path(config.output_dir)
     chains_path = out / "chains.jsonl"
-    if config.overwrite and chains_path.exists():
-        chains_path.unlink()
+    if config.overwrite:  # every output of the earlier run, so none is left beside new chains
+        for name in ("chains.jsonl", "sft.jsonl", "preferences.jsonl", "summary.json"):
+            (out / name).unlink(missing_ok=True)
     chains = _read_chains(chains_path)
     _check_chains(chains, examples, settings, chains_path)
     # Only now: a refused run leaves the config of the run that wrote the chains.
     write_config(out, "cai-revise", config)
     # Rewrite without any partial last line before appending.
     write_jsonl(chains_path, chains)
-    resumed = len(chains)
+    resumed = min(len(chains), len(examples))
     if resumed:
         console.print(f"continuing: {resumed} of {len(examples)} prompts already in {chains_path}")
 
@@ -308,7 +328,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
                         )
                         # An empty revision leaves the response as it was.
                         if v.strip():
-                            current[j] = v
+                            current[j] = as_revision_of(responses[j], v)
                 for j, i in enumerate(indices):
                     chain = {
                         "index": i,
@@ -329,6 +349,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
             f"{chains_path}; run the same command again to continue"
         ) from None
 
+    chains = chains[: len(examples)]  # a lower `limit` than the run that wrote more
     sft_rows, pref_rows = output_rows(chains)
     write_jsonl(out / "sft.jsonl", sft_rows)
     write_jsonl(out / "preferences.jsonl", pref_rows)
