@@ -1,7 +1,8 @@
 """`rlhfkit serve` limits: request bodies over ``max_request_bytes`` are refused (413) as they
 arrive, chunked or not; prompts are checked by characters before they are tokenised, and
 tokenised off the event loop; prompt + max_tokens must fit the model's context (400, worded as
-OpenAI and vLLM word it), and rows that share a `generate` call fit it together."""
+OpenAI and vLLM word it), and rows that share a `generate` call fit it together; ``stop`` takes
+at most 4 strings and a request at most ``max_choices`` choices (prompts x n)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from rlhfkit.config import load_config
 from rlhfkit.errors import ConfigError
-from rlhfkit.recipes.serve import create_app
+from rlhfkit.recipes.serve import ServeConfig, create_app
 from rlhfkit.serving.batching import BatchedGenerator, GenJob
 from rlhfkit.serving.http_errors import ApiError
 from rlhfkit.serving.prompt_limits import PromptEncoder, PromptLimits, model_context_length
 
-# The small app: a context of 128 tokens, prompts of at most 64, bodies of at most 4096 bytes.
-CONTEXT, PROMPT_LIMIT, BODY_LIMIT = 128, 64, 4096
+# The small app: a context of 128 tokens, prompts of at most 64, bodies of at most 4096 bytes,
+# at most 8 choices per request.
+CONTEXT, PROMPT_LIMIT, BODY_LIMIT, CHOICE_LIMIT = 128, 64, 4096, 8
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,7 @@ def small_app(tiny_model):
         max_model_len=CONTEXT,
         max_prompt_tokens=PROMPT_LIMIT,
         max_request_bytes=BODY_LIMIT,
+        max_choices=CHOICE_LIMIT,
     )
 
 
@@ -45,8 +49,12 @@ def small_client(small_app):
 
 @contextmanager
 def _listening(app):
-    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread; yields the port."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread; yields the port.
+    Without lifespan events: the app is shared by the module, and its shutdown would close the
+    batcher, leaving later requests of other tests waiting forever."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -237,6 +245,115 @@ def test_prompts_are_tokenised_off_the_event_loop(serve_client):
 
 
 # ---------------------------------------------------------------------------------------------
+# Stop strings and choices per request: bounded, refused before any tokenising
+# ---------------------------------------------------------------------------------------------
+
+
+class _CountingEncoder:
+    """Wraps the app's prompt encoder and counts the prompts it is given."""
+
+    def __init__(self, encoder):
+        self.encoder, self.limits, self.prompts = encoder, encoder.limits, 0
+
+    def completion(self, prompts):
+        self.prompts += len(prompts)
+        return self.encoder.completion(prompts)
+
+    def chat(self, messages):
+        self.prompts += 1
+        return self.encoder.chat(messages)
+
+
+@contextmanager
+def _counting(app):
+    encoder = app.state.prompts
+    app.state.prompts = _CountingEncoder(encoder)
+    try:
+        yield app.state.prompts
+    finally:
+        app.state.prompts = encoder
+
+
+@pytest.mark.parametrize("count", [5, 10_000])
+def test_more_than_four_stop_strings_are_refused(serve_client, count):
+    """Every stop string is looked for after every new token, on the event loop: 10,000 of them
+    held it for seconds. OpenAI takes at most 4; so does this server, as a 400 naming ``stop``."""
+    stop = [f"<stop {k}>" for k in range(count)]
+    with _counting(serve_client.app_ref) as encoder:
+        for path, body in [
+            ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "stop": stop}),
+            (
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "hi"}], "stop": stop},
+            ),
+        ]:
+            response = serve_client.post(path, json=body)
+            assert response.status_code == 400, response.text
+            error = _error(response)
+            assert error["param"] == "stop"
+            assert error["message"] == f"stop takes at most 4 strings, got {count}"
+        assert encoder.prompts == 0  # refused before tokenising
+
+
+def test_four_stop_strings_are_served(small_client):
+    body = {
+        "prompt": "hi",
+        "max_tokens": 2,
+        "temperature": 0,
+        "stop": ["\n\n", "User:", "zzz", "!?"],
+    }
+    assert small_client.post("/v1/completions", json=body).status_code == 200
+    assert small_client.post("/v1/completions", json={**body, "stop": "zz"}).status_code == 200
+
+
+def test_choices_per_request_are_capped_at_max_choices(small_client):
+    """prompts x n choices: 5,000 prompts x n=128 were all generated, and their text made on the
+    event loop. Past ``max_choices`` (8 here) a request is refused before anything is tokenised,
+    naming ``prompt`` where the prompts alone are too many, else ``n``."""
+    with _counting(small_client.app) as encoder:
+
+        def refused(path, body):
+            response = small_client.post(path, json={"max_tokens": 1, **body})
+            assert response.status_code == 400, response.text
+            return _error(response)
+
+        error = refused("/v1/completions", {"prompt": ["a", "b", "c"], "n": 3})
+        assert error["param"] == "n"
+        assert error["message"] == (
+            "the request asks for 9 choices (3 prompts × n=3); this server gives at most 8 "
+            "per request (max_choices)"
+        )
+        error = refused("/v1/completions", {"prompt": ["p"] * 9})
+        assert (
+            error["param"] == "prompt"
+            and "asks for 9 choices (9 prompts × n=1)" in error["message"]
+        )
+        error = refused("/v1/completions", {"prompt": "p", "n": 9})
+        assert error["param"] == "n" and "asks for 9 choices (n=9)" in error["message"]
+        chat = {"messages": [{"role": "user", "content": "hi"}], "n": 9, "stream": True}
+        error = refused("/v1/chat/completions", chat)
+        assert error["param"] == "n" and "at most 8 per request" in error["message"]
+        assert encoder.prompts == 0  # refused before tokenising
+        served = small_client.post(
+            "/v1/completions", json={"prompt": ["a", "b", "c", "d"], "n": 2, "max_tokens": 1}
+        )
+        assert served.status_code == 200 and len(served.json()["choices"]) == 8
+
+
+def test_by_default_a_request_gets_at_most_128_choices(serve_client):
+    response = serve_client.post("/v1/completions", json={"prompt": ["a", "b"], "n": 65})
+    assert response.status_code == 400
+    assert (
+        "asks for 130 choices (2 prompts × n=65); this server gives at most 128"
+        in (_error(response)["message"])
+    )
+    response = serve_client.post("/v1/completions", json={"prompt": ["p"] * 129})
+    assert response.status_code == 400 and _error(response)["param"] == "prompt"
+    response = serve_client.post("/v1/completions", json={"prompt": "p", "n": 129})
+    assert _error(response)["message"] == "n must be between 1 and 128, got 129"
+
+
+# ---------------------------------------------------------------------------------------------
 # Configuration and shared generate calls
 # ---------------------------------------------------------------------------------------------
 
@@ -246,6 +363,11 @@ def test_limits_that_leave_no_room_are_refused_at_start(tiny_model):
         create_app(str(tiny_model), max_prompt_tokens=1024)
     with pytest.raises(ConfigError, match="max_request_bytes"):
         create_app(str(tiny_model), max_request_bytes=0)
+    with pytest.raises(ConfigError, match="max_choices: must be at least 1"):
+        create_app(str(tiny_model), max_choices=0)
+    with pytest.raises(ConfigError, match="max_choices: must be >= 1, got 0"):
+        load_config(ServeConfig, None, ["max_choices=0"])
+    assert load_config(ServeConfig, None, ["max_choices=4"]).max_choices == 4
 
 
 def test_the_context_override_is_used(small_client):

@@ -24,13 +24,14 @@ choice gets its finish event as soon as its row ends; log-probs stream with thei
 
 Limits: a request body over ``max_request_bytes`` is refused (413) while it arrives, chunked or
 not; a prompt is checked by its length in characters before it is tokenised (off the event loop),
-and prompt + ``max_tokens`` must fit the model's context (400, worded as OpenAI and vLLM word
-it). A client that disconnects mid-stream does not stop its rows from being generated (the
-batch they share runs on); streams carry no ``usage``; OpenAI parameters this server does not
-implement (``echo``, ``best_of``, ``logit_bias``, ``presence_penalty``, ``response_format``,
-tools, ...) are accepted at their default value and refused otherwise, as are prompts given as
-token ids and non-text message parts; the request ``seed`` is ignored (the server's generator is
-seeded once at start).
+and prompt + ``max_tokens`` must fit the model's context (400, worded as OpenAI and vLLM word it);
+``stop`` takes at most 4 strings (as OpenAI's API) and a request at most ``max_choices`` choices
+(prompts × ``n``), 400 past either, before anything is tokenised. A client that disconnects
+mid-stream does not stop its rows from being generated (the batch they share runs on); streams
+carry no ``usage``; OpenAI parameters this server does not implement (``echo``, ``best_of``,
+``logit_bias``, ``presence_penalty``, ``response_format``, tools, ...) are accepted at their
+default value and refused otherwise, as are prompts given as token ids and non-text message parts;
+the request ``seed`` is ignored (the server's generator is seeded once at start).
 
 A reward-model directory (one holding ``rlhfkit_reward.json``) is served as the HTTP scorer
 that ``ppo.reward_model`` and ``eval`` accept instead: see `rlhfkit.recipes.serve_reward`.
@@ -63,6 +64,7 @@ from rlhfkit.serving.openai_protocol import (
     chat_logprobs,
     chat_messages,
     check_unsupported,
+    choices_per_prompt,
     chunk_event,
     completion_logprobs,
     number_param,
@@ -101,6 +103,9 @@ class ServeConfig:
         0, "longer prompts are refused (400); 0 = as long as the context allows"
     )
     max_request_bytes: int = option(8 << 20, "larger request bodies are refused (413)")
+    max_choices: int = option(
+        128, "most choices (prompts x n) one request may ask for; more are refused (400)", minimum=1
+    )
     default_max_tokens: int = option(256, "max_tokens of a chat request that gives none")
     seed: int = option(0, "seed of the server's sampling generator")
     log_level: str = option("warning", "uvicorn log level: debug, info, warning, error")
@@ -116,6 +121,7 @@ def create_app(
     max_model_len: int = 0,
     max_prompt_tokens: int = 0,
     max_request_bytes: int = 8 << 20,
+    max_choices: int = 128,
     default_max_tokens: int = 256,
     seed: int = 0,
 ):
@@ -128,6 +134,8 @@ def create_app(
 
     if max_request_bytes < 1:
         raise ConfigError(f"max_request_bytes: must be at least 1, got {max_request_bytes}")
+    if max_choices < 1:
+        raise ConfigError(f"max_choices: must be at least 1, got {max_choices}")
     name = model_name or Path(model_dir.rstrip("/")).name or model_dir
     if serves_ensemble(model_dir) or is_reward_model(model_dir):
         return create_reward_app(
@@ -182,15 +190,14 @@ def create_app(
             )
         return body
 
-    def _jobs(prompts: list[list[int]], body: dict, max_default: int, top: int, param: str):
-        """The jobs of a request (validating its sampling keys and that each prompt and its
-        new tokens fit the context), and its prompt token count."""
+    def _jobs(prompts: list[list[int]], n: int, body: dict, max_default: int, top: int, param: str):
+        """The jobs of a request, ``n`` rows per prompt (validating its sampling keys and that
+        each prompt and its new tokens fit the context), and its prompt token count."""
         requested = requested_max_tokens(body)
         temperature = number_param(body, "temperature", 1.0, float, 0.0, 2.0)
         if temperature < GREEDY_BELOW:  # logits / 1e-45 overflow; sampling's limit is greedy
             temperature = 0.0
         top_p = number_param(body, "top_p", 1.0, float, 0.0, 1.0)
-        n = number_param(body, "n", 1, int, 1, 128)
         jobs = [
             GenJob(
                 ids,
@@ -298,8 +305,9 @@ def create_app(
         logprobs = body.get("logprobs")
         top = -1 if logprobs is None else number_param(body, "logprobs", 0, int, 0, vocab)
         stop = stop_list(body)
+        n = choices_per_prompt(body, len(prompts), max_choices)  # before any tokenising
         encoded = await asyncio.to_thread(app.state.prompts.completion, prompts)
-        jobs, prompt_tokens = _jobs(encoded, body, 16, top, "prompt")
+        jobs, prompt_tokens = _jobs(encoded, n, body, 16, top, "prompt")
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
 
@@ -350,8 +358,9 @@ def create_app(
         if body.get("logprobs"):
             top = number_param(body, "top_logprobs", 0, int, 0, vocab)
         stop = stop_list(body)
+        n = choices_per_prompt(body, 1, max_choices)
         encoded = await asyncio.to_thread(app.state.prompts.chat, messages)
-        jobs, prompt_tokens = _jobs([encoded], body, default_max_tokens, top, "messages")
+        jobs, prompt_tokens = _jobs([encoded], n, body, default_max_tokens, top, "messages")
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
 
@@ -426,6 +435,7 @@ def run(config: ServeConfig) -> int:
         max_model_len=config.max_model_len,
         max_prompt_tokens=config.max_prompt_tokens,
         max_request_bytes=config.max_request_bytes,
+        max_choices=config.max_choices,
         default_max_tokens=config.default_max_tokens,
         seed=config.seed,
     )

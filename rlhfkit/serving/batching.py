@@ -6,6 +6,10 @@ model's own distribution (temperature 1, before top-p), as OpenAI reports them.
 
 A job with an ``on_token`` callback is streamed: a streamer inside the batched `generate` call
 hands each row's new token (`StepToken`) to its job as it is made.
+
+A job's future may be cancelled (its client went away): a job cancelled while it waits is not
+run, and one cancelled while its batch runs has its rows dropped; the other jobs of the batch
+get theirs either way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +132,21 @@ class _RowStreamer(BaseStreamer):
             self.live[b] = False
 
 
+def _resolve(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Hand ``result`` (or ``error``) to ``future`` unless it is already done: a request whose
+    client went away may have cancelled it, even while its batch ran. Setting a cancelled
+    future raises, which would end the worker thread and strand every later request."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set (another thread)
+        pass
+
+
 class BatchedGenerator:
     """A worker thread that gathers concurrent jobs into shared `generate` calls, and streams the
     tokens of jobs that have an ``on_token`` callback while they are generated.
@@ -190,6 +209,10 @@ class BatchedGenerator:
                     break
                 jobs.append(job)
                 rows += job.n
+            # a job whose request is gone (its future cancelled while it waited) is not run
+            jobs = [job for job in jobs if not job.future.cancelled()]
+            if not jobs:
+                continue
             self.stats["batches"] += 1
             self.stats["requests"] += len(jobs)
             groups: dict[tuple[float, float], list[GenJob]] = {}
@@ -200,11 +223,10 @@ class BatchedGenerator:
                     results = self._run(group)
                 except Exception as err:  # noqa: BLE001 - handed to the waiting requests
                     for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(err)
+                        _resolve(job.future, error=err)
                     continue
                 for job, rows_of_job in zip(group, results, strict=True):
-                    job.future.set_result(rows_of_job)
+                    _resolve(job.future, rows_of_job)
 
     def _chunks(self, rows: list[tuple[int, GenJob, int]]) -> list[list[tuple[int, GenJob, int]]]:
         """Consecutive runs of ``rows`` (so each job's rows stay in order), one per `generate`

@@ -179,16 +179,42 @@ def number_param(body: dict, key: str, default: Any, cast: type, low: float, hig
     return cast(value)
 
 
+# OpenAI's limit on stop strings: each is looked for after every generated token, so an unbounded
+# list would hold the event loop.
+MAX_STOP = 4
+
+
 def stop_list(body: dict) -> list[str]:
-    """The request's ``stop`` (a string or a list of strings) as a list."""
+    """The request's ``stop`` (a string or a list of at most `MAX_STOP` strings) as a list."""
     stop = body.get("stop")
     if stop is None:
         return []
     if isinstance(stop, str):
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        if len(stop) > MAX_STOP:
+            raise ApiError(f"stop takes at most {MAX_STOP} strings, got {len(stop)}", "stop")
         return [s for s in stop if s]
     raise ApiError("stop must be a string or a list of strings", "stop")
+
+
+# OpenAI's limit on ``n``.
+MAX_N = 128
+
+
+def choices_per_prompt(body: dict, prompts: int, max_choices: int) -> int:
+    """The request's ``n`` (1 to `MAX_N`); a 400 where ``prompts`` × ``n`` choices are more than
+    ``max_choices`` (the server's limit per request), naming ``prompt`` where the prompts alone
+    are too many, else ``n``."""
+    n = number_param(body, "n", 1, int, 1, MAX_N)
+    if prompts * n > max_choices:
+        asked = f"{prompts} prompts × n={n}" if prompts > 1 else f"n={n}"
+        raise ApiError(
+            f"the request asks for {prompts * n} choices ({asked}); this server gives at most "
+            f"{max_choices} per request (max_choices)",
+            "prompt" if prompts > max_choices else "n",
+        )
+    return n
 
 
 def requested_max_tokens(body: dict) -> int | None:
@@ -290,10 +316,13 @@ def _message_text(message: dict, where: str) -> str:
 
 
 __all__ = [
+    "MAX_N",
+    "MAX_STOP",
     "TokenTable",
     "chat_logprobs",
     "chat_messages",
     "check_unsupported",
+    "choices_per_prompt",
     "chunk_event",
     "completion_logprobs",
     "number_param",
