@@ -1,5 +1,6 @@
 """Endpoint failures: down, slow, malformed JSON and 5xx give a clear error after retries with
-back-off; a run stopped by a failing endpoint keeps its judgments and a rerun continues."""
+back-off; an answer of the wrong shape (HTTP 200) gives a clear error naming the URL and the
+part at fault; a run stopped by a failing endpoint keeps its judgments and a rerun continues."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from rlhfkit.feedback.ai_labeller import EndpointLM
 from rlhfkit.feedback.openai_client import EndpointError, OpenAIClient, normalise_base_url
 from rlhfkit.recipes.label import LabelConfig, label
+from rlhfkit.rollout.sampling import SamplingParams
 from tests.conftest import free_port, write_jsonl
 
 GOOD = {
@@ -34,7 +37,8 @@ GOOD = {
 
 class FakeEndpoint:
     """A scripted OpenAI-compatible server: `modes` is consumed one entry per request
-    ("ok", "malformed", "slow", "503", "400"); when it runs out, `default` is used."""
+    ("ok", "malformed", "slow", "503", "400", or a dict: that body with HTTP 200); when it runs
+    out, `default` is used."""
 
     def __init__(self, modes=(), default="ok"):
         self.modes, self.default, self.requests = list(modes), default, []
@@ -64,7 +68,9 @@ class FakeEndpoint:
                 if mode == "slow":
                     time.sleep(1.0)
                     mode = "ok"
-                if mode == "malformed":
+                if isinstance(mode, dict):
+                    self._reply(200, json.dumps(mode).encode())
+                elif mode == "malformed":
                     self._reply(200, b'{"choices": [ oops')
                 elif mode == "503":
                     self._reply(503, b'{"error": {"message": "overloaded"}}')
@@ -280,3 +286,178 @@ def test_judgment_warnings_thresholds():
     assert parsed.startswith("2 of 3 judgments were parsed") and "judge_top_logprobs=5" in parsed
     assert undecided.startswith("2 of 3 pairs are undecided")
     assert judgment_warnings({}, 0, 0, config) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers of the wrong shape (HTTP 200)
+# ---------------------------------------------------------------------------------------------
+
+
+def _completion(logprobs, text="A"):
+    return {"choices": [{"index": 0, "text": text, "logprobs": logprobs}]}
+
+
+def _chat(logprobs, message=None):
+    message = {"role": "assistant", "content": "A"} if message is None else message
+    return {"choices": [{"index": 0, "message": message, "logprobs": logprobs}]}
+
+
+def _chat_entry(**fields):
+    return {"content": [{"token": "A", "logprob": -0.25, "top_logprobs": [], **fields}]}
+
+
+# (api, answer, the part of it the error names); each raised KeyError, TypeError, ValueError or
+# AttributeError out of `rlhfkit label` (a traceback) instead of an endpoint error
+WRONG_SHAPES = [
+    ("completions", {"choices": [None]}, "choices[0] is not an object"),
+    ("completions", {"choices": [{"index": 0}]}, "choices[0].text is missing"),
+    ("completions", _completion([]), "choices[0].logprobs is not an object or null"),
+    ("completions", _completion({"top_logprobs": {"A": -1}}), "top_logprobs is not a list"),
+    ("completions", _completion({"top_logprobs": [{"A": None}]}), '[0]["A"] is not a number'),
+    ("completions", _completion({"top_logprobs": [{"A": "-1"}]}), '[0]["A"] is not a number'),
+    (
+        "completions",
+        _completion({"top_logprobs": [{"A": float("nan")}]}),
+        '[0]["A"] is not a log-prob',
+    ),
+    (
+        "completions",
+        _completion({"tokens": [["A"]], "token_logprobs": [-1.0]}),
+        "tokens[0] is not a string",
+    ),
+    (
+        "completions",
+        _completion({"tokens": ["A"], "token_logprobs": ["x"]}),
+        "token_logprobs[0] is not a number",
+    ),
+    ("chat", {"choices": [{"index": 0}]}, "choices[0].message is missing or not an object"),
+    ("chat", _chat(None, message="A"), "choices[0].message is missing or not an object"),
+    ("chat", _chat({"content": {"token": "A"}}), "logprobs.content is not a list"),
+    ("chat", _chat({"content": [None]}), "logprobs.content[0] is not an object"),
+    ("chat", _chat({"content": [{"logprob": -1.0}]}), "content[0].token is missing"),
+    ("chat", _chat(_chat_entry(logprob=None)), "content[0].logprob is not a number"),
+    ("chat", _chat(_chat_entry(top_logprobs=[None])), "content[0].top_logprobs[0] is not an"),
+    (
+        "chat",
+        _chat(_chat_entry(top_logprobs=[{"token": "B"}])),
+        "content[0].top_logprobs[0].logprob is missing",
+    ),
+]
+
+
+class _ScriptedClient:
+    """Stands in for `OpenAIClient`: every request gets ``answer``."""
+
+    base_url = "http://judge.example:8000/v1"
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def completions(self, prompt, **params):
+        return self.answer
+
+    def chat(self, messages, **params):
+        return self.answer
+
+
+@pytest.mark.parametrize(("api", "answer", "where"), WRONG_SHAPES)
+def test_an_answer_of_the_wrong_shape_is_an_endpoint_error(api, answer, where):
+    lm = EndpointLM(_ScriptedClient(answer), api=api, concurrency=1)
+    with pytest.raises(EndpointError) as err:
+        lm.option_scores(["Which is better?"], (" (A)", " (B)"))
+    message = str(err.value)
+    url = "http://judge.example:8000/v1/" + ("chat/completions" if api == "chat" else "completions")
+    assert message.startswith(f"{url}: the answer is not in OpenAI's {api} shape: ")
+    assert where in message
+    assert type(err.value).__name__ == "EndpointAnswerError"
+
+
+def test_a_choice_without_its_text_is_an_endpoint_error_when_generating():
+    """`cai revise` generates critiques and revisions: a chat answer without a message was an
+    AttributeError (a string), or silently an empty revision (missing)."""
+    params = SamplingParams(8, 1.0, 1.0)
+    for api, answer in [
+        ("chat", {"choices": [{"index": 0, "message": "A revision."}]}),
+        ("chat", {"choices": [{"index": 0, "text": "A revision."}]}),
+        ("completions", {"choices": [{"index": 0, "message": {"content": "A revision."}}]}),
+    ]:
+        lm = EndpointLM(_ScriptedClient(answer), api=api, concurrency=1)
+        with pytest.raises(EndpointError, match="is missing or not"):
+            lm.generate(["Revise this."], params, seed=0)
+
+
+def test_answers_offering_no_log_probs_are_still_parsed():
+    """Null or empty log-probs are an endpoint that offers none, not a wrong shape: the answer
+    is parsed (see test_endpoint_without_logprobs_falls_back_to_the_parsed_answer)."""
+    offering_none = [
+        ("completions", _completion(None)),
+        ("completions", _completion({"top_logprobs": [], "tokens": [], "token_logprobs": []})),
+        ("completions", _completion({"top_logprobs": [None], "tokens": ["A"]})),
+        ("completions", _completion({"top_logprobs": [{}], "token_logprobs": [None]})),
+        ("chat", _chat(None)),
+        ("chat", _chat({"content": None})),
+        ("chat", _chat({"content": []}, message={"role": "assistant", "content": None})),
+    ]
+    for api, answer in offering_none:
+        lm = EndpointLM(_ScriptedClient(answer), api=api, concurrency=1)
+        [score] = lm.option_scores(["Which is better?"], (" (A)", " (B)"))
+        assert score.source == "parsed", (api, answer)
+
+
+@pytest.mark.parametrize(
+    ("api", "bad", "where"),
+    [
+        ("completions", _completion({"top_logprobs": [{"A": None, "B": -1.0}]}), '["A"]'),
+        ("chat", {"choices": [{"index": 0, "logprobs": None}]}, "choices[0].message"),
+    ],
+)
+def test_label_stopped_by_an_answer_of_the_wrong_shape_keeps_its_work(
+    endpoint, tmp_path, api, bad, where
+):
+    """The endpoint answers 4 requests well (the first step: 2 pairs, both orders), then with
+    HTTP 200 and a body of the wrong shape: `rlhfkit label` stops with the endpoint error that
+    says where the work is kept (it raised TypeError or AttributeError, a traceback), and a
+    rerun once the endpoint answers well judges only the remaining pairs."""
+    good = GOOD
+    if api == "chat":
+        good = _chat(
+            {
+                "content": [
+                    {
+                        "token": "A",
+                        "logprob": -0.25,
+                        "top_logprobs": [
+                            {"token": "A", "logprob": -0.25},
+                            {"token": "B", "logprob": -1.75},
+                        ],
+                    }
+                ]
+            }
+        )
+    server = endpoint(modes=[good] * 4, default=bad)
+    config = LabelConfig(
+        judge=server.url,
+        judge_api=api,
+        train_data=str(_pairs(tmp_path, 5)),
+        output=str(tmp_path / "labels.jsonl"),
+        constitution="world",
+        batch_size=2,
+        concurrency=1,
+        progress=False,
+    )
+    with pytest.raises(EndpointError) as err:
+        label(config)
+    message = str(err.value)
+    path = "chat/completions" if api == "chat" else "completions"
+    assert message.startswith(f"{server.url}/v1/{path}: the answer is not in OpenAI's {api} shape")
+    assert where in message
+    assert "2 of 5 pairs are judged and kept in" in message
+    assert message.endswith("run the same command again to continue")
+    judgments = tmp_path / "labels.judgments.jsonl"
+    assert len(judgments.read_text().splitlines()) == 4
+    assert len(server.requests) == 5  # not retried: the same answer would come again
+
+    server.default = good
+    summary = label(config)
+    assert summary["resumed_pairs"] == 2 and summary["pairs"] == 5
+    assert summary["sources"] == {"logprobs": 10}

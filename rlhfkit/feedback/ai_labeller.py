@@ -13,7 +13,10 @@ Two text-model backends share one small interface (`TextModel`):
   tokens that start each option's remainder (``"A"``, ``"B"``). An endpoint that offers no
   log-probs for either option (none at all, or neither among its top ``top_logprobs``) gets its
   answer parsed instead: a hard label (1, 0, or 0.5 when unreadable), marked ``"parsed"``;
-  `rlhfkit label` counts them and warns when most judgments are parsed or undecided.
+  `rlhfkit label` counts them and warns when most judgments are parsed or undecided. An answer
+  not in OpenAI's shape (a choice without its text, log-probs of the wrong type) is an
+  `EndpointAnswerError` naming the URL and the part at fault, which `rlhfkit label` and
+  `rlhfkit cai` report as they report an endpoint that is down (work so far kept).
 
 A local prompt longer than its budget -- ``max_prompt_length``, and at most the model's
 ``max_position_embeddings`` minus the tokens to be generated or scored -- loses its start;
@@ -52,7 +55,12 @@ from typing import Any, Protocol
 from rlhfkit.data.formats import as_reply
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.feedback.constitution import ComparisonPrinciple, Constitution
-from rlhfkit.feedback.openai_client import OpenAIClient, is_endpoint, normalise_base_url
+from rlhfkit.feedback.openai_client import (
+    EndpointAnswerError,
+    OpenAIClient,
+    is_endpoint,
+    normalise_base_url,
+)
 from rlhfkit.losses.soft_labels import choice_probability, clamp_probability, debiased_preference
 from rlhfkit.rollout.sampling import SamplingParams
 
@@ -262,6 +270,9 @@ def prompt_budget(max_prompt_length: int, context_length: int | None, reserved: 
 # ---------------------------------------------------------------------------------------------
 
 
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string"}
+
+
 class EndpointLM:
     """A model behind an OpenAI-compatible API (see the module docstring).
 
@@ -305,11 +316,56 @@ class EndpointLM:
             return self.client.chat([{"role": "user", "content": prompt}], **params)
         return self.client.completions(prompt, **params)
 
-    def _text(self, body: dict) -> str:
+    @property
+    def url(self) -> str:
+        """Where requests go: the endpoint's completions or chat completions URL."""
+        return self.client.base_url + (
+            "/chat/completions" if self.api == "chat" else "/completions"
+        )
+
+    def _bad(self, where: str, problem: str, got: Any) -> EndpointAnswerError:
+        """The error for an answer whose ``where`` (a path in it) has ``problem``."""
+        shown = json.dumps(got, default=str)
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        return EndpointAnswerError(
+            f"{self.url}: the answer is not in OpenAI's {self.api} shape: {where} {problem} "
+            f"(got {shown})"
+        )
+
+    def _field(self, parent: dict, key: str, where: str, kind: type) -> Any:
+        """``parent[key]``: None where absent or null, else a ``kind`` (dict, list or str)."""
+        value = parent.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise self._bad(f"{where}.{key}", f"is not {_JSON_KINDS[kind]} or null", value)
+        return value
+
+    def _logprob(self, value: Any, where: str) -> float:
+        """A log-prob of the answer: a number, not NaN nor +inf."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._bad(where, "is not a number", value)
+        if math.isnan(value) or value == math.inf:
+            raise self._bad(where, "is not a log-prob", value)
+        return float(value)
+
+    def _choice(self, body: dict) -> dict:
+        """The answer's first choice (the client checked that ``choices`` is a non-empty list)."""
         choice = body["choices"][0]
+        if not isinstance(choice, dict):
+            raise self._bad("choices[0]", "is not an object", choice)
+        return choice
+
+    def _text(self, body: dict) -> str:
+        """The text of the answer's first choice; a 200 answer without it is an
+        `EndpointAnswerError` (a chat message's null content, e.g. a refusal, is "")."""
+        choice = self._choice(body)
         if self.api == "chat":
-            return str((choice.get("message") or {}).get("content") or "")
-        return str(choice.get("text") or "")
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                raise self._bad("choices[0].message", "is missing or not an object", message)
+            return self._field(message, "content", "choices[0].message", str) or ""
+        if not isinstance(choice.get("text"), str):
+            raise self._bad("choices[0].text", "is missing or not a string", choice.get("text"))
+        return choice["text"]
 
     def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
         extra = {"stop": list(self.stop)[:4]} if self.stop else {}
@@ -352,25 +408,51 @@ class EndpointLM:
         return self._map(one, prompts)
 
     def _top_logprobs(self, body: dict) -> dict[str, float] | None:
-        """Token -> log-prob of the first generated position, or None if not offered."""
-        logprobs = body["choices"][0].get("logprobs")
-        if not isinstance(logprobs, dict):
+        """Token -> log-prob of the first generated position, or None if not offered (no
+        ``logprobs``, or empty ones). Log-probs of the wrong shape are an `EndpointAnswerError`
+        naming the endpoint and the part of the answer at fault."""
+        logprobs = self._field(self._choice(body), "logprobs", "choices[0]", dict)
+        if logprobs is None:
             return None
+        where = "choices[0].logprobs"
         if self.api == "chat":
-            content = logprobs.get("content")
+            content = self._field(logprobs, "content", where, list)
             if not content:
                 return None
-            first = content[0]
-            tops = {t["token"]: float(t["logprob"]) for t in first.get("top_logprobs") or []}
-            tops.setdefault(first["token"], float(first["logprob"]))
+            first = self._token_entry(content[0], f"{where}.content[0]")
+            tops: dict[str, float] = {}
+            alternatives = self._field(content[0], "top_logprobs", f"{where}.content[0]", list)
+            for k, alt in enumerate(alternatives or []):
+                token, value = self._token_entry(alt, f"{where}.content[0].top_logprobs[{k}]")
+                tops[token] = value
+            tops.setdefault(*first)
             return tops
-        top = logprobs.get("top_logprobs")
-        if top and isinstance(top[0], dict) and top[0]:
-            return {str(k): float(v) for k, v in top[0].items()}
-        tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+        top = self._field(logprobs, "top_logprobs", where, list)
+        if top and top[0] is not None:
+            if not isinstance(top[0], dict):
+                raise self._bad(f"{where}.top_logprobs[0]", "is not an object or null", top[0])
+            if top[0]:
+                return {
+                    str(k): self._logprob(v, f"{where}.top_logprobs[0][{json.dumps(k)}]")
+                    for k, v in top[0].items()
+                }
+        tokens = self._field(logprobs, "tokens", where, list)
+        values = self._field(logprobs, "token_logprobs", where, list)
         if tokens and values and values[0] is not None:
-            return {tokens[0]: float(values[0])}
+            if not isinstance(tokens[0], str):
+                raise self._bad(f"{where}.tokens[0]", "is not a string", tokens[0])
+            return {tokens[0]: self._logprob(values[0], f"{where}.token_logprobs[0]")}
         return None
+
+    def _token_entry(self, entry: Any, where: str) -> tuple[str, float]:
+        """(token, log-prob) of a chat log-prob entry ``{"token", "logprob", ...}``."""
+        if not isinstance(entry, dict):
+            raise self._bad(where, "is not an object", entry)
+        if not isinstance(entry.get("token"), str):
+            raise self._bad(f"{where}.token", "is missing or not a string", entry.get("token"))
+        if "logprob" not in entry:
+            raise self._bad(f"{where}.logprob", "is missing", entry)
+        return entry["token"], self._logprob(entry["logprob"], f"{where}.logprob")
 
 
 def _match_logprob(tops: dict[str, float], rest: str, other: str) -> float | None:

@@ -7,7 +7,8 @@ Retried (up to ``max_retries`` more times, waiting ``backoff * 2**attempt`` seco
 ``max_backoff``): a connection that fails or times out, HTTP 429 and 5xx, and a body that is not
 the JSON object expected. Any other 4xx is the caller's mistake and fails at once with the
 server's message. After the last try an `EndpointError` says what went wrong, where, and how
-many times it was tried.
+many times it was tried. The callers check the inside of an answer themselves and raise
+`EndpointAnswerError` (an `EndpointError`) where it is not the shape promised.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from rlhfkit.errors import RlhfkitError
 
 class EndpointError(RlhfkitError):
     """An OpenAI-compatible endpoint was down, too slow, or answered something unusable."""
+
+
+class EndpointAnswerError(EndpointError):
+    """An endpoint answered (HTTP 200, JSON) but not in the shape its API promises: a choice, a
+    message or a log-prob of the wrong type or missing. Not retried: such an endpoint answers
+    the same way again."""
 
 
 def normalise_base_url(url: str) -> str:
@@ -164,4 +171,10 @@ def _error_text(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-__all__ = ["EndpointError", "OpenAIClient", "is_endpoint", "normalise_base_url"]
+__all__ = [
+    "EndpointAnswerError",
+    "EndpointError",
+    "OpenAIClient",
+    "is_endpoint",
+    "normalise_base_url",
+]
