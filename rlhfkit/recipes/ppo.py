@@ -82,6 +82,7 @@ from rlhfkit.models.value_model import (
 )
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.rollout.fast_sampling import RowNoise, positions_from_mask, sample_with_logprobs
+from rlhfkit.rollout.sampling import only_given_settings
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import LOGS_FIELD, save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
@@ -343,16 +344,17 @@ def _hf_generate(lm, query, query_mask, config: PPOConfig, pad_id: int, eos_id: 
     kwargs = {"do_sample": False}
     if config.temperature > 0:
         kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
-    generated = lm.generate(
-        input_ids=query,
-        attention_mask=query_mask,
-        max_new_tokens=config.max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        top_k=0,
-        use_cache=True,
-        **kwargs,
-    )[:, query.shape[1] :]  # (B, N)
+    with only_given_settings(lm):
+        generated = lm.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            top_k=0,
+            use_cache=True,
+            **kwargs,
+        )[:, query.shape[1] :]  # (B, N)
     ended_before = (generated == eos_id).long().cumsum(dim=1) - (generated == eos_id).long()
     mask = (ended_before == 0).long()  # (B, N) tokens up to and including the first EOS
     generated = torch.where(mask.bool(), generated, torch.full_like(generated, pad_id))

@@ -4,14 +4,18 @@ One small interface for every stage that samples (`generate`, `ppo`, `eval`, `ca
 `sample_responses(model, prompt_ids, params, ...) -> Samples`. Prompts are left-padded so every
 row's next token sits at the same position; position ids follow the attention mask, so padding
 never shifts a prompt's positions. Responses stop at the first EOS (kept in the ids, flagged in
-`has_eos`) or at `max_new_tokens`.
+`has_eos`) or at `max_new_tokens`. Only the settings given here apply: the checkpoint's own
+`generation_config.json` is set aside for the call (`only_given_settings`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from rlhfkit.data.collate import pad_left
 
@@ -31,6 +35,22 @@ class Samples:
     prompt_index: list[int]
     response_ids: list[list[int]]  # each ends with EOS iff has_eos
     has_eos: list[bool]
+
+
+@contextmanager
+def only_given_settings(model: torch.nn.Module) -> Iterator[None]:
+    """Run `generate` with only the settings passed to it: a checkpoint's own
+    `generation_config.json` (Qwen2-Instruct's `repetition_penalty: 1.1`, a `min_new_tokens`,
+    `no_repeat_ngram_size`, `suppress_tokens`, ...) would otherwise fill in every setting the call
+    leaves unset, and the samples would come from another distribution than the one asked for:
+    PPO would train on log-probs of a distribution it did not sample from."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    saved = lm.generation_config
+    lm.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        lm.generation_config = saved
 
 
 def _generation_kwargs(params: SamplingParams, pad_id: int, eos_id: int) -> dict:
@@ -72,11 +92,12 @@ def sample_responses(
         chunk = rows[start : start + batch_size]
         input_ids = pad_left([ids for _, ids in chunk], pad_id).to(device)  # (B, P)
         attention_mask = pad_left([[1] * len(ids) for _, ids in chunk], 0).to(device)  # (B, P)
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            **_generation_kwargs(params, pad_id, eos_id),
-        )[:, input_ids.shape[1] :]  # (B, N)
+        with only_given_settings(model):
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **_generation_kwargs(params, pad_id, eos_id),
+            )[:, input_ids.shape[1] :]  # (B, N)
         for (prompt_index, _), row in zip(chunk, generated.tolist(), strict=True):
             response, ended = _cut_at_eos(row, eos_id, pad_id)
             out.prompt_index.append(prompt_index)
