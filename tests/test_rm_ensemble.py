@@ -123,3 +123,14 @@ def test_eval_scores_a_file_with_an_ensemble(members, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     spreads = [torch.tensor(h).std(unbiased=False).item() for h in heads]
     assert summary["disagreement"] == pytest.approx(sum(spreads) / 2, rel=1e-5)
+
+
+def test_a_max_length_below_the_stored_prompt_length_leaves_the_response_room(members):
+    """Stored max_prompt_length 256; `max_length=20` as an override: a 60-token prompt was kept
+    whole (60 > 20), the response got no room, and every response scored the reward of the
+    prompt's last token. The prompt is now cut to 19 tokens, leaving one for the response, so
+    two different responses score differently."""
+    scorer = load_reward_scorer(members[0], device="cpu", max_length=20)
+    assert scorer.max_prompt_length == 19
+    good, bad = scorer(["x" * 60] * 2, ["good answer", "terrible"])
+    assert good != bad

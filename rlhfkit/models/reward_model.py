@@ -499,7 +499,12 @@ class RewardScorer(HeadScorer):
         self.batch_size = batch_size
         self.normalized = normalized
         self.max_length = max_length or model.info.max_length
-        self.max_prompt_length = max_prompt_length or model.info.max_prompt_length
+        # A prompt leaves the response at least one token of room, whatever `max_length` says
+        # (an override below the stored max_prompt_length read every reward at the prompt's
+        # last token: all responses to a long prompt scored alike).
+        self.max_prompt_length = min(
+            max_prompt_length or model.info.max_prompt_length, max(self.max_length - 1, 1)
+        )
 
     @property
     def num_heads(self) -> int:
@@ -555,6 +560,7 @@ def load_reward_scorer(
     dtype: str = "auto",
     normalized: bool = True,
     max_length: int | None = None,
+    max_prompt_length: int | None = None,
     **_: object,
 ) -> RewardScorer:
     """Load `directory` (written by `rlhfkit rm`) as a callable `(prompts, responses) -> scores`.
@@ -566,14 +572,17 @@ def load_reward_scorer(
         dtype: Weight dtype.
         normalized: Apply the stored normalisation (mean 0, std 1 on the reference samples).
         max_length: Override the stored maximum length of prompt + response.
+        max_prompt_length: Override the stored maximum prompt length (a prompt is cut to leave
+            the response at least one token of `max_length` either way).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_reward_model(directory, dtype=dtype, device=device)
     tokenizer = load_tokenizer(str(directory))
     return RewardScorer(
-        model, tokenizer, batch_size=batch_size, normalized=normalized, max_length=max_length
-    )
+        model, tokenizer, batch_size=batch_size, normalized=normalized, max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
