@@ -134,3 +134,17 @@ def test_quiet_hf_progress_bars_restores_what_it_found():
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+@pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
+def test_lora_on_the_output_head_or_embeddings_is_refused(target):
+    """Log-probs apply the head's own weight to the hidden states at the response positions
+    (`chunked_token_logprobs`), so an adapter on `lm_head` was left out of every log-prob (13
+    nats off a full forward in review) and got no gradient; the embeddings are tied to it."""
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.models.loading import LoraSettings, apply_lora
+    from rlhfkit.models.presets import build_preset
+
+    model, _ = build_preset("tiny", seed=0)
+    with pytest.raises(ConfigError, match=rf"lora\.target_modules: '{target}' is the model's"):
+        apply_lora(model, LoraSettings(r=4, target_modules=("q_proj", target)))

@@ -219,6 +219,7 @@ def apply_lora(
     """Wrap `model` in LoRA adapters (peft); only adapter weights (and `modules_to_save`) train."""
     from peft import LoraConfig, get_peft_model
 
+    _refuse_embedding_targets(model, lora.target_modules)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -230,6 +231,26 @@ def apply_lora(
         # Frozen embeddings give checkpointed blocks inputs without grad; this restores the graph.
         model.enable_input_require_grads()
     return get_peft_model(model, config)
+
+
+def _refuse_embedding_targets(model: torch.nn.Module, targets) -> None:
+    """`lora.target_modules` may not name the input embeddings or the output head: log-probs and
+    values apply the head's weight directly to the hidden states, only at the positions they
+    need (`rlhfkit.models.logprobs`), which would leave a head's adapter out of every log-prob
+    (and without a gradient); the embeddings are tied to the head in many models."""
+    special = {
+        name
+        for name, module in model.named_modules()
+        if name and module in (model.get_input_embeddings(), model.get_output_embeddings())
+    }
+    for target in targets:
+        hit = sorted(n for n in special if n == target or n.endswith("." + target))
+        if hit:
+            raise ConfigError(
+                f"lora.target_modules: {target!r} is the model's {hit[0]} (input embeddings or "
+                "output head), which LoRA cannot adapt here: log-probs apply the head's own "
+                "weight at the response positions only; name the attention and MLP projections"
+            )
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:
