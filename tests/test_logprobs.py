@@ -69,3 +69,40 @@ def test_packed_sft_rows_give_each_example_its_own_logprobs(tiny_model):
             )
             offset += len(ids)
         assert offset == 15
+
+
+@pytest.mark.parametrize(
+    ("model_type", "shaping"),
+    [
+        ("gemma2", {"final_logit_softcapping": 2.0}),  # c · tanh(z / c), c = 2
+        ("cohere", {"logit_scale": 0.5}),  # z · 0.5
+        ("granite", {"logits_scaling": 4.0}),  # z / 4
+        ("llama", {}),
+    ],
+)
+def test_log_probs_reproduce_the_models_own_logit_shaping(model_type, shaping):
+    """Log-probs apply the head's weight to the hidden states, so whatever the model's forward
+    does to its logits after the head must be done here too: without it a tiny Gemma 2 with a
+    soft cap of 2 differed from its own forward (review: 1.2e-3 here, more with real logit
+    sizes), a Cohere or Granite model by its scale. At temperature 0.7 and 1, every target's
+    log-prob equals log_softmax(forward logits / T) of the model itself to 1e-5."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhfkit.models.logprobs import TokenLogprobs
+
+    config = AutoConfig.for_model(
+        model_type, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, **shaping,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        lm.get_output_embeddings().weight.mul_(30)  # logits large enough for a cap to bite
+    ids = torch.randint(0, 64, (2, 7))
+    mask = torch.ones_like(ids)
+    for temperature in (1.0, 0.7):
+        with torch.no_grad():
+            full = (lm(input_ids=ids).logits[:, :-1] / temperature).log_softmax(-1)
+            want = full.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            got = TokenLogprobs(lm)(ids, mask, temperature=temperature)["logprobs"][:, 1:]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -535,9 +535,9 @@ def test_sampling_temperature_reaches_every_logprob_computation(
     real_logits = logprobs_module._chunk_logits
     real_sampler = ppo_module.sample_with_logprobs
 
-    def logits(hidden, weight, bias, temperature):
+    def logits(hidden, weight, bias, temperature, softcap=None):
         seen["logits"].append(temperature)
-        return real_logits(hidden, weight, bias, temperature)
+        return real_logits(hidden, weight, bias, temperature, softcap)
 
     def sampler(*args, **kwargs):
         seen["sampler"].append(kwargs["temperature"])

@@ -32,10 +32,17 @@ def rows_per_chunk(vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
 
 
 def _chunk_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """(n, V) fp32 logits of the tempered distribution: head(h) / temperature."""
+    """(n, V) fp32 logits of the tempered distribution: head(h) / temperature, after the
+    model's own soft cap `c · tanh(logits / c)` where it has one (Gemma 2 and 3)."""
     logits = F.linear(hidden, weight, bias).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -45,9 +52,10 @@ def _chunk_logprobs(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     temperature: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """(n,) log softmax(logits)[target] = logits[target] - logsumexp(logits)."""
-    logits = _chunk_logits(hidden, weight, bias, temperature)  # (n, V)
+    logits = _chunk_logits(hidden, weight, bias, temperature, softcap)  # (n, V)
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n,)
     return target_logits - torch.logsumexp(logits, dim=-1)
 
@@ -58,10 +66,11 @@ def _chunk_logprobs_and_entropy(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     temperature: float,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both from one LM-head matmul: (n,) log-probs (with gradient) and (n,) entropy
     H = -sum_v p_v log p_v (without), where log p = logits - logsumexp(logits)."""
-    logits = _chunk_logits(hidden, weight, bias, temperature)  # (n, V)
+    logits = _chunk_logits(hidden, weight, bias, temperature, softcap)  # (n, V)
     logz = torch.logsumexp(logits, dim=-1)  # (n,)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     with torch.no_grad():
@@ -72,10 +81,14 @@ def _chunk_logprobs_and_entropy(
 
 @torch.no_grad()
 def _chunk_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """(n,) entropy of the tempered distribution, for chunks whose logits are not kept."""
-    logp = _chunk_logits(hidden, weight, bias, temperature).log_softmax(-1)  # (n, V)
+    logp = _chunk_logits(hidden, weight, bias, temperature, softcap).log_softmax(-1)  # (n, V)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -88,6 +101,7 @@ def chunked_token_logprobs(
     chunk_size: int | None = None,
     recompute: bool | None = None,
     with_entropy: bool = False,
+    shaping: tuple[float, float | None] = (1.0, None),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(head(h) / temperature)[target] for N rows, chunk by chunk.
 
@@ -100,10 +114,17 @@ def chunked_token_logprobs(
         recompute: Recompute chunk logits in backward (memory O(N·H) instead of O(N·V)).
             None chooses by size.
         with_entropy: Also return the entropy of each row's distribution (no gradient).
+        shaping: The model's own logit shaping `(scale, softcap)` (`logit_shaping`): logits
+            are multiplied by `scale`, then soft-capped, then tempered, as its forward does.
 
     Returns:
         (logprobs (N,), entropy (N,) or None).
     """
+    scale, softcap = shaping
+    if softcap is None:
+        temperature = temperature / scale  # (s · z) / T = z / (T / s)
+    elif scale != 1.0:  # no model has both; `logit_shaping` refuses such a config
+        raise ValueError("a logit scale and a soft cap together are not supported")
     n_rows, vocab = hidden.shape[0], head.weight.shape[0]
     chunk_size = chunk_size or rows_per_chunk(vocab)
     if recompute is None:
@@ -114,20 +135,46 @@ def chunked_token_logprobs(
         t = targets[start : start + chunk_size]  # (n,)
         if recompute:
             lp = checkpoint(
-                _chunk_logprobs, h, head.weight, head.bias, t, temperature, use_reentrant=False
-            )
+                _chunk_logprobs, h, head.weight, head.bias, t, temperature, softcap,
+                use_reentrant=False,
+            )  # fmt: skip
             if with_entropy:  # the logits are not kept, so the entropy takes its own matmul
-                entropies.append(_chunk_entropy(h.detach(), head.weight, head.bias, temperature))
+                entropies.append(
+                    _chunk_entropy(h.detach(), head.weight, head.bias, temperature, softcap)
+                )
         elif with_entropy:
-            lp, entropy = _chunk_logprobs_and_entropy(h, head.weight, head.bias, t, temperature)
+            lp, entropy = _chunk_logprobs_and_entropy(
+                h, head.weight, head.bias, t, temperature, softcap
+            )
             entropies.append(entropy)
         else:
-            lp = _chunk_logprobs(h, head.weight, head.bias, t, temperature)
+            lp = _chunk_logprobs(h, head.weight, head.bias, t, temperature, softcap)
         pieces.append(lp)
     if not pieces:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
     return torch.cat(pieces), (torch.cat(entropies) if with_entropy else None)
+
+
+def logit_shaping(config) -> tuple[float, float | None]:
+    """`(scale, softcap)` a model's forward applies to its head's logits, which log-probs
+    computed from the head's weight must apply too: Cohere multiplies them by `logit_scale`,
+    Granite divides them by `logits_scaling`, Gemma 2 and 3 soft-cap them at
+    `final_logit_softcapping` (c · tanh(z / c)). (1.0, None) for every other model."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = float(getattr(text, "logit_scale", None) or 1.0)
+    scaling = getattr(text, "logits_scaling", None)
+    if scaling:
+        scale /= float(scaling)
+    softcap = getattr(text, "final_logit_softcapping", None)
+    if softcap is not None and scale != 1.0:
+        from rlhfkit.errors import ConfigError
+
+        raise ConfigError(
+            f"model: {type(config).__name__} both scales and soft-caps its logits, which "
+            "rlhfkit's log-probs do not reproduce"
+        )
+    return scale, (float(softcap) if softcap else None)
 
 
 class TokenLogprobs(torch.nn.Module):
@@ -142,6 +189,7 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
+        self.shaping = logit_shaping(lm.config)
 
     def forward(
         self,
@@ -193,6 +241,7 @@ class TokenLogprobs(torch.nn.Module):
             temperature=temperature,
             chunk_size=self.chunk_size,
             with_entropy=with_entropy,
+            shaping=self.shaping,
         )
         out = {"logprobs": _place(logps, where)}
         if with_entropy:

@@ -31,7 +31,7 @@ from rlhfkit.models.loading import (
     enable_checkpointing,
     resolve_dtype,
 )
-from rlhfkit.models.logprobs import _scatter, chunked_token_logprobs
+from rlhfkit.models.logprobs import _scatter, chunked_token_logprobs, logit_shaping
 
 
 def is_reward_model_dir(path: str) -> bool:
@@ -208,6 +208,7 @@ class ActorCritic(torch.nn.Module):
             temperature=temperature,
             chunk_size=self.chunk_size,
             with_entropy=with_entropy,
+            shaping=logit_shaping(self.lm.config),
         )
         out = {"logprobs": _scatter(logps, predict_mask)}
         if with_entropy:
