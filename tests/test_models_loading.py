@@ -148,3 +148,25 @@ def test_lora_on_the_output_head_or_embeddings_is_refused(target):
     model, _ = build_preset("tiny", seed=0)
     with pytest.raises(ConfigError, match=rf"lora\.target_modules: '{target}' is the model's"):
         apply_lora(model, LoraSettings(r=4, target_modules=("q_proj", target)))
+
+
+def test_auto_dtype_follows_the_device_the_weights_go_to():
+    """`auto` is bf16 on a GPU: a reward scorer loaded onto the CPU of a machine with a GPU got
+    bf16 weights (slow there, and ~6e-3 off in review) because only `cuda.is_available()` was
+    asked."""
+    from rlhfkit.models.loading import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_dtype("auto") == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
+def test_an_unknown_architecture_is_one_line_naming_the_model(tmp_path):
+    """A config.json of a model_type transformers does not know (or custom code) raised a
+    ValueError traceback from `from_pretrained`."""
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.models.loading import load_causal_lm
+
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ConfigError, match=r"model: cannot load '.*': "):
+        load_causal_lm(str(tmp_path))

@@ -4,6 +4,7 @@ normalised scores; text-generation endpoints are refused with a message saying w
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -183,6 +184,8 @@ def test_the_client_sends_chat_prompts_and_ended_for_samples(monkeypatch):
     sent = []
 
     class Answer:
+        status_code = 200
+
         def raise_for_status(self):
             pass
 
@@ -257,3 +260,57 @@ def test_ppo_reward_url_scores_through_a_served_reward_model(rm_dir, local_score
             process.kill()
     banner = " ".join(process.stdout.read().split())  # the console wraps long lines
     assert "(reward model scorer)" in banner and f"{url}/score" in banner
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"scores": [float("nan")]}, "scores[0] is not finite"),
+        ({"scores": [float("inf")]}, "scores[0] is not finite"),
+        ({"scores": "7"}, 'expected {"scores": [...]}'),  # read as ["7"] before
+        ({"scores": [True]}, "scores[0] is not a number"),
+        ({"scores": [1.0, 2.0]}, "2 scores for 1 inputs"),
+    ],
+)
+def test_an_http_scorer_answer_that_is_no_finite_score_per_input_is_refused(
+    monkeypatch, answer, problem
+):
+    """Python's JSON reader takes NaN and Infinity, which then flowed into PPO's advantages; a
+    string "7" passed as one score per character."""
+    import httpx
+
+    from rlhfkit.models.reward_fn import HttpScorer
+
+    class Answer:
+        status_code = 200
+
+        def raise_for_status(self):
+            pass
+
+        def json(self):
+            return answer
+
+    monkeypatch.setattr(httpx, "post", lambda url, json, timeout: Answer())
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        HttpScorer("http://127.0.0.1:1/score", retries=1)(["Q:"], ["a"])
+
+
+def test_an_http_scorer_that_refuses_the_request_is_not_asked_again(monkeypatch):
+    """A 4xx other than 429 is the request's fault: one try, and the server's message."""
+    import httpx
+
+    from rlhfkit.models.reward_fn import HttpScorer
+
+    calls = []
+
+    class Refusal:
+        status_code, text = 422, "prompts: expected a list"
+
+    def post(url, json, timeout):
+        calls.append(url)
+        return Refusal()
+
+    monkeypatch.setattr(httpx, "post", post)
+    with pytest.raises(ConfigError, match="HTTP 422: prompts: expected a list"):
+        HttpScorer("http://127.0.0.1:1/score", retries=5)(["Q:"], ["a"])
+    assert len(calls) == 1

@@ -63,14 +63,16 @@ class LoraSettings:
     )
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """Map a config string to a torch dtype; `auto` is float32 on CPU and bfloat16 on a GPU.
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """Map a config string to a torch dtype; `auto` is float32 on CPU and bfloat16 on a GPU
+    (the `device` the weights go to where it is known, else whether a GPU is present).
 
     `auto` suits inference. To train on a GPU, load float32 weights and compute in bf16 with
     `mixed_precision=bf16`: pure-bf16 weights lose updates smaller than their rounding step.
     """
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        on_gpu = torch.device(device).type == "cuda" if device else torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu else torch.float32
     if name not in DTYPES:
         raise ConfigError(f"dtype: unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -194,7 +196,7 @@ def load_causal_lm(
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: an unknown or custom-code architecture
         raise ConfigError(f"model: cannot load {name_or_path!r}: {err}") from err
     # The model's dropout stays off in every stage: PPO's ratios and DPO's log-ratios assume a
     # deterministic forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.

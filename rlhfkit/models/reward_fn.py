@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Callable
 
@@ -122,6 +123,24 @@ def _python_function(target: str) -> RewardFn:
     return score
 
 
+def _checked_scores(answer: object, count: int) -> list[float]:
+    """The scorer's `{"scores": [...]}` as `count` finite floats, or a ValueError saying what is
+    wrong (Python's JSON reader takes NaN and Infinity; a string "7" is not a list)."""
+    scores = answer["scores"] if isinstance(answer, dict) else None
+    if not isinstance(scores, list):
+        raise ValueError(f'expected {{"scores": [...]}}, got {str(answer)[:100]}')
+    if len(scores) != count:
+        raise ValueError(f"{len(scores)} scores for {count} inputs")
+    values = []
+    for i, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ValueError(f"scores[{i}] is not a number: {score!r}")
+        if not math.isfinite(score):
+            raise ValueError(f"scores[{i}] is not finite: {score!r}")
+        values.append(float(score))
+    return values
+
+
 class HttpScorer:
     """`(prompts, responses) -> scores` through `POST url` (the protocol in the module doc),
     retried with exponential back-off; a last failure is a `ConfigError` naming the URL."""
@@ -152,11 +171,14 @@ class HttpScorer:
         for attempt in range(self.retries):
             try:
                 response = httpx.post(self.url, json=body, timeout=self.timeout)
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    # The request's own fault: the same request fails the same way again.
+                    raise ConfigError(
+                        f"reward_model: scorer {self.url} refused the request: HTTP "
+                        f"{response.status_code}: {response.text[:200]}"
+                    )
                 response.raise_for_status()
-                scores = [float(s) for s in response.json()["scores"]]
-                if len(scores) != len(prompts):
-                    raise ValueError(f"{len(scores)} scores for {len(prompts)} inputs")
-                return scores
+                return _checked_scores(response.json(), len(prompts))
             except (httpx.HTTPError, KeyError, ValueError, TypeError) as err:
                 if attempt == self.retries - 1:
                     raise ConfigError(

@@ -387,7 +387,7 @@ def load_reward_model(
     hf_logging.set_verbosity_error()  # a missing head is reported below, as an error
     try:
         seqcls, loading = AutoModelForSequenceClassification.from_pretrained(
-            directory, dtype=resolve_dtype(dtype), output_loading_info=True
+            directory, dtype=resolve_dtype(dtype, device), output_loading_info=True
         )
     except (OSError, ValueError) as err:
         raise ConfigError(f"reward_model: cannot load {directory!r}: {err}") from err
