@@ -16,11 +16,13 @@ def test_eval_policies_against_the_reference_and_report(tiny_model, tmp_path):
         [{"prompt": "User: What is 3+4?\nBot:"}, {"prompt": "User: Name a fruit.\nBot:"}],
     )
     out = tmp_path / "eval"
-    run_cli(
+    result = run_cli(
         "eval", f"policies=same={tiny_model}", f"reference={tiny_model}", f"prompts={prompts}",
         f"reward_model={GOLD}", f"gold_reward={GOLD}", "best_of_n=4", "max_new_tokens=6",
-        f"output_dir={out}",
+        f"output_dir={out}", "max_prompt_length=5",
     )  # fmt: skip
+    # Both prompts are longer than 5 tokens: sampled from their last 5, as ppo would, and said.
+    assert "2 prompts longer than max_prompt_length=5 tokens" in result.stdout + result.stderr
     evaluation = json.loads((out / "eval.json").read_text())
     policies = evaluation["policies"]
     assert set(policies) == {"reference", "best_of_4", "same"}

@@ -181,6 +181,7 @@ def sample_policy(
     batch_size: int = 128,
     device: str | torch.device | None = None,
     dtype: str = "float32",
+    max_prompt_length: int = 0,
 ) -> PolicySamples:
     """`n` responses per prompt from a saved policy (K responses of a prompt are consecutive).
 
@@ -196,13 +197,16 @@ def sample_policy(
         device: Where the model runs; None = cuda if available, else cpu.
         dtype: Weight dtype (`float32`, `bfloat16`, `float16`, `auto` = as stored).
     """
-    from rlhfkit.data.tokenize import encode_prompt, render_prompt
+    from rlhfkit.data.tokenize import encode_prompt, encode_prompts, render_prompt
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.rollout.sampling import SamplingParams, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, dtype=dtype, trainable=False).to(resolve_device(device))
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    if max_prompt_length > 0:  # as `ppo` and `generate` cut them: the start goes
+        prompt_ids, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
+    else:
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
         model, prompt_ids, SamplingParams(max_new_tokens, temperature, top_p),
@@ -300,6 +304,7 @@ def evaluate_against_reference(
     device: str | torch.device | None = None,
     dtype: str = "float32",
     keep_reference_pool: bool = False,
+    max_prompt_length: int = 0,
 ) -> dict:
     """Evaluate policies against a reference on `prompts` (one sample per prompt each).
 
@@ -324,6 +329,7 @@ def evaluate_against_reference(
         "top_p": top_p,
         "device": device,
         "dtype": dtype,
+        "max_prompt_length": max_prompt_length,
     }
     pool = sample_policy(reference, prompts, n=k, seed=seed + 7, **sampling)
     first = [i * k for i in range(len(prompts))]

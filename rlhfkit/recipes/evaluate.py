@@ -84,6 +84,12 @@ class EvalConfig(BaseConfig):
         64, "best-of-n of the reference for n = 1, 2, 4, ... up to this; 0 = off"
     )
     max_new_tokens: int = option(64, "maximum tokens per sampled response")
+    max_prompt_length: int = option(
+        0,
+        "longer prompts lose their start before sampling, as in ppo and generate (a prompt "
+        "past the model's context cannot be sampled from); 0 = whole prompts",
+        minimum=0,
+    )
     temperature: float = option(
         1.0,
         "sampling temperature of every policy (> 0); the KL is measured between the tempered "
@@ -110,6 +116,7 @@ POLICY_KEYS = (
     "temperature",
     "top_p",
     "diagnose_runs",
+    "max_prompt_length",
 )
 
 
@@ -324,6 +331,16 @@ def evaluate_policies(config: EvalConfig) -> dict:
     if not prompts:
         raise ConfigError(f"prompts: {config.prompts} holds no prompts")
     run = Run(config, "eval")
+    if config.max_prompt_length:
+        from rlhfkit.data.tokenize import encode_prompts
+        from rlhfkit.models.loading import load_tokenizer
+
+        _, cut = encode_prompts(load_tokenizer(reference), prompts, config.max_prompt_length)
+        if cut:
+            run.print(
+                f"[yellow]{cut} prompts longer than max_prompt_length={config.max_prompt_length} "
+                "tokens lose their start[/]"
+            )
     evaluation = evaluate_against_reference(
         named,
         reference=reference,
@@ -342,6 +359,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
         top_p=config.top_p,
         device=run.accelerator.device,
         dtype="float32" if config.dtype == "auto" else config.dtype,
+        max_prompt_length=config.max_prompt_length,
     )
     if runs:
         evaluation["curves"], warnings = training_diagnostics(runs)
