@@ -137,6 +137,41 @@ def test_load_pairs_skips_pairs_identical_after_truncation(tiny_model, tmp_path)
     assert pairs[0].chosen_ids != pairs[0].rejected_ids
 
 
+def test_a_rankings_pairs_train_together_and_count_as_one_record(tiny_model, tmp_path, monkeypatch):
+    """DESIGN.md: a ranking's K(K-1)/2 pairs train together. Records [ranking of 3 (3 pairs),
+    preference, ranking of 3] with batch_size=1 give 3 steps of 3, 1 and 3 pairs (not 7 steps
+    of one pair), and each pair of a record with n pairs weighs 1/n: with every pair's loss set
+    to 1, each step's loss is 1 (unweighted, a ranking's step would read 3)."""
+    from rlhfkit.recipes import dpo as dpo_module
+
+    data = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"prompt": "P:", "responses": [" a.", " b.", " c."], "ranking": [2, 0, 1]},
+            {"prompt": "User: hi\nBot:", "chosen": " Hello.", "rejected": " Go away."},
+            {"prompt": "Q:", "responses": [" x.", " yy.", " z."], "ranking": [0, 1, 2]},
+        ],
+    )
+    step_pairs = []
+    real_soft_labels, real_losses = dpo_module.soft_label_tensor, dpo_module.pair_losses
+
+    def soft_labels(pairs, indices, device, *, use):
+        step_pairs.append(len(indices))
+        return real_soft_labels(pairs, indices, device, use=use)
+
+    def unit_losses(*args):
+        losses, metrics = real_losses(*args)
+        ones = losses * 0 + 1.0  # keeps the graph
+        return ones, {**metrics, "loss": ones.detach()}
+
+    monkeypatch.setattr(dpo_module, "soft_label_tensor", soft_labels)
+    monkeypatch.setattr(dpo_module, "pair_losses", unit_losses)
+    out = tmp_path / "out"
+    summary = train(_config(tiny_model, data, out, "batch_size=1", "dpo.precompute_ref=false"))
+    assert summary["steps"] == 3 and sorted(step_pairs) == [1, 3, 3]
+    assert [row["loss"] for row in _rows(out) if "loss" in row] == [1.0, 1.0, 1.0]
+
+
 # --- forwards --------------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ from itertools import combinations
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.collate import pad_right
@@ -142,6 +143,7 @@ class Pair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     soft_label: float | None = None  # the record's P(chosen beats rejected); None = hard win
+    record: int = 0  # the record it comes from: a ranking's pairs share one (`record_groups`)
 
     @property
     def length(self) -> int:
@@ -172,7 +174,7 @@ def load_pairs(
     A preference record's `soft_label` is kept on its pair (pairs of a ranking have none)."""
     stats = TokenStats()
     pairs = []
-    for example in load_comparisons(spec):
+    for record, example in enumerate(load_comparisons(spec)):
         for prompt, chosen, rejected, soft_label in _text_pairs(example):
             stats.examples += 1
             if chosen == rejected:
@@ -200,8 +202,22 @@ def load_pairs(
                 continue
             stats.kept += 1
             chosen, rejected = (side.completion_ids for side in sides)
-            pairs.append(Pair(sides[0].prompt_ids, chosen, rejected, soft_label))
+            pairs.append(Pair(sides[0].prompt_ids, chosen, rejected, soft_label, record))
     return pairs, stats
+
+
+def record_groups(pairs: list[Pair]) -> list[list[int]]:
+    """Indices of `pairs` grouped by record, in order: one group per preference record, and one
+    per ranking holding all of its kept pairs. Training draws whole groups and weighs each pair
+    1/|group|, so a ranking's K(K-1)/2 pairs train together in one step and count as one record
+    (InstructGPT; DESIGN.md's ranking format), as in `rlhfkit rm`."""
+    groups: list[list[int]] = []
+    for i, pair in enumerate(pairs):
+        if groups and pairs[groups[-1][0]].record == pair.record:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def soft_label_tensor(
@@ -676,8 +692,17 @@ def train(config: DPOConfig) -> dict:
     make_batch = functools.partial(
         pair_batch, pad_id=pad_id, device=acc.device, layout=layout, mask_dtype=mask_dtype
     )
+    groups = record_groups(pairs)  # the plan draws records; a ranking's pairs stay together
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if options.pairs_per_forward and sharded and len(groups) < len(pairs):
+        # Rankings give processes unequal pair counts, hence unequal numbers of chunked passes;
+        # sharded engines gather parameters in every forward and would wait on each other.
+        raise ConfigError(
+            "dpo.pairs_per_forward: with ranking records under FSDP or DeepSpeed the processes "
+            "would run different numbers of passes; set dpo.pairs_per_forward=0"
+        )
     plan_args = (
-        len(pairs),
+        len(groups),
         config.batch_size,
         config.grad_accum,
         acc.num_processes,
@@ -686,10 +711,11 @@ def train(config: DPOConfig) -> dict:
         config.epochs,
     )
     if options.length_bucketing:
-        plan = LengthBucketedPlan(*plan_args, lengths=[p.length for p in pairs])
+        lengths = [max(pairs[i].length for i in group) for group in groups]
+        plan = LengthBucketedPlan(*plan_args, lengths=lengths)
     else:
         plan = BatchPlan(*plan_args)
-    checked_plan(run, plan, "pairs")
+    checked_plan(run, plan, "records" if len(groups) < len(pairs) else "pairs")
     model, optimizer, scheduler = prepare_optimization(run, model, config, plan.total_steps)
 
     totals = {"loss_sum": 0.0, "loss_steps": 0, "seconds": 0.0}
@@ -704,6 +730,7 @@ def train(config: DPOConfig) -> dict:
         summary = _train_loop(
             run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, make_batch,
             start_step=start_step, totals=totals, ref_tables=ref_tables, ref_fn=ref_fn,
+            groups=groups,
         )  # fmt: skip
     summary["reference_logps"] = ref_source
     summary["reference_seconds"] = reference_seconds
@@ -782,7 +809,7 @@ def _prepare_reference(run, stack, model, config, pairs, eval_pairs, make_batch,
 
 def _train_loop(
     run, model, optimizer, scheduler, plan, pairs, eval_pairs, config, make_batch, *,
-    start_step, totals, ref_tables, ref_fn,
+    start_step, totals, ref_tables, ref_fn, groups,
 ) -> dict:  # fmt: skip
     acc, options = run.accelerator, config.dpo
     train_table = None if ref_tables is None else ref_tables["train"]
@@ -793,6 +820,7 @@ def _train_loop(
             run, model, eval_pairs, config, make_batch, ref_table=eval_table, ref_fn=ref_fn
         )
 
+    group_size = {pairs[group[0]].record: len(group) for group in groups}
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
     # Seconds of optimizer steps only (no evaluation, no checkpoint writes), carried in the
@@ -801,24 +829,31 @@ def _train_loop(
     with run.progress(plan.total_steps, start_step, "dpo"):
         for step in range(start_step, plan.total_steps):
             step_started = time.perf_counter()
-            passes = forward_chunks(
-                plan.micro_batches(step, acc.process_index), options.pairs_per_forward
-            )
-            global_pairs = plan.global_batch
+            # The step's records, each as all of its pairs; a pair of a record with n pairs
+            # weighs 1/n, so the loss is the mean over records of their pairs' mean.
+            micro = [
+                [i for record in m for i in groups[record]]
+                for m in plan.micro_batches(step, acc.process_index)
+            ]
+            passes = forward_chunks(micro, options.pairs_per_forward)
+            global_records = plan.global_batch
             sums: dict[str, float] = {}
             for k, indices in enumerate(passes):
                 batch = make_batch(pairs, indices)
+                weights = torch.tensor(
+                    [1.0 / group_size[pairs[i].record] for i in indices], device=acc.device
+                )  # (B,)
                 with sync_context(acc, model, k, len(passes)):
                     policy_logps, lengths = sequence_logps(model, batch)  # (2B,), (2B,)
                     ref_logps = _reference_for(batch, indices, train_table, ref_fn, acc.device)
                     labels = soft_label_tensor(pairs, indices, acc.device, use=options.soft_labels)
                     losses, metrics = pair_losses(policy_logps, lengths, ref_logps, options, labels)
                     # DDP averages gradients over processes, hence the factor num_processes.
-                    acc.backward(losses.sum() * acc.num_processes / global_pairs)
+                    acc.backward((losses * weights).sum() * acc.num_processes / global_records)
                 for key, values in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(values.sum())
+                    sums[key] = sums.get(key, 0.0) + float((values * weights).sum())
                 window_tokens += sum(pairs[i].tokens for i in indices)
-            means = {key: global_sum(acc, value) / global_pairs for key, value in sums.items()}
+            means = {key: global_sum(acc, value) / global_records for key, value in sums.items()}
             check_finite(means["loss"], step + 1, run)
             grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             totals["seconds"] += time.perf_counter() - step_started
