@@ -159,3 +159,25 @@ def test_a_quick_demo_after_a_full_one_removes_the_dpo_runs_it_does_not_sweep(tm
     (tmp_path / "dpo_beta_notes").mkdir()  # not a run: no metrics.jsonl
     _remove_stale_sweep(tmp_path, [0.1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dpo_beta0.1", "dpo_beta_notes"]
+
+
+def test_the_ceiling_is_of_the_very_pairs_the_reward_model_is_scored_on(tmp_path):
+    """A pair given twice is labelled once (the annotation store merges it), and a copy in
+    swapped order is its own item that the held-out split may pull into the exported eval set:
+    the ceiling was taken on the held-out draw, not on those records. 20 pairs, each given
+    twice, and 5 of them once more swapped: 25 items, 20 reported as duplicates (they were
+    called "ties"), and the ceiling is of exactly the eval records."""
+    from rlhfkit.recipes.demo import DemoConfig, label_preferences
+    from rlhfkit.synthetic import agreement_ceiling, default_annotators
+
+    answers = [" Sure! 2+3 is 5.", " 7, you idiot.", " It is 5.", " Five."]
+    base = [
+        {"prompt": f"User: What is 2+{k}?\nBot:", "responses": [answers[i], answers[j]]}
+        for k in range(5) for i, j in ((0, 1), (0, 2), (1, 3), (2, 3))
+    ]  # fmt: skip
+    pairs = base + base + [{**p, "responses": p["responses"][::-1]} for p in base[:5]]
+    labels = label_preferences(DemoConfig(seed=3), pairs, tmp_path)
+    assert labels["duplicates"] == 20 and labels["train"] + labels["eval"] == 25
+    held_out = [json.loads(line) for line in (tmp_path / "preferences_eval.jsonl").open()]
+    triples = [(r["prompt"], r["chosen"], r["rejected"]) for r in held_out]
+    assert labels["annotator_agreement"] == approx(agreement_ceiling(triples, default_annotators()))

@@ -197,14 +197,18 @@ def label_preferences(config: DemoConfig, pairs: list[dict], out: Path) -> dict:
     write_jsonl(
         out / "preferences_eval.jsonl", [r for r, e in zip(records, is_eval, strict=True) if e]
     )
+    # The ceiling of exactly the pairs the reward model is scored on: a pair given twice (the
+    # annotation store labels it once) may sit on both sides of the split or twice within it.
     ceiling = agreement_ceiling(
-        [(p["prompt"], p["responses"][0], p["responses"][1]) for p in distinct[:held_out]],
+        [(r["prompt"], r["chosen"], r["rejected"]) for r, e in zip(records, is_eval, strict=True)
+         if e],
         annotators,
-    )
+    )  # fmt: skip
     return {
         "pairs": len(pairs),
         "skipped_identical": len(pairs) - len(distinct),
-        "ties": len(distinct) - len(records),
+        # Pairs given more than once: the annotation store holds (and labels) each once.
+        "duplicates": len(distinct) - len(records),
         "train": len(records) - sum(is_eval),
         "eval": sum(is_eval),
         "annotator_agreement": ceiling,
@@ -618,7 +622,8 @@ def _print_table(summary: dict, evaluation: dict, paths: DemoPaths, report: Path
     facts.add_row(
         "preferences",
         f"{labels['train']} train + {labels['eval']} held-out "
-        f"({labels['skipped_identical']} identical pairs skipped, {labels['ties']} ties)",
+        f"({labels['skipped_identical']} identical pairs skipped, "
+        f"{labels['duplicates']} duplicates labelled once)",
     )
     agreement = summary.get("rm_agreement", {})
     fresh = agreement.get("fresh_pairs", {})
