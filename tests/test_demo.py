@@ -181,3 +181,5 @@ def test_the_ceiling_is_of_the_very_pairs_the_reward_model_is_scored_on(tmp_path
     held_out = [json.loads(line) for line in (tmp_path / "preferences_eval.jsonl").open()]
     triples = [(r["prompt"], r["chosen"], r["rejected"]) for r in held_out]
     assert labels["annotator_agreement"] == approx(agreement_ceiling(triples, default_annotators()))
+    # Two annotators agree less often than the best classifier agrees with their labels.
+    assert 0.5 < labels["inter_annotator_agreement"] < labels["annotator_agreement"]
