@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -279,16 +280,28 @@ class SamplingOptions:
 # ---------------------------------------------------------------------------------------------
 
 
+class RawText(str):
+    """A `key=value` override's text as typed, with `parsed`, its YAML reading. A string key
+    takes the text (`model=0755`, `name=a #b` stay as typed), any other key the reading
+    (`lr=1e-3` a number, `layers=[1,2]` a list)."""
+
+    parsed: Any
+
+    def __new__(cls, raw: str) -> RawText:
+        text = super().__new__(cls, raw)
+        try:
+            text.parsed = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""  # noqa: S506
+        except yaml.YAMLError:
+            text.parsed = raw
+        return text
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
     key = key.strip().lstrip("-")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    return key, RawText(raw)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -318,6 +331,10 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    if isinstance(value, RawText) and annotation is not str:
+        origin = typing.get_origin(annotation)
+        if origin not in (typing.Union, types.UnionType) or str not in typing.get_args(annotation):
+            value = value.parsed  # a typed key reads YAML; a string key keeps the text
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -347,8 +364,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):  # `compile=1` reads as an integer
+            return bool(value)
+        words = ("true", "false", "yes", "no", "on", "off", "1", "0")
+        if isinstance(value, str) and value.lower() in words:
+            return value.lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -464,7 +484,21 @@ def _merge_new(into: dict, other: dict, prefix: str) -> None:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last),
+    and reads only true/false as booleans, as YAML 1.2 does: YAML 1.1 also reads yes, no, on
+    and off, so `mixed_precision: no` (that key's default) became False."""
+
+
+# YAML 1.2's booleans: the SafeLoader's resolvers without YAML 1.1's yes/no/on/off.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -538,8 +572,21 @@ def load_config(
         _deep_merge(tree, loaded)
     for item in overrides or []:  # a later item wins (programs compose base + changes)
         key, value = _parse_override(item)
-        _set_dotted(tree, key, value)
+        if isinstance(value.parsed, dict):  # `lora={r: 8}`: sets lora.r, keeps lora's others
+            for dotted, leaf in _dotted_leaves(value.parsed, key):
+                _set_dotted(tree, dotted, leaf)
+        else:
+            _set_dotted(tree, key, value)
     return build(cls, tree)
+
+
+def _dotted_leaves(tree: dict, prefix: str):
+    """(`prefix.a.b`, value) for every leaf of a nested mapping."""
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            yield from _dotted_leaves(value, f"{prefix}.{name}")
+        else:
+            yield f"{prefix}.{name}", value
 
 
 def check_unique_overrides(overrides: list[str]) -> None:

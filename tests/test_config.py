@@ -184,3 +184,25 @@ def test_one_process_stages_refuse_a_multi_process_launch(stage, monkeypatch, ca
     assert "Only sft, rm, dpo and ppo run as several processes" in error
     assert ("run each one under accelerate launch" in error) == (stage in ("pipeline", "demo"))
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_values_are_read_as_their_keys_type(tmp_path):
+    """`mixed_precision=no` (that key's default, listed in its help) was refused as 'False':
+    YAML 1.1 reads no/yes/on/off as booleans. A string key now keeps the text as typed
+    (`model=0755` was '493', `train_data=a #x` was 'a'); files read only true/false as booleans;
+    `lora={r: 8}` sets lora.r and keeps the file's lora.alpha (it replaced the whole group);
+    `compile=1` is true (it was refused as an integer)."""
+    from rlhfkit.recipes.sft import SFTConfig
+
+    config = load_config(
+        SFTConfig,
+        None,
+        ["mixed_precision=no", "model=0755", "train_data=a #x", "compile=1", "lora.alpha=32"],
+    )
+    assert (config.mixed_precision, config.model, config.train_data) == ("no", "0755", "a #x")
+    assert config.compile is True and config.learning_rate == SFTConfig().learning_rate
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\nprogress: off\nlora: {r: 4, alpha: 32}\n")
+    from_file = load_config(SFTConfig, path, ["lora={r: 8}", "learning_rate=1e-3"])
+    assert from_file.mixed_precision == "no" and from_file.progress is False
+    assert (from_file.lora.r, from_file.lora.alpha, from_file.learning_rate) == (8, 32, 1e-3)
