@@ -204,7 +204,7 @@ def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str |
                 overrides.append(f"{key}={argv[i + 1]}")
                 i += 2
             else:
-                overrides.append(f"{key}=true")
+                overrides.append(f"--{key}")  # a bare flag: true for a boolean key, else refused
                 i += 1
             continue
         if "=" in arg:

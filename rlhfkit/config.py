@@ -286,9 +286,11 @@ class RawText(str):
     (`lr=1e-3` a number, `layers=[1,2]` a list)."""
 
     parsed: Any
+    bare: bool = False  # a `--flag` given without a value: true for a boolean key only
 
-    def __new__(cls, raw: str) -> RawText:
+    def __new__(cls, raw: str, bare: bool = False) -> RawText:
         text = super().__new__(cls, raw)
+        text.bare = bare
         try:
             text.parsed = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""  # noqa: S506
         except yaml.YAMLError:
@@ -297,6 +299,8 @@ class RawText(str):
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
+    if item.startswith("--") and "=" not in item:  # a bare `--flag` (`split_args`)
+        return item[2:], RawText("true", bare=True)
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
@@ -331,6 +335,12 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    if (
+        isinstance(value, RawText)
+        and value.bare
+        and bool not in (annotation, *typing.get_args(annotation))
+    ):
+        raise ConfigError(f"--{key} needs a value (--{key} VALUE or {key}=VALUE)")
     if isinstance(value, RawText) and annotation is not str:
         origin = typing.get_origin(annotation)
         if origin not in (typing.Union, types.UnionType) or str not in typing.get_args(annotation):

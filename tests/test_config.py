@@ -206,3 +206,16 @@ def test_values_are_read_as_their_keys_type(tmp_path):
     from_file = load_config(SFTConfig, path, ["lora={r: 8}", "learning_rate=1e-3"])
     assert from_file.mixed_precision == "no" and from_file.progress is False
     assert (from_file.lora.r, from_file.lora.alpha, from_file.learning_rate) == (8, 32, 1e-3)
+
+
+def test_a_bare_flag_is_true_for_a_boolean_key_and_refused_for_any_other():
+    """`--output_dir --corpus_size 10` wrote into ./True: a `--key` without a value was read as
+    `key=true` whatever the key's type."""
+    from rlhfkit.cli import split_args
+
+    _, overrides = split_args(["--progress", "--output_dir", "--max_steps", "3"])
+    with pytest.raises(ConfigError, match=r"--output_dir needs a value"):
+        load_config(SFTConfig, None, overrides)
+    _, overrides = split_args(["--progress", "--max_steps", "3"])
+    config = load_config(SFTConfig, None, ["progress=false", *overrides])
+    assert config.progress is True and config.max_steps == 3
