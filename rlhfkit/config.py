@@ -42,6 +42,10 @@ from rlhfkit.errors import ConfigError
 CONSTRAINTS = ("minimum", "exclusive_minimum", "maximum", "exclusive_maximum", "choices", "check")
 
 
+#: Seeds go to numpy as well as torch, which takes 0 <= seed < 2**32.
+SEED_RANGE = {"minimum": 0, "maximum": 2**32 - 1}
+
+
 def option(
     default: Any = dataclasses.MISSING,
     help: str = "",
@@ -106,7 +110,7 @@ def _bound_problem(value: Any, constraints: dict[str, Any]) -> str | None:
     for name, symbol, holds in tests:
         bound = constraints.get(name)
         if bound is not None and not holds(bound):
-            return f"must be {symbol} {bound:g}"
+            return f"must be {symbol} {bound if isinstance(bound, int) else format(bound, 'g')}"
     return None
 
 
@@ -200,7 +204,7 @@ class LoraOptions:
 class BaseConfig:
     model: str = option("", "model: a local directory or a hub id")
     output_dir: str = option("runs/out", "where config.yaml, metrics, the model and checkpoints go")
-    seed: int = option(0, "random seed (data order, initialisation, sampling)")
+    seed: int = option(0, "random seed (data order, initialisation, sampling)", **SEED_RANGE)
     dtype: str = option(
         "auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"
     )
@@ -399,6 +403,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if math.isnan(number):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if math.isinf(number):  # `epochs=inf` overflowed deep inside the run
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return number
     if annotation is str:
         if value is None:
@@ -535,7 +541,11 @@ def read_yaml(path: Path) -> Any:
     """Parse a config or pipeline file; a key given twice in one mapping is an error rather
     than silently the last one. Raises `ConfigError` naming the file on any YAML problem."""
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -115,7 +115,7 @@ def test_flag_forms_are_equivalent():
     spaced = split_args(["--learning-rate", "1e-3", "--lora.target-modules", "q_proj"])
     joined = split_args(["--learning-rate=1e-3", "--lora.target-modules=q_proj"])
     assert spaced == joined == (None, ["learning_rate=1e-3", "lora.target_modules=q_proj"])
-    assert split_args(["--config=a.yaml", "--resume"]) == ("a.yaml", ["resume=true"])
+    assert split_args(["--config=a.yaml", "--resume"]) == ("a.yaml", ["--resume"])  # a bare flag
     config = load_config(SFTConfig, None, split_args(["--learning-rate=1e-3"])[1])
     assert config.learning_rate == pytest.approx(1e-3)
 

@@ -173,3 +173,29 @@ def test_the_example_pipelines_still_validate(example, monkeypatch, tmp_path):
     path = Path(__file__).resolve().parents[1] / "examples" / example
     monkeypatch.chdir(tmp_path)  # a stage directory may not hold the working directory
     assert len(plan(path)) >= 3
+
+
+@pytest.mark.parametrize(
+    ("stage", "args", "message"),
+    [
+        # Each was a traceback (OverflowError, ValueError from numpy's seed) or wrote elsewhere.
+        ("sft", ["epochs=inf"], "epochs: expected a finite number, got 'inf'"),
+        ("init-model", ["seed=5000000000", "out=x"], "seed: must be <= 4294967295"),
+        ("world", ["corpus_size=0"], "corpus_size: must be >= 1, got 0"),
+    ],
+)
+def test_values_that_crashed_deep_inside_a_run_are_refused_first(stage, args, message):
+    assert main([stage, *args]) == 2
+
+
+def test_world_and_init_model_refuse_what_is_not_theirs(tmp_path, capsys):
+    """`world` replaced an sft run's config.yaml and summary.json; init-model built the model,
+    then failed with FileExistsError where `out` lies under a file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("stage: sft\n")
+    assert main(["world", f"output_dir={run}", "corpus_size=5"]) == 2
+    assert "holds a 'sft' run" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["init-model", f"out={tmp_path / 'file' / 'sub'}"]) == 2
+    assert "is a file, so" in capsys.readouterr().err

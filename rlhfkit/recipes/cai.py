@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import (
+    SEED_RANGE,
     check_unique_overrides,
     describe,
     load_config,
@@ -73,7 +74,7 @@ class CAIReviseConfig:
     prompt_format: str = option("", "YAML file of prompt templates overriding the constitution's")
     rounds: int = option(1, "critique-revision rounds per prompt")
     output_dir: str = option("runs/cai", "where chains.jsonl, sft.jsonl, preferences.jsonl go")
-    seed: int = option(0, "seed of principle draws and sampling")
+    seed: int = option(0, "seed of principle draws and sampling", **SEED_RANGE)
     dtype: str = option("auto", "local model weight dtype: auto, float32, bfloat16")
     max_new_tokens: int = option(64, "maximum tokens of a first response", minimum=1)
     temperature: float = option(

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from rlhfkit.config import option
+from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.models.loading import quiet_hf_progress_bars
 from rlhfkit.models.tokenizer import BYTE_VOCAB_SIZE
@@ -56,7 +56,7 @@ GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
 @dataclass
 class DemoConfig:
     output_dir: str = option("runs/demo", "where every stage of the demo writes")
-    seed: int = option(0, "seed of the world, the models and the sampling")
+    seed: int = option(0, "seed of the world, the models and the sampling", **SEED_RANGE)
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(
         20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)", minimum=1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from rlhfkit.config import option
+from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.data.datasets import read_nonempty
 from rlhfkit.data.formats import parse_sft
 from rlhfkit.errors import ConfigError
@@ -56,7 +56,7 @@ class InitModelConfig:
         "directory to write (save_pretrained + tokenizer); must be missing, empty or a model "
         "directory init-model wrote, unless overwrite=true",
     )
-    seed: int = option(0, "seed of the random initialisation")
+    seed: int = option(0, "seed of the random initialisation", **SEED_RANGE)
     tokenizer_corpus: str = option(
         "",
         "SFT data (a file or hub dataset, any SFT format) to learn the tokenizer's byte-pair "
@@ -76,6 +76,9 @@ def run(config: InitModelConfig) -> int:
         raise ConfigError("out: give the directory to write (--out DIR)")
     out = Path(config.out).expanduser().resolve()
     check_target(out, overwrite=config.overwrite)
+    existing = next(p for p in out.parents if p.exists())  # before the model is built
+    if not existing.is_dir():
+        raise ConfigError(f"out: {existing} is a file, so {out} cannot be made")
     tokenizer = None
     if config.tokenizer_corpus:
         tokenizer = learn_byte_bpe(corpus_texts(config.tokenizer_corpus), config.tokenizer_vocab)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import option
+from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.data.io import read_records, write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.feedback.ai_labeller import (
@@ -73,7 +73,7 @@ class LabelConfig:
     chain_of_thought: bool = option(False, "the judge reasons first; labels clamped to `clamp`")
     clamp: list[float] = option([0.4, 0.6], "[low, high] range of chain-of-thought soft labels")
     both_orders: bool = option(True, "judge each pair in both orders to cancel position bias")
-    seed: int = option(0, "seed of principle draws and sampling")
+    seed: int = option(0, "seed of principle draws and sampling", **SEED_RANGE)
     dtype: str = option("auto", "local judge weight dtype: auto, float32, bfloat16")
     batch_size: int = option(32, "pairs judged per step (and rows per forward pass)")
     max_prompt_length: int = option(

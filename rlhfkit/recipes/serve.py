@@ -55,7 +55,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from rlhfkit.config import option
+from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.errors import ConfigError
 from rlhfkit.serving.batching import BatchedGenerator, GenJob, GenRow
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
@@ -107,7 +107,7 @@ class ServeConfig:
         128, "most choices (prompts x n) one request may ask for; more are refused (400)", minimum=1
     )
     default_max_tokens: int = option(256, "max_tokens of a chat request that gives none")
-    seed: int = option(0, "seed of the server's sampling generator")
+    seed: int = option(0, "seed of the server's sampling generator", **SEED_RANGE)
     log_level: str = option("warning", "uvicorn log level: debug, info, warning, error")
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import option, write_config
+from rlhfkit.config import SEED_RANGE, option, write_config
 from rlhfkit.data.io import write_json, write_jsonl
 from rlhfkit.errors import ConfigError
-from rlhfkit.training.run import console
+from rlhfkit.training.run import check_output_stage, console
 
 
 @dataclass
@@ -31,11 +31,16 @@ class WorldConfig:
     """The embedded world's SFT corpus and prompt splits, written as JSONL files."""
 
     output_dir: str = option("runs/world", "where the corpus and the prompt files go")
-    seed: int = option(0, "seed of the corpus (prompt splits use seed + 1 and seed + 2)")
-    corpus_size: int = option(20000, "SFT records (behaviour mix + CAI demonstrations)")
-    cai_fraction: float = option(0.2, "share of Constitutional-AI demonstrations in the corpus")
-    train_prompts: int = option(1024, "prompts in prompts_train.jsonl")
-    eval_prompts: int = option(256, "prompts in prompts_eval.jsonl")
+    seed: int = option(
+        0, "seed of the corpus (prompt splits use seed + 1 and seed + 2)", **SEED_RANGE
+    )
+    corpus_size: int = option(20000, "SFT records (behaviour mix + CAI demonstrations)", minimum=1)
+    cai_fraction: float = option(
+        0.2, "share of Constitutional-AI demonstrations in the corpus", minimum=0,
+        exclusive_maximum=1,
+    )  # fmt: skip
+    train_prompts: int = option(1024, "prompts in prompts_train.jsonl", minimum=1)
+    eval_prompts: int = option(256, "prompts in prompts_eval.jsonl", minimum=1)
 
 
 def write_world(
@@ -61,12 +66,10 @@ def write_world(
 
 
 def run(config: WorldConfig) -> int:
-    for key in ("corpus_size", "train_prompts", "eval_prompts"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {getattr(config, key)}")
-    if not 0.0 <= config.cai_fraction < 1.0:
-        raise ConfigError(f"cai_fraction: must be in [0, 1), got {config.cai_fraction}")
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a directory")
+    check_output_stage(out, "world")  # another stage's run there is not replaced
     write_config(out, "world", config)
     sizes = write_world(
         out,
