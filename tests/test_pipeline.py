@@ -159,7 +159,7 @@ def test_world_stage_writes_the_demo_world(tmp_path):
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary == {"corpus": 40, "train_prompts": 6, "eval_prompts": 3}
     bad = run_cli("world", f"output_dir={tmp_path / 'x'}", "corpus_size=0", check=False)
-    assert bad.returncode != 0 and "corpus_size: must be at least 1" in bad.stderr
+    assert bad.returncode != 0 and "corpus_size: must be >= 1" in bad.stderr
 
 
 def test_inputs_written_by_earlier_stages_do_not_rerun_later_ones(tmp_path, tiny_model):
@@ -414,11 +414,21 @@ def test_stage_directories_may_not_overlap(tmp_path):
         plan(path)
 
 
-def test_a_failing_stage_is_named_in_its_error(tmp_path):
+def test_a_failing_stage_is_named_in_its_error(tmp_path, monkeypatch):
+    """A stage that fails as it runs (a bad value is refused earlier, when the pipeline is
+    planned) has its error prefixed with the stage's name and kind."""
+    from rlhfkit.recipes import world
     from rlhfkit.recipes.pipeline import PipelineConfig, run
 
+    def failing(config):
+        raise ConfigError("train_data: something the stage found wrong")
+
+    monkeypatch.setattr(world, "run", failing)
+    path = _world_stages(tmp_path, names=("w",))
+    with pytest.raises(ConfigError, match=r"^stage w \(world\): train_data: something the"):
+        run(PipelineConfig(file=str(path)))
     path = _world_stages(tmp_path, names=("w",), corpus_size=0)
-    with pytest.raises(ConfigError, match=r"^stage w \(world\): corpus_size: must be at least 1"):
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(w\): corpus_size: must be >= 1"):
         run(PipelineConfig(file=str(path)))
 
 
