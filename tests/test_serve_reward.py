@@ -222,6 +222,27 @@ def test_scoring_request_limits(reward_client):
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
 
+def test_client_mistakes_in_conversations_and_text_are_400s(reward_client):
+    """A response that opens with a user turn (the template renders the prompt otherwise once it
+    follows: an RlhfkitError) and a lone surrogate in the JSON were 500s."""
+    user_reply = {
+        "prompts": [[{"role": "user", "content": "hi"}]],
+        "responses": [[{"role": "user", "content": "again"}]],
+        "chat_prompts": [[{"role": "user", "content": "hi"}]],
+    }
+    for body in (user_reply, None):
+        response = (
+            reward_client.post("/score", json=body)
+            if body
+            else reward_client.post(
+                "/score",
+                content=b'{"prompts": ["a\\ud800"], "responses": ["b"]}',
+                headers={"content-type": "application/json"},
+            )
+        )
+        assert response.status_code == 400, response.text
+
+
 def test_a_classifier_with_several_labels_is_refused(tiny_model, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward_ensemble import reward_model_dirs
 from rlhfkit.models.reward_fn import load_reward_function
 from rlhfkit.models.reward_model import REWARD_INFO_FILE
@@ -100,6 +100,12 @@ def _texts_or_conversations(body: dict, key: str) -> list:
             raise ApiError(
                 f"{key}[{i}] must be a string or a list of {{role, content}} messages", key
             )
+        texts = [value] if isinstance(value, str) else [m["content"] for m in value]
+        try:  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer takes
+            for text in texts:
+                text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(f"{key}[{i}] is not valid Unicode (a lone surrogate)", key) from None
     return values
 
 
@@ -176,7 +182,9 @@ def create_reward_app(
 
         try:
             return scorer(prompts, responses, ended=ended)
-        except (TemplateError, ValueError) as err:  # a conversation the template refuses
+        # A conversation the template refuses or renders otherwise once a response follows
+        # (RlhfkitError): the request's fault, a 400.
+        except (TemplateError, ValueError, RlhfkitError) as err:
             raise ApiError(f"cannot score these pairs: {err}") from err
 
     async def score(request: Request) -> dict:
