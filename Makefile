@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rlhfkit demo $(ARGS)
 
+# pytest exits 5 when it collected no tests: that fails, with the reason said.
 test: $(STAMP)
-	# pytest exits 5 when it collected no tests: that fails, with the reason said.
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=20 $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
