@@ -592,12 +592,25 @@ def load_config(
         _deep_merge(tree, loaded)
     for item in overrides or []:  # a later item wins (programs compose base + changes)
         key, value = _parse_override(item)
-        if isinstance(value.parsed, dict):  # `lora={r: 8}`: sets lora.r, keeps lora's others
+        if isinstance(value.parsed, dict) and _is_group(cls, key):
+            # `lora={r: 8}` sets lora.r and keeps lora's other keys ("a: b" for a string key
+            # stays text)
             for dotted, leaf in _dotted_leaves(value.parsed, key):
                 _set_dotted(tree, dotted, leaf)
         else:
             _set_dotted(tree, key, value)
     return build(cls, tree)
+
+
+def _is_group(cls: type, dotted: str) -> bool:
+    """Whether `dotted` names an option group (a nested dataclass) of `cls`."""
+    node: Any = cls
+    for part in dotted.split("."):
+        hints = _field_types(node) if dataclasses.is_dataclass(node) else {}
+        if part not in hints:
+            return False
+        node = hints[part]
+    return dataclasses.is_dataclass(node)
 
 
 def _dotted_leaves(tree: dict, prefix: str):

@@ -197,9 +197,10 @@ def test_values_are_read_as_their_keys_type(tmp_path):
     config = load_config(
         SFTConfig,
         None,
-        ["mixed_precision=no", "model=0755", "train_data=a #x", "compile=1", "lora.alpha=32"],
+        ["mixed_precision=no", "model=0755", "train_data=a #x", "compile=1", "eval_data=a: b"],
     )
     assert (config.mixed_precision, config.model, config.train_data) == ("no", "0755", "a #x")
+    assert config.eval_data == "a: b"  # text, not a mapping, for a string key
     assert config.compile is True and config.learning_rate == SFTConfig().learning_rate
     path = tmp_path / "c.yaml"
     path.write_text("mixed_precision: no\nprogress: off\nlora: {r: 4, alpha: 32}\n")
