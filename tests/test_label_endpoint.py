@@ -461,3 +461,17 @@ def test_label_stopped_by_an_answer_of_the_wrong_shape_keeps_its_work(
     summary = label(config)
     assert summary["resumed_pairs"] == 2 and summary["pairs"] == 5
     assert summary["sources"] == {"logprobs": 10}
+
+
+def test_a_missing_option_is_bounded_by_the_mass_the_listed_tokens_leave():
+    """With only the sampled token's log-prob (no alternatives), the missing option was put at
+    log 2 under it, so P(A) = sigmoid(log 2) = 2/3 whether A had probability 0.999 or 0.05. It
+    is now also at most log(1 - exp(lp_A)): lp_A = -0.001 leaves 0.0009995 for B, so
+    P(A) = 0.999 / (0.999 + 0.0009995) = 0.999; lp_A = -3 leaves 0.95, where log 2 under -3 is
+    the lower bound and P(A) stays 2/3."""
+    from rlhfkit.feedback.ai_labeller import choice_probability, missing_option_floor
+
+    sure = choice_probability(-0.001, missing_option_floor({"A": -0.001}))
+    assert sure == pytest.approx(0.999, abs=1e-3)
+    unsure = choice_probability(-3.0, missing_option_floor({"A": -3.0}))
+    assert unsure == pytest.approx(2 / 3)

@@ -124,18 +124,39 @@ def test_another_judge_is_refused_and_the_old_judge_is_not_passed_off(tmp_path, 
         label(_config(tmp_path / "m", judge="scripted", max_prompt_length=512))
 
 
-def test_clamp_is_applied_when_writing_so_a_rerun_may_change_it(tmp_path, scripted):
-    """The judge always says (A) with P = sigmoid(1) = 0.7310585786, so every pair is
-    P(a) = (0.7310585786 + 1 - 0.7310585786) / 2 = 0.5; clamp [0.55, 0.6] makes it 0.55, and a
-    rerun with clamp [0.6, 0.7] makes it 0.6 from the same judgments (none judged again)."""
-    config = _config(tmp_path, judge="scripted", chain_of_thought=True, clamp=[0.55, 0.6])
+class ShorterWinsLM(FirstWinsLM):
+    """A model judge that gives the option whose response is shorter P = 0.9 in either order."""
+
+    def option_scores(self, prompts, options):
+        self.scored += len(prompts)
+        scores = []
+        for prompt in prompts:
+            a = prompt.split("(A)", 1)[1].split("(B)", 1)[0].strip()
+            b = prompt.split("(B)", 1)[1].split("\n", 1)[0].strip()
+            scores.append(OptionScore(0.9 if len(a) < len(b) else 0.1, 0.0, 0.0))
+        return scores
+
+
+def test_clamp_is_applied_when_writing_so_a_rerun_may_change_it(tmp_path, monkeypatch):
+    """The judge gives the shorter response P = 0.9 in both orders, so each pair's P(shorter
+    wins) = (0.9 + 1 - 0.1) / 2 = 0.9; clamp [0.2, 0.8] makes the written soft label 0.8, and a
+    rerun with clamp [0.3, 0.7] makes it 0.7 from the same judgments (none judged again)."""
+    lm = ShorterWinsLM()
+    monkeypatch.setattr(label_module, "load_text_model", lambda *a, **k: lm)
+    rows = [ROWS[0], {"prompt": "User: What is 3+4?\nBot:", "chosen": " 7.", "rejected": " 9!!"}]
+    data = str(write_jsonl(tmp_path / "uneven.jsonl", rows))
+    config = _config(
+        tmp_path, judge="scripted", chain_of_thought=True, clamp=[0.2, 0.8], train_data=data
+    )
     label(config)
-    assert scripted.scored == 4
-    config.clamp = [0.6, 0.7]
-    summary = label(config)
-    assert scripted.scored == 4 and summary["resumed_pairs"] == 2
+    assert lm.scored == 4
     records = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert [r["soft_label"] for r in records] == [0.6, 0.6]
+    assert [r["soft_label"] for r in records] == [0.8, 0.8]
+    config.clamp = [0.3, 0.7]
+    summary = label(config)
+    assert lm.scored == 4 and summary["resumed_pairs"] == 2
+    records = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [r["soft_label"] for r in records] == [0.7, 0.7]
 
 
 def test_judgments_without_recorded_settings_are_refused(tmp_path):
@@ -240,3 +261,29 @@ def test_conversation_prompts_get_assistant_message_responses(tmp_path, scripted
     relabel.train_data = str(tmp_path / "labels.jsonl")
     again = label(relabel)
     assert again["pairs"] == 2
+
+
+def test_a_resume_after_a_line_cut_short_keeps_every_judgment_whole(tmp_path, scripted):
+    """A crash mid-write leaves the last line cut short; the rerun appended its judgments right
+    after the fragment, gluing the first to it (lost for every later resume). The fragment is
+    now dropped first, its pair judged again, and the file is whole JSONL. A bad line before
+    the last is an error, as docs/cai.md says (it was skipped without a word)."""
+    config = _config(tmp_path, judge="a-model")
+    label(config)
+    path = tmp_path / "labels.judgments.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:20])  # the last judgment cut short
+    judged = scripted.scored
+    label(config)
+    assert scripted.scored == judged + 2  # that pair's two orders, again
+    # Every line parses: the 3 whole ones and the pair's 2 new judgments.
+    assert len(_judgments(tmp_path)) == len(lines) - 1 + 2
+    path.write_text("".join(["{torn\n", *lines]))
+    with pytest.raises(DataError, match=r"labels\.judgments\.jsonl:1: not valid JSON"):
+        label(config)
+
+
+def test_a_clamp_range_without_one_half_is_refused(tmp_path):
+    """clamp=[0.6, 0.9] turned a strong preference for b (p = 0.1) into a's win at 0.6."""
+    with pytest.raises(ConfigError, match=r"clamp: expected \[low, high\] with 0 <= low <= 0.5"):
+        label(_config(tmp_path, clamp=[0.6, 0.9]))

@@ -273,6 +273,16 @@ def prompt_budget(max_prompt_length: int, context_length: int | None, reserved: 
 _JSON_KINDS = {dict: "an object", list: "a list", str: "a string"}
 
 
+def missing_option_floor(tops: dict[str, float]) -> float:
+    """A log-prob for an option the endpoint's top log-probs do not list: below every listed
+    token (log 2 under the least), and at most the mass they leave, log(1 - Σ exp(top)). With
+    only the sampled token given (top_logprobs off), the first bound alone made P(A) = 2/3
+    whether A had probability 0.999 or 0.05."""
+    floor = min(tops.values()) - math.log(2.0)
+    left = 1.0 - sum(math.exp(v) for v in tops.values())
+    return min(floor, math.log(left)) if left > 0 else floor
+
+
 class EndpointLM:
     """A model behind an OpenAI-compatible API (see the module docstring).
 
@@ -396,7 +406,7 @@ class EndpointLM:
             if tops is not None:
                 found = [_match_logprob(tops, rests[i], rests[1 - i]) for i in (0, 1)]
                 if found[0] is not None or found[1] is not None:
-                    floor = min(tops.values()) - math.log(2.0)  # a missing option is below all
+                    floor = missing_option_floor(tops)
                     logp_a = found[0] if found[0] is not None else floor
                     logp_b = found[1] if found[1] is not None else floor
                     return OptionScore(choice_probability(logp_a, logp_b), logp_a, logp_b)

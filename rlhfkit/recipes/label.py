@@ -194,13 +194,23 @@ def _read_judgments(
     done: dict[int, list[dict]] = {}
     if not path.exists():
         return done
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        # The last line was cut short by a crash: drop it, so that the judgments appended next
+        # start on a line of their own (they were glued to the fragment and lost); its pair is
+        # judged again.
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             judgment = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash: that pair is judged again
+        except json.JSONDecodeError as err:
+            raise DataError(
+                str(path), number, None, f"not valid JSON ({err.msg}); delete the line or pass "
+                "overwrite=true"
+            ) from None  # fmt: skip
         refusal = settings_error(
             f"{path}:{number}", judgment.get("settings"), settings, "judgments"
         )
@@ -290,8 +300,11 @@ def label(config: LabelConfig) -> dict[str, Any]:
         raise ConfigError("judge: give a model directory, an http(s) URL or `simulated`")
     if not config.output:
         raise ConfigError("output: give the output JSONL file (output=FILE.jsonl)")
-    if len(config.clamp) != 2 or not 0.0 <= config.clamp[0] <= config.clamp[1] <= 1.0:
-        raise ConfigError(f"clamp: expected [low, high] in [0, 1], got {config.clamp}")
+    if len(config.clamp) != 2 or not 0.0 <= config.clamp[0] <= 0.5 <= config.clamp[1] <= 1.0:
+        # A range without 0.5 would move a label across it: a preference for b written as a's.
+        raise ConfigError(
+            f"clamp: expected [low, high] with 0 <= low <= 0.5 <= high <= 1, got {config.clamp}"
+        )
     constitution = load_constitution(config.constitution, config.prompt_format)
     if not constitution.comparison_principles:
         raise ConfigError(f"constitution: {constitution.source} has no comparison_principles")
