@@ -23,6 +23,7 @@ Usage (from `benchmarks/gpu.sh`)::
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -149,7 +150,7 @@ def _print_steady(args, config: dict, peak: float | None) -> None:
     per_pair = flops_per_pair(config, args.prompt_tokens, args.response_tokens) / 4
     tokens_per_pair = 2 * (args.prompt_tokens + args.response_tokens)
     median = {
-        name: sorted(e["steady_tokens_per_s"] for e in extras)[len(extras) // 2]
+        name: statistics.median(e["steady_tokens_per_s"] for e in extras)
         for name, extras in sides.items()
     }
     print("\nSteady speed (steps after the first quarter; a precomputed reference pass left out):")
@@ -178,13 +179,13 @@ def _measurements(args, summary: dict) -> dict:
     rows = json.loads(Path(args.json).read_text())["measurements"]
     out = {}
     for name in summary:
-        values = sorted(
+        values = [
             m["extra"]["peak_gpu_mb"]
             for m in rows
             if m["side"] == name and "peak_gpu_mb" in m["extra"]
-        )
-        if values:
-            out[name] = f"{values[len(values) // 2]:,.0f}"
+        ]
+        if values:  # the median, as the main table's (of 2 rounds: their mean, not the larger)
+            out[name] = f"{statistics.median(values):,.0f}"
     return out
 
 
