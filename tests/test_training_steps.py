@@ -8,16 +8,22 @@ from accelerate import Accelerator
 from rlhfkit.training.steps import optimizer_step
 
 
-def one_step(max_grad_norm: float, steps: int = 1):
-    """Linear(2, 1) with weight [1, 1] and bias 0, loss = model([2, 2]) = 2 w1 + 2 w2 + b, plain
-    SGD at lr 0.1 and a schedule lr_s = 0.1 / (s + 1). Returns (model, [(grad_norm, lr), ...])."""
-    accelerator = Accelerator()  # the default, as `Run` builds it (cpu=True would clash on a GPU)
+def linear_problem():
+    """Linear(2, 1) with weight [1, 1] and bias 0 (loss = model([2, 2]) = 2 w1 + 2 w2 + b), plain
+    SGD at lr 0.1 and a schedule lr_s = 0.1 / (s + 1): (model, optimizer, scheduler)."""
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 1.0]]))
         model.bias.zero_()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    return model, optimizer, scheduler
+
+
+def one_step(max_grad_norm: float, steps: int = 1):
+    """`linear_problem` stepped `steps` times. Returns (model, [(grad_norm, lr), ...])."""
+    accelerator = Accelerator()  # the default, as `Run` builds it (cpu=True would clash on a GPU)
+    model, optimizer, scheduler = linear_problem()
     model, optimizer = accelerator.prepare(model, optimizer)
     results = []
     for _ in range(steps):
@@ -98,12 +104,7 @@ def test_an_fp16_step_the_scaler_skipped_leaves_the_schedule_and_reports_the_uns
     """lr_s = 0.1 / (s + 1). A skipped step must not advance the schedule (the next real update
     would otherwise use 0.05, the rate of an update that never happened), and with clipping off
     the reported norm is of the unscaled gradients: scaled by 4 they read 12, unscaled 3."""
-    model = torch.nn.Linear(2, 1)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
-        model.bias.zero_()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    model, optimizer, scheduler = linear_problem()
     (4 * model(torch.tensor([[2.0, 2.0]])).sum()).backward()
     accelerator = _FP16Overflow(model)
     grad_norm, lr = optimizer_step(accelerator, model, optimizer, scheduler, 0.0)

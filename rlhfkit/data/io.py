@@ -261,15 +261,25 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _finite_or_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None (JSON null)."""
+def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`value` with every NaN or infinite float replaced by None (JSON null), and the dotted
+    paths of what was replaced, so that `json.dumps(..., allow_nan=False)` accepts it."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None, [where or "value"]
     if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
+        out, replaced = {}, []
+        for key, item in value.items():
+            out[key], inner = strict_json(item, f"{where}.{key}" if where else str(key))
+            replaced += inner
+        return out, replaced
     if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return value
+        out_list, replaced = [], []
+        for index, item in enumerate(value):
+            clean, inner = strict_json(item, f"{where}[{index}]")
+            out_list.append(clean)
+            replaced += inner
+        return out_list, replaced
+    return value, []
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
@@ -278,7 +288,7 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(_finite_or_null(value), indent=2, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(strict_json(value)[0], indent=2, ensure_ascii=False, allow_nan=False)
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -295,4 +305,31 @@ def read_log(path: Path | str) -> list[dict]:
             continue
         if isinstance(row, dict):
             rows.append(row)
+    return rows
+
+
+def read_work_log(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of an append-only JSONL work file a rerun continues (`label`'s
+    judgments, `cai`'s chains). Lines end at "\\n" only (`str.splitlines` also splits at
+    U+2028 and U+0085, which text may hold raw). A last line cut short by a crash (no final
+    newline) is removed from the file, so what is appended next starts a line of its own and
+    that work is done again; any other line that is not a JSON object is a `DataError`."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg}); delete the line or pass overwrite=true"
+            raise DataError(str(path), number, None, problem) from None
+        if not isinstance(row, dict):
+            raise DataError(str(path), number, None, "expected a JSON object")
+        rows.append((number, row))
     return rows

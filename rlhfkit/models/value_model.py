@@ -164,6 +164,7 @@ class ActorCritic(torch.nn.Module):
         self.critic = critic
         self.value_head = value_head
         self.chunk_size = chunk_size
+        self.shaping = logit_shaping(lm.config)  # read once, not in every forward
 
     @property
     def has_values(self) -> bool:
@@ -208,7 +209,7 @@ class ActorCritic(torch.nn.Module):
             temperature=temperature,
             chunk_size=self.chunk_size,
             with_entropy=with_entropy,
-            shaping=logit_shaping(self.lm.config),
+            shaping=self.shaping,
         )
         out = {"logprobs": _scatter(logps, predict_mask)}
         if with_entropy:

@@ -48,7 +48,7 @@ from rlhfkit.config import (
 )
 from rlhfkit.data.datasets import load_prompts
 from rlhfkit.data.formats import PromptExample, as_reply
-from rlhfkit.data.io import write_json, write_jsonl
+from rlhfkit.data.io import read_work_log, write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.feedback.ai_labeller import (
     LocalLM,
@@ -196,26 +196,9 @@ def as_revision_of(response: str, revision: str) -> str:
 
 
 def _read_chains(path: Path) -> list[dict]:
-    """The chains written so far. Lines end at "\\n" only (`str.splitlines` also splits at
-    U+2028 and U+0085, which a response may hold raw); a last line cut short by a crash is
-    dropped (that prompt is done again), a bad line before the last is an error."""
-    chains: list[dict] = []
-    if not path.exists():
-        return chains
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            chains.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if any(rest.strip() for rest in lines[number:]):
-                raise DataError(
-                    str(path), number, None, f"not valid JSON ({err.msg}); delete the line or "
-                    "pass overwrite=true"
-                ) from None  # fmt: skip
-            break
-    return chains
+    """The chains written so far (`read_work_log`: a last line cut short by a crash is dropped
+    and that prompt done again; a bad line before the last is an error)."""
+    return [chain for _, chain in read_work_log(path)]
 
 
 def _world_scores(chains: list[dict]) -> dict[str, float] | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import SEED_RANGE, option
-from rlhfkit.data.io import read_records, write_json, write_jsonl
+from rlhfkit.data.io import read_records, read_work_log, write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.feedback.ai_labeller import (
     LMJudge,
@@ -192,25 +192,7 @@ def _read_judgments(
         ConfigError: a judgment of another pair, or one made with other settings.
     """
     done: dict[int, list[dict]] = {}
-    if not path.exists():
-        return done
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        # The last line was cut short by a crash: drop it, so that the judgments appended next
-        # start on a line of their own (they were glued to the fragment and lost); its pair is
-        # judged again.
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            judgment = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                str(path), number, None, f"not valid JSON ({err.msg}); delete the line or pass "
-                "overwrite=true"
-            ) from None  # fmt: skip
+    for number, judgment in read_work_log(path):
         refusal = settings_error(
             f"{path}:{number}", judgment.get("settings"), settings, "judgments"
         )

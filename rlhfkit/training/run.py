@@ -43,7 +43,7 @@ from rich.progress import (
 )
 
 from rlhfkit.config import write_config
-from rlhfkit.data.io import write_json
+from rlhfkit.data.io import strict_json, write_json
 from rlhfkit.errors import ConfigError, TrainingDiverged
 from rlhfkit.models.loading import disable_hf_progress_bars
 
@@ -248,27 +248,6 @@ def check_finite(loss_value: float, step: int, run: Run) -> None:
             f"the loss became {loss_value} at step {step}; stopping ({where}). "
             "Try a lower learning_rate, max_grad_norm, or fp32."
         )
-
-
-def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
-    """`value` with every NaN or infinite float replaced by None (JSON null), and the dotted
-    paths of what was replaced, so that `json.dumps(..., allow_nan=False)` accepts it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, [where or "value"]
-    if isinstance(value, dict):
-        out, replaced = {}, []
-        for key, item in value.items():
-            out[key], inner = strict_json(item, f"{where}.{key}" if where else str(key))
-            replaced += inner
-        return out, replaced
-    if isinstance(value, (list, tuple)):
-        out_list, replaced = [], []
-        for index, item in enumerate(value):
-            clean, inner = strict_json(item, f"{where}[{index}]")
-            out_list.append(clean)
-            replaced += inner
-        return out_list, replaced
-    return value, []
 
 
 def cut_log(path: Path, after_step: int, size: int | None) -> None:
