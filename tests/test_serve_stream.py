@@ -239,6 +239,98 @@ def test_worker_ends_a_streamed_row_at_its_eos_and_streams_no_padding(serve_clie
         assert [when for _, when in seen[0]] == [*range(1, len(row.token_ids) + 2)]
 
 
+def test_worker_stops_generating_a_job_whose_client_went_away(serve_client, tokenizer):
+    """A job cancelled mid-call (its client left after two tokens) stops being generated at that
+    step: a call of that job alone ends after 2 or 3 forwards, not its 20 (it used to run all 20 for
+    nobody); beside a live job, the live job's rows are those of a call without the other."""
+    model = serve_client.app_ref.state.batcher.model
+    batcher = BatchedGenerator(model, tokenizer, max_batch_size=8, wait_s=0.5)
+    forwards = [0]
+    count = model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+
+    def leaving(job: GenJob, after: int) -> GenJob:
+        seen = []
+
+        def on_token(row, step):
+            seen.append(step)
+            if len(seen) == after:
+                job.future.cancel()
+
+        job.on_token = on_token
+        job.seen = seen
+        return job
+
+    try:
+        with _scripted(model, tokenizer, [SCRIPT]):
+            alone = leaving(GenJob(tokenizer(PROMPT).input_ids, 1, 20, 0.0, 1.0, -1), 2)
+            batcher.submit(alone)
+            while batcher.stats["generate_calls"] < 1:
+                threading.Event().wait(0.01)
+            # `generate` may run one forward ahead of what it hands over
+            assert forwards[0] <= 3 and alone.future.cancelled() and len(alone.seen) == 2
+
+            solo = batcher.submit(GenJob(tokenizer(PROMPT).input_ids, 1, 20, 0.0, 1.0, -1))
+            expected = solo.result(timeout=120)
+            forwards[0] = 0
+            gone = leaving(GenJob(tokenizer(PROMPT).input_ids, 1, 20, 0.0, 1.0, -1), 3)
+            live = GenJob(tokenizer(PROMPT).input_ids, 1, 20, 0.0, 1.0, -1)
+            batcher.submit(gone)
+            rows = batcher.submit(live).result(timeout=120)
+    finally:
+        count.remove()
+        batcher.close()
+    assert batcher.stats["generate_calls"] == 3  # the gone and the live job shared one call
+    assert forwards[0] == 20 and len(gone.seen) == 3  # no token handed over after it left
+    assert [r.token_ids for r in rows] == [r.token_ids for r in expected]
+    assert rows[0].token_ids == tokenizer(SCRIPT, add_special_tokens=False).input_ids[:20]
+
+
+def test_a_stream_whose_client_disconnects_stops_its_generation(serve_client, tokenizer):
+    """The client reads one event and leaves (forward 3 of 60 waits until the server has seen
+    it go): the request's job is cancelled, and the batcher makes no forward after the third.
+    Before, the job ran to its 60 tokens for nobody."""
+    app = serve_client.app_ref
+    model, batcher = app.state.batcher.model, app.state.batcher
+    submitted, forwards, release = [], [0], threading.Event()
+    submit = batcher.submit
+
+    def recording_submit(job):
+        submitted.append(job)
+        return submit(job)
+
+    def hold_third_forward(*_):
+        forwards[0] += 1
+        if forwards[0] == 3:
+            assert release.wait(timeout=60)
+
+    body = {"prompt": PROMPT, "max_tokens": 60, "temperature": 0, "stream": True}
+    calls = batcher.stats["generate_calls"]
+    batcher.submit = recording_submit
+    handle = model.register_forward_hook(hold_third_forward)
+    try:
+        with _scripted(model, tokenizer, [SCRIPT]):
+            with serve_client.stream("POST", "/v1/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        break  # one event, then the client goes away
+            (job,) = submitted
+            for _ in range(3000):  # the server notices the disconnect
+                if job.future.cancelled():
+                    break
+                threading.Event().wait(0.01)
+            assert job.future.cancelled()
+            release.set()
+            for _ in range(3000):
+                if batcher.stats["generate_calls"] > calls:
+                    break
+                threading.Event().wait(0.01)
+    finally:
+        release.set()
+        handle.remove()
+        batcher.submit = submit
+    assert batcher.stats["generate_calls"] == calls + 1 and forwards[0] <= 3
+
+
 # ---------------------------------------------------------------------------------------------
 # The endpoints
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from fastapi.responses import StreamingResponse
 
 from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.errors import ConfigError
-from rlhfkit.serving.batching import BatchedGenerator, GenJob, GenRow
+from rlhfkit.serving.batching import BatchedGenerator, GenJob
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
 from rlhfkit.serving.openai_protocol import (
     TokenTable,
@@ -211,12 +211,17 @@ def create_app(
         ]
         return jobs, sum(len(ids) * n for ids in prompts)
 
-    async def _generate(jobs: list[GenJob]) -> list[GenRow]:
+    async def _generate(jobs: list[GenJob], stop: list[str]) -> list[Choice]:
+        """Generate ``jobs`` and decode their rows (off the event loop, which serves the other
+        clients meanwhile). If the request ends first (its client went away), its jobs are
+        cancelled, so the batcher stops generating them."""
         futures = [batcher.submit(job) for job in jobs]
-        rows = []
-        for fut in futures:
-            rows.extend(await asyncio.wrap_future(fut))
-        return rows
+        try:
+            rows = [row for fut in futures for row in await asyncio.wrap_future(fut)]
+        finally:
+            for fut in futures:
+                fut.cancel()  # a no-op on a finished job
+        return await asyncio.to_thread(lambda: [choice_of_row(tokenizer, r, stop) for r in rows])
 
     async def _stream(jobs: list[GenJob], stop: list[str]) -> AsyncIterator[tuple[int, Choice]]:
         """Generate ``jobs`` and yield (choice index, chunk) as their text can be sent: each
@@ -236,26 +241,30 @@ def create_app(
             job.future.add_done_callback(lambda fut, j=j: deliver(("done", j, fut)))
             batcher.submit(job)
         ended = [False] * len(streams)  # whether the choice's finish chunk is sent
-        while not all(ended):
-            kind, key, item = await inbox.get()
-            if kind == "done":
-                if item.exception() is not None:
-                    raise item.exception()
-                ends = [(key * n + r, row.finish_reason) for r, row in enumerate(item.result())]
-            elif item.token_id is None:
-                ends = [(key, item.finish_reason)]
-            else:
-                stream = streams[key]
-                for chunk in stream.push(item.token_id, item.logprob, item.top_logprobs):
-                    yield key, chunk
-                ends = [(key, "stop")] if stream.done else []  # a stop string ended it
-            for i, finish in ends:
-                if ended[i]:
-                    continue
-                for chunk in streams[i].close(finish):
-                    yield i, chunk
-                yield i, Choice("", streams[i].finish_reason, [], [], None, None)
-                ended[i] = True
+        try:
+            while not all(ended):
+                kind, key, item = await inbox.get()
+                if kind == "done":
+                    if item.exception() is not None:
+                        raise item.exception()
+                    ends = [(key * n + r, row.finish_reason) for r, row in enumerate(item.result())]
+                elif item.token_id is None:
+                    ends = [(key, item.finish_reason)]
+                else:
+                    stream = streams[key]
+                    for chunk in stream.push(item.token_id, item.logprob, item.top_logprobs):
+                        yield key, chunk
+                    ends = [(key, "stop")] if stream.done else []  # a stop string ended it
+                for i, finish in ends:
+                    if ended[i]:
+                        continue
+                    for chunk in streams[i].close(finish):
+                        yield i, chunk
+                    yield i, Choice("", streams[i].finish_reason, [], [], None, None)
+                    ended[i] = True
+        finally:  # done, or the client went away: the batcher stops what is still running
+            for job in jobs:
+                job.future.cancel()
 
     def _usage(prompt_tokens: int, choices: list[Choice]) -> dict:
         completion = sum(len(c.token_ids) for c in choices)
@@ -331,8 +340,7 @@ def create_app(
                     offsets[i] += len(c.text)
 
             return _sse(events())
-        rows = await _generate(jobs)
-        choices = [choice_of_row(tokenizer, row, stop) for row in rows]
+        choices = await _generate(jobs, stop)
         return {
             "id": rid,
             "object": "text_completion",
@@ -398,8 +406,7 @@ def create_app(
                         )
 
             return _sse(events())
-        rows = await _generate(jobs)
-        choices = [choice_of_row(tokenizer, row, stop) for row in rows]
+        choices = await _generate(jobs, stop)
         return {
             "id": rid,
             "object": "chat.completion",

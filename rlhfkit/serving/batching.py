@@ -8,8 +8,9 @@ A job with an ``on_token`` callback is streamed: a streamer inside the batched `
 hands each row's new token (`StepToken`) to its job as it is made.
 
 A job's future may be cancelled (its client went away): a job cancelled while it waits is not
-run, and one cancelled while its batch runs has its rows dropped; the other jobs of the batch
-get theirs either way.
+run, and one cancelled while its batch runs stops being generated at the next step and has its
+rows dropped (a call whose rows are all gone ends early); the other jobs of the batch get theirs
+either way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from rlhfkit.data.collate import pad_left
@@ -104,6 +106,9 @@ class _RowStreamer(BaseStreamer):
             if not self.live[b]:
                 continue
             job, _ = self.rows[b]
+            if job.future.cancelled():  # its client is gone: nothing more to hand over
+                self.live[b] = False
+                continue
             if token == self.eos_id:
                 self._send(b, StepToken(None, finish_reason="stop"))
                 continue
@@ -130,6 +135,22 @@ class _RowStreamer(BaseStreamer):
             job.on_token(row, step)
         except Exception:  # noqa: BLE001 - e.g. a closed event loop: this row's client is gone
             self.live[b] = False
+
+
+class _CancelledRows(StoppingCriteria):
+    """Ends each row whose job's future is cancelled (its client went away): `generate` pads it
+    from then on, and stops once every row has ended, making no tokens for clients that left.
+
+    Args:
+        jobs: The job of each batch row.
+    """
+
+    def __init__(self, jobs: list[GenJob]):
+        self.jobs = jobs
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.BoolTensor:
+        gone = [job.future.cancelled() for job in self.jobs]
+        return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)  # (B,)
 
 
 def _resolve(future: Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -253,7 +274,8 @@ class BatchedGenerator:
         device = next(self.model.parameters()).device
         pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         for chunk in self._chunks(rows):
-            prompts = [job.prompt_ids for _, job, _ in chunk]
+            row_jobs = [job for _, job, _ in chunk]
+            prompts = [job.prompt_ids for job in row_jobs]
             input_ids = pad_left(prompts, pad_id).to(device)  # (B, P)
             attention = pad_left([[1] * len(ids) for ids in prompts], 0).to(device)  # (B, P)
             temperature, top_p = chunk[0][1].temperature, chunk[0][1].top_p
@@ -265,6 +287,7 @@ class BatchedGenerator:
                 "use_cache": True,
                 "return_dict_in_generate": True,
                 "output_logits": want_logprobs,
+                "stopping_criteria": StoppingCriteriaList([_CancelledRows(row_jobs)]),
             }
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
