@@ -278,6 +278,13 @@ def test_a_resume_after_a_line_cut_short_keeps_every_judgment_whole(tmp_path, sc
     assert scripted.scored == judged + 2  # that pair's two orders, again
     # Every line parses: the 3 whole ones and the pair's 2 new judgments.
     assert len(_judgments(tmp_path)) == len(lines) - 1 + 2
+    # The pair's first-order judgment from before the crash is still in the file, and the next
+    # resume counted it beside the two new ones: 5 judgments, and the pair's label averaged
+    # three (P(a) = (s + s + (1 - s)) / 3 = 0.58 with s = sigmoid(1) = 0.731, not 0.5).
+    labels = (tmp_path / "labels.jsonl").read_text()
+    again = label(config)
+    assert scripted.scored == judged + 2 and again["judgments"] == 4
+    assert (tmp_path / "labels.jsonl").read_text() == labels
     path.write_text("".join(["{torn\n", *lines]))
     with pytest.raises(DataError, match=r"labels\.judgments\.jsonl:1: not valid JSON"):
         label(config)

@@ -185,13 +185,14 @@ def label_settings(config: LabelConfig, constitution: Constitution) -> dict[str,
 def _read_judgments(
     path: Path, pairs: list[Pair], settings: dict[str, Any]
 ) -> dict[int, list[dict]]:
-    """The judgments already in ``path``, by pair index (a line cut short by a crash is left
-    out: that pair is judged again).
+    """The judgments already in ``path``, by pair index: the last one of each order (a line
+    cut short by a crash is left out, and its pair judged again; the pair's judgments before
+    the crash stay in the file, and the new ones replace them).
 
     Raises:
         ConfigError: a judgment of another pair, or one made with other settings.
     """
-    done: dict[int, list[dict]] = {}
+    done: dict[int, dict[str, dict]] = {}
     for number, judgment in read_work_log(path):
         refusal = settings_error(
             f"{path}:{number}", judgment.get("settings"), settings, "judgments"
@@ -208,8 +209,8 @@ def _read_judgments(
                 f"{path}:{number}: judgments of other pairs (a different train_data?); "
                 "delete the file or pass overwrite=true"
             )
-        done.setdefault(index, []).append(judgment)
-    return done
+        done.setdefault(index, {})[judgment.get("order")] = judgment
+    return {index: list(by_order.values()) for index, by_order in done.items()}
 
 
 def is_undecided(record: dict) -> bool:
