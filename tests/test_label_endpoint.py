@@ -475,3 +475,27 @@ def test_a_missing_option_is_bounded_by_the_mass_the_listed_tokens_leave():
     assert sure == pytest.approx(0.999, abs=1e-3)
     unsure = choice_probability(-3.0, missing_option_floor({"A": -3.0}))
     assert unsure == pytest.approx(2 / 3)
+
+
+def test_a_chat_reply_that_opens_with_the_whole_option_is_scored_by_its_log_probs():
+    """A chat reply opens a new message, so its first token may be "(A" rather than the "A"
+    that follows the prompt's " (" in a completion. Such tokens used to match no option and the
+    answer was parsed (a hard 1 or 0). Now "(A" counts for A: P(A) = e^-0.5 / (e^-0.5 + e^-2)
+    = 1 / (1 + e^-1.5) = 0.8176; "(" starts both options and counts for neither. A completion
+    continues the prompt's " (", where "(A" is not a way to go on: it still counts for nothing."""
+    tops = [
+        {"token": "(A", "logprob": -0.5},
+        {"token": "(B", "logprob": -2.0},
+        {"token": "(", "logprob": -1.0},
+    ]
+    chat = _chat({"content": [{**tops[0], "top_logprobs": tops}]}, message={"content": "(A"})
+    [score] = EndpointLM(_ScriptedClient(chat), api="chat", concurrency=1).option_scores(
+        ["Which is better?"], (" (A)", " (B)")
+    )
+    assert score.source == "logprobs"
+    assert score.p_first == pytest.approx(1 / (1 + math.exp(-1.5)))
+    completion = _completion({"top_logprobs": [{t["token"]: t["logprob"] for t in tops}]}, "(A")
+    [score] = EndpointLM(
+        _ScriptedClient(completion), api="completions", concurrency=1
+    ).option_scores(["Which is better?"], (" (A)", " (B)"))
+    assert score.source == "parsed"

@@ -10,7 +10,8 @@ Two text-model backends share one small interface (`TextModel`):
 * `EndpointLM` -- `/v1/completions` or `/v1/chat/completions` of `rlhfkit serve`, vLLM or a
   hosted API, requests sent concurrently. `option_scores` appends the options' shared prefix
   (``" ("``) to the prompt, asks for one token with ``logprobs``, and reads the log-probs of the
-  tokens that start each option's remainder (``"A"``, ``"B"``). An endpoint that offers no
+  tokens that start each option's remainder (``"A"``, ``"B"``); a chat reply, which opens a new
+  message, may also start the whole option (``"(A"``). An endpoint that offers no
   log-probs for either option (none at all, or neither among its top ``top_logprobs``) gets its
   answer parsed instead: a hard label (1, 0, or 0.5 when unreadable), marked ``"parsed"``;
   `rlhfkit label` counts them and warns when most judgments are parsed or undecided. An answer
@@ -397,6 +398,9 @@ class EndpointLM:
     def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
         prefix = _common_prefix(options)
         rests = [o[len(prefix) :] for o in options]
+        # A chat reply opens a new message, whatever the user's message ended with: its first
+        # token may start the whole option ("(A") as well as its remainder ("A").
+        forms = [[r, o] if self.api == "chat" else [r] for r, o in zip(rests, options, strict=True)]
 
         def one(prompt: str) -> OptionScore:
             body = self._call(
@@ -404,7 +408,7 @@ class EndpointLM:
             )
             tops = self._top_logprobs(body)
             if tops is not None:
-                found = [_match_logprob(tops, rests[i], rests[1 - i]) for i in (0, 1)]
+                found = [_match_logprob(tops, forms[i], forms[1 - i]) for i in (0, 1)]
                 if found[0] is not None or found[1] is not None:
                     floor = missing_option_floor(tops)
                     logp_a = found[0] if found[0] is not None else floor
@@ -465,13 +469,19 @@ class EndpointLM:
         return entry["token"], self._logprob(entry["logprob"], f"{where}.logprob")
 
 
-def _match_logprob(tops: dict[str, float], rest: str, other: str) -> float | None:
-    """log of the total probability of the tokens that start ``rest`` but not ``other``."""
-    rest, other = rest.lstrip(), other.lstrip()
+def _match_logprob(
+    tops: dict[str, float], forms: Sequence[str], others: Sequence[str]
+) -> float | None:
+    """log of the total probability of the tokens that start one of ``forms`` (an option's
+    texts) but none of ``others`` (the other option's): tokens both could start with tell
+    nothing."""
+    mine, theirs = [f.lstrip() for f in forms], [f.lstrip() for f in others]
     values = [
         lp
         for token, lp in tops.items()
-        if (t := token.strip()) and rest.startswith(t) and not other.startswith(t)
+        if (t := token.strip())
+        and any(f.startswith(t) for f in mine)
+        and not any(f.startswith(t) for f in theirs)
     ]
     if not values:
         return None
