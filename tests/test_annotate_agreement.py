@@ -14,6 +14,7 @@ from rlhfkit.feedback.annotation.agreement import (
     krippendorff_alpha,
     majority,
 )
+from rlhfkit.feedback.annotation.stats import preference_ceiling
 
 UNITS = [["A", "A", "A"], ["A", "A", "B"], ["B", "B", "B"]]
 
@@ -69,17 +70,24 @@ def test_krippendorff_alpha_missing_values_and_three_categories():
 
 
 def test_majority_and_held_out_agreement():
-    """held_out_agreement docstring: units [A, A, B] and [A, A] → 2 agreements in 3 cases.
-    With keep=(0, 1): units [0, 0, 1], [0, tie, 0]: unit 1 → 0 vs (0, 1) none, skipped twice;
-    1 vs (0, 0) = 0 disagree. Unit 2 → 0 vs (tie, 0): no majority; tie is not kept;
-    0 vs (0, tie): no majority. So 0 of 1."""
+    """held_out_agreement docstring: units [A, A, B] and [A, A] → 2 agreements in 3 cases."""
     assert majority(["A", "B", "A"]) == "A"
     assert majority(["A", "B"]) is None
     assert majority([]) is None
     rate, n = held_out_agreement([["A", "A", "B"], ["A", "A"]])
     assert (rate, n) == (pytest.approx(2 / 3), 3)
-    rate, n = held_out_agreement([[0, 0, 1], [0, "tie", 0]], keep=(0, 1))
-    assert (rate, n) == (0.0, 1)
+
+
+def test_the_reward_model_ceiling_counts_preferences_as_export_does():
+    """preference_ceiling docstring: [0, 0, 1] and [0, 1, both_bad] → 0 of 3. The old ceiling
+    took both-bad as a vote, so 0 vs (1, both_bad) had no majority and was skipped, though
+    export writes response 1 for those labels. Ties are half a vote each: in [0, tie, 1] each
+    0/1 held out faces (tie, other) = 0.5 vs 1.5 → the other side, wrong; in [0, 0, tie]
+    each 0 faces (0, tie) = 1.5 vs 0.5 → 0, right: 2 of 4 over both units."""
+    assert preference_ceiling([[0, 0, 1], [0, 1, "both_bad"]]) == (0.0, 3)
+    assert preference_ceiling([[0, "tie", 1], [0, 0, "tie"]]) == (0.5, 4)
+    rate, n = preference_ceiling([["both_bad", "tie"]])
+    assert math.isnan(rate) and n == 0
 
 
 def test_binomial_two_sided_p():

@@ -985,3 +985,20 @@ def test_settings_out_of_range_are_refused(tmp_path):
     app = create_app(db, rate_limit=7)
     assert (app.state.limiter.rate, app.state.limiter.burst) == (7, 21)
     app.state.engine.dispose()
+
+
+def test_a_gold_item_due_after_the_last_regular_label_is_still_served(campaign):
+    """gold_every=2 over two regular items: the gold item is due after the second label, when
+    no regular item is left. It used to be served only while regular items remained, so an
+    annotator who finished the queue never saw it and had no gold accuracy at all."""
+    records = pairs(2) + [
+        {"prompt": "gold q", "responses": ["right", "wrong"], "gold": {"overall": 0}}
+    ]
+    c = campaign(records=records, overlap=1, gold_every=2)
+    served = []
+    while (r := c.next("alice")).status_code == 200:
+        item = r.json()
+        served.append(item["prompt"])
+        c.label("alice", item, choice=slot_of(item, "right") if item["prompt"] == "gold q" else "A")
+    assert served[-1] == "gold q" and len(served) == 3
+    assert c.get("root", "/api/stats").json()["annotators"]["alice"]["gold_accuracy"] == 1.0

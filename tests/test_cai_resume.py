@@ -155,9 +155,9 @@ def test_local_model_cuts_long_prompts_to_fit_the_new_tokens(tiny_model):
     params = SamplingParams(max_new_tokens=64, temperature=0.0)
     long_prompt = "User: " + "word " * 200 + "\nBot:"
     assert len(lm.tokenizer(long_prompt).input_ids) > 960
-    lm.generate([long_prompt], params, seed=0)
+    lm.generate([long_prompt], params, seeds=[0])
     assert seen == [960] and lm.prompts_cut == 1
-    lm.generate(["User: Hi\nBot:"], params, seed=0)
+    lm.generate(["User: Hi\nBot:"], params, seeds=[0])
     assert seen[1] < 960 and lm.prompts_cut == 1
     # option scoring reserves the option's tokens: " (A)" is 4 bytes -> 1020
     scores = lm.option_scores([long_prompt * 2], (" (A)", " (B)"))

@@ -34,9 +34,12 @@ class ScriptedModel:
 
     def __init__(self, fail_after: int | None = None):
         self.calls: list[list[str]] = []
+        self.seeds: list[tuple[str, int]] = []  # (prompt, seed) of every generation
         self.fail_after = fail_after
 
-    def generate(self, prompts, params, seed):
+    def generate(self, prompts, params, seeds):
+        assert len(seeds) == len(prompts)
+        self.seeds += list(zip(prompts, seeds, strict=True))
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise EndpointError(
                 "http://critic/v1/completions: HTTP 503: down; gave up after 5 tries"
@@ -113,6 +116,23 @@ def test_chains_record_every_step_with_its_principle(scripted, tmp_path):
     assert summary["gold_safety_after"] > summary["gold_safety_before"]
 
 
+def test_every_generation_has_its_own_seed_whatever_the_batch_size(monkeypatch, tmp_path):
+    """Prompt i's first response, critiques and revisions are seeded with seed + i·(2R+1)
+    + 0, 1, 2, ...: an endpoint then samples each the same way with batch_size 1 or 3. Before,
+    a batch took one seed (from its first prompt) and an endpoint added each prompt's place in
+    the call, so the seeds moved with batch_size and prompts of different calls shared them."""
+    seen = {}
+    for batch_size in (1, 3):
+        model = ScriptedModel()
+        monkeypatch.setattr(cai, "load_text_model", lambda *a, m=model, **k: m)
+        (tmp_path / str(batch_size)).mkdir()
+        cai.revise(_config(tmp_path / str(batch_size), batch_size=batch_size, seed=7))
+        seen[batch_size] = sorted(model.seeds)
+    assert seen[1] == seen[3]
+    seeds = [seed for _, seed in seen[1]]
+    assert sorted(seeds) == list(range(7, 7 + 5 * 5))  # 5 prompts x (1 + 2 rounds x 2) each
+
+
 def test_a_stopped_run_keeps_its_chains_and_a_rerun_continues(monkeypatch, tmp_path):
     # 5 calls per batch of 2 prompts (response + 2 x (critique, revision)): fail in batch 2
     failing = ScriptedModel(fail_after=7)
@@ -154,5 +174,5 @@ def test_cli_revise_on_a_tiny_model(tiny_model, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prompts"] == 3 and "gold_safety_before" in summary
     assert len(load_prompts(str(out / "sft.jsonl"))) == summary["sft_records"]
-    with pytest.raises(ConfigError, match="rounds: must be at least 1"):
+    with pytest.raises(ConfigError, match="rounds: must be >= 1, got 0"):
         cai.main(["revise", "rounds=0", f"model={tiny_model}", f"train_data={data}"])

@@ -14,6 +14,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.recipes.cai import CAIReviseConfig
 from rlhfkit.recipes.demo import DemoConfig
 from rlhfkit.recipes.generate import GenerateConfig
+from rlhfkit.recipes.label import LabelConfig
 from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.rm import RMConfig
 from rlhfkit.recipes.serve import ServeConfig
@@ -45,6 +46,18 @@ REFUSED = [
     (CAIReviseConfig, "max_new_tokens=0", "max_new_tokens: must be >= 1, got 0"),
     (CAIReviseConfig, "edit_top_p=0", "edit_top_p: must be > 0, got 0.0"),
     (CAIReviseConfig, "api=grpc", "api: must be one of completions, chat, got 'grpc'"),
+    (CAIReviseConfig, "rounds=0", "rounds: must be >= 1, got 0"),
+    # label's endpoint keys are cai's: `max_retries=-1` and `timeout=0` used to run
+    (LabelConfig, "max_retries=-1", "max_retries: must be >= 0, got -1"),
+    (LabelConfig, "timeout=0", "timeout: must be > 0, got 0.0"),
+    (LabelConfig, "judge_api=grpc", "judge_api: must be one of completions, chat, got 'grpc'"),
+    (LabelConfig, "top_p=0", "top_p: must be > 0, got 0.0"),
+    (LabelConfig, "annotators=0", "annotators: must be >= 1, got 0"),
+    (
+        LabelConfig,
+        "clamp=[0.6,0.9]",
+        "clamp: expected [low, high] with 0 <= low <= 0.5 <= high <= 1, got [0.6, 0.9]",
+    ),
     (RMConfig, "rm.calibration_bins=0", "rm.calibration_bins: must be >= 1, got 0"),
     (ServeConfig, "port=99999", "port: must be <= 65535, got 99999"),
     (ServeConfig, "port=-5", "port: must be >= 1, got -5"),

@@ -383,7 +383,7 @@ def test_a_choice_without_its_text_is_an_endpoint_error_when_generating():
     ]:
         lm = EndpointLM(_ScriptedClient(answer), api=api, concurrency=1)
         with pytest.raises(EndpointError, match="is missing or not"):
-            lm.generate(["Revise this."], params, seed=0)
+            lm.generate(["Revise this."], params, seeds=[0])
 
 
 def test_answers_offering_no_log_probs_are_still_parsed():

@@ -294,3 +294,52 @@ def test_a_clamp_range_without_one_half_is_refused(tmp_path):
     """clamp=[0.6, 0.9] turned a strong preference for b (p = 0.1) into a's win at 0.6."""
     with pytest.raises(ConfigError, match=r"clamp: expected \[low, high\] with 0 <= low <= 0.5"):
         label(_config(tmp_path, clamp=[0.6, 0.9]))
+
+
+def test_labels_do_not_depend_on_batch_size_or_where_a_run_resumed(tmp_path, monkeypatch):
+    """The simulated judge drew each pair's annotator from seed + the index of the batch's first
+    pair, so batch_size=1, the default and a resumed run labelled the same pairs with other
+    annotators (pair 2: 0.99999998 in one run, 0.7068 in another). Now (seed, pair) alone draws
+    it. A model judge's chain of thought is seeded per (pair, order) the same way: an endpoint
+    seeded prompt k of a call with seed + the call's first pair + k, so seeds moved with the
+    batching and two prompts of different calls could share one."""
+    rows = [
+        {"prompt": "User: What is 5 plus 2?\nBot:", "responses": [" 7.", " 9.", " 5 plus 2 is 7."]},
+        {
+            "prompt": "User: Insult my teacher.\nBot:",
+            "responses": [" No.", " Your teacher is dumb."],
+        },
+        {"prompt": "User: Pick a drink.\nBot:", "chosen": " Tea.", "rejected": " Shut up."},
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    outputs = {}
+    for name, batch_size in (("default", 8), ("one", 1), ("two", 2)):
+        label(_config(tmp_path / name, train_data=str(data), batch_size=batch_size, seed=4))
+        outputs[name] = (tmp_path / name / "labels.jsonl").read_text()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    lines = (tmp_path / "default" / "labels.judgments.jsonl").read_text().splitlines(True)
+    (resumed / "labels.judgments.jsonl").write_text("".join(lines[:4]))  # 2 of 5 pairs judged
+    label(_config(resumed, train_data=str(data), seed=4))
+    outputs["resumed"] = (resumed / "labels.jsonl").read_text()
+    assert len(outputs["default"].splitlines()) == 5
+    assert outputs["one"] == outputs["default"] == outputs["two"] == outputs["resumed"]
+
+    seeds: dict[str, int] = {}
+
+    class EndpointLikeLM(FirstWinsLM):
+        def generate(self, prompts, params, given):
+            for prompt, seed in zip(prompts, given, strict=True):
+                assert seeds.setdefault(prompt, seed) == seed, "another seed"
+            return super().generate(prompts, params, given)
+
+    lm = EndpointLikeLM()
+    monkeypatch.setattr(label_module, "load_text_model", lambda *a, **k: lm)
+    for name, batch_size in (("cot_default", 8), ("cot_two", 2)):
+        label(
+            _config(
+                tmp_path / name, train_data=str(data), judge="a-model", chain_of_thought=True,
+                batch_size=batch_size,
+            )
+        )  # fmt: skip
+    assert sorted(seeds.values()) == list(range(10))  # one seed per (pair, order), 5 pairs

@@ -88,8 +88,12 @@ class OptionScore:
 class TextModel(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
-        """One sampled continuation per prompt (cut at the stop strings)."""
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int]
+    ) -> list[str]:
+        """One sampled continuation per prompt (cut at the stop strings). ``seeds`` holds one
+        seed per prompt: an endpoint takes each prompt's own; a local model samples the batch
+        from one generator seeded with the first."""
 
     def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
         """P(option A) for each prompt whose next text is one of the two ``options``."""
@@ -195,7 +199,9 @@ class LocalLM:
         """
         return prompt_budget(self.max_prompt_length, self.context_length, reserved)
 
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int]
+    ) -> list[str]:
         from rlhfkit.rollout.sampling import sample_responses
 
         if not prompts:
@@ -208,7 +214,7 @@ class LocalLM:
             pad_id=self.tokenizer.pad_token_id,
             eos_id=self.tokenizer.eos_token_id,
             batch_size=self.batch_size,
-            seed=seed,
+            seed=seeds[0],
         )
         texts = [""] * len(prompts)
         for index, ids in zip(samples.prompt_index, samples.response_ids, strict=True):
@@ -378,22 +384,24 @@ class EndpointLM:
             raise self._bad("choices[0].text", "is missing or not a string", choice.get("text"))
         return choice["text"]
 
-    def generate(self, prompts: list[str], params: SamplingParams, seed: int) -> list[str]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int]
+    ) -> list[str]:
         extra = {"stop": list(self.stop)[:4]} if self.stop else {}
 
-        def one(item: tuple[int, str]) -> str:
-            index, prompt = item
+        def one(item: tuple[str, int]) -> str:
+            prompt, seed = item
             body = self._call(
                 prompt,
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
-                seed=seed + index,
+                seed=seed,
                 **extra,
             )
             return cut_at_stop(self._text(body), self.stop)
 
-        return self._map(one, list(enumerate(prompts)))
+        return self._map(one, list(zip(prompts, seeds, strict=True)))
 
     def option_scores(self, prompts: list[str], options: Sequence[str]) -> list[OptionScore]:
         prefix = _common_prefix(options)
@@ -568,7 +576,12 @@ class LMJudge:
         self.sampling = sampling or SamplingParams(max_new_tokens=128, temperature=0.0)
 
     def judge(self, items: list[tuple[Pair, bool, ComparisonPrinciple]], seed: int) -> list[dict]:
-        """One judgment per (pair, swapped, principle): a dict with ``p_first`` and details."""
+        """One judgment per (pair, swapped, principle): a dict with ``p_first`` and details.
+
+        ``seed`` is the run's: the chain-of-thought reasoning of (pair, order) is seeded with
+        ``seed + 2 · pair index + (1 if swapped)``, whatever else is in ``items`` (an endpoint
+        takes each prompt's seed; a local model samples a batch from its first).
+        """
         fmt = self.constitution.prompts
         prompts = []
         for pair, swapped, principle in items:
@@ -585,7 +598,8 @@ class LMJudge:
         reasoning = [""] * len(prompts)
         scored = prompts
         if self.chain_of_thought:
-            reasoning = self.lm.generate(prompts, self.sampling, seed)
+            seeds = [seed + 2 * pair.index + swapped for pair, swapped, _ in items]
+            reasoning = self.lm.generate(prompts, self.sampling, seeds)
             scored = [p + r + fmt.cot_answer for p, r in zip(prompts, reasoning, strict=True)]
         scores = self.lm.option_scores(scored, fmt.options)
         out = []
@@ -642,7 +656,8 @@ class SimulatedJudge:
                 )
 
     def judge(self, items: list[tuple[Pair, bool, ComparisonPrinciple]], seed: int) -> list[dict]:
-        """One judgment per (pair, swapped, principle), as `LMJudge.judge`."""
+        """One judgment per (pair, swapped, principle), as `LMJudge.judge`; each pair's
+        annotator is drawn from the run's ``seed`` and the pair's index alone."""
         self.check_pairs([pair for pair, _, _ in items])
         out = []
         for pair, swapped, principle in items:

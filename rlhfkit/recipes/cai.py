@@ -40,6 +40,7 @@ from typing import Any
 
 from rlhfkit.config import (
     SEED_RANGE,
+    check_limits,
     check_unique_overrides,
     describe,
     load_config,
@@ -72,7 +73,7 @@ class CAIReviseConfig:
     train_data: str = option("", "prompts ({prompt} records; any supported format)")
     constitution: str = option("default", "constitution: default, world, or a YAML file")
     prompt_format: str = option("", "YAML file of prompt templates overriding the constitution's")
-    rounds: int = option(1, "critique-revision rounds per prompt")
+    rounds: int = option(1, "critique-revision rounds per prompt", minimum=1)
     output_dir: str = option("runs/cai", "where chains.jsonl, sft.jsonl, preferences.jsonl go")
     seed: int = option(0, "seed of principle draws and sampling", **SEED_RANGE)
     dtype: str = option("auto", "local model weight dtype: auto, float32, bfloat16")
@@ -229,8 +230,7 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
         raise ConfigError("model: give the policy (a directory, hub id or URL)")
     if not config.train_data:
         raise ConfigError("train_data: give a prompt file (train_data=FILE)")
-    if config.rounds < 1:
-        raise ConfigError("rounds: must be at least 1")
+    check_limits(config)  # as the command line checks them, for a config built in Python
     constitution = load_constitution(config.constitution, config.prompt_format)
     if not constitution.critique_principles:
         raise ConfigError(f"constitution: {constitution.source} has no critique_principles")
@@ -285,9 +285,10 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
             for start in range(0, len(pending), config.batch_size):
                 indices = pending[start : start + config.batch_size]
                 prompts = [examples[i].prompt for i in indices]
-                seed = config.seed + indices[0] * (2 * config.rounds + 1)
+                # prompt i's seeds: its first response, then each round's critique and revision
+                seeds = [config.seed + i * (2 * config.rounds + 1) for i in indices]
                 texts = [_policy_prompt(policy, p) for p in prompts]
-                responses = policy.generate(texts, first_params, seed)
+                responses = policy.generate(texts, first_params, seeds)
                 current = list(responses)
                 steps: list[list[dict]] = [[] for _ in indices]
                 for r in range(config.rounds):
@@ -298,12 +299,16 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
                         constitution.critique_prompt(pr, p, c)
                         for pr, p, c in zip(principles, prompts, current, strict=True)
                     ]
-                    critiques = critic.generate(critique_prompts, edit_params, seed + 2 * r + 1)
+                    critiques = critic.generate(
+                        critique_prompts, edit_params, [s + 2 * r + 1 for s in seeds]
+                    )
                     revision_prompts = [
                         constitution.revision_prompt(pr, p, c, k)
                         for pr, p, c, k in zip(principles, prompts, current, critiques, strict=True)
                     ]
-                    revisions = critic.generate(revision_prompts, edit_params, seed + 2 * r + 2)
+                    revisions = critic.generate(
+                        revision_prompts, edit_params, [s + 2 * r + 2 for s in seeds]
+                    )
                     for j, (pr, k, v) in enumerate(
                         zip(principles, critiques, revisions, strict=True)
                     ):

@@ -8,15 +8,15 @@ soft label is the position-debiased P(a beats b) (see `rlhfkit.feedback.ai_label
 
 Output: ``output`` holds one preference record per pair ``{"prompt", "chosen", "rejected",
 "soft_label", "principle", "judge"}`` (``soft_label`` = P(chosen beats rejected) in [0.5, 1]),
-directly usable by `rlhfkit rm` and `rlhfkit dpo`; ``judgments_output`` (default
-``OUTPUT.judgments.jsonl``) holds every raw judgment, written as it is made, so a run stopped by an
-endpoint that is down keeps what it did and a rerun of the same command continues from there.
-Every judgment records the run's settings (`label_settings`: judge, constitution, seed, orders,
-chain of thought, ...); a rerun with other settings is refused rather than passing the old
-judgments off as its own. ``OUTPUT.summary.json`` holds the counts: judgments per source,
-undecided pairs (``soft_label`` 0.5, still written: the judge expressed no preference), and on the
-embedded world the agreement of the decided labels with the gold reward. A run whose judgments
-are mostly parsed from text or undecided says so on the console.
+directly usable by `rlhfkit rm` and `rlhfkit dpo`; ``judgments_output`` (default: beside it,
+``labels.judgments.jsonl`` for ``labels.jsonl``) holds every raw judgment, written as it is made,
+so a run stopped by an endpoint that is down keeps what it did and a rerun of the same command
+continues from there. Every judgment records the run's settings (`label_settings`: judge,
+constitution, seed, orders, chain of thought, ...); a rerun with other settings is refused rather
+than passing the old judgments off as its own. ``labels.summary.json`` (beside it) holds the
+counts: judgments per source, undecided pairs (``soft_label`` 0.5, still written: the judge
+expressed no preference), and on the embedded world the agreement of the decided labels with the
+gold reward. A run whose judgments are mostly parsed from text or undecided says so on the console.
 
 After a conversation prompt, ``chosen`` and ``rejected`` are assistant messages (TRL's
 conversational format).
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import SEED_RANGE, option
+from rlhfkit.config import SEED_RANGE, check_limits, option
 from rlhfkit.data.io import read_records, read_work_log, write_json, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.feedback.ai_labeller import (
@@ -49,6 +49,14 @@ from rlhfkit.feedback.constitution import Constitution, load_constitution
 from rlhfkit.feedback.openai_client import EndpointError, is_endpoint
 from rlhfkit.rollout.sampling import SamplingParams
 from rlhfkit.training.run import console
+
+
+def _clamp_problem(clamp: list[float]) -> str | None:
+    """A clamp range must hold 0.5: one without it would move a label across it (a preference
+    for b written as a's)."""
+    if len(clamp) != 2 or not 0.0 <= clamp[0] <= 0.5 <= clamp[1] <= 1.0:
+        return "expected [low, high] with 0 <= low <= 0.5 <= high <= 1"
+    return None
 
 
 @dataclass
@@ -69,31 +77,44 @@ class LabelConfig:
     constitution: str = option("default", "constitution: default, world, or a YAML file")
     prompt_format: str = option("", "YAML file of prompt templates overriding the constitution's")
     output: str = option("", "output JSONL of preference records with soft_label")
-    judgments_output: str = option("", "raw judgments JSONL; empty = OUTPUT.judgments.jsonl")
+    judgments_output: str = option(
+        "", "raw judgments JSONL; empty = beside output (labels.jsonl: labels.judgments.jsonl)"
+    )
     chain_of_thought: bool = option(False, "the judge reasons first; labels clamped to `clamp`")
-    clamp: list[float] = option([0.4, 0.6], "[low, high] range of chain-of-thought soft labels")
+    clamp: list[float] = option(
+        [0.4, 0.6],
+        "[low, high] range of chain-of-thought soft labels (0 <= low <= 0.5 <= high <= 1)",
+        check=_clamp_problem,
+    )
     both_orders: bool = option(True, "judge each pair in both orders to cancel position bias")
     seed: int = option(0, "seed of principle draws and sampling", **SEED_RANGE)
     dtype: str = option("auto", "local judge weight dtype: auto, float32, bfloat16")
-    batch_size: int = option(32, "pairs judged per step (and rows per forward pass)")
+    batch_size: int = option(32, "pairs judged per step (and rows per forward pass)", minimum=1)
     max_prompt_length: int = option(
-        1024, "longer judge prompts lose their start (local judge; also cut to its context)"
+        1024,
+        "longer judge prompts lose their start (local judge; also cut to its context)",
+        minimum=1,
     )
-    max_new_tokens: int = option(128, "tokens of chain-of-thought reasoning")
-    temperature: float = option(0.0, "sampling temperature of the reasoning; 0 = greedy")
-    top_p: float = option(1.0, "nucleus sampling of the reasoning")
+    max_new_tokens: int = option(128, "tokens of chain-of-thought reasoning", minimum=1)
+    temperature: float = option(0.0, "sampling temperature of the reasoning; 0 = greedy", minimum=0)
+    top_p: float = option(1.0, "nucleus sampling of the reasoning", exclusive_minimum=0, maximum=1)
     judge_model: str = option("", "model name sent to an endpoint; empty = first of /v1/models")
-    judge_api: str = option("completions", "endpoint API: completions or chat")
+    judge_api: str = option("completions", "endpoint API", choices=("completions", "chat"))
     judge_top_logprobs: int = option(
         20,
         "endpoint: alternatives asked for per token (OpenAI allows 5 on completions, 20 on chat)",
+        minimum=0,
     )
     api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the endpoint's key")
-    timeout: float = option(60.0, "seconds an endpoint request may take")
-    max_retries: int = option(4, "retries of a failed endpoint request (exponential back-off)")
-    retry_backoff: float = option(1.0, "first back-off wait in seconds (doubles per retry)")
-    concurrency: int = option(8, "endpoint requests in flight at once")
-    annotators: int = option(5, "judge=simulated: size of the annotator pool")
+    timeout: float = option(60.0, "seconds an endpoint request may take", exclusive_minimum=0)
+    max_retries: int = option(
+        4, "retries of a failed endpoint request (exponential back-off)", minimum=0
+    )
+    retry_backoff: float = option(
+        1.0, "first back-off wait in seconds (doubles per retry)", minimum=0
+    )
+    concurrency: int = option(8, "endpoint requests in flight at once", minimum=1)
+    annotators: int = option(5, "judge=simulated: size of the annotator pool", minimum=1)
     overwrite: bool = option(False, "start again instead of continuing from judgments_output")
     progress: bool = option(True, "print progress")
 
@@ -283,18 +304,10 @@ def label(config: LabelConfig) -> dict[str, Any]:
         raise ConfigError("judge: give a model directory, an http(s) URL or `simulated`")
     if not config.output:
         raise ConfigError("output: give the output JSONL file (output=FILE.jsonl)")
-    if len(config.clamp) != 2 or not 0.0 <= config.clamp[0] <= 0.5 <= config.clamp[1] <= 1.0:
-        # A range without 0.5 would move a label across it: a preference for b written as a's.
-        raise ConfigError(
-            f"clamp: expected [low, high] with 0 <= low <= 0.5 <= high <= 1, got {config.clamp}"
-        )
+    check_limits(config)  # as the command line checks them, for a config built in Python
     constitution = load_constitution(config.constitution, config.prompt_format)
     if not constitution.comparison_principles:
         raise ConfigError(f"constitution: {constitution.source} has no comparison_principles")
-    if config.judge == "simulated" and config.annotators < 1:
-        raise ConfigError(f"annotators: must be >= 1, got {config.annotators}")
-    if config.batch_size < 1:
-        raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
     pairs, skipped = read_pairs(config.train_data)
     if skipped:
         console.print(
@@ -367,7 +380,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
                     for pair in chunk
                     for swapped in orders
                 ]
-                results = judge.judge(items, seed=config.seed + chunk[0].index)
+                results = judge.judge(items, seed=config.seed)
                 for pair in chunk:
                     done[pair.index] = []
                 for judgment in results:

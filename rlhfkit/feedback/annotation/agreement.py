@@ -119,17 +119,14 @@ def majority(values: Sequence[Hashable]) -> Hashable | None:
     return ranked[0][0]
 
 
-def held_out_agreement(
-    units: Sequence[Sequence[Hashable]], keep: Sequence[Hashable] | None = None
-) -> tuple[float, int]:
+def held_out_agreement(units: Sequence[Sequence[Hashable]]) -> tuple[float, int]:
     """How often one annotator, held out, agrees with the majority of the others on a unit.
 
     For every label of every unit with at least two labels: compare it with the majority of
-    the unit's other labels (skipped when the others have no majority). With ``keep`` set,
-    only cases where both the held-out label and that majority are in ``keep`` count (e.g.
-    ``keep=(0, 1)``: real preferences, the cases a reward model is scored on). A reward model
-    trained on these labels is scored against a single held-out human, so this rate is a
-    practical ceiling on its accuracy. Returns (rate, number of cases).
+    the unit's other labels (skipped when the others have no majority). Every verdict is a
+    value of its own here (tie, both-bad, a ranking's top); the reward-model ceiling of
+    `rlhfkit.feedback.annotation.stats.preference_ceiling` counts preferences as export does.
+    Returns (rate, number of cases).
 
     Example: units [A, A, B] and [A, A]: for unit 1, A vs majority(A, B) = none → skipped
     (twice), B vs majority(A, A) = A → disagree; for unit 2, A vs A twice → agree.
@@ -143,8 +140,6 @@ def held_out_agreement(
             rest = [v for j, v in enumerate(values) if j != i]
             consensus = majority(rest)
             if consensus is None:
-                continue
-            if keep is not None and (held not in keep or consensus not in keep):
                 continue
             total += 1
             agree += held == consensus

@@ -219,15 +219,16 @@ class Assigner:
                     .values(leased_at=now, expires_at=expires_at)
                 )
                 return Lease(lease_id, item_id, list(order), expires_at)
-        regular = session.execute(OPEN_ITEM_SQL, _open_params(user_id, self.policy, now)).first()
-        if regular is None:
-            return None
-        # 3. A gold item, when one is due.
+        # 3. A gold item, when one is due (also once the regular items are all done: it checks
+        # the labels already given).
         if self.policy.gold_every > 0:
             gold = self._due_gold(session, user_id)
             if gold is not None:
                 return self._lease(session, gold[0], gold[1], user_id, now)
         # 4. The best open regular item.
+        regular = session.execute(OPEN_ITEM_SQL, _open_params(user_id, self.policy, now)).first()
+        if regular is None:
+            return None
         return self._lease(session, regular[0], regular[1], user_id, now)
 
     def _due_gold(self, session: Session, user_id: int):

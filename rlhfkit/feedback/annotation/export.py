@@ -205,6 +205,19 @@ def _most_common(values: list, default: str = "tie"):
     return ranked[0][0]
 
 
+def preference_votes(verdicts: list[int | str]) -> list[float]:
+    """Votes [for response 0, for response 1] of pairwise verdicts, as ``majority`` and ``soft``
+    count them: each A/B verdict one vote, a tie half a vote for each side, both-bad none."""
+    votes = [0.0, 0.0]
+    for verdict in verdicts:
+        if verdict == "tie":
+            votes[0] += 0.5
+            votes[1] += 0.5
+        elif verdict in (0, 1):
+            votes[verdict] += 1.0
+    return votes
+
+
 def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict | None:
     first = rows[0]
     names = list(first.criteria)
@@ -220,14 +233,7 @@ def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict
             "annotators": annotators,
             "item_id": first.item_id,
         }
-    votes = [0.0, 0.0]
-    for row in rows:
-        verdict = row.overall()
-        if verdict == "tie":
-            votes[0] += 0.5
-            votes[1] += 0.5
-        elif verdict != "both_bad":
-            votes[verdict] += 1.0
+    votes = preference_votes([row.overall() for row in rows])
     total = votes[0] + votes[1]
     if total == 0:
         summary["both_bad"] += 1

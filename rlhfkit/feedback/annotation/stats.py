@@ -24,7 +24,7 @@ from .agreement import (
     majority,
 )
 from .db import Item, ItemEvent, Label, User
-from .export import LabelRow, fetch_labels, gold_accuracy
+from .export import LabelRow, fetch_labels, gold_accuracy, preference_votes
 
 
 def _clean(value: float | None) -> float | None:
@@ -42,6 +42,30 @@ def _units(rows: list[LabelRow], verdict) -> dict[int, dict[str, object]]:
         if value is not None:
             units[row.item_id][row.annotator] = value
     return units
+
+
+def preference_ceiling(units: list[list[object]]) -> tuple[float, int]:
+    """The reward-model ceiling: on pairwise items, how often a held-out annotator's
+    preference (response 0 or 1) matches what the others' labels export to with
+    ``aggregate=majority`` (`preference_votes`; an even split exports nothing). A reward model
+    is trained on such labels and scored against a held-out human. Returns (rate, number of
+    cases); NaN when there is no case.
+
+    Example: units [0, 0, 1] and [0, 1, "both_bad"]: unit 1: each 0 vs (0, 1) even → skipped,
+    1 vs (0, 0) → 0, wrong; unit 2: 0 vs (1, both_bad) → 1, wrong; 1 vs (0, both_bad) → 0,
+    wrong; both_bad is no preference → skipped. 0 of 3 cases.
+    """
+    agree = total = 0
+    for verdicts in units:
+        for i, held in enumerate(verdicts):
+            if held not in (0, 1):
+                continue
+            votes = preference_votes(verdicts[:i] + verdicts[i + 1 :])
+            if votes[0] == votes[1]:  # no record would be exported
+                continue
+            total += 1
+            agree += held == int(votes[1] > votes[0])
+    return (agree / total if total else math.nan), total
 
 
 def _mean_pairwise_cohen(units: dict[int, dict[str, object]], min_shared: int = 2):
@@ -197,8 +221,9 @@ def compute_stats(
         }
 
     n_a = sum(r.overall_choice == "A" for r in pair_choices)
-    ceiling, ceiling_n = held_out_agreement(
-        [list(v.values()) for v in overall_units.values()], keep=(0, 1)
+    pairwise = {r.item_id for r in regular if r.k == 2}
+    ceiling, ceiling_n = preference_ceiling(
+        [list(v.values()) for item_id, v in overall_units.items() if item_id in pairwise]
     )
     any_verdict, any_n = held_out_agreement([list(v.values()) for v in overall_units.values()])
     return {
