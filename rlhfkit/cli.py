@@ -23,6 +23,9 @@ class Stage:
     entry: str  # "module:function"; takes the config (or argv when config is None)
     positional: tuple[str, ...] = ()  # keys that may be given as bare positional arguments
     scales_out: bool = False  # runs as several processes under `accelerate launch`
+    # "module:function" that checks a config without models or data (ConfigError), so that a
+    # pipeline refuses a bad stage before running any
+    check: str | None = None
 
 
 STAGES: dict[str, Stage] = {
@@ -57,18 +60,21 @@ STAGES: dict[str, Stage] = {
         "rlhfkit.recipes.rm:RMConfig",
         "rlhfkit.recipes.rm:train",
         scales_out=True,
+        check="rlhfkit.recipes.rm:check_config",
     ),
     "dpo": Stage(
         "direct preference optimisation and its family",
         "rlhfkit.recipes.dpo:DPOConfig",
         "rlhfkit.recipes.dpo:train",
         scales_out=True,
+        check="rlhfkit.recipes.dpo:check_options",
     ),
     "ppo": Stage(
         "PPO against a reward with a KL penalty to the reference",
         "rlhfkit.recipes.ppo:PPOConfig",
         "rlhfkit.recipes.ppo:train",
         scales_out=True,
+        check="rlhfkit.recipes.ppo:check_config",
     ),
     "eval": Stage(
         "score data with a reward model; evaluate policies against a reference",

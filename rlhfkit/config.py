@@ -338,6 +338,10 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+#: Values of an optional key (``float | None``, ...) that mean None on the command line.
+NONE_WORDS = ("", "none", "null", "~")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if (
         isinstance(value, RawText)
@@ -352,8 +356,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
+        if type(None) in options and (
+            value is None
+            or (str not in options and isinstance(value, str) and value.lower() in NONE_WORDS)
+        ):
+            return None  # `ppo.missing_eos_penalty=` / `=none` / `=null`: off
         for option_type in options:
             if option_type is type(None):
                 continue

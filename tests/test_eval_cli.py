@@ -199,3 +199,23 @@ def test_eval_policy_mode_loads_models_in_the_given_dtype(tiny_model):
     assert sums["bfloat16"] == pytest.approx(sums["float32"], rel=0.05, abs=0.05)
     kl = sequence_kl(str(tiny_model), str(tiny_model), samples, device="cpu", dtype="bfloat16")
     assert kl == [0.0] * 4
+
+
+def test_a_python_reward_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    """`reward_model=python:myreward:fn` with myreward.py in the working directory: found
+    under `python -m rlhfkit` (which puts that directory on the import path) but not under the
+    `rlhfkit` command ("cannot import 'myreward'"). The working directory now goes last on the
+    path when a python: spec is imported, and the pipeline finds its source the same way."""
+    import sys
+
+    from rlhfkit.models.reward_fn import load_reward_function
+    from rlhfkit.recipes.pipeline import _python_source
+
+    name = "my_cwd_reward_for_test"
+    (tmp_path / f"{name}.py").write_text("def const(p, r):\n    return [2.5] * len(r)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    assert _python_source(f"python:{name}:const") == tmp_path / f"{name}.py"
+    assert load_reward_function(f"python:{name}:const")(["p"], ["r"]) == [2.5]
+    assert sys.path[-1] == str(tmp_path)  # last: never ahead of an installed package

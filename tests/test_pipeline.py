@@ -259,6 +259,7 @@ def test_interrupted_stage_of_another_config_starts_afresh_in_a_clean_directory(
         "stage": "sft",
         "kept": [],
         "outputs": ["config.yaml", "metrics.jsonl", "model", "summary.json"],
+        "files": [],
     }
     assert "learning_rate: 0.002" in (out / "config.yaml").read_text()
 
@@ -339,7 +340,7 @@ def test_every_member_of_a_reward_ensemble_enters_the_digest(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(
         f"output_dir: {tmp_path / 'r'}\nstages:\n  - {{name: ppo, stage: ppo, config: "
-        f"{{ppo: {{reward_model: '{members[0]},{members[1]}'}}}}}}\n"
+        f"{{train_data: q.jsonl, ppo: {{reward_model: '{members[0]},{members[1]}'}}}}}}\n"
     )
     first = plan(path)[0].digest
     assert plan(path)[0].digest == first
@@ -553,6 +554,34 @@ def test_a_file_an_earlier_stage_writes_elsewhere_is_read_when_its_reader_is_dec
     assert ran == ["a", "b", "a", "b"]
 
 
+def test_a_file_a_stage_wrote_outside_its_directory_is_remade_when_removed(tmp_path, monkeypatch):
+    """The embedded-world example's report writes ${root}/report.html, outside its stage
+    directory: deleted, it stayed missing ("skip report: unchanged"), for the marker listed
+    only the stage directory's entries. Now the files a stage writes through its output keys
+    (the report's default file included) are in the marker, and a missing one reruns it."""
+    ran = _fake_stages(monkeypatch)
+    root = tmp_path / "r"
+    elsewhere = tmp_path / "data" / "pairs.jsonl"
+    path = _faked_pipeline(
+        tmp_path,
+        f"  - {{name: a, stage: generate, config: {{model: m, prompts: x, output: {elsewhere}}}}}\n"
+        "  - {name: report, stage: report, config: {runs: '${root}'}}\n",
+    )
+    _run(path)
+    report = root / "report.html"
+    assert report.is_file() and ran == ["a", "report"]
+    marker = json.loads((root / "report" / ".pipeline.json").read_text())
+    assert marker["files"] == [str(report)]
+    _run(path)
+    assert ran == ["a", "report"]
+    report.unlink()
+    _run(path)
+    assert ran == ["a", "report", "report"] and report.is_file()
+    elsewhere.unlink()
+    _run(path)
+    assert ran[3:] == ["a", "report"]  # a's file remade; the report reads ${root}: after it
+
+
 def test_the_digest_is_of_the_resolved_config(tmp_path):
     """Dotted and nested keys, and a key written at its default value, give one digest (the
     resolved config, defaults included, is hashed), and output_dir may use `${root}`."""
@@ -585,3 +614,21 @@ def test_editing_a_python_reward_reruns_its_stage(tmp_path, monkeypatch):
     assert plan(path)[0].digest == first
     module.write_text("def score(prompts, responses):\n    return [1.0] * len(prompts)\n")
     assert plan(path)[0].digest != first
+
+
+def test_a_stage_breaking_its_own_rules_is_refused_before_any_stage_runs(tmp_path, monkeypatch):
+    """`grad_accum: 2` on a ppo stage passed the plan (keys and ranges) and failed only when
+    its turn came, after every earlier stage had run. The stage's own check (Stage.check) now
+    runs on every stage when the pipeline is planned, so --dry_run finds it too."""
+    ran = _fake_stages(monkeypatch)
+    path = _faked_pipeline(
+        tmp_path,
+        "  - {name: g, stage: generate, config: {model: m, prompts: x, output: '${out}/o.jsonl'}}\n"
+        "  - {name: p, stage: ppo, config: {model: m, train_data: q.jsonl, grad_accum: 2,"
+        " ppo: {reward_model: 'python:m:f'}}}\n",
+    )
+    with pytest.raises(ConfigError, match=r"stages\[2\] \(p\): grad_accum: not used by ppo"):
+        plan(path)
+    with pytest.raises(ConfigError, match="grad_accum: not used by ppo"):
+        _run(path)
+    assert ran == []

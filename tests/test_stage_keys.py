@@ -12,7 +12,7 @@ from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.recipes.evaluate import EvalConfig, check_mode_keys
 from rlhfkit.recipes.evaluate import run as run_eval
 from rlhfkit.recipes.label import LabelConfig, label
-from rlhfkit.recipes.ppo import PPOConfig, _validate
+from rlhfkit.recipes.ppo import PPOConfig, check_config
 from rlhfkit.recipes.ppo import train as train_ppo
 from rlhfkit.synthetic import make_prompts
 from tests.conftest import run_cli, write_jsonl
@@ -44,32 +44,85 @@ def _ppo(*overrides: str) -> PPOConfig:
         ("top_p=5", "top_p: must be"),
         ("temperature=0", "temperature: must be"),
         ("temperature=-1", "temperature: must be"),
+        # a negative β or horizon crashed with a traceback after the models loaded
+        ("ppo.kl_coef=-0.1", "ppo.kl_coef: must be >= 0"),
+        ("ppo.kl_horizon=0", "ppo.kl_horizon: must be > 0"),
+        ("ppo.target_kl=-1", "ppo.target_kl: must be >= 0"),
+        ("ppo.ptx_coef=-1", "ppo.ptx_coef: must be >= 0"),
+        ("ppo.sample_every=-1", "ppo.sample_every: must be >= 0"),
+        ("ppo.clip_range=0", "ppo.clip_range: must be > 0"),
+        ("ppo.gamma=1.5", "ppo.gamma: must be <= 1"),
     ],
 )
 def test_ppo_refuses_bad_values_up_front(override, message):
     with pytest.raises(ConfigError) as caught:
-        _validate(_ppo(override))
+        check_config(_ppo(override))
     text = str(caught.value)
     assert text.startswith(message) and "\n" not in text
     assert override.split("=")[1].lstrip("-") in text
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["ppo.ptx_data=sft.jsonl"], "ppo.ptx_data: given, but ppo.ptx_coef is 0"),
+        (
+            ["ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=2", "ppo.value_model=nope"],
+            "ppo.value_model: not used by ppo.advantage_estimator=rloo, which has no critic",
+        ),
+        (
+            ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.lam=0.9"],
+            "ppo.lam: not used by ppo.advantage_estimator=grpo",
+        ),
+        (
+            ["ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=2", "ppo.whiten_rewards=true"],
+            "ppo.whiten_rewards: not used by ppo.advantage_estimator=rloo",
+        ),
+    ],
+)
+def test_ppo_refuses_keys_it_would_ignore(overrides, message):
+    """Each of these ran and was silently ignored (ptx_data without ptx_coef; a critic's keys,
+    even a value_model that does not exist, without a critic)."""
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
+        check_config(_ppo(*overrides))
+
+
+@pytest.mark.parametrize("spelling", ["", "none", "None", "null", "~"])
+def test_an_optional_key_is_turned_off_by_none_null_or_empty(spelling):
+    """`ppo.missing_eos_penalty` says "null = off", and `=none` or `=` were refused with
+    "'' is not a valid float | None", so a penalty inherited from a config.yaml could only be
+    turned off with the YAML word null."""
+    base = _ppo("ppo.missing_eos_penalty=-1")
+    assert base.ppo.missing_eos_penalty == -1.0
+    assert _ppo("ppo.missing_eos_penalty=-1", f"ppo.missing_eos_penalty={spelling}")
+    config = load_config(
+        PPOConfig,
+        overrides=[
+            "model=unused",
+            "train_data=prompts.jsonl",
+            f"ppo.reward_model={GOLD}",
+            f"ppo.missing_eos_penalty={spelling}",
+        ],
+    )
+    assert config.ppo.missing_eos_penalty is None
+
+
 def test_ppo_checks_declared_limits_of_a_config_built_in_python():
-    """`train(PPOConfig(...))` skips the command line's parsing; `_validate` checks the same
+    """`train(PPOConfig(...))` skips the command line's parsing; `check_config` checks the same
     declared limits (`config.check_limits`), nested groups included."""
     config = _ppo()
     config.ppo.ppo_epochs = 0
     with pytest.raises(ConfigError, match=r"^ppo.ppo_epochs: must be >= 1, got 0$"):
-        _validate(config)
+        check_config(config)
     config = _ppo()
     config.temperature = 0.0
     with pytest.raises(ConfigError, match=r"^temperature: must be > 0, got 0.0$"):
-        _validate(config)
+        check_config(config)
 
 
 def test_ppo_accepts_the_defaults_and_valid_edges():
-    _validate(_ppo())
-    _validate(_ppo("top_p=1", "temperature=0.01", "ppo.kl_estimator=k3", "max_new_tokens=1"))
+    check_config(_ppo())
+    check_config(_ppo("top_p=1", "temperature=0.01", "ppo.kl_estimator=k3", "max_new_tokens=1"))
 
 
 def test_ppo_help_says_max_steps_counts_ppo_iterations():

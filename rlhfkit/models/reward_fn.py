@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Callable
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.user_code import import_user_module
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -105,7 +105,7 @@ def _python_function(target: str) -> RewardFn:
         raise ConfigError(f"reward_model: python:{target} must be python:package.module:function")
     module_name, function_name = target.rsplit(":", 1)
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as err:
         raise ConfigError(f"reward_model: cannot import {module_name!r}: {err}") from err
     function = getattr(module, function_name, None)

@@ -12,12 +12,15 @@ stages:
 ```
 
 `${NAME}` is stage NAME's output directory, `${out}` the current stage's and `${root}` the
-pipeline's `output_dir` (a stage naming it depends on every earlier stage). An unknown key, at
-the top, in a stage entry or in a stage's config, is an error naming the nearest valid key. Each
+pipeline's `output_dir` (a stage naming it depends on every earlier stage). Every stage's config
+is checked before any stage runs: an unknown key, at the top, in a stage entry or in a stage's
+config, is an error naming the nearest valid key, and so is a value out of range or one the
+stage's own check (`Stage.check`: ppo, dpo, rm) refuses. Each
 stage needs a directory of its own: two stages' directories may not overlap.
 
 A stage is skipped when its digest is unchanged since it last completed and what it left in its
-directory is still there (`OUT/.pipeline.json` records both). The digest is taken when the
+directory, and the files it wrote elsewhere through its `*output` keys, are still there
+(`OUT/.pipeline.json` records them). The digest is taken when the
 stage's turn comes (so it sees what earlier stages have just written) and covers its resolved
 config (defaults included), the input files it names (their content), the local directories it
 names (the names, sizes and modification times of their files, so a model re-created at the
@@ -158,11 +161,11 @@ def _candidate_paths(value: str) -> list[Path]:
 def _python_source(value: str) -> Path | None:
     """The source of the module a `python:package.module:function` spec names (a package's
     directory), so editing a custom reward reruns the stages using it; None if not found."""
-    import importlib.util
+    from rlhfkit.user_code import find_user_module
 
     module = value[len("python:") :].rsplit(":", 1)[0]
     try:
-        spec = importlib.util.find_spec(module)
+        spec = find_user_module(module)
     except (ImportError, ValueError):
         return None  # the stage itself reports the bad spec
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
@@ -264,7 +267,7 @@ def _check_directory(out: Path, root: Path, others: dict[str, Path], where: str)
 def plan(path: Path) -> list[PlannedStage]:
     """Every stage of the pipeline file at `path`, its config resolved and validated, with its
     output directory and digest; runs nothing."""
-    from rlhfkit.cli import STAGES
+    from rlhfkit.cli import STAGES, _load
 
     top = _read_spec(path)
     root = Path(top.output_dir)
@@ -296,11 +299,18 @@ def plan(path: Path) -> list[PlannedStage]:
             values["output_dir"] = str(out)
         try:
             config = build(cls, _nest(values))
+            if STAGES[kind].check:  # the stage's own rules, before any stage runs
+                _load(STAGES[kind].check)(config)
         except ConfigError as err:
             raise ConfigError(f"{where} ({name}): {err}") from None
         # The resolved config (defaults included; `dpo.beta: 0.1` and `dpo: {beta: 0.1}` alike),
         # so a default that changes between versions reruns the stage rather than resuming it.
         resolved = json.dumps([kind, dataclasses.asdict(config)], sort_keys=True, default=str)
+        if kind == "report" and not values.get("output"):
+            # the file it writes by default, named, so that the marker can record it
+            from rlhfkit.recipes.report import output_path
+
+            values["output"] = str(output_path(config))
         outputs[name] = out
         stage = PlannedStage(
             name, kind, values, out, hashlib.sha256(resolved.encode()).hexdigest(),
@@ -389,12 +399,28 @@ def _outputs(out: Path) -> list[str]:
     )
 
 
+def _written_files(stage: PlannedStage) -> list[str]:
+    """The files the stage wrote through its ``*output`` keys outside its own directory (the
+    report's ``${root}/report.html``, say): those that exist now, as the stage named them."""
+    own = stage.out.resolve()
+    return sorted(
+        value
+        for key, value in stage.values.items()
+        if key.endswith("output")
+        and isinstance(value, str)
+        and value
+        and Path(value).is_file()
+        and not _within(Path(value).resolve(), own)
+    )
+
+
 def _write_marker(stage: PlannedStage, status: str, run_id: str = "") -> None:
     kept = _kept_entries(stage.out)
     stage.out.mkdir(parents=True, exist_ok=True)
     record = {"digest": stage.digest, "status": status, "stage": stage.stage, "kept": kept}
     if status == "done":
         record["outputs"] = _outputs(stage.out)
+        record["files"] = _written_files(stage)
         record["run_id"] = run_id
     tmp = stage.out / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(record))
@@ -404,12 +430,16 @@ def _write_marker(stage: PlannedStage, status: str, run_id: str = "") -> None:
 def decide(
     record: dict[str, Any] | None, digest: str, forced: bool, present: list[str] | None = None
 ) -> str:
-    """What to do with a stage: `skip` (completed with this digest, and every output it left is
-    still `present`), `resume` (interrupted with this digest) or `fresh` (anything else, and
-    whatever `--from` forces)."""
+    """What to do with a stage: `skip` (completed with this digest, every output it left is
+    still `present` and every file it wrote elsewhere, the marker's `files`, still exists),
+    `resume` (interrupted with this digest) or `fresh` (anything else, and whatever `--from`
+    forces)."""
     if forced or record is None or record.get("digest") != digest:
         return "fresh"
-    if record.get("status") == "done" and not set(record.get("outputs", [])) <= set(present or []):
+    if record.get("status") == "done" and (
+        not set(record.get("outputs", [])) <= set(present or [])
+        or not all(Path(f).is_file() for f in record.get("files", []))
+    ):
         return "fresh"  # completed, but some of what it wrote has been removed since
     return {"done": "skip", "running": "resume"}.get(record.get("status"), "fresh")
 

@@ -113,16 +113,24 @@ class PPOOptions:
     value_head_on_policy: bool = option(
         False, "critic = a value head on the policy's hidden states (shared backbone)"
     )
-    kl_coef: float = option(0.05, "KL penalty coefficient beta (initial value if adaptive)")
-    kl_estimator: str = option("k1", "per-token KL estimator in the reward: k1, k2, k3")
-    target_kl: float = option(0.0, "adaptive KL: target sequence KL (nats); 0 = fixed coefficient")
-    kl_horizon: float = option(10000.0, "adaptive KL: horizon in samples (Ziegler et al.)")
-    missing_eos_penalty: float | None = option(
-        None, "EOS trick: score given to responses without EOS; empty = off"
+    kl_coef: float = option(
+        0.05, "KL penalty coefficient beta (initial value if adaptive)", minimum=0
     )
-    reward_clip: float = option(0.0, "clip scores to [-c, c]; 0 = off")
+    kl_estimator: str = option("k1", "per-token KL estimator in the reward: k1, k2, k3")
+    target_kl: float = option(
+        0.0, "adaptive KL: target sequence KL (nats); 0 = fixed coefficient", minimum=0
+    )
+    kl_horizon: float = option(
+        10000.0, "adaptive KL: horizon in samples (Ziegler et al.)", exclusive_minimum=0
+    )
+    missing_eos_penalty: float | None = option(
+        None, "EOS trick: score given to responses without EOS; null (or none, empty) = off"
+    )
+    reward_clip: float = option(0.0, "clip scores to [-c, c]; 0 = off", minimum=0)
     reward_norm_samples: int = option(
-        0, "normalise scores to mean 0, std 1 on this many initial-policy samples; 0 = off"
+        0,
+        "normalise scores to mean 0, std 1 on this many initial-policy samples; 0 = off",
+        minimum=0,
     )
     whiten_rewards: bool = option(False, "whiten the per-token rewards (scale only) before GAE")
     whiten_advantages: bool = option(
@@ -130,11 +138,13 @@ class PPOOptions:
         "whiten advantages over the batch: gae over response tokens, rloo over sequences "
         "(grpo's are normalised per group already)",
     )
-    gamma: float = option(1.0, "GAE discount")
-    lam: float = option(0.95, "GAE lambda")
-    clip_range: float = option(0.2, "PPO ratio clipping epsilon")
-    clip_range_value: float = option(0.2, "value clipping around the rollout values")
-    vf_coef: float = option(0.1, "weight of the value loss")
+    gamma: float = option(1.0, "GAE discount", minimum=0, maximum=1)
+    lam: float = option(0.95, "GAE lambda", minimum=0, maximum=1)
+    clip_range: float = option(0.2, "PPO ratio clipping epsilon", exclusive_minimum=0)
+    clip_range_value: float = option(
+        0.2, "value clipping around the rollout values", exclusive_minimum=0
+    )
+    vf_coef: float = option(0.1, "weight of the value loss", minimum=0)
     ppo_epochs: int = option(4, "passes over each rollout batch", minimum=1)
     num_minibatches: int = option(1, "minibatches (optimizer steps) per PPO epoch", minimum=1)
     rollout_batch_size: int = option(
@@ -144,10 +154,16 @@ class PPOOptions:
     samples_per_prompt: int = option(
         1, "responses per prompt (K >= 2 for rloo and grpo)", minimum=1
     )
-    ptx_coef: float = option(0.0, "PPO-ptx: weight of the SFT NLL on ptx_data (InstructGPT)")
+    ptx_coef: float = option(
+        0.0, "PPO-ptx: weight of the SFT NLL on ptx_data (InstructGPT); 0 = off", minimum=0
+    )
     ptx_data: str = option("", "PPO-ptx: SFT data ({prompt, completion} / {text} / {messages})")
     gold_reward: str = option("", "reward spec used only for reporting gold_reward_*")
-    sample_every: int = option(10, "write the step's samples to OUT/samples.jsonl every N steps")
+    sample_every: int = option(
+        10,
+        "write the step's samples to OUT/samples.jsonl at step 1 and every N steps; 0 = never",
+        minimum=0,
+    )
     sampler: str = option("fast", "rollout sampler: fast (lean KV-cache loop) or hf (generate)")
 
 
@@ -482,7 +498,7 @@ def _check_ranges(config: PPOConfig) -> None:
         )
 
 
-def _validate(config: PPOConfig) -> None:
+def check_config(config: PPOConfig) -> None:
     """Every check that needs no model or data file; raises a one-line `ConfigError`."""
     options = config.ppo
     _check_unused(config)
@@ -510,6 +526,20 @@ def _validate(config: PPOConfig) -> None:
         )
     if options.ptx_coef > 0 and not options.ptx_data:
         raise ConfigError("ppo.ptx_data: ptx_coef > 0 needs SFT data to mix in")
+    if options.ptx_data and options.ptx_coef == 0:
+        raise ConfigError(
+            "ppo.ptx_data: given, but ppo.ptx_coef is 0 so it would not be used; set "
+            "ppo.ptx_coef > 0 (PPO-ptx) or leave ptx_data empty"
+        )
+    if options.advantage_estimator != "gae":
+        defaults = PPOOptions()
+        for key in ("value_model", "value_head_on_policy", "gamma", "lam", "whiten_rewards"):
+            if getattr(options, key) != getattr(defaults, key):
+                raise ConfigError(
+                    f"ppo.{key}: not used by ppo.advantage_estimator="
+                    f"{options.advantage_estimator}, which has no critic (got "
+                    f"{getattr(options, key)!r}); leave it at its default or use gae"
+                )
     if options.target_kl > 0 and options.kl_coef <= 0:
         raise ConfigError(
             f"ppo.kl_coef: the adaptive controller (ppo.target_kl={options.target_kl}) scales "
@@ -576,7 +606,7 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
 
 
 def train(config: PPOConfig) -> dict:
-    _validate(config)
+    check_config(config)
     options = config.ppo
     run = Run(config, "ppo")
     acc = run.accelerator
@@ -621,6 +651,7 @@ def train(config: PPOConfig) -> dict:
             config.seed,
             config.max_steps,
             config.epochs,
+            batch_keys="ppo.rollout_batch_size",
         ),
         unit="prompts",
     )

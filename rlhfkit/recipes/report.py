@@ -16,12 +16,17 @@ class ReportConfig:
     title: str = option("rlhfkit report", "title of the page")
 
 
+def output_path(config: ReportConfig) -> Path:
+    """Where the report goes: ``output``, else RUNS/report.html."""
+    return Path(config.output) if config.output else Path(config.runs) / "report.html"
+
+
 def run(config: ReportConfig) -> int:
     from rlhfkit.eval.report import write_report
 
     root = Path(config.runs)
     if not root.is_dir():
         raise ConfigError(f"runs: {config.runs!r} is not a directory")
-    path = write_report(root, Path(config.output) if config.output else None, config.title)
+    path = write_report(root, output_path(config), config.title)
     print(f"wrote {path}")
     return 0

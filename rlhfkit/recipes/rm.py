@@ -416,7 +416,8 @@ def _load(spec: str, tokenizer, config: RMConfig) -> tuple[list[Comparison], Tok
     return comparisons, stats
 
 
-def train(config: RMConfig) -> dict:
+def check_config(config: RMConfig) -> None:
+    """Every check that needs no model or data file; raises a one-line `ConfigError`."""
     if config.rm.ensemble < 1:
         raise ConfigError(f"rm.ensemble: need at least 1 head, got {config.rm.ensemble}")
     if config.rm.center_coef < 0:
@@ -424,6 +425,10 @@ def train(config: RMConfig) -> dict:
     if not config.train_data:
         raise ConfigError("train_data: no training data given")
     lora_settings(config)  # refuses lora.dropout
+
+
+def train(config: RMConfig) -> dict:
+    check_config(config)
     run = Run(config, "rm")
     acc = run.accelerator
     tokenizer = load_tokenizer(config.model)

@@ -26,6 +26,8 @@ class BatchPlan:
     seed: int
     max_steps: int = -1
     epochs: float = 1.0
+    # what sets the global batch, for the error of `check` (PPO: its prompts per step)
+    batch_keys: str = "batch_size x grad_accum x processes"
 
     @property
     def global_batch(self) -> int:
@@ -45,11 +47,11 @@ class BatchPlan:
             return self.max_steps
         return max(1, math.ceil(self.steps_per_epoch * self.epochs))
 
-    def check(self) -> None:
+    def check(self, unit: str = "examples") -> None:
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{self.num_examples} examples are fewer than one global batch of "
-                f"{self.global_batch} (batch_size x grad_accum x processes)"
+                f"{self.num_examples} {unit} are fewer than one global batch of "
+                f"{self.global_batch} ({self.batch_keys})"
             )
 
     def _permutation(self, epoch: int) -> list[int]:

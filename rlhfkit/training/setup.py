@@ -41,7 +41,7 @@ def checked_plan(run: Run, plan: BatchPlan, unit: str = "examples") -> BatchPlan
     """Fail clearly when the data is smaller than one global batch; say what each epoch drops.
     Records what checkpoints store of the data (`data_record`) on `run`."""
     try:
-        plan.check()
+        plan.check(unit)
     except ValueError as err:
         raise ConfigError(f"train_data: {err}") from None
     run.data_record = data_record(run.config.train_data, plan.num_examples, unit)
