@@ -95,6 +95,16 @@ def test_a_changed_dataset_does_not_reuse_the_cache(tiny_model, pairs_file, tmp_
     assert summary["reference_logps"].startswith("computed")
 
 
+def test_another_mixed_precision_does_not_reuse_the_cache(tiny_model, pairs_file, tmp_path):
+    """A bf16-autocast run in the OUT of an fp32 run read the fp32 reference log-probs: its
+    step-0 rewards were ~1e-3 off zero where its own reference gives ~1e-5."""
+    out = tmp_path / "dpo"
+    _dpo(tiny_model, pairs_file, out, "max_steps=1")
+    _dpo(tiny_model, pairs_file, out, "max_steps=1", "mixed_precision=bf16")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference_logps"].startswith("computed")
+
+
 def test_lora_dpo_uses_the_base_model_as_reference(tiny_model, pairs_file, tmp_path):
     out = tmp_path / "lora"
     _dpo(tiny_model, pairs_file, out, "max_steps=2", "lora.r=4", "dpo.precompute_ref=false")

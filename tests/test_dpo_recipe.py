@@ -573,6 +573,12 @@ def test_inconsistent_options_are_config_errors():
         check_options(DPOConfig(dpo=DPOOptions(beta=0.0)))
     with pytest.raises(ConfigError, match="flash_attention_2"):
         check_options(DPOConfig(dpo=DPOOptions(padding_free=True)))
+    # each ran and was silently ignored
+    with pytest.raises(ConfigError, match="^dpo.simpo_gamma: not used by dpo.loss_type=sigmoid"):
+        check_options(DPOConfig(dpo=DPOOptions(simpo_gamma=5.0)))
+    with pytest.raises(ConfigError, match="^dpo.reference: dpo.loss_type=simpo is reference-free"):
+        check_options(DPOConfig(dpo=DPOOptions(loss_type="simpo", reference="/nonexistent")))
+    check_options(DPOConfig(dpo=DPOOptions(loss_type="simpo", simpo_gamma=1.0)))
 
 
 # --- batch plan ------------------------------------------------------------------------------

@@ -245,6 +245,41 @@ def test_rm_resume_after_kill_equals_uninterrupted(tiny_model, world_data, tmp_p
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+def test_normalisation_data_is_read_before_training_and_may_change_on_resume(
+    tiny_model, world_data, tmp_path
+):
+    """rm.normalize_data was read after the last step: a typo in its path threw the training
+    away, and the corrected rerun with resume=true was refused (the key was part of the
+    checkpoint's config). Now a bad file stops the run before any step, and the normalisation
+    keys may change on resume (they act after the last step). Conversational preference
+    records with an implicit prompt, accepted as train_data, are accepted here too."""
+    args = [
+        f"model={tiny_model}", f"train_data={world_data['train']}", "batch_size=8",
+        "max_steps=2", "save_steps=2", "progress=false", f"output_dir={tmp_path / 'out'}",
+    ]  # fmt: skip
+    result = run_cli("rm", *args, "rm.normalize_data=missing.jsonl", check=False)
+    assert result.returncode == 2 and "missing.jsonl" in result.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+    run_cli("rm", *args, "rm.normalize=false")
+    chat = [{"role": "user", "content": "What is 3+4?"}]
+    implicit = write_jsonl(
+        tmp_path / "conv.jsonl",
+        [
+            {
+                "chosen": [*chat, {"role": "assistant", "content": "7."}],
+                "rejected": [*chat, {"role": "assistant", "content": "9."}],
+            }
+        ]
+        * 3,
+    )
+    result = run_cli("rm", *args, "resume=true", f"rm.normalize_data={implicit}")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["normalization"]["samples"] == 6 and summary["normalization"]["on"] == str(
+        implicit
+    )
+
+
 def test_rm_errors_are_one_line(tiny_model, tmp_path):
     result = run_cli("rm", f"model={tiny_model}", f"output_dir={tmp_path}", check=False)
     assert result.returncode == 2
@@ -405,9 +440,13 @@ def test_rm_from_a_normalised_reward_model_without_normalize_saves_identity(
     )
     info = json.loads((out / "model" / "rlhfkit_reward.json").read_text())
     assert info["gain"] == [1.0, 1.0, 1.0] and info["bias"] == [0.0, 0.0, 0.0]
-    assert info["normalized_on"] == "" and "normalization" not in json.loads(
-        (out / "summary.json").read_text()
-    )
+    assert info["normalized_on"] == ""
+    assert json.loads((out / "summary.json").read_text())["normalization"] == {
+        "gain": [1.0, 1.0, 1.0],
+        "bias": [0.0, 0.0, 0.0],
+        "samples": 0,
+        "on": None,
+    }
     assert "saved unnormalised" in " ".join((result.stdout + result.stderr).split())
     before = load_file(ensemble_rm["model"] / "model.safetensors")["score.weight"]
     after = load_file(out / "model" / "model.safetensors")["score.weight"]

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.data.formats import PreferenceExample, RankingExample
 from rlhfkit.data.tokenize import TokenStats
+from rlhfkit.errors import ConfigError
 from rlhfkit.losses.bradley_terry import ranking_pairs
 from rlhfkit.models.loading import LoraSettings, load_tokenizer
 from rlhfkit.models.reward_fn import load_reward_function
@@ -404,3 +405,27 @@ def test_sampled_responses_are_scored_as_rm_trained_on_them(tiny_model, tokenize
         [chat], ["A pe"], rendered=[rendered], ended=[False],
     )  # fmt: skip
     assert seen == [([rendered], ["A pe"])]  # other rewards keep the text contract
+
+
+def test_another_head_count_than_the_starting_reward_models_is_a_one_line_error(
+    tiny_model, tmp_path
+):
+    """Starting from a 1-head reward model with rm.ensemble=3 raised transformers' size
+    mismatch, whose message points at a report the quiet logging had hidden."""
+    path = tmp_path / "rm1"
+    save_reward_model(build_reward_model(str(tiny_model)), load_tokenizer(str(tiny_model)), path)
+    with pytest.raises(ConfigError, match=r"^rm\.ensemble: .* is a reward model with 1 head"):
+        build_reward_model(str(path), num_heads=3)
+    assert build_reward_model(str(path), num_heads=1).info.num_heads == 1
+
+
+def test_flash_attention_without_its_package_is_a_one_line_error(tiny_model):
+    import importlib.util
+
+    from rlhfkit.models.loading import load_causal_lm
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    for load in (build_reward_model, load_causal_lm):
+        with pytest.raises(ConfigError, match="^attn_implementation: flash_attention_2: "):
+            load(str(tiny_model), attn_implementation="flash_attention_2")

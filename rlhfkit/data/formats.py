@@ -309,6 +309,54 @@ def parse_ranking(record: Record) -> RankingExample:
     return RankingExample(prompt, responses, ranking, record.source, record.line)
 
 
+@dataclass
+class ScoredRecord:
+    """What a record to be scored holds: its kind (``completion``, ``responses``, ``preference``
+    or ``ranking``), the prompt, the responses (each in the prompt's format, as `_reply` makes
+    them) and, for preference and ranking records, the parsed example."""
+
+    kind: str
+    prompt: Text
+    responses: list[Text]
+    example: PreferenceExample | RankingExample | None = None
+
+
+def parse_scored(record: Record) -> ScoredRecord:
+    """A record of responses to score: `{prompt, completion}`, `{prompt, responses}` (generate's
+    output), a preference record (its prompt may be implicit) or a ranking record."""
+    data = record.data
+    if data.get("ranking") is not None:
+        ranking = parse_ranking(record)
+        return ScoredRecord("ranking", ranking.prompt, list(ranking.responses), ranking)
+    if "chosen" in data or "rejected" in data:
+        pair = parse_preference(record)
+        return ScoredRecord("preference", pair.prompt, [pair.chosen, pair.rejected], pair)
+    prompt = _text(record, "prompt", _require(record, "prompt"))
+    if "responses" in data:
+        responses = data["responses"]
+        if not isinstance(responses, list) or not responses:
+            raise record.error("responses", "expected a non-empty list")
+        texts = [
+            _reply(
+                record,
+                f"responses[{i}]",
+                prompt,
+                _text(record, f"responses[{i}]", r, allow_empty=True),
+            )
+            for i, r in enumerate(responses)
+        ]
+        return ScoredRecord("responses", prompt, texts)
+    if "completion" in data:
+        completion = _text(record, "completion", data["completion"], allow_empty=True)
+        return ScoredRecord(
+            "completion", prompt, [_reply(record, "completion", prompt, completion)]
+        )
+    keys = ", ".join(sorted(data)) or "none"
+    raise record.error(
+        None, f"expected completion, responses, chosen/rejected or ranking (record has: {keys})"
+    )
+
+
 def parse_comparisons(records: list[Record]) -> list[PreferenceExample | RankingExample]:
     """Preference or ranking records (decided per record by the presence of `ranking`)."""
     return [

@@ -198,6 +198,8 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: an unknown or custom-code architecture
         raise ConfigError(f"model: cannot load {name_or_path!r}: {err}") from err
+    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
+        raise ConfigError(f"attn_implementation: {attn_implementation}: {err}") from err
     # The model's dropout stays off in every stage: PPO's ratios and DPO's log-ratios assume a
     # deterministic forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.
     # LoRA's own dropout (added below) is SFT's regulariser; the other stages refuse

@@ -272,6 +272,13 @@ def build_reward_model(
     """
     if num_heads < 1:
         raise ConfigError(f"rm.ensemble: need at least one head, got {num_heads}")
+    start = read_reward_info(name_or_path)
+    if start is not None and start.num_heads != num_heads:
+        raise ConfigError(
+            f"rm.ensemble: {name_or_path} is a reward model with {start.num_heads} head(s), "
+            f"not {num_heads}; set rm.ensemble={start.num_heads} to train it on, or start from "
+            "its causal LM for new heads"
+        )
     kwargs = {"dtype": resolve_dtype(dtype), "num_labels": num_heads}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -290,6 +297,8 @@ def build_reward_model(
         raise ConfigError(
             f"model: {name_or_path!r} has no sequence-classification variant in transformers: {err}"
         ) from err
+    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
+        raise ConfigError(f"attn_implementation: {attn_implementation}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
     head = seqcls.score

@@ -479,6 +479,17 @@ def check_options(config: DPOConfig) -> None:
         )
     except ValueError as err:
         raise ConfigError(f"dpo: {err}") from None
+    defaults = DPOOptions()
+    if options.simpo_gamma != defaults.simpo_gamma and not _variant_kwargs(options):
+        raise ConfigError(
+            f"dpo.simpo_gamma: not used by dpo.loss_type={options.loss_type} (got "
+            f"{options.simpo_gamma}); it is SimPO's target margin (dpo.loss_type=simpo)"
+        )
+    if options.reference and is_reference_free(options.loss_type):
+        raise ConfigError(
+            f"dpo.reference: dpo.loss_type={options.loss_type} is reference-free, so "
+            f"{options.reference!r} would not be used; leave dpo.reference empty"
+        )
     if options.padding_free:
         impl = config.attn_implementation or "the default (sdpa)"
         if "flash" not in config.attn_implementation or not torch.cuda.is_available():
@@ -557,7 +568,9 @@ def _fingerprint(config: DPOConfig, *pair_sets: list[Pair]) -> str:
     reference = config.dpo.reference or config.model
     if os.path.isdir(reference):
         reference = os.path.abspath(reference)
-    digest = hashlib.sha256(f"{reference}|{config.dtype}|{config.attn_implementation}".encode())
+    # what changes the reference's log-probs beyond rounding: weights, dtype, kernel, autocast
+    numerics = f"{config.dtype}|{config.attn_implementation}|{config.mixed_precision}"
+    digest = hashlib.sha256(f"{reference}|{numerics}".encode())
     if os.path.isdir(reference):
         # Weights rewritten in place (same path, new model) must not reuse the old cache.
         for path in sorted(Path(reference).glob("*")):

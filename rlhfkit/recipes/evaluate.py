@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import BaseConfig, option
-from rlhfkit.data.formats import parse_preference, parse_ranking
+from rlhfkit.data.formats import parse_scored
 from rlhfkit.data.io import read_records, write_jsonl
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.eval.reward_metrics import head_disagreement, mean_margin, pairwise_accuracy
@@ -155,30 +155,6 @@ def check_mode_keys(config: EvalConfig, policy_mode: bool) -> None:
         )
 
 
-def _texts(record) -> tuple[str, list, object]:
-    """(kind, responses to score, parsed example or None) of one record."""
-    data = record.data
-    if "ranking" in data:
-        example = parse_ranking(record)
-        return "ranking", list(example.responses), example
-    if "chosen" in data or "rejected" in data:
-        example = parse_preference(record)
-        return "preference", [example.chosen, example.rejected], example
-    if "prompt" not in data:
-        raise record.error("prompt", "missing field")
-    if "responses" in data:
-        responses = data["responses"]
-        if not isinstance(responses, list) or not responses:
-            raise record.error("responses", "expected a non-empty list")
-        return "responses", list(responses), None
-    if "completion" in data:
-        return "completion", [data["completion"]], None
-    keys = ", ".join(sorted(data)) or "none"
-    raise record.error(
-        None, f"expected completion, responses, chosen/rejected or ranking (record has: {keys})"
-    )
-
-
 def score_data(config: EvalConfig) -> dict:
     """Scoring mode: see the module docstring."""
     from rlhfkit.models.loading import resolve_dtype
@@ -194,12 +170,11 @@ def score_data(config: EvalConfig) -> dict:
     records = read_records(config.data)
     if not records:
         raise DataError(config.data, None, None, "no records")
-    parsed = [_texts(record) for record in records]
+    parsed = [parse_scored(record) for record in records]
     prompts, responses = [], []
-    for record, (_, texts, example) in zip(records, parsed, strict=True):
-        prompt = example.prompt if example is not None else record.data["prompt"]
-        for text in texts:
-            prompts.append(prompt)
+    for item in parsed:
+        for text in item.responses:
+            prompts.append(item.prompt)
             responses.append(text)
     kwargs = {
         "batch_size": config.batch_size,
@@ -219,10 +194,11 @@ def score_data(config: EvalConfig) -> dict:
 
     rows, chosen, rejected = [], [], []
     cursor = 0
-    for record, (kind, texts, example) in zip(records, parsed, strict=True):
-        mine = scores[cursor : cursor + len(texts)]
-        mine_heads = heads[cursor : cursor + len(texts)] if ensemble else None
-        cursor += len(texts)
+    for record, item in zip(records, parsed, strict=True):
+        kind, count = item.kind, len(item.responses)
+        mine = scores[cursor : cursor + count]
+        mine_heads = heads[cursor : cursor + count] if ensemble else None
+        cursor += count
         row = dict(record.data)
         if kind == "completion":
             row["score"] = mine[0]
@@ -233,7 +209,7 @@ def score_data(config: EvalConfig) -> dict:
         else:
             row["scores"] = mine
             if kind == "ranking":
-                for better, worse in ranking_pairs(list(example.ranking)):
+                for better, worse in ranking_pairs(list(item.example.ranking)):
                     chosen.append(mine[better])
                     rejected.append(mine[worse])
         if mine_heads is not None:

@@ -45,10 +45,15 @@ from accelerate.utils import gather_object
 
 from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.datasets import load_comparisons
-from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
+from rlhfkit.data.formats import (
+    PreferenceExample,
+    RankingExample,
+    parse_scored,
+    soft_label_note,
+)
 from rlhfkit.data.io import read_records
 from rlhfkit.data.tokenize import TokenStats, encode_completion, encode_prompt, truncate
-from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.reward_metrics import (
     bradley_terry_nll,
     ensemble_normalization,
@@ -354,23 +359,11 @@ def reference_samples(config: RMConfig, tokenizer, comparisons: list[Comparison]
     samples: list[tuple[list[int], list[int]]] = []
     if config.rm.normalize_data:
         for record in read_records(config.rm.normalize_data):
-            data = record.data
-            if "prompt" not in data:
-                raise DataError(record.source, record.line, "prompt", "missing field")
-            if "responses" in data and isinstance(data["responses"], list):
-                texts = data["responses"]
-            elif "completion" in data:
-                texts = [data["completion"]]
-            elif "chosen" in data and "rejected" in data:
-                texts = [data["chosen"], data["rejected"]]
-            else:
-                raise DataError(
-                    record.source, record.line, "responses", "expected responses or completion"
-                )
-            for text in texts:
+            scored = parse_scored(record)
+            for text in scored.responses:
                 prompt_ids, response_ids = encode_pair(
                     tokenizer,
-                    data["prompt"],
+                    scored.prompt,
                     text,
                     max_length=config.max_length,
                     max_prompt_length=config.max_prompt_length,
@@ -445,6 +438,10 @@ def train(config: RMConfig) -> dict:
     if config.eval_data:
         eval_comparisons, eval_stats = _load(config.eval_data, tokenizer, config)
         run.print(f"[bold]eval data[/] {config.eval_data}: {eval_stats.summary()}")
+    # read now, so that a bad file stops the run before training, not after it
+    normalization_samples = (
+        reference_samples(config, tokenizer, comparisons) if config.rm.normalize else None
+    )
 
     model = build_reward_model(
         config.model,
@@ -568,7 +565,7 @@ def train(config: RMConfig) -> dict:
     }
     unwrapped: RewardModel = acc.unwrap_model(model)
     if config.rm.normalize:
-        samples, where = reference_samples(config, tokenizer, comparisons)
+        samples, where = normalization_samples
         gains, biases, heads = fit_normalization(run, model, samples, config, pad_id)
         unwrapped.set_normalization(gains, biases, where)
         summary["normalization"] = {
@@ -580,6 +577,14 @@ def train(config: RMConfig) -> dict:
         if config.rm.ensemble > 1:
             # The heads under the normalisation just fitted on these same samples.
             summary["normalize_disagreement"] = normalized_disagreement(heads)
+    else:  # saved as it is: gain 1, bias 0 per head
+        heads_n = config.rm.ensemble
+        summary["normalization"] = {
+            "gain": [1.0] * heads_n,
+            "bias": [0.0] * heads_n,
+            "samples": 0,
+            "on": None,
+        }
     if eval_comparisons:
         metrics = evaluate(run, model, eval_comparisons, config, pad_id)
         summary.update(metrics)

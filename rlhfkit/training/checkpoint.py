@@ -53,6 +53,11 @@ BOOKKEEPING_KEYS = frozenset(
         # that training uses (eval mode; PPO seeds every step's sampling afresh).
         "eval_steps",
         "ppo.sample_every",
+        # The reward model's normalisation, fitted after the last step on the final weights:
+        # a resume with other samples ends as a fresh run with them would.
+        "rm.normalize",
+        "rm.normalize_data",
+        "rm.normalize_max_samples",
     }
 )
 # The run's length. It may change on resume only where the learning-rate schedule of the steps
