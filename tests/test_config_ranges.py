@@ -47,6 +47,15 @@ REFUSED = [
     (CAIReviseConfig, "edit_top_p=0", "edit_top_p: must be > 0, got 0.0"),
     (CAIReviseConfig, "api=grpc", "api: must be one of completions, chat, got 'grpc'"),
     (CAIReviseConfig, "rounds=0", "rounds: must be >= 1, got 0"),
+    # serve: a bad log_level crashed in uvicorn after the model loaded; the others ran
+    (
+        ServeConfig,
+        "log_level=verbose",
+        "log_level: must be one of debug, info, warning, error, got 'verbose'",
+    ),
+    (ServeConfig, "max_batch_size=0", "max_batch_size: must be >= 1, got 0"),
+    (ServeConfig, "batch_wait_ms=-5", "batch_wait_ms: must be >= 0, got -5.0"),
+    (ServeConfig, "default_max_tokens=-3", "default_max_tokens: must be >= 1, got -3"),
     # label's endpoint keys are cai's: `max_retries=-1` and `timeout=0` used to run
     (LabelConfig, "max_retries=-1", "max_retries: must be >= 0, got -1"),
     (LabelConfig, "timeout=0", "timeout: must be > 0, got 0.0"),

@@ -409,6 +409,19 @@ def test_policy_names_are_their_stages_and_never_collide():
             policy_names(bad, "sft")
 
 
+def test_a_run_directory_stands_for_the_model_it_exported(tmp_path, monkeypatch):
+    """docs: `runs/ppo` and `runs/ppo/model` are both the policy ppo; `runs/ppo` was passed on
+    as it is and failed to load (no tokenizer there) after the other models had loaded."""
+    from rlhfkit.recipes.evaluate import policy_names, run_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "ppo" / "model").mkdir(parents=True)
+    (tmp_path / "runs" / "ppo" / "model" / "config.json").write_text("{}")
+    assert policy_names(["runs/ppo"], "sft") == {"ppo": "runs/ppo/model"}
+    assert run_model("runs/ppo/model") == "runs/ppo/model"
+    assert run_model("Qwen/Qwen2-0.5B") == "Qwen/Qwen2-0.5B"  # a hub id is itself
+
+
 def test_diagnostics_read_a_metrics_log_with_a_torn_last_line(tmp_path):
     """A killed run's metrics.jsonl may end mid-line; `rlhfkit eval diagnose_runs=` read it with
     json.loads per line and failed after all its sampling. The torn line is left out."""

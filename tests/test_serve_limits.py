@@ -406,3 +406,19 @@ def test_rows_share_a_generate_call_only_where_they_fit_the_context(serve_client
         [r.token_ids for r in job] for job in unlimited_rows
     ]
     assert [len(job) for job in rows] == [1, 2, 1]
+
+
+def test_a_port_in_use_is_a_one_line_error_before_the_model_loads():
+    """uvicorn found the port taken only after the model had loaded and the banner had said
+    "serving on ...", and exited with code 3."""
+    import socket
+
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.recipes.serve import ServeConfig, run
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^port: cannot listen on 127.0.0.1:{port} "):
+            run(ServeConfig(model="no/such/model/loaded", port=port))

@@ -71,9 +71,11 @@ class RankingExample:
 
 
 def _require(record: Record, name: str) -> Any:
-    if name not in record.data or record.data[name] is None:
-        keys = ", ".join(sorted(record.data)) or "none"
-        raise record.error(name, f"missing field (record has: {keys})")
+    """``record[name]``, or an error: missing, or null (JSON's null; Parquet's absent cell)."""
+    if record.data.get(name) is None:
+        keys = ", ".join(sorted(k for k, v in record.data.items() if v is not None)) or "none"
+        problem = "null" if name in record.data else "missing field"
+        raise record.error(name, f"{problem} (record has: {keys})")
     return record.data[name]
 
 

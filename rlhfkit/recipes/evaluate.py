@@ -276,8 +276,17 @@ def policy_names(policies: list[str], reference_name: str) -> dict[str, str]:
                 f"policies: two rows would be named {name!r} (policies, reference={reference_name}"
                 ", best_of_N); name each policy as NAME=DIR"
             )
-        named[name] = directory
+        named[name] = run_model(directory)
     return named
+
+
+def run_model(directory: str) -> str:
+    """A run directory (an sft, dpo or ppo OUT) stands for the model it exported, OUT/model;
+    anything else (a model directory, a hub id) is itself."""
+    path = Path(directory)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    return directory
 
 
 def evaluate_policies(config: EvalConfig) -> dict:
@@ -294,6 +303,7 @@ def evaluate_policies(config: EvalConfig) -> dict:
     if not config.reference or not config.prompts:
         raise ConfigError("eval: policy evaluation needs reference=DIR and prompts=FILE")
     reference_name, _, reference = config.reference.rpartition("=")
+    reference = run_model(reference)
     named = policy_names(config.policies, reference_name or "reference")
     runs: dict[str, Path] = {}
     for directory in map(Path, config.diagnose_runs):  # named by directory, unless two clash

@@ -55,7 +55,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from rlhfkit.config import SEED_RANGE, option
+from rlhfkit.config import SEED_RANGE, check_limits, option
 from rlhfkit.errors import ConfigError
 from rlhfkit.serving.batching import BatchedGenerator, GenJob
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
@@ -94,21 +94,25 @@ class ServeConfig:
     port: int = option(8000, "TCP port", minimum=1, maximum=65535)
     model_name: str = option("", "model id clients use; empty = the directory's name")
     dtype: str = option("auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
-    max_batch_size: int = option(32, "most sequences generated (or scored) together")
-    batch_wait_ms: float = option(5.0, "how long the worker waits for more requests to batch")
+    max_batch_size: int = option(32, "most sequences generated (or scored) together", minimum=1)
+    batch_wait_ms: float = option(
+        5.0, "how long the worker waits for more requests to batch", minimum=0
+    )
     max_model_len: int = option(
         0, "context length that prompt + max_tokens must fit; 0 = the model's (its config)"
     )
     max_prompt_tokens: int = option(
         0, "longer prompts are refused (400); 0 = as long as the context allows"
     )
-    max_request_bytes: int = option(8 << 20, "larger request bodies are refused (413)")
+    max_request_bytes: int = option(8 << 20, "larger request bodies are refused (413)", minimum=1)
     max_choices: int = option(
         128, "most choices (prompts x n) one request may ask for; more are refused (400)", minimum=1
     )
-    default_max_tokens: int = option(256, "max_tokens of a chat request that gives none")
+    default_max_tokens: int = option(256, "max_tokens of a chat request that gives none", minimum=1)
     seed: int = option(0, "seed of the server's sampling generator", **SEED_RANGE)
-    log_level: str = option("warning", "uvicorn log level: debug, info, warning, error")
+    log_level: str = option(
+        "warning", "uvicorn log level", choices=("debug", "info", "warning", "error")
+    )
 
 
 def create_app(
@@ -427,10 +431,32 @@ def create_app(
     return app
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error now if ``host:port`` cannot be listened on (uvicorn would say so only
+    after the model has loaded, with exit code 3)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ConfigError(f"host: cannot resolve {host!r}: {err}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ConfigError(
+                f"port: cannot listen on {host}:{port} ({err.strerror}); choose another port"
+            ) from None
+
+
 def run(config: ServeConfig) -> int:
     """Load the model and serve it until interrupted."""
     if not config.model:
         raise ConfigError("model: give the model directory to serve (model=DIR)")
+    check_limits(config)  # as the command line checks them, for a config built in Python
+    _check_port_free(config.host, config.port)  # before the model loads, not after
     import uvicorn
 
     app = create_app(
