@@ -134,7 +134,12 @@ def _check_source(name_or_path: str) -> None:
         raise ConfigError("model: no model given (a local directory or a hub id)")
     if os.path.isdir(name_or_path):
         return
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    parent = os.path.dirname(name_or_path)
+    looks_local = (
+        name_or_path.startswith((".", "/", "~"))
+        or name_or_path.count("/") > 1
+        or (parent != "" and os.path.isdir(parent))  # `runs/sftt` where runs/ is here
+    )
     if looks_local or os.path.exists(name_or_path):
         raise ConfigError(f"model: {name_or_path!r} is not a model directory")
 
