@@ -153,7 +153,7 @@ def test_conversational_sft_masks_everything_but_the_last_assistant_turn(tokeniz
     prompt_text = tokenizer.decode(encoded.prompt_ids)
     completion_text = tokenizer.decode(encoded.completion_ids)
     assert prompt_text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert completion_text == "yo<|im_end|>"
+    assert completion_text == "yo<|im_end|>\n"
 
 
 def test_conversational_completion_ends_with_eos_where_the_template_does_not(tmp_path):
@@ -178,15 +178,12 @@ def test_conversational_completion_ends_with_eos_where_the_template_does_not(tmp
     assert qwen_base_like.decode(plain.completion_ids) == " 7.<|endoftext|>"
 
 
-def test_conversational_completion_holding_eos_ends_at_it(tokenizer):
+def test_conversational_completion_holding_eos_is_left_as_rendered(tokenizer):
     """With eos == the template's <|im_end|> (the byte tokenizer, Qwen2-Instruct) the rendered
-    turn already holds eos: nothing is appended, and the template's newline after it is left
-    out. It used to be trained, though sampling stops at eos and never makes it (the docs say
-    every trained response ends with eos)."""
+    turn already holds eos: nothing is appended (the turn ends with its newline)."""
     user, bot = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}
     encoded = encode_example(tokenizer, [user], [bot], max_length=64, max_prompt_length=64)
-    assert tokenizer.decode(encoded.completion_ids) == "yo<|im_end|>"
-    assert encoded.completion_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(encoded.completion_ids) == "yo<|im_end|>\n"
     assert encoded.completion_ids.count(tokenizer.eos_token_id) == 1
 
 

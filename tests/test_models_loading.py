@@ -91,18 +91,6 @@ def test_a_directory_without_a_tokenizer_is_a_one_line_config_error(tmp_path):
         load_tokenizer(str(tmp_path))
 
 
-def test_a_missing_path_under_a_local_directory_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
-    """`runs/sftt` (a typo) where runs/ is here was taken for a hub id `org/name`, and the
-    offline hub lookup took about a minute to fail."""
-    from rlhfkit.errors import ConfigError
-    from rlhfkit.models.loading import load_tokenizer
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs").mkdir()
-    with pytest.raises(ConfigError, match="^model: 'runs/sftt' is not a model directory"):
-        load_tokenizer("runs/sftt")
-
-
 def test_dropout_is_off_in_train_mode_even_where_modules_copied_the_rate(tmp_path):
     """Llama's attention copies `config.attention_dropout` into a float when it is built, so
     zeroing the config afterwards left dropout live in the attention kernel (two train-mode

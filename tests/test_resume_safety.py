@@ -135,6 +135,10 @@ def test_a_changed_trajectory_key_is_named_and_bookkeeping_keys_are_not():
     )
     assert config_differences(saved, same, 4) == []
     assert any(d.startswith("stage:") for d in config_differences(saved, _record("rm"), 4))
+    # A checkpoint written before a key became bookkeeping still records it (rm's
+    # normalisation keys): it used to be refused with "rm.normalize: True -> '(absent)'".
+    older = {**_record("rm"), "rm.normalize": True, "rm.normalize_data": "", "eval_steps": 5}
+    assert config_differences(older, _record("rm"), 4) == []
 
 
 def test_max_steps_may_grow_only_where_the_schedule_ignores_it():

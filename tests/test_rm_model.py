@@ -363,7 +363,7 @@ def test_comparison_loss_by_hand():
 
 def test_sampled_responses_are_scored_as_rm_trained_on_them(tiny_model, tokenizer):
     """A text response to a conversation is the assistant's turn (`as_reply`), so the reward is
-    read where `rm` trained it to be read (at the template's end of turn), not at a bare EOS
+    read where `rm` trained it to be read (after the template's end of turn), not at a bare EOS
     after the rendered prompt text; a response that ran out of tokens (`ended=False`) is scored
     as sampled, without the EOS that would make it a finished answer."""
     from rlhfkit.data.tokenize import encode_completion, encode_prompt, render_prompt
@@ -376,8 +376,8 @@ def test_sampled_responses_are_scored_as_rm_trained_on_them(tiny_model, tokenize
     assert prompt_ids == encode_prompt(tokenizer, chat)
     reply = [{"role": "assistant", "content": "A pear."}]
     assert response_ids == encode_completion(tokenizer, chat, reply)
-    # The assistant's turn up to its end (EOS here), as the chat template renders it.
-    assert tokenizer.decode(response_ids) == "A pear.<|im_end|>"
+    # The old path: the text plus a bare EOS, read at <|im_end|> instead of after the turn.
+    assert tokenizer.decode(response_ids) == "A pear.<|im_end|>\n"
     _, unfinished = encode_pair(tokenizer, chat, "A pe", ended=False, **limits)
     assert unfinished == tokenizer("A pe", add_special_tokens=False).input_ids
     _, plain = encode_pair(tokenizer, "User: hi\nBot:", " Hello", ended=False, **limits)
@@ -422,10 +422,13 @@ def test_another_head_count_than_the_starting_reward_models_is_a_one_line_error(
 def test_flash_attention_without_its_package_is_a_one_line_error(tiny_model):
     import importlib.util
 
-    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.models.loading import load_causal_lm, missing_package_error
 
     if importlib.util.find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here")
     for load in (build_reward_model, load_causal_lm):
         with pytest.raises(ConfigError, match="^attn_implementation: flash_attention_2: "):
             load(str(tiny_model), attn_implementation="flash_attention_2")
+    # a package the model itself needs (custom code, quantisation) is the model's error
+    error = missing_package_error("m", None, ImportError("No module named 'bitsandbytes'"))
+    assert str(error) == "model: cannot load 'm': No module named 'bitsandbytes'"

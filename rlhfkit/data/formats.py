@@ -314,8 +314,8 @@ def parse_ranking(record: Record) -> RankingExample:
 @dataclass
 class ScoredRecord:
     """What a record to be scored holds: its kind (``completion``, ``responses``, ``preference``
-    or ``ranking``), the prompt, the responses (each in the prompt's format, as `_reply` makes
-    them) and, for preference and ranking records, the parsed example."""
+    or ``ranking``), the prompt, the responses and, for preference and ranking records, the
+    parsed example."""
 
     kind: str
     prompt: Text
@@ -325,7 +325,9 @@ class ScoredRecord:
 
 def parse_scored(record: Record) -> ScoredRecord:
     """A record of responses to score: `{prompt, completion}`, `{prompt, responses}` (generate's
-    output), a preference record (its prompt may be implicit) or a ranking record."""
+    output), a preference record (its prompt may be implicit) or a ranking record. Completions
+    and `responses` are passed on as given: a reward model's scorer (`encode_pair`) makes a text
+    response to a conversation the assistant's turn, and a `python:` or HTTP scorer gets text."""
     data = record.data
     if data.get("ranking") is not None:
         ranking = parse_ranking(record)
@@ -333,26 +335,14 @@ def parse_scored(record: Record) -> ScoredRecord:
     if "chosen" in data or "rejected" in data:
         pair = parse_preference(record)
         return ScoredRecord("preference", pair.prompt, [pair.chosen, pair.rejected], pair)
-    prompt = _text(record, "prompt", _require(record, "prompt"))
+    prompt = _require(record, "prompt")
     if "responses" in data:
         responses = data["responses"]
         if not isinstance(responses, list) or not responses:
             raise record.error("responses", "expected a non-empty list")
-        texts = [
-            _reply(
-                record,
-                f"responses[{i}]",
-                prompt,
-                _text(record, f"responses[{i}]", r, allow_empty=True),
-            )
-            for i, r in enumerate(responses)
-        ]
-        return ScoredRecord("responses", prompt, texts)
+        return ScoredRecord("responses", prompt, list(responses))
     if "completion" in data:
-        completion = _text(record, "completion", data["completion"], allow_empty=True)
-        return ScoredRecord(
-            "completion", prompt, [_reply(record, "completion", prompt, completion)]
-        )
+        return ScoredRecord("completion", prompt, [data["completion"]])
     keys = ", ".join(sorted(data)) or "none"
     raise record.error(
         None, f"expected completion, responses, chosen/rejected or ranking (record has: {keys})"

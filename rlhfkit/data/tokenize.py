@@ -107,18 +107,14 @@ def encode_completion(
     with it). A conversational completion ends with the chat template's end of turn, which is
     EOS for many instruct tokenizers but not for every tokenizer: Qwen2 *base* models end turns
     with `<|im_end|>` and use `<|endoftext|>` as EOS. There EOS is appended after the template's
-    closing tokens (`...<|im_end|>\n<|endoftext|>`). Where the rendered turn holds EOS, what
-    the template puts after it (ChatML's `\n` after `<|im_end|>`) is left out: sampling stops
-    at EOS, so those tokens would be trained but never generated (or scored).
+    closing tokens (`...<|im_end|>\n<|endoftext|>`), unless the rendered turn already holds it.
     """
     ids = tokenizer(
         render_completion(tokenizer, prompt, completion), add_special_tokens=False
     ).input_ids
     eos = tokenizer.eos_token_id
     if is_conversational(completion):
-        if eos not in ids:
-            return ids + [eos]
-        return ids[: len(ids) - ids[::-1].index(eos)]  # up to and with the last EOS
+        return ids if eos in ids else ids + [eos]
     if not ids or ids[-1] != eos:
         ids = ids + [eos]
     return ids

@@ -134,12 +134,7 @@ def _check_source(name_or_path: str) -> None:
         raise ConfigError("model: no model given (a local directory or a hub id)")
     if os.path.isdir(name_or_path):
         return
-    parent = os.path.dirname(name_or_path)
-    looks_local = (
-        name_or_path.startswith((".", "/", "~"))
-        or name_or_path.count("/") > 1
-        or (parent != "" and os.path.isdir(parent))  # `runs/sftt` where runs/ is here
-    )
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local or os.path.exists(name_or_path):
         raise ConfigError(f"model: {name_or_path!r} is not a model directory")
 
@@ -174,6 +169,16 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def missing_package_error(
+    name_or_path: str, attn_implementation: str | None, err: ImportError
+) -> ConfigError:
+    """The one-line error for a package a model needs and this environment lacks: the attention
+    kernel's (flash_attention_2 without flash-attn) when one was asked for, else the model's."""
+    if attn_implementation:
+        return ConfigError(f"attn_implementation: {attn_implementation}: {err}")
+    return ConfigError(f"model: cannot load {name_or_path!r}: {err}")
+
+
 def load_causal_lm(
     name_or_path: str,
     *,
@@ -203,8 +208,8 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: an unknown or custom-code architecture
         raise ConfigError(f"model: cannot load {name_or_path!r}: {err}") from err
-    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
-        raise ConfigError(f"attn_implementation: {attn_implementation}: {err}") from err
+    except ImportError as err:
+        raise missing_package_error(name_or_path, attn_implementation, err) from err
     # The model's dropout stays off in every stage: PPO's ratios and DPO's log-ratios assume a
     # deterministic forward pass, and the literature (Ziegler et al., TRL) turns it off for RLHF.
     # LoRA's own dropout (added below) is SFT's regulariser; the other stages refuse

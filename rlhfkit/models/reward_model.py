@@ -47,6 +47,7 @@ from rlhfkit.models.loading import (
     disable_dropout,
     enable_checkpointing,
     load_tokenizer,
+    missing_package_error,
     resolve_dtype,
 )
 from rlhfkit.models.readout import last_layer_at
@@ -297,8 +298,8 @@ def build_reward_model(
         raise ConfigError(
             f"model: {name_or_path!r} has no sequence-classification variant in transformers: {err}"
         ) from err
-    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
-        raise ConfigError(f"attn_implementation: {attn_implementation}: {err}") from err
+    except ImportError as err:
+        raise missing_package_error(name_or_path, attn_implementation, err) from err
     finally:
         hf_logging.set_verbosity(verbosity)
     head = seqcls.score

@@ -26,12 +26,13 @@ Limits: a request body over ``max_request_bytes`` is refused (413) while it arri
 not; a prompt is checked by its length in characters before it is tokenised (off the event loop),
 and prompt + ``max_tokens`` must fit the model's context (400, worded as OpenAI and vLLM word it);
 ``stop`` takes at most 4 strings (as OpenAI's API) and a request at most ``max_choices`` choices
-(prompts × ``n``), 400 past either, before anything is tokenised. A client that disconnects
-mid-stream does not stop its rows from being generated (the batch they share runs on); streams
-carry no ``usage``; OpenAI parameters this server does not implement (``echo``, ``best_of``,
-``logit_bias``, ``presence_penalty``, ``response_format``, tools, ...) are accepted at their
-default value and refused otherwise, as are prompts given as token ids and non-text message parts;
-the request ``seed`` is ignored (the server's generator is seeded once at start).
+(prompts × ``n``), 400 past either, before anything is tokenised. A client that disconnects mid-
+stream cancels its request: its rows stop at the next step (the batch's other rows go on); a non-
+streamed request runs to its end; streams carry no ``usage``; OpenAI parameters this server does
+not implement (``echo``, ``best_of``, ``logit_bias``, ``presence_penalty``, ``response_format``,
+tools, ...) are accepted at their default value and refused otherwise, as are prompts given as
+token ids and non-text message parts; the request ``seed`` is ignored (the server's generator is
+seeded once at start).
 
 A reward-model directory (one holding ``rlhfkit_reward.json``) is served as the HTTP scorer
 that ``ppo.reward_model`` and ``eval`` accept instead: see `rlhfkit.recipes.serve_reward`.
@@ -217,8 +218,8 @@ def create_app(
 
     async def _generate(jobs: list[GenJob], stop: list[str]) -> list[Choice]:
         """Generate ``jobs`` and decode their rows (off the event loop, which serves the other
-        clients meanwhile). If the request ends first (its client went away), its jobs are
-        cancelled, so the batcher stops generating them."""
+        clients meanwhile). Should the request end first (an error, the server shutting down),
+        its jobs are cancelled, so the batcher stops generating them."""
         futures = [batcher.submit(job) for job in jobs]
         try:
             rows = [row for fut in futures for row in await asyncio.wrap_future(fut)]
@@ -436,15 +437,13 @@ def _check_port_free(host: str, port: int) -> None:
     after the model has loaded, with exit code 3)."""
     import socket
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as err:
-        raise ConfigError(f"host: cannot resolve {host!r}: {err}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
-            probe.bind(address)
+            probe.bind((host, port))
+        except socket.gaierror as err:
+            raise ConfigError(f"host: cannot resolve {host!r}: {err}") from None
         except OSError as err:
             raise ConfigError(
                 f"port: cannot listen on {host}:{port} ({err.strerror}); choose another port"

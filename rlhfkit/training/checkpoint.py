@@ -100,10 +100,12 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], step: int
     `_length_change_problem`), so a finished run with `lr_scheduler=constant` can be extended.
     """
     missing = "(absent)"
+    # A checkpoint from before a key became bookkeeping still records it: not compared.
+    keys = (set(saved) | set(current)) - BOOKKEEPING_KEYS - set(LENGTH_KEYS)
     problems = [
         f"{key}: {saved.get(key, missing)!r} -> {current.get(key, missing)!r}"
-        for key in sorted(set(saved) | set(current))
-        if key not in LENGTH_KEYS and saved.get(key, missing) != current.get(key, missing)
+        for key in sorted(keys)
+        if saved.get(key, missing) != current.get(key, missing)
     ]
     length_problem = _length_change_problem(saved, current, step)
     return problems + ([length_problem] if length_problem else [])
