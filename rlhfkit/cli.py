@@ -7,117 +7,15 @@ their own (`annotate serve|load|export|stats|add-user`) take their own arguments
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import textwrap
-from dataclasses import dataclass
 
+from rlhfkit.config import key_lines, split_args
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.recipes.stages import STAGES, Stage, load_target
 
-
-@dataclass(frozen=True)
-class Stage:
-    summary: str
-    config: str | None  # "module:Class" of the config dataclass
-    entry: str  # "module:function"; takes the config (or argv when config is None)
-    positional: tuple[str, ...] = ()  # keys that may be given as bare positional arguments
-    scales_out: bool = False  # runs as several processes under `accelerate launch`
-    # "module:function" that checks a config without models or data (ConfigError), so that a
-    # pipeline refuses a bad stage before running any
-    check: str | None = None
-
-
-STAGES: dict[str, Stage] = {
-    "sft": Stage(
-        "supervised fine-tuning",
-        "rlhfkit.recipes.sft:SFTConfig",
-        "rlhfkit.recipes.sft:train",
-        scales_out=True,
-    ),
-    "generate": Stage(
-        "sample K responses per prompt (JSONL {prompt, responses})",
-        "rlhfkit.recipes.generate:GenerateConfig",
-        "rlhfkit.recipes.generate:run",
-    ),
-    "init-model": Stage(
-        "write a random-initialised model + byte tokenizer from a preset",
-        "rlhfkit.recipes.init_model:InitModelConfig",
-        "rlhfkit.recipes.init_model:run",
-    ),
-    "world": Stage(
-        "write the embedded world's SFT corpus and prompt splits (a pipeline's first stage)",
-        "rlhfkit.recipes.world:WorldConfig",
-        "rlhfkit.recipes.world:run",
-    ),
-    "demo": Stage(
-        "the embedded world end to end",
-        "rlhfkit.recipes.demo:DemoConfig",
-        "rlhfkit.recipes.demo:run",
-    ),
-    "rm": Stage(
-        "reward model: Bradley-Terry on preference or ranking data",
-        "rlhfkit.recipes.rm:RMConfig",
-        "rlhfkit.recipes.rm:train",
-        scales_out=True,
-        check="rlhfkit.recipes.rm:check_config",
-    ),
-    "dpo": Stage(
-        "direct preference optimisation and its family",
-        "rlhfkit.recipes.dpo:DPOConfig",
-        "rlhfkit.recipes.dpo:train",
-        scales_out=True,
-        check="rlhfkit.recipes.dpo:check_options",
-    ),
-    "ppo": Stage(
-        "PPO against a reward with a KL penalty to the reference",
-        "rlhfkit.recipes.ppo:PPOConfig",
-        "rlhfkit.recipes.ppo:train",
-        scales_out=True,
-        check="rlhfkit.recipes.ppo:check_config",
-    ),
-    "eval": Stage(
-        "score data with a reward model; evaluate policies against a reference",
-        "rlhfkit.recipes.evaluate:EvalConfig",
-        "rlhfkit.recipes.evaluate:run",
-    ),
-    "label": Stage(
-        "AI or simulated preference labels for generated pairs",
-        "rlhfkit.recipes.label:LabelConfig",
-        "rlhfkit.recipes.label:run",
-    ),
-    "cai": Stage(
-        "Constitutional AI: `rlhfkit cai revise ...` (critique-and-revise)",
-        None,
-        "rlhfkit.recipes.cai:main",
-    ),
-    "serve": Stage(
-        "OpenAI-compatible HTTP API over a local model; a reward model as the HTTP scorer",
-        "rlhfkit.recipes.serve:ServeConfig",
-        "rlhfkit.recipes.serve:run",
-    ),
-    "pipeline": Stage(
-        "all stages from one file, resumable",
-        "rlhfkit.recipes.pipeline:PipelineConfig",
-        "rlhfkit.recipes.pipeline:run",
-        positional=("file",),
-    ),
-    "report": Stage(
-        "self-contained HTML report of runs",
-        "rlhfkit.recipes.report:ReportConfig",
-        "rlhfkit.recipes.report:run",
-    ),
-    "annotate": Stage(
-        "the annotation server: serve | load | export | stats | add-user",
-        None,
-        "rlhfkit.feedback.annotation.cli:main",
-    ),
-}
-
-
-def _load(path: str):
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
+_load = load_target  # the name the tests and older callers use
 
 
 def _check_single_process(name: str, stage: Stage) -> None:
@@ -174,53 +72,6 @@ def _stage_help(name: str, stage: Stage) -> str:
         head += ["", doc]
     head += ["", "keys (key=value or --key value; nested keys with dots, e.g. lora.r=8):"]
     return "\n".join(head + key_lines(rows))
-
-
-def key_lines(rows: list[tuple[str, str, str, str]]) -> list[str]:
-    """Two lines per config key (`describe`'s rows): its help, then its type and default."""
-    width = min(max(len(r[0]) for r in rows), 28)
-    lines = []
-    for key, type_name, default, help_text in rows:
-        lines.append(f"  {key.ljust(width)}  {help_text}")
-        lines.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
-    return lines
-
-
-def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
-    """(config file, overrides) from `--config F`, `key=value`, `--key value`, `--key=value`."""
-    config_file, overrides, free = None, [], list(positional)
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("--config", "-c"):
-            if i + 1 >= len(argv):
-                raise RlhfkitError("--config needs a file")
-            config_file, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config_file, i = arg.split("=", 1)[1], i + 1
-            continue
-        if arg.startswith("--"):
-            key, has_value, value = arg[2:].partition("=")
-            key = key.replace("-", "_")  # `--learning-rate` names `learning_rate`, either form
-            if has_value:
-                overrides.append(f"{key}={value}")
-                i += 1
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
-                overrides.append(f"{key}={argv[i + 1]}")
-                i += 2
-            else:
-                overrides.append(f"--{key}")  # a bare flag: true for a boolean key, else refused
-                i += 1
-            continue
-        if "=" in arg:
-            overrides.append(arg)
-        elif free:
-            overrides.append(f"{free.pop(0)}={arg}")
-        else:
-            raise RlhfkitError(f"unexpected argument {arg!r} (expected key=value)")
-        i += 1
-    return config_file, overrides
 
 
 def main(argv: list[str] | None = None) -> int:

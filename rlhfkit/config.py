@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 
 CONSTRAINTS = ("minimum", "exclusive_minimum", "maximum", "exclusive_maximum", "choices", "check")
 
@@ -668,6 +668,53 @@ def _deep_merge(into: dict, other: dict) -> None:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def key_lines(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """Two lines per config key (`describe`'s rows): its help, then its type and default."""
+    width = min(max(len(r[0]) for r in rows), 28)
+    lines = []
+    for key, type_name, default, help_text in rows:
+        lines.append(f"  {key.ljust(width)}  {help_text}")
+        lines.append(f"  {''.ljust(width)}  [{type_name}, default {default}]")
+    return lines
+
+
+def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
+    """(config file, overrides) from `--config F`, `key=value`, `--key value`, `--key=value`."""
+    config_file, overrides, free = None, [], list(positional)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise RlhfkitError("--config needs a file")
+            config_file, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_file, i = arg.split("=", 1)[1], i + 1
+            continue
+        if arg.startswith("--"):
+            key, has_value, value = arg[2:].partition("=")
+            key = key.replace("-", "_")  # `--learning-rate` names `learning_rate`, either form
+            if has_value:
+                overrides.append(f"{key}={value}")
+                i += 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                overrides.append(f"{key}={argv[i + 1]}")
+                i += 2
+            else:
+                overrides.append(f"--{key}")  # a bare flag: true for a boolean key, else refused
+                i += 1
+            continue
+        if "=" in arg:
+            overrides.append(arg)
+        elif free:
+            overrides.append(f"{free.pop(0)}={arg}")
+        else:
+            raise RlhfkitError(f"unexpected argument {arg!r} (expected key=value)")
+        i += 1
+    return config_file, overrides
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

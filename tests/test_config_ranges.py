@@ -47,6 +47,9 @@ REFUSED = [
     (CAIReviseConfig, "edit_top_p=0", "edit_top_p: must be > 0, got 0.0"),
     (CAIReviseConfig, "api=grpc", "api: must be one of completions, chat, got 'grpc'"),
     (CAIReviseConfig, "rounds=0", "rounds: must be >= 1, got 0"),
+    # demo: an empty output_dir wrote every stage into the current directory
+    (DemoConfig, "output_dir=", "output_dir: must name a directory, got ''"),
+    (DemoConfig, "threads=-5", "threads: must be >= 0, got -5"),
     # serve: a bad log_level crashed in uvicorn after the model loaded; the others ran
     (
         ServeConfig,

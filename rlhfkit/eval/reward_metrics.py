@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rlhfkit.models.head_scorer import heads_std
+
 
 def _check_pairs(chosen: Sequence[float], rejected: Sequence[float]) -> None:
     if len(chosen) != len(rejected):
@@ -139,12 +141,6 @@ def pearson_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | Non
 def length_correlation(rewards: Sequence[float], lengths: Sequence[float]) -> float | None:
     """Pearson correlation of reward with response length (tokens); None if undefined."""
     return pearson_correlation([float(r) for r in rewards], [float(n) for n in lengths])
-
-
-def heads_std(heads: Sequence[float]) -> float:
-    """Population std (ddof 0) of one input's K head scores: sqrt((1/K) sum_k (s_k - s̄)^2)."""
-    mean = sum(heads) / len(heads)
-    return math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
 
 
 def head_disagreement(head_rewards: Sequence[Sequence[float]]) -> float:

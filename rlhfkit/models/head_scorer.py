@@ -13,9 +13,14 @@ c > 0 is Coste et al. (2024)'s uncertainty-weighted optimisation (`with_uncertai
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
-from rlhfkit.eval.reward_metrics import heads_std
+
+def heads_std(heads: Sequence[float]) -> float:
+    """Population std (ddof 0) of one input's K head scores: sqrt((1/K) sum_k (s_k - s̄)^2)."""
+    mean = sum(heads) / len(heads)
+    return math.sqrt(sum((h - mean) ** 2 for h in heads) / len(heads))
 
 
 def ensemble_reward(heads: Sequence[float], uncertainty_coef: float = 0.0) -> float:

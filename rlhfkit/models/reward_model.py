@@ -362,7 +362,7 @@ def save_reward_model(
         state_dict: Full state dict of `model.seqcls` (from `accelerator.get_state_dict`, with
             the `seqcls.` prefix removed) where the weights are sharded; None = the module's own.
     """
-    from rlhfkit.training.checkpoint import replace_dir_atomically
+    from rlhfkit.atomic_dirs import replace_dir_atomically
 
     out = Path(out_dir)
     seqcls = exportable_model(model)

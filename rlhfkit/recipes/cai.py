@@ -402,7 +402,7 @@ USAGE = "usage: rlhfkit cai revise [--config FILE.yaml] [key=value ...]"
 
 
 def _help() -> str:
-    from rlhfkit.cli import key_lines
+    from rlhfkit.config import key_lines
 
     doc = (CAIReviseConfig.__doc__ or "").strip()
     lines = [USAGE, "", doc, "", "keys (key=value or --key value):"]
@@ -426,7 +426,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_help())
         return 0
-    from rlhfkit.cli import split_args
+    from rlhfkit.config import split_args
 
     config_file, overrides = split_args(rest)
     check_unique_overrides(overrides)

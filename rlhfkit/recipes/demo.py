@@ -55,7 +55,11 @@ GOLD = "python:rlhfkit.synthetic.gold:gold_rewards"
 
 @dataclass
 class DemoConfig:
-    output_dir: str = option("runs/demo", "where every stage of the demo writes")
+    output_dir: str = option(
+        "runs/demo",
+        "where every stage of the demo writes",
+        check=lambda v: None if v.strip() else "must name a directory",
+    )
     seed: int = option(0, "seed of the world, the models and the sampling", **SEED_RANGE)
     quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
     corpus_size: int = option(
@@ -112,7 +116,7 @@ class DemoConfig:
     cai_prompts: int = option(
         128, "prompts for critique-and-revise and AI labels (quick: 32)", minimum=1
     )
-    threads: int = option(0, "torch CPU threads; 0 = torch's default")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default", minimum=0)
     reuse_sft: bool = option(False, "reuse output_dir/sft if a previous demo finished it")
     progress: bool = option(True, "show progress bars")
 

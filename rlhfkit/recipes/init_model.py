@@ -23,13 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from rlhfkit.atomic_dirs import replace_dir_atomically
 from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.data.datasets import read_nonempty
 from rlhfkit.data.formats import parse_sft
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.presets import PRESETS, build_preset
 from rlhfkit.models.tokenizer import learn_byte_bpe
-from rlhfkit.training.checkpoint import replace_dir_atomically
 
 MARKER = "rlhfkit_init_model.json"  # written beside the model: {"preset", "seed"}
 # What `save_pretrained` writes for a model and its tokenizer (sharded weights included).

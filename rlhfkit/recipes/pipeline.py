@@ -267,7 +267,7 @@ def _check_directory(out: Path, root: Path, others: dict[str, Path], where: str)
 def plan(path: Path) -> list[PlannedStage]:
     """Every stage of the pipeline file at `path`, its config resolved and validated, with its
     output directory and digest; runs nothing."""
-    from rlhfkit.cli import STAGES, _load
+    from rlhfkit.recipes.stages import STAGES, load_target
 
     top = _read_spec(path)
     root = Path(top.output_dir)
@@ -300,7 +300,7 @@ def plan(path: Path) -> list[PlannedStage]:
         try:
             config = build(cls, _nest(values))
             if STAGES[kind].check:  # the stage's own rules, before any stage runs
-                _load(STAGES[kind].check)(config)
+                load_target(STAGES[kind].check)(config)
         except ConfigError as err:
             raise ConfigError(f"{where} ({name}): {err}") from None
         # The resolved config (defaults included; `dpo.beta: 0.1` and `dpo: {beta: 0.1}` alike),
@@ -370,9 +370,9 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config_class(kind: str):
-    from rlhfkit.cli import STAGES, _load
+    from rlhfkit.recipes.stages import STAGES, load_target
 
-    return _load(STAGES[kind].config)
+    return load_target(STAGES[kind].config)
 
 
 def _field_names(cls: type) -> set[str]:
@@ -462,13 +462,13 @@ def _mtime(path: Path) -> int | None:
 
 def _run_stage(stage: PlannedStage, values: dict[str, Any]) -> None:
     """Run one stage; write its config.yaml if the stage wrote none; name it in any error."""
-    from rlhfkit.cli import STAGES, _load
+    from rlhfkit.recipes.stages import STAGES, load_target
 
     config_file = stage.out / "config.yaml"
     before = _mtime(config_file)
     try:
         config = build(_config_class(stage.stage), _nest(values))
-        _load(STAGES[stage.stage].entry)(config)
+        load_target(STAGES[stage.stage].entry)(config)
     except RlhfkitError as err:
         # Prefixed in place so the error keeps its type (DataError's fields included).
         err.args = (f"stage {stage.name} ({stage.stage}): {err}",)

@@ -255,7 +255,7 @@ def export_policy(run: Run, model, tokenizer) -> None:
     if hasattr(lm, "merge_and_unload"):
         lm = lm.merge_and_unload()
         if acc.is_main_process:
-            from rlhfkit.training.checkpoint import replace_dir_atomically
+            from rlhfkit.atomic_dirs import replace_dir_atomically
 
             tmp = run.out / ".tmp-model"
             lm.save_pretrained(tmp, safe_serialization=True)

@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from accelerate import Accelerator
 
+from rlhfkit.atomic_dirs import replace_dir_atomically
+
 STATE_FILE = "trainer_state.json"
 RECORD_FIELD = "run_config"  # the config record's field in trainer_state.json
 PROCESSES_FIELD = "num_processes"  # how many processes wrote the checkpoint
@@ -275,15 +277,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     """Restore model/optimizer/scheduler/RNG from `path`; return its trainer state."""
     accelerator.load_state(str(path))
     return read_trainer_state(path)
-
-
-def replace_dir_atomically(tmp: Path, final: Path) -> None:
-    """Move a fully written directory `tmp` to `final`, replacing what was there."""
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(
