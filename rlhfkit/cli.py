@@ -15,8 +15,6 @@ from rlhfkit.config import key_lines, split_args
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.recipes.stages import STAGES, Stage, load_target
 
-_load = load_target  # the name the tests and older callers use
-
 
 def _check_single_process(name: str, stage: Stage) -> None:
     """Refuse a stage that runs in one process when a launcher started several (WORLD_SIZE):
@@ -64,7 +62,7 @@ def _usage() -> str:
 def _stage_help(name: str, stage: Stage) -> str:
     from rlhfkit.config import describe
 
-    cls = _load(stage.config)
+    cls = load_target(stage.config)
     rows = describe(cls)
     doc = textwrap.dedent(cls.__doc__ or "").strip()
     head = [f"usage: rlhfkit {name} [--config FILE.yaml] [key=value ...]", "", stage.summary]
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhfkit: stage {name!r} is not available in this build", file=sys.stderr)
             return 2
         if stage.config is None:
-            return int(_load(stage.entry)(rest) or 0)
+            return int(load_target(stage.entry)(rest) or 0)
         if any(a in ("-h", "--help") for a in rest):
             print(_stage_help(name, stage))
             return 0
@@ -110,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         config_file, overrides = split_args(rest, stage.positional)
         check_unique_overrides(overrides)
-        config = load_config(_load(stage.config), config_file, overrides, stage=name)
+        config = load_config(load_target(stage.config), config_file, overrides, stage=name)
         if getattr(config, "progress", True) is False:
             from rlhfkit.models.loading import disable_hf_progress_bars
 
             disable_hf_progress_bars()  # transformers' loading/saving bars too
-        result = _load(stage.entry)(config)
+        result = load_target(stage.entry)(config)
         return result if isinstance(result, int) else 0
     except RlhfkitError as err:
         print(f"rlhfkit {name}: error: {err}", file=sys.stderr)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from rlhfkit.cli import STAGES, _load, main
+from rlhfkit.cli import main
 from rlhfkit.config import build, describe, length, load_config, option, to_dict
 from rlhfkit.errors import ConfigError
 from rlhfkit.recipes.cai import CAIReviseConfig
@@ -19,6 +19,7 @@ from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.rm import RMConfig
 from rlhfkit.recipes.serve import ServeConfig
 from rlhfkit.recipes.sft import SFTConfig
+from rlhfkit.recipes.stages import STAGES, load_target
 
 REFUSED = [
     (SFTConfig, "batch_size=0", "batch_size: must be >= 1, got 0"),
@@ -150,7 +151,7 @@ def test_help_shows_the_ranges(capsys):
 
 @pytest.mark.parametrize("stage", [n for n, s in STAGES.items() if s.config is not None])
 def test_every_stage_default_meets_its_own_constraints(stage):
-    cls = _load(STAGES[stage].config)
+    cls = load_target(STAGES[stage].config)
     defaults = cls()  # every stage's config has a default for each key
     assert build(cls, to_dict(defaults)) == defaults
 

@@ -419,13 +419,22 @@ def test_another_head_count_than_the_starting_reward_models_is_a_one_line_error(
     assert build_reward_model(str(path), num_heads=1).info.num_heads == 1
 
 
-def test_flash_attention_without_its_package_is_a_one_line_error(tiny_model):
-    import importlib.util
+def test_flash_attention_without_its_package_is_a_one_line_error(tiny_model, monkeypatch):
+    """transformers raises ImportError when flash-attn is missing (a traceback before); the
+    loaders' `from_pretrained` is made to raise it here, so the test runs whether or not
+    flash-attn is installed."""
+    import transformers
 
     from rlhfkit.models.loading import load_causal_lm, missing_package_error
 
-    if importlib.util.find_spec("flash_attn") is not None:
-        pytest.skip("flash-attn is installed here")
+    def missing(*args, **kwargs):
+        raise ImportError("FlashAttention2 has been toggled on, but the package is not installed")
+
+    for auto in (
+        transformers.AutoModelForCausalLM,
+        transformers.AutoModelForSequenceClassification,
+    ):
+        monkeypatch.setattr(auto, "from_pretrained", missing)
     for load in (build_reward_model, load_causal_lm):
         with pytest.raises(ConfigError, match="^attn_implementation: flash_attention_2: "):
             load(str(tiny_model), attn_implementation="flash_attention_2")
