@@ -110,3 +110,13 @@ def test_an_fp16_step_the_scaler_skipped_leaves_the_schedule_and_reports_the_uns
     grad_norm, lr = optimizer_step(accelerator, model, optimizer, scheduler, 0.0)
     assert accelerator.unscaled and grad_norm == pytest.approx(3.0, rel=1e-6)
     assert lr == 0.1 and scheduler.get_last_lr() == [0.1]  # not stepped (would be 0.05)
+
+
+def test_stages_in_one_process_each_get_their_own_mixed_precision():
+    """`rlhfkit pipeline` runs its stages in one process: an sft at bf16 followed by an eval at
+    "no" used to fail in accelerate ("AcceleratorState has already been initialized")."""
+    from rlhfkit.training.run import make_accelerator
+
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"
+    assert make_accelerator("bf16").mixed_precision == "bf16"

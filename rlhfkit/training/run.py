@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import (
@@ -56,6 +57,11 @@ def make_accelerator(
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"mixed_precision: expected no, bf16 or fp16, got {mixed_precision!r}")
     trackers = [t for t in (report_to or []) if _tracker_available(t)]
+    # One process may run several stages (`rlhfkit pipeline`, the demo, the Python API), each
+    # with its own mixed precision, and accelerate keeps one process-wide state that refuses a
+    # second setting. No earlier stage's Accelerator is in use any more, so that state is dropped
+    # (the process group, held apart in PartialState, stays).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
     check_processes_joined(accelerator, os.environ.get("WORLD_SIZE"))
     return accelerator
