@@ -38,6 +38,9 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert "reference_pool" not in evaluation  # kept out of eval.json
     assert {"sft", "best_of_2", "ppo", "ppo_no_kl", "dpo_beta0.1"} <= set(evaluation["policies"])
+    # summary.json's `dpo` is the β = 0.1 run, which eval.json and the report list once.
+    assert "dpo" not in evaluation["policies"]
+    assert summary["dpo"]["kl"] == evaluation["policies"]["dpo_beta0.1"]["kl"]
     # rm_ensemble=2: two heads, whose disagreement every sampled policy's row reports.
     for name in ("sft", "ppo", "ppo_no_kl", "dpo_beta0.1"):
         assert evaluation["policies"][name]["ensemble_disagreement"] >= 0.0
@@ -183,3 +186,17 @@ def test_the_ceiling_is_of_the_very_pairs_the_reward_model_is_scored_on(tmp_path
     assert labels["annotator_agreement"] == approx(agreement_ceiling(triples, default_annotators()))
     # Two annotators agree less often than the best classifier agrees with their labels.
     assert 0.5 < labels["inter_annotator_agreement"] < labels["annotator_agreement"]
+
+
+def test_quick_changes_only_the_keys_left_at_their_defaults():
+    """`--quick ppo_steps=30` used to run 16 PPO steps (quick capped every key it knows)."""
+    from rlhfkit.config import load_config
+    from rlhfkit.recipes.demo import QUICK, DemoConfig, _scale
+
+    config = _scale(load_config(DemoConfig, overrides=["quick=true", "ppo_steps=30"]))
+    assert config.ppo_steps == 30 and config.sft_steps == QUICK["sft_steps"] == 240
+    assert config.dpo_betas == [0.1]
+    given = _scale(load_config(DemoConfig, overrides=["quick=true", "dpo_betas=[0.05,0.5]"]))
+    assert given.dpo_betas == [0.05, 0.5] and given.ppo_steps == 16
+    full = _scale(load_config(DemoConfig, overrides=[]))
+    assert full.ppo_steps == 40 and full.dpo_betas == [0.05, 0.1, 0.5]

@@ -38,7 +38,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -61,7 +61,11 @@ class DemoConfig:
         check=lambda v: None if v.strip() else "must name a directory",
     )
     seed: int = option(0, "seed of the world, the models and the sampling", **SEED_RANGE)
-    quick: bool = option(False, "a smaller, faster run (fewer steps and samples)")
+    quick: bool = option(
+        False,
+        "a smaller, faster run: the keys marked 'quick:' that are left at their defaults take "
+        "their quick values (a key given explicitly keeps its value)",
+    )
     corpus_size: int = option(
         20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)", minimum=1
     )
@@ -129,17 +133,31 @@ class DemoPaths:
         return self.root / name
 
 
+#: What `--quick` changes: the values of the keys left at their defaults.
+QUICK = {
+    "sft_steps": 240,
+    "corpus_size": 8000,  # 240 steps: ~1.1 epochs
+    "pair_prompts": 384,
+    "eval_prompts": 48,
+    "ppo_steps": 16,
+    "no_kl_steps": 16,
+    "dpo_betas": [0.1],
+    "cai_prompts": 32,
+}
+
+
+def _default(name: str):
+    field = next(f for f in fields(DemoConfig) if f.name == name)
+    return field.default_factory() if field.default is MISSING else field.default
+
+
 def _scale(config: DemoConfig) -> DemoConfig:
+    """`--quick`: each key of `QUICK` still at its default takes its quick value; a key the user
+    set keeps the user's value (`rlhfkit demo --quick ppo_steps=30` runs 30 PPO steps)."""
     if config.quick:
-        config.sft_steps = min(config.sft_steps, 240)
-        config.corpus_size = min(config.corpus_size, 8000)  # 240 steps: ~1.1 epochs
-        config.pair_prompts = min(config.pair_prompts, 384)
-        config.eval_prompts = min(config.eval_prompts, 48)
-        config.ppo_steps = min(config.ppo_steps, 16)
-        config.no_kl_steps = min(config.no_kl_steps, 16)
-        config.dpo_betas = [0.1]
-        config.cai_prompts = min(config.cai_prompts, 32)
-        config.best_of = min(config.best_of, 16)
+        for name, value in QUICK.items():
+            if getattr(config, name) == _default(name):
+                setattr(config, name, value)
     return config
 
 
@@ -582,15 +600,17 @@ def _run_stages(config: DemoConfig) -> int:
         summary["rm_agreement"]["fresh_pairs"] = fresh
         summary["rm_fresh_expected_accuracy"] = fresh.get("rm_expected_accuracy")
         summary["annotator_ceiling_fresh"] = fresh.get("annotator_ceiling")
-        default_beta = 0.1 if 0.1 in config.dpo_betas else config.dpo_betas[0]
-        evaluation["policies"]["dpo"] = evaluation["policies"][f"dpo_beta{default_beta:g}"]
         write_json(paths.root / "eval.json", evaluation)
         for warning in evaluation["warnings"]:
             console.print(f"[yellow]warning[/]: {warning['message']}")
     summary["gold_reward_max"] = gold_reward_max(eval_prompts)
     best_of = f"best_of_{2 ** (config.best_of.bit_length() - 1)}"  # the largest power of two
-    for name in ("sft", best_of, "ppo", "dpo", "ppo_no_kl"):
-        numbers = evaluation["policies"][name]
+    # summary.json's `dpo` is the sweep's β = 0.1 run (or its first β); eval.json and the report
+    # list that run once, under its own name.
+    default_beta = 0.1 if 0.1 in config.dpo_betas else config.dpo_betas[0]
+    names = {"sft": "sft", best_of: best_of, "ppo": "ppo", "dpo": f"dpo_beta{default_beta:g}"}
+    for name, policy in {**names, "ppo_no_kl": "ppo_no_kl"}.items():
+        numbers = evaluation["policies"][policy]
         summary[name] = {k: numbers.get(k) for k in ("gold_reward", "proxy_reward", "kl")}
     summary["dpo_sweep"] = {
         f"{beta:g}": {
@@ -617,8 +637,6 @@ def _print_table(summary: dict, evaluation: dict, paths: DemoPaths, report: Path
     for column in ("policy", "gold reward", "proxy reward", "KL to SFT", "win rate vs SFT (gold)"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, numbers in evaluation["policies"].items():
-        if name == "dpo":
-            continue
         table.add_row(
             name,
             _fmt(numbers.get("gold_reward")),
