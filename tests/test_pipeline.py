@@ -437,16 +437,18 @@ def test_a_failing_stage_is_named_in_its_error(tmp_path, monkeypatch):
 
 
 def _fake_stages(monkeypatch):
-    """Replace running a stage by writing its `output` file (a counter, so each run differs);
-    returns the names of the stages run, in order."""
+    """Replace running a stage by writing the files its config names (`Stage.writes`: a counter,
+    so each run differs); returns the names of the stages run, in order."""
     from rlhfkit.recipes import pipeline
 
     ran = []
 
     def fake_run(stage, values):
         ran.append(stage.name)
-        Path(values["output"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(values["output"]).write_text(f"run {len(ran)}\n")
+        assert stage.writes, f"stage {stage.name} writes no file of its own"
+        for path in map(Path, stage.writes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"run {len(ran)}\n")
 
     monkeypatch.setattr(pipeline, "_run_stage", fake_run)
     return ran
@@ -580,6 +582,28 @@ def test_a_file_a_stage_wrote_outside_its_directory_is_remade_when_removed(tmp_p
     elsewhere.unlink()
     _run(path)
     assert ran[3:] == ["a", "report"]  # a's file remade; the report reads ${root}: after it
+
+
+def test_the_files_label_writes_beside_its_output_are_recorded(tmp_path, monkeypatch):
+    """label writes X.judgments.jsonl and X.summary.json beside its `output`; where that lies
+    outside the stage's directory the marker used to record the output alone, so a removed
+    summary stayed missing."""
+    ran = _fake_stages(monkeypatch)
+    labels = tmp_path / "data" / "labels.jsonl"
+    path = _faked_pipeline(
+        tmp_path,
+        f"  - {{name: l, stage: label, config: {{train_data: p.jsonl, judge: simulated, "
+        f"output: {labels}}}}}\n",
+    )
+    _run(path)
+    beside = [labels.with_name("labels.judgments.jsonl"), labels.with_name("labels.summary.json")]
+    marker = json.loads((tmp_path / "r" / "l" / ".pipeline.json").read_text())
+    assert marker["files"] == sorted(map(str, [labels, *beside]))
+    _run(path)
+    assert ran == ["l"]
+    beside[1].unlink()
+    _run(path)
+    assert ran == ["l", "l"] and beside[1].is_file()
 
 
 def test_the_digest_is_of_the_resolved_config(tmp_path):

@@ -370,6 +370,11 @@ MODES: list[tuple[Callable[[EvalConfig], bool], Callable[[EvalConfig], dict]]] =
 ]
 
 
+def written_files(config: EvalConfig) -> list[Path]:
+    """The file this config writes outside output_dir, if any (see `Stage.writes`)."""
+    return [Path(config.output)] if config.output else []
+
+
 def run(config: EvalConfig) -> dict:
     for wanted, mode in MODES:
         if wanted(config):

@@ -4,6 +4,7 @@ prompt, written as `{"prompt", "responses": [...]}` — the input of annotation 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhfkit.config import BaseConfig, SamplingOptions, option
 from rlhfkit.data.datasets import load_prompts
@@ -23,6 +24,11 @@ class GenerateConfig(BaseConfig, SamplingOptions):
     batch_size: int = option(64, "rows sampled together", minimum=1)
     max_prompt_length: int = option(256, "longer prompts lose their start", minimum=1)
     output_dir: str = option("runs/generate", "unused by this stage; kept for pipelines")
+
+
+def written_files(config: GenerateConfig) -> list[Path]:
+    """The file this config writes (see `Stage.writes`)."""
+    return [Path(config.output)] if config.output else []
 
 
 def run(config: GenerateConfig) -> int:

@@ -298,6 +298,27 @@ def judgment_warnings(
     return warnings
 
 
+def judgments_path(config: LabelConfig) -> Path:
+    """``judgments_output``, else beside ``output`` (labels.jsonl: labels.judgments.jsonl)."""
+    if config.judgments_output:
+        return Path(config.judgments_output)
+    output = Path(config.output)
+    return output.with_name(output.stem + ".judgments.jsonl")
+
+
+def summary_path(config: LabelConfig) -> Path:
+    """Beside ``output`` (labels.jsonl: labels.summary.json)."""
+    output = Path(config.output)
+    return output.with_name(output.stem + ".summary.json")
+
+
+def written_files(config: LabelConfig) -> list[Path]:
+    """The files this config writes (see `Stage.writes`)."""
+    if not config.output:
+        return []
+    return [Path(config.output), judgments_path(config), summary_path(config)]
+
+
 def label(config: LabelConfig) -> dict[str, Any]:
     """Label every pair of ``config.train_data``; returns the summary (also written to disk)."""
     if not config.judge:
@@ -321,15 +342,11 @@ def label(config: LabelConfig) -> dict[str, Any]:
         SimulatedJudge.check_pairs(pairs)
     settings = label_settings(config, constitution)
     output = Path(config.output)
-    judgments_path = (
-        Path(config.judgments_output)
-        if config.judgments_output
-        else output.with_name(output.stem + ".judgments.jsonl")
-    )
-    judgments_path.parent.mkdir(parents=True, exist_ok=True)
-    if config.overwrite and judgments_path.exists():
-        judgments_path.unlink()
-    done = _read_judgments(judgments_path, pairs, settings)
+    judgments = judgments_path(config)
+    judgments.parent.mkdir(parents=True, exist_ok=True)
+    if config.overwrite and judgments.exists():
+        judgments.unlink()
+    done = _read_judgments(judgments, pairs, settings)
     orders = (False, True) if config.both_orders else (False,)
     complete = {
         i
@@ -341,7 +358,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     if resumed:
         console.print(
             f"continuing: {resumed} of {len(pairs)} pairs already judged in "
-            f"{judgments_path} (overwrite=true starts again)"
+            f"{judgments} (overwrite=true starts again)"
         )
 
     if config.judge == "simulated":
@@ -372,7 +389,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     pending = [p for p in pairs if p.index not in complete]
     judged_now = 0
     try:
-        with judgments_path.open("a", encoding="utf-8") as handle:
+        with judgments.open("a", encoding="utf-8") as handle:
             for start in range(0, len(pending), config.batch_size):
                 chunk = pending[start : start + config.batch_size]
                 items = [
@@ -396,7 +413,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     except EndpointError as err:
         raise EndpointError(
             f"{err}. {resumed + judged_now} of {len(pairs)} pairs are judged and kept in "
-            f"{judgments_path}; run the same command again to continue"
+            f"{judgments}; run the same command again to continue"
         ) from None
 
     clamp = tuple(config.clamp) if config.chain_of_thought else None
@@ -433,7 +450,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     gold = _gold_agreement(records)
     if gold:
         summary.update(gold)
-    write_json(output.with_name(output.stem + ".summary.json"), summary)
+    write_json(summary_path(config), summary)
     if sources:
         counts = ", ".join(f"{n} {name}" for name, n in sorted(sources.items()))
         console.print(f"judgments by source: {counts}")

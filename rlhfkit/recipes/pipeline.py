@@ -19,7 +19,8 @@ stage's own check (`Stage.check`: ppo, dpo, rm) refuses. Each
 stage needs a directory of its own: two stages' directories may not overlap.
 
 A stage is skipped when its digest is unchanged since it last completed and what it left in its
-directory, and the files it wrote elsewhere through its `*output` keys, are still there
+directory, and the files its config made it write elsewhere (`Stage.writes`: an `output` file
+and what label writes beside it, the report's HTML), are still there
 (`OUT/.pipeline.json` records them). The digest is taken when the
 stage's turn comes (so it sees what earlier stages have just written) and covers its resolved
 config (defaults included), the input files it names (their content), the local directories it
@@ -102,6 +103,7 @@ class PlannedStage:
     config_digest: str  # the stage kind and its resolved config, defaults included
     upstream: tuple[str, ...]  # earlier stages whose outputs it reads
     digest: str = ""  # set by `stage_digest` just before the stage is decided
+    writes: tuple[str, ...] = ()  # files its config writes outside its directory (Stage.writes)
 
 
 def _substitute(
@@ -306,15 +308,11 @@ def plan(path: Path) -> list[PlannedStage]:
         # The resolved config (defaults included; `dpo.beta: 0.1` and `dpo: {beta: 0.1}` alike),
         # so a default that changes between versions reruns the stage rather than resuming it.
         resolved = json.dumps([kind, dataclasses.asdict(config)], sort_keys=True, default=str)
-        if kind == "report" and not values.get("output"):
-            # the file it writes by default, named, so that the marker can record it
-            from rlhfkit.recipes.report import output_path
-
-            values["output"] = str(output_path(config))
+        writes = load_target(STAGES[kind].writes)(config) if STAGES[kind].writes else []
         outputs[name] = out
         stage = PlannedStage(
             name, kind, values, out, hashlib.sha256(resolved.encode()).hexdigest(),
-            tuple(sorted(used)),
+            tuple(sorted(used)), writes=tuple(str(path) for path in writes),
         )  # fmt: skip
         planned.append(stage)
         # Provisional (the run recomputes it when the stage's turn comes): earlier stages stand
@@ -400,17 +398,13 @@ def _outputs(out: Path) -> list[str]:
 
 
 def _written_files(stage: PlannedStage) -> list[str]:
-    """The files the stage wrote through its ``*output`` keys outside its own directory (the
-    report's ``${root}/report.html``, say): those that exist now, as the stage named them."""
+    """The files the stage wrote outside its own directory (`Stage.writes`: the report's
+    ``${root}/report.html``, label's JSONL and the files beside it): those that exist now."""
     own = stage.out.resolve()
     return sorted(
-        value
-        for key, value in stage.values.items()
-        if key.endswith("output")
-        and isinstance(value, str)
-        and value
-        and Path(value).is_file()
-        and not _within(Path(value).resolve(), own)
+        path
+        for path in stage.writes
+        if Path(path).is_file() and not _within(Path(path).resolve(), own)
     )
 
 

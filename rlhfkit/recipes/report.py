@@ -21,6 +21,11 @@ def output_path(config: ReportConfig) -> Path:
     return Path(config.output) if config.output else Path(config.runs) / "report.html"
 
 
+def written_files(config: ReportConfig) -> list[Path]:
+    """The file this config writes (see `Stage.writes`)."""
+    return [output_path(config)]
+
+
 def run(config: ReportConfig) -> int:
     from rlhfkit.eval.report import write_report
 

@@ -18,6 +18,10 @@ class Stage:
     # "module:function" that checks a config without models or data (ConfigError), so that a
     # pipeline refuses a bad stage before running any
     check: str | None = None
+    # "module:function" listing the files a config makes the stage write outside its output_dir
+    # (generate's and label's JSONL, the files label writes beside it, the report's HTML): the
+    # pipeline records them and reruns the stage when one has been removed
+    writes: str | None = None
 
 
 STAGES: dict[str, Stage] = {
@@ -31,6 +35,7 @@ STAGES: dict[str, Stage] = {
         "sample K responses per prompt (JSONL {prompt, responses})",
         "rlhfkit.recipes.generate:GenerateConfig",
         "rlhfkit.recipes.generate:run",
+        writes="rlhfkit.recipes.generate:written_files",
     ),
     "init-model": Stage(
         "write a random-initialised model + byte tokenizer from a preset",
@@ -72,11 +77,13 @@ STAGES: dict[str, Stage] = {
         "score data with a reward model; evaluate policies against a reference",
         "rlhfkit.recipes.evaluate:EvalConfig",
         "rlhfkit.recipes.evaluate:run",
+        writes="rlhfkit.recipes.evaluate:written_files",
     ),
     "label": Stage(
         "AI or simulated preference labels for generated pairs",
         "rlhfkit.recipes.label:LabelConfig",
         "rlhfkit.recipes.label:run",
+        writes="rlhfkit.recipes.label:written_files",
     ),
     "cai": Stage(
         "Constitutional AI: `rlhfkit cai revise ...` (critique-and-revise)",
@@ -98,6 +105,7 @@ STAGES: dict[str, Stage] = {
         "self-contained HTML report of runs",
         "rlhfkit.recipes.report:ReportConfig",
         "rlhfkit.recipes.report:run",
+        writes="rlhfkit.recipes.report:written_files",
     ),
     "annotate": Stage(
         "the annotation server: serve | load | export | stats | add-user",
