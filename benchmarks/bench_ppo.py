@@ -139,12 +139,14 @@ def run_rlhfkit(args) -> SideResult:
     timed = [r for r in rows if r.get("step", 0) >= 2 and "samples_per_s" in r]
     per_step = [args.prompts / r["samples_per_s"] for r in timed]
     generation = [s * r["generation_share"] for s, r in zip(per_step, timed, strict=True)]
+    update = sum(r["update_s"] for r in timed)  # the PPO epochs: the same matmuls as TRL's
     shutil.rmtree(out, ignore_errors=True)
     return SideResult(
         tokens=args.prompts * len(timed),
         seconds=sum(per_step),
         extra={
             "generation_share": sum(generation) / sum(per_step),
+            "update_share": update / sum(per_step),
             "response_length": statistics.mean(r["response_length"] for r in timed),
         },
     )
@@ -298,6 +300,16 @@ def main(argv: list[str] | None = None) -> None:
     if "trl" in summary and "rlhfkit" in summary:
         ratio = summary["rlhfkit"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
         print(f"\nrlhfkit / trl samples/s: {ratio:.2f}x")
+        # The PPO epochs (forward and backward of policy and critic over the whole batch, 4
+        # times) cost the same matmuls on both sides: a step cannot take less than they do.
+        update = statistics.median(
+            m.extra["update_share"] for m in measurements if m.side == "rlhfkit"
+        )
+        bound = ratio / update
+        print(
+            f"rlhfkit's PPO epochs: {update:.2f} of its step; were sampling, scoring and the "
+            f"no-gradient forwards free, the ratio would be at most {bound:.2f}x"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(

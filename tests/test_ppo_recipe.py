@@ -192,9 +192,10 @@ def test_cli_run_writes_outputs_and_adapts_the_kl_coefficient(tiny_model, prompt
     for key in (
         "score_mean", "score_std", "kl", "kl_coef", "entropy", "approx_kl", "clipfrac",
         "value_loss", "explained_variance", "response_length", "no_eos_fraction",
-        "gold_reward_mean",
+        "gold_reward_mean", "samples_per_s", "generation_share", "score_s", "update_s",
     ):  # fmt: skip
         assert key in rows[0], key
+    assert all(r["score_s"] >= 0 and r["update_s"] > 0 for r in rows)
     assert "reward_disagreement" not in rows[0]  # a python: reward has no heads
     assert rows[0]["kl"] == 0.0
     assert rows[0]["kl_coef"] == 0.05

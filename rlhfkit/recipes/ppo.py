@@ -890,6 +890,7 @@ def train(config: PPOConfig) -> dict:
             kl_coef_used = kl_ctl.value
             kl_ctl.update(sequence_kl.mean(), rows_per_step)
             elapsed = time.perf_counter() - t0
+            t_update = elapsed - t_generate - t_score  # the PPO epochs
 
             metrics = {
                 "score_mean": float(raw_scores.mean()),
@@ -906,6 +907,7 @@ def train(config: PPOConfig) -> dict:
                 "samples_per_s": rows_per_step / elapsed,
                 "generation_share": t_generate / elapsed,
                 "score_s": t_score,
+                "update_s": t_update,
             }
             if disagreement is not None:  # mean over the step's responses, all processes
                 metrics["reward_disagreement"] = global_sum(acc, sum(disagreement)) / rows_per_step
