@@ -170,3 +170,37 @@ def test_an_unknown_architecture_is_one_line_naming_the_model(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(ConfigError, match=r"model: cannot load '.*': "):
         load_causal_lm(str(tmp_path))
+
+
+def _tokenizer_without_pad(*specials: str, unk: str | None = None):
+    """A word-level tokenizer with EOS `<|eot_id|>`, the given special tokens, and no pad."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["hello", "world", "<|eot_id|>", *specials, *([unk] if unk else [])]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|eot_id|>")
+    if unk:
+        tokenizer.unk_token = unk
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", *specials]})
+    assert tokenizer.pad_token is None
+    return tokenizer
+
+
+def test_a_missing_pad_token_is_a_padding_token_of_its_own_before_unk_and_eos(tmp_path):
+    """With pad == EOS the reward model, read at the last non-pad token, skips every EOS, so
+    ended and cut-off responses scored alike (Llama 3 and Mistral stand-ins: a difference of
+    0.0). A tokenizer without a pad token now pads with a padding token of its own (Llama 3.1's
+    `<|finetune_right_pad_id|>`), else its unknown token (Llama 2, Mistral), else EOS."""
+    from rlhfkit.models.loading import load_tokenizer, pad_token_for
+
+    llama31 = _tokenizer_without_pad("<|start_header_id|>", "<|finetune_right_pad_id|>")
+    assert pad_token_for(llama31) == "<|finetune_right_pad_id|>"
+    assert pad_token_for(_tokenizer_without_pad("<s>", unk="<unk>")) == "<unk>"
+    assert pad_token_for(_tokenizer_without_pad("<|start_header_id|>")) == "<|eot_id|>"
+
+    directory = tmp_path / "llama31"
+    llama31.save_pretrained(directory)
+    loaded = load_tokenizer(str(directory))
+    assert loaded.pad_token == "<|finetune_right_pad_id|>" != loaded.eos_token

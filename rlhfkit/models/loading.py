@@ -143,11 +143,29 @@ def _check_source(name_or_path: str) -> None:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer; give it a pad token (eos) if it has none, since batches need padding.
+def pad_token_for(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The token to pad with when a tokenizer has none: a special token of its own made for
+    padding (Llama 3.1's `<|finetune_right_pad_id|>`), else its unknown token (Llama 2's and
+    Mistral's `<unk>`), else EOS.
 
-    Sequences are always masked explicitly, so pad == eos is harmless where a tokenizer forces it.
+    Sequences are always masked explicitly, so any of these pads safely. A pad distinct from EOS
+    matters to reward models: the reward is read at the last token that is not pad (as
+    `AutoModelForSequenceClassification` reads it), which skips a response's EOS where pad is
+    EOS, and then an ended and a cut-off response score alike (PPO's `missing_eos_penalty` is
+    left to tell them apart).
     """
+    reserved = {tokenizer.eos_token, tokenizer.bos_token}
+    for token in sorted(tokenizer.get_added_vocab()):
+        if "pad" in token.lower() and token not in reserved:
+            return token
+    if tokenizer.unk_token is not None and tokenizer.unk_token not in reserved:
+        return tokenizer.unk_token
+    return tokenizer.eos_token
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; give it a pad token (`pad_token_for`) if it has none, since batches
+    need padding."""
     _check_source(name_or_path)
     if os.path.isdir(name_or_path) and not any(
         os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES
@@ -164,7 +182,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"model: cannot load a tokenizer from {name_or_path!r}: {first_line}"
         ) from err
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = pad_token_for(tokenizer)
     tokenizer.padding_side = "right"
     return tokenizer
 
