@@ -297,6 +297,46 @@ def test_text_records_start_with_bos_where_the_tokenizer_has_one(tmp_path):
     assert plain.prompt_ids == [] and plain.completion_ids == hi + [with_bos.eos_token_id]
 
 
+def test_a_prompt_already_starting_with_bos_gets_no_second_one():
+    """A prompt a chat template rendered (Llama 3's writes BOS itself) and then handed on as
+    text (`rlhfkit cai revise` did so, so does an HTTP scorer's client) used to get the
+    tokenizer's BOS again: [2, 2, ...]. Byte tokenizer with BOS "<|im_start|>" (id 2)."""
+    from tokenizers import processors
+
+    from rlhfkit.data.tokenize import encode_prompt
+
+    with_bos = build_byte_tokenizer()
+    with_bos.bos_token = "<|im_start|>"
+    with_bos._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 2)]
+    )
+    hi = with_bos("hi", add_special_tokens=False).input_ids
+    assert encode_prompt(with_bos, "hi") == [2, *hi]
+    assert encode_prompt(with_bos, "<|im_start|>hi") == [2, *hi]
+
+
+def test_conversations_without_a_chat_template_or_refused_by_it_are_one_line_errors():
+    """A tokenizer without a chat template (Mistral's base models) or whose template raises
+    (Gemma's refuses a system turn) used to end `rlhfkit sft` in a traceback."""
+    from rlhfkit.data.tokenize import render_prompt
+    from rlhfkit.errors import RlhfkitError
+
+    none = build_byte_tokenizer()
+    none.chat_template = None
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(RlhfkitError, match="has no chat template"):
+        render_prompt(none, conversation)
+    strict = build_byte_tokenizer()
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(RlhfkitError, match="refused a conversation: System role not supported"):
+        render_prompt(strict, conversation)
+    assert render_prompt(strict, conversation[1:]) == "Hi"
+
+
 def test_prompts_to_sample_from_lose_their_start_and_are_counted(tokenizer):
     """Byte tokenizer: "abcdef" is 6 ids, "ab" 2. With max_prompt_length=3 the first keeps its
     last 3 ("def") and is counted; the second is whole. The cut keeps the end, next to the

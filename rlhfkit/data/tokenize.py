@@ -48,10 +48,41 @@ class TokenStats:
         }
 
 
+def apply_chat_template(
+    tokenizer: PreTrainedTokenizerBase, messages: list, *, add_generation_prompt: bool = False
+) -> str:
+    """`tokenizer.apply_chat_template` as text, with a one-line error where the tokenizer has no
+    template or its template refuses the conversation (some refuse a system turn)."""
+    from jinja2 import TemplateError
+
+    if not tokenizer.chat_template:
+        raise RlhfkitError(
+            "the model's tokenizer has no chat template, so conversational records (lists of "
+            "{role, content} messages) cannot be rendered: give text prompts and responses, or "
+            "a model whose tokenizer has a chat template"
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except (TemplateError, ValueError) as err:
+        raise RlhfkitError(
+            f"the model's chat template refused a conversation: {err} (roles: "
+            f"{', '.join(str(m.get('role')) for m in messages)})"
+        ) from err
+
+
+def adds_special_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether plain `text` gets the tokenizer's special tokens (its BOS) when encoded: not
+    where it already starts with BOS (a prompt a chat template rendered), which would double it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> str:
     """The text the model sees before its response (chat template + generation prompt)."""
     if is_conversational(prompt):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, list(prompt), add_generation_prompt=True)
     return prompt
 
 
@@ -61,7 +92,7 @@ def render_completion(tokenizer: PreTrainedTokenizerBase, prompt: Text, completi
     if not is_conversational(completion):
         return completion
     prompt_text = render_prompt(tokenizer, prompt)
-    full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+    full = apply_chat_template(tokenizer, list(prompt) + list(completion))
     if not full.startswith(prompt_text):
         # The records are valid (`formats` checks that a response opens with the assistant's
         # turn); the template rewrites earlier turns once a later one follows (some drop past
@@ -82,7 +113,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> list[int]
     tokenizer encodes "" as `[bos]`, so a text's first token is trained as following BOS, as in
     pretraining (tokenizers without BOS, as GPT-2's and Qwen2's, encode "" as `[]`)."""
     text = render_prompt(tokenizer, prompt)
-    return tokenizer(text, add_special_tokens=not is_conversational(prompt)).input_ids
+    special = not is_conversational(prompt) and adds_special_tokens(tokenizer, text)
+    return tokenizer(text, add_special_tokens=special).input_ids
 
 
 def encode_prompts(

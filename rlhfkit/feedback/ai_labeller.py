@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rlhfkit.data.formats import as_reply
+from rlhfkit.data.tokenize import adds_special_tokens
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.feedback.constitution import ComparisonPrinciple, Constitution
 from rlhfkit.feedback.openai_client import (
@@ -185,7 +186,8 @@ class LocalLM:
 
     def _encode(self, text: str, budget: int) -> list[int]:
         """The prompt's token ids, cut to their last ``budget`` (counted in `prompts_cut`)."""
-        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        special = adds_special_tokens(self.tokenizer, text)  # not again after a chat template's
+        ids = self.tokenizer(text, add_special_tokens=special).input_ids
         if len(ids) > budget:
             self.prompts_cut += 1
             return ids[-budget:]

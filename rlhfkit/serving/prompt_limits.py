@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhfkit.data.tokenize import adds_special_tokens
 from rlhfkit.errors import ConfigError
 from rlhfkit.serving.http_errors import ApiError
 
@@ -99,6 +100,7 @@ class PromptEncoder:
     def encode(self, text: str, *, special: bool, param: str) -> list[int]:
         """``text``'s token ids (an empty prompt starts from the end-of-text token)."""
         self.limits.check_chars(len(text), param)
+        special = special and adds_special_tokens(self.tokenizer, text)  # a rendered chat prompt
         ids = self.tokenizer(text, add_special_tokens=special).input_ids
         if not ids:
             ids = [self.tokenizer.eos_token_id]
