@@ -165,7 +165,7 @@ def bare_generate(args, policy: Path, prompts: Path) -> dict:
             torch.cuda.synchronize()
         started = time.perf_counter()
         rollout = sample_with_logprobs(
-            model, query, mask, max_new_tokens=args.new_tokens, eos_id=tokenizer.eos_token_id,
+            model, query, mask, max_new_tokens=args.new_tokens, eos_ids=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id, check_every=check_every, row_noise=noise,
         )  # fmt: skip
         if device == "cuda":

@@ -81,7 +81,7 @@ def _sample(model_dir: Path, prompts: list[str], args, samples: int, seed: int):
         prompt_ids,
         SamplingParams(args.max_new_tokens, 1.0, 1.0),
         pad_id=tokenizer.pad_token_id,
-        eos_id=tokenizer.eos_token_id,
+        eos_ids=tokenizer.eos_token_id,
         num_samples=samples,
         batch_size=64,
         seed=seed,

@@ -124,7 +124,7 @@ def make_reward_model(work: Path, sft: Path, args, timings: dict) -> Path:
         [encode_prompt(tokenizer, p) for p in prompts],
         SamplingParams(args.max_new_tokens, 1.0, 1.0),
         pad_id=tokenizer.pad_token_id,
-        eos_id=tokenizer.eos_token_id,
+        eos_ids=tokenizer.eos_token_id,
         num_samples=2,
         batch_size=64,
         seed=args.seed + 3,

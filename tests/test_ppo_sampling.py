@@ -69,7 +69,7 @@ def test_same_tokens_as_hf_generate_for_the_same_seed(lm_and_tokenizer, top_p):
         query,
         query_mask,
         max_new_tokens=24,
-        eos_id=tokenizer.eos_token_id,
+        eos_ids=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
         temperature=0.7,
         top_p=top_p,
@@ -87,7 +87,7 @@ def test_sampling_logprobs_match_a_forward_pass(lm_and_tokenizer, temperature):
         query,
         query_mask,
         max_new_tokens=20,
-        eos_id=tokenizer.eos_token_id,
+        eos_ids=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
         temperature=temperature,
         top_p=0.95,
@@ -137,7 +137,7 @@ def test_decoding_feeds_one_new_token_per_step_through_the_kv_cache(lm_and_token
     handle = lm.register_forward_pre_hook(record, with_kwargs=True)
     try:
         sample_with_logprobs(
-            lm, query, query_mask, max_new_tokens=5, eos_id=-1, pad_id=tokenizer.pad_token_id
+            lm, query, query_mask, max_new_tokens=5, eos_ids=-1, pad_id=tokenizer.pad_token_id
         )
     finally:
         handle.remove()
@@ -161,7 +161,7 @@ def test_stops_at_eos_and_pads_after_it(lm_and_tokenizer):
     handle = head.register_forward_hook(force_eos)
     try:
         rollout = sample_with_logprobs(
-            lm, query, query_mask, max_new_tokens=10, eos_id=eos, pad_id=tokenizer.pad_token_id
+            lm, query, query_mask, max_new_tokens=10, eos_ids=eos, pad_id=tokenizer.pad_token_id
         )
     finally:
         handle.remove()
@@ -199,7 +199,7 @@ def test_checking_for_the_end_less_often_changes_nothing(lm_and_tokenizer, check
                     query,
                     query_mask,
                     max_new_tokens=12,
-                    eos_id=eos,
+                    eos_ids=eos,
                     pad_id=pad,
                     check_every=every,
                 )  # fmt: skip
@@ -236,7 +236,7 @@ def test_rows_that_end_early_are_padded_and_masked(lm_and_tokenizer):
     try:
         torch.manual_seed(1)
         rollout = sample_with_logprobs(
-            lm, query, query_mask, max_new_tokens=6, eos_id=eos, pad_id=pad
+            lm, query, query_mask, max_new_tokens=6, eos_ids=eos, pad_id=pad
         )
     finally:
         handle.remove()
@@ -285,7 +285,7 @@ def test_row_noise_makes_a_row_sample_the_same_in_any_batch(lm_and_tokenizer):
     sample what one process samples."""
     lm, tokenizer = lm_and_tokenizer
     prompts = PROMPTS + ["User: Pick a color.\nBot:"]
-    common = {"max_new_tokens": 12, "eos_id": tokenizer.eos_token_id}
+    common = {"max_new_tokens": 12, "eos_ids": tokenizer.eos_token_id}
     common.update(pad_id=tokenizer.pad_token_id, temperature=1.0, top_p=0.95)
     query, query_mask = left_padded(tokenizer, prompts)
     whole = sample_with_logprobs(lm, query, query_mask, **common, row_noise=RowNoise(7, 0, 4))

@@ -199,7 +199,7 @@ def sample_policy(
     """
     from rlhfkit.data.tokenize import encode_prompt, encode_prompts, render_prompt
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.rollout.sampling import SamplingParams, sample_responses
+    from rlhfkit.rollout.sampling import SamplingParams, end_ids, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, dtype=dtype, trainable=False).to(resolve_device(device))
@@ -210,7 +210,7 @@ def sample_policy(
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
         model, prompt_ids, SamplingParams(max_new_tokens, temperature, top_p),
-        pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, num_samples=n,
+        pad_id=tokenizer.pad_token_id, eos_ids=end_ids(model, tokenizer), num_samples=n,
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
     return PolicySamples(

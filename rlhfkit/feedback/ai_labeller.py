@@ -204,7 +204,7 @@ class LocalLM:
     def generate(
         self, prompts: list[str], params: SamplingParams, seeds: Sequence[int]
     ) -> list[str]:
-        from rlhfkit.rollout.sampling import sample_responses
+        from rlhfkit.rollout.sampling import end_ids, sample_responses
 
         if not prompts:
             return []
@@ -214,7 +214,7 @@ class LocalLM:
             [self._encode(p, budget) for p in prompts],
             params,
             pad_id=self.tokenizer.pad_token_id,
-            eos_id=self.tokenizer.eos_token_id,
+            eos_ids=end_ids(self.model, self.tokenizer),
             batch_size=self.batch_size,
             seed=seeds[0],
         )

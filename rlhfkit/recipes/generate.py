@@ -12,7 +12,7 @@ from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.rollout.sampling import SamplingParams, sample_responses
+from rlhfkit.rollout.sampling import SamplingParams, end_ids, sample_responses
 from rlhfkit.training.run import console
 
 
@@ -57,7 +57,7 @@ def run(config: GenerateConfig) -> int:
             ids,
             params,
             pad_id=tokenizer.pad_token_id,
-            eos_id=tokenizer.eos_token_id,
+            eos_ids=end_ids(model, tokenizer),
             num_samples=config.n,
             batch_size=config.batch_size,
             seed=config.seed,

@@ -82,7 +82,7 @@ from rlhfkit.models.value_model import (
 )
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.rollout.fast_sampling import RowNoise, positions_from_mask, sample_with_logprobs
-from rlhfkit.rollout.sampling import only_given_settings
+from rlhfkit.rollout.sampling import end_ids, only_given_settings
 from rlhfkit.training.batches import BatchPlan
 from rlhfkit.training.checkpoint import LOGS_FIELD, save_checkpoint
 from rlhfkit.training.optim import build_optimizer, build_scheduler, fused_adamw_supported
@@ -266,20 +266,20 @@ def rollout(
 
     `row_noise` (fast sampler only): the rows' sampling noise as rows of a larger global batch
     (`RowNoise`), so that a process sampling its share draws what one process would."""
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id, eos_ids = tokenizer.pad_token_id, end_ids(lm, tokenizer)
     query = pad_left(prompt_ids, pad_id).to(device)  # (B, P)
     query_mask = pad_left([[1] * len(ids) for ids in prompt_ids], 0).to(device)  # (B, P)
     was_training = lm.training
     lm.eval()
     if config.ppo.sampler == "hf":
-        response_ids, mask, has_eos = _hf_generate(lm, query, query_mask, config, pad_id, eos_id)
+        response_ids, mask, has_eos = _hf_generate(lm, query, query_mask, config, pad_id, eos_ids)
     else:
         sampled = sample_with_logprobs(
             lm,
             query,
             query_mask,
             max_new_tokens=config.max_new_tokens,
-            eos_id=eos_id,
+            eos_ids=eos_ids,
             pad_id=pad_id,
             temperature=config.temperature,
             top_p=config.top_p,
@@ -289,7 +289,7 @@ def rollout(
     lm.train(was_training)
     responses = []
     for row, row_mask in zip(response_ids.tolist(), mask.tolist(), strict=True):
-        ids = [t for t, keep in zip(row, row_mask, strict=True) if keep and t != eos_id]
+        ids = [t for t, keep in zip(row, row_mask, strict=True) if keep and t not in eos_ids]
         responses.append(tokenizer.decode(ids, skip_special_tokens=True))
     return _layout(query, query_mask, response_ids, mask, has_eos, prompts, responses, tokenizer)
 
@@ -355,7 +355,7 @@ def gather_rollout(
 
 
 @torch.no_grad()
-def _hf_generate(lm, query, query_mask, config: PPOConfig, pad_id: int, eos_id: int):
+def _hf_generate(lm, query, query_mask, config: PPOConfig, pad_id: int, eos_ids: list[int]):
     """transformers' `generate` as the rollout sampler (reference path; slower for small models)."""
     kwargs = {"do_sample": False}
     if config.temperature > 0:
@@ -366,15 +366,16 @@ def _hf_generate(lm, query, query_mask, config: PPOConfig, pad_id: int, eos_id: 
             attention_mask=query_mask,
             max_new_tokens=config.max_new_tokens,
             pad_token_id=pad_id,
-            eos_token_id=eos_id,
+            eos_token_id=eos_ids,
             top_k=0,
             use_cache=True,
             **kwargs,
         )[:, query.shape[1] :]  # (B, N)
-    ended_before = (generated == eos_id).long().cumsum(dim=1) - (generated == eos_id).long()
-    mask = (ended_before == 0).long()  # (B, N) tokens up to and including the first EOS
+    is_end = torch.isin(generated, torch.tensor(eos_ids, device=generated.device)).long()
+    ended_before = is_end.cumsum(dim=1) - is_end
+    mask = (ended_before == 0).long()  # (B, N) tokens up to and including the first end token
     generated = torch.where(mask.bool(), generated, torch.full_like(generated, pad_id))
-    has_eos = ((generated == eos_id) & mask.bool()).any(dim=1)
+    has_eos = (is_end.bool() & mask.bool()).any(dim=1)
     return generated, mask, has_eos
 
 

@@ -1,4 +1,5 @@
-"""A lean decode loop for PPO rollouts: KV cache, left padding, top-p, stop at EOS, log-probs.
+"""A lean decode loop for PPO rollouts: KV cache, left padding, top-p, stop at EOS (any of the
+model's end tokens), log-probs.
 
 `transformers`' `generate` spends, per decoding step, more time in its own machinery (logits
 processors, stopping criteria, cache bookkeeping, output dataclasses) than a small model spends
@@ -30,6 +31,7 @@ cut off. The tokens are the same as with a check at every step.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,10 +75,10 @@ class Rollout:
     """A batch of sampled responses, right-padded with the pad id.
 
     Attributes:
-        response_ids: (B, N) sampled tokens; positions after the EOS hold the pad id.
-        response_mask: (B, N) 1 on response tokens (the EOS included), 0 after it.
+        response_ids: (B, N) sampled tokens; positions after the end token hold the pad id.
+        response_mask: (B, N) 1 on response tokens (the end token included), 0 after it.
         logprobs: (B, N) fp32 sampling log-probs ``log softmax(logits / T)[token]``, 0 off-mask.
-        has_eos: (B,) bool, True where the response ended with EOS.
+        has_eos: (B,) bool, True where the response ended with an end token.
     """
 
     response_ids: torch.Tensor
@@ -128,7 +130,7 @@ def sample_with_logprobs(
     attention_mask: torch.Tensor,
     *,
     max_new_tokens: int,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -142,7 +144,7 @@ def sample_with_logprobs(
         input_ids: (B, P) left-padded prompt ids.
         attention_mask: (B, P) 1 on prompt tokens, 0 on left padding.
         max_new_tokens: Most tokens per response.
-        eos_id: Ends a response (kept in it).
+        eos_ids: End a response, each (kept in it): `rollout.sampling.end_ids`.
         pad_id: Fills rows that have ended.
         temperature: > 0 samples from softmax(logits / T); 0 is greedy (log-probs at T = 1).
         top_p: Nucleus sampling mass.
@@ -158,6 +160,7 @@ def sample_with_logprobs(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     batch = input_ids.shape[0]
     device = input_ids.device
+    ends = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids), device=device)
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
     greedy = temperature <= 0
@@ -200,7 +203,7 @@ def sample_with_logprobs(
         token_logp = log_probs.gather(1, token[:, None]).squeeze(1)  # (B,)
         logps.append(torch.where(unfinished, token_logp, torch.zeros_like(token_logp)))
         alive.append(unfinished.clone())
-        unfinished = unfinished & (token != eos_id)
+        unfinished = unfinished & ~torch.isin(token, ends)
         if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and not unfinished.any()):
             break
         attention_mask = torch.cat([attention_mask, ones], dim=1)  # (B, P + t + 1)
@@ -217,7 +220,7 @@ def sample_with_logprobs(
     length = int(response_mask.any(dim=0).sum())  # columns up to the last row's EOS
     response_ids = torch.stack(tokens, dim=1)[:, :length]  # (B, N)
     response_mask = response_mask[:, :length]
-    has_eos = ((response_ids == eos_id) & response_mask.bool()).any(dim=1)  # (B,)
+    has_eos = (torch.isin(response_ids, ends) & response_mask.bool()).any(dim=1)  # (B,)
     return Rollout(response_ids, response_mask, torch.stack(logps, dim=1)[:, :length], has_eos)
 
 

@@ -3,14 +3,16 @@
 One small interface for every stage that samples (`generate`, `ppo`, `eval`, `cai`, `label`):
 `sample_responses(model, prompt_ids, params, ...) -> Samples`. Prompts are left-padded so every
 row's next token sits at the same position; position ids follow the attention mask, so padding
-never shifts a prompt's positions. Responses stop at the first EOS (kept in the ids, flagged in
-`has_eos`) or at `max_new_tokens`. Only the settings given here apply: the checkpoint's own
-`generation_config.json` is set aside for the call (`only_given_settings`).
+never shifts a prompt's positions. Responses stop at the first end token (kept in the ids,
+flagged in `has_eos`) or at `max_new_tokens`; `end_ids` lists the end tokens of a model (its
+tokenizer's EOS and every id of its generation config's EOS list). Only the settings given here
+apply: the checkpoint's own `generation_config.json` is set aside for the call
+(`only_given_settings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,8 +35,28 @@ class Samples:
     consecutive."""
 
     prompt_index: list[int]
-    response_ids: list[list[int]]  # each ends with EOS iff has_eos
+    response_ids: list[list[int]]  # each ends with an end token iff has_eos
     has_eos: list[bool]
+
+
+def end_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """The token ids that end a response: the tokenizer's EOS, then each id of the model's
+    `generation_config.eos_token_id` (an int or a list: Llama 3.1 Instruct ends a turn with
+    `<|eot_id|>` or `<|eom_id|>` and text with `<|end_of_text|>`; Gemma's instruct models with
+    `<end_of_turn>` or `<eos>`). Sampling stops at any of them, as `generate` does."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    configured = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = []
+    elif isinstance(configured, int):
+        configured = [configured]
+    ids = [tokenizer.eos_token_id, *configured]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def as_ids(eos_ids: int | Sequence[int]) -> list[int]:
+    """One end-token id or several, as a list."""
+    return [int(eos_ids)] if isinstance(eos_ids, int) else [int(i) for i in eos_ids]
 
 
 @contextmanager
@@ -53,11 +75,11 @@ def only_given_settings(model: torch.nn.Module) -> Iterator[None]:
         lm.generation_config = saved
 
 
-def _generation_kwargs(params: SamplingParams, pad_id: int, eos_id: int) -> dict:
+def _generation_kwargs(params: SamplingParams, pad_id: int, eos_ids: list[int]) -> dict:
     kwargs = {
         "max_new_tokens": params.max_new_tokens,
         "pad_token_id": pad_id,
-        "eos_token_id": eos_id,
+        "eos_token_id": eos_ids,
         "use_cache": True,
     }
     if params.temperature > 0:
@@ -74,13 +96,15 @@ def sample_responses(
     params: SamplingParams,
     *,
     pad_id: int,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     num_samples: int = 1,
     batch_size: int = 64,
     seed: int | None = None,
     progress=None,
 ) -> Samples:
-    """Sample `num_samples` responses for each prompt, `batch_size` rows per generate call."""
+    """Sample `num_samples` responses for each prompt, `batch_size` rows per generate call;
+    a response ends at the first of `eos_ids` (`end_ids(model, tokenizer)`)."""
+    eos_ids = as_ids(eos_ids)
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -96,10 +120,10 @@ def sample_responses(
             generated = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                **_generation_kwargs(params, pad_id, eos_id),
+                **_generation_kwargs(params, pad_id, eos_ids),
             )[:, input_ids.shape[1] :]  # (B, N)
         for (prompt_index, _), row in zip(chunk, generated.tolist(), strict=True):
-            response, ended = _cut_at_eos(row, eos_id, pad_id)
+            response, ended = _cut_at_end(row, eos_ids, pad_id)
             out.prompt_index.append(prompt_index)
             out.response_ids.append(response)
             out.has_eos.append(ended)
@@ -109,10 +133,11 @@ def sample_responses(
     return out
 
 
-def _cut_at_eos(row: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
-    if eos_id in row:
-        end = row.index(eos_id)
-        return row[: end + 1], True
-    while row and row[-1] == pad_id and pad_id != eos_id:
+def _cut_at_end(row: list[int], eos_ids: list[int], pad_id: int) -> tuple[list[int], bool]:
+    """The response up to its first end token (kept), and whether it has one."""
+    for index, token in enumerate(row):
+        if token in eos_ids:
+            return row[: index + 1], True
+    while row and row[-1] == pad_id and pad_id not in eos_ids:
         row = row[:-1]
     return row, False

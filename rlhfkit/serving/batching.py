@@ -28,6 +28,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from rlhfkit.data.collate import pad_left
+from rlhfkit.rollout.sampling import end_ids
 
 
 @dataclass
@@ -79,18 +80,18 @@ def _logits_recorder(logits: list) -> Callable:
 
 class _RowStreamer(BaseStreamer):
     """Hands each token of a batched `generate` call, as it is made, to the ``on_token`` of the
-    job its row belongs to. A row ends at its EOS (which is not passed on, nor the padding that
-    follows it) or at its job's ``max_tokens``.
+    job its row belongs to. A row ends at an end token (which is not passed on, nor the padding
+    that follows it) or at its job's ``max_tokens``.
 
     Args:
         rows: (job, row within the job) of each batch row.
-        eos_id: The end-of-sequence token id.
+        eos_ids: The end-of-sequence token ids (`end_ids`).
         logits: The list a forward hook appends each step's next-token logits (B, V) to, or None
             when no streamed row wants log-probs.
     """
 
-    def __init__(self, rows: list[tuple[GenJob, int]], eos_id: int, logits: list | None):
-        self.rows, self.eos_id, self.logits = rows, eos_id, logits
+    def __init__(self, rows: list[tuple[GenJob, int]], eos_ids: list[int], logits: list | None):
+        self.rows, self.eos_ids, self.logits = rows, eos_ids, logits
         self.made = [0] * len(rows)
         self.live = [job.on_token is not None for job, _ in rows]
         self.prompt_seen = False
@@ -109,7 +110,7 @@ class _RowStreamer(BaseStreamer):
             if job.future.cancelled():  # its client is gone: nothing more to hand over
                 self.live[b] = False
                 continue
-            if token == self.eos_id:
+            if token in self.eos_ids:
                 self._send(b, StepToken(None, finish_reason="stop"))
                 continue
             step = StepToken(token)
@@ -272,7 +273,7 @@ class BatchedGenerator:
         rows = [(j, job, r) for j, job in enumerate(jobs) for r in range(job.n)]
         out: list[list[GenRow]] = [[] for _ in jobs]
         device = next(self.model.parameters()).device
-        pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        pad_id, eos_ids = self.tokenizer.pad_token_id, end_ids(self.model, self.tokenizer)
         for chunk in self._chunks(rows):
             row_jobs = [job for _, job, _ in chunk]
             prompts = [job.prompt_ids for job in row_jobs]
@@ -283,7 +284,7 @@ class BatchedGenerator:
             kwargs: dict[str, Any] = {
                 "max_new_tokens": max(job.max_tokens for _, job, _ in chunk),
                 "pad_token_id": pad_id,
-                "eos_token_id": eos_id,
+                "eos_token_id": eos_ids,
                 "use_cache": True,
                 "return_dict_in_generate": True,
                 "output_logits": want_logprobs,
@@ -303,7 +304,9 @@ class BatchedGenerator:
                     if getattr(self.model.generation_config, "prefill_chunk_size", None):
                         kwargs["prefill_chunk_size"] = None
                     hook = self.model.register_forward_hook(_logits_recorder(logits))
-                kwargs["streamer"] = _RowStreamer([(job, r) for _, job, r in chunk], eos_id, logits)
+                kwargs["streamer"] = _RowStreamer(
+                    [(job, r) for _, job, r in chunk], eos_ids, logits
+                )
             try:
                 generated = self.model.generate(
                     input_ids=input_ids, attention_mask=attention, **kwargs
@@ -320,8 +323,9 @@ class BatchedGenerator:
             for b, (j, job, _) in enumerate(chunk):
                 ids = new_tokens[b].tolist()[: job.max_tokens]
                 finish = "length"
-                if eos_id in ids:
-                    ids = ids[: ids.index(eos_id)]
+                end = next((i for i, token in enumerate(ids) if token in eos_ids), None)
+                if end is not None:
+                    ids = ids[:end]
                     finish = "stop"
                 row = GenRow(ids, finish)
                 if logps is not None and job.top_logprobs >= 0:
