@@ -815,6 +815,38 @@ def test_reward_model_directory_in_the_loop(campaign, tiny_model, tmp_path):
     assert c.get("root", "/api/stats").json()["reward_model"]["items_scored"] == 3
 
 
+def test_conversation_items_are_scored_through_the_reward_models_chat_template(
+    db_url, tiny_model, tmp_path
+):
+    """Items were scored with their prompt flattened to "user: ..." text; a reward model trained
+    by `rm` on conversations sees them through its chat template. Now an item's scores are the
+    reward model's scores of the conversation as loaded (what PPO and `eval` give it)."""
+    from rlhfkit.feedback.annotation.assignment import score_items
+    from rlhfkit.feedback.annotation.db import Item
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_fn import load_reward_function
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    rm_dir = tmp_path / "rm"
+    save_reward_model(
+        build_reward_model(str(tiny_model), seed=3), load_tokenizer(str(tiny_model)), rm_dir
+    )
+    reward_fn = load_reward_function(str(rm_dir))
+    conversation = [{"role": "user", "content": "Name a fruit."}]
+    responses = [" A pear.", " No."]
+    engine, session_factory = open_database(db_url)
+    load_items(session_factory, [{"prompt": conversation, "responses": responses}])
+    assert score_items(session_factory, reward_fn) == 1
+    with session_factory() as session:
+        (stored,) = session.execute(sa.select(Item.rm_scores)).scalars().all()
+    engine.dispose()
+    assert stored == pytest.approx(reward_fn([conversation] * 2, responses), abs=1e-6)
+    from rlhfkit.feedback.annotation.export import prompt_text
+
+    flattened = reward_fn([prompt_text(conversation)] * 2, responses)  # what they were
+    assert stored != pytest.approx(flattened, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- hardening
 
 

@@ -81,7 +81,13 @@ def score_items(
     reward_fn: Callable[[list[str], list[str]], list[float]],
     batch_size: int = 64,
 ) -> int:
-    """Score every item that has no reward-model scores yet; returns how many were scored."""
+    """Score every item that has no reward-model scores yet; returns how many were scored.
+
+    Each response is scored as PPO and `eval` score samples (`score_samples`): an rlhfkit reward
+    model gets the prompt as loaded, so a conversation goes through its chat template as `rm`
+    trained on it; other rewards get the prompt as text."""
+    from rlhfkit.models.reward_fn import score_samples
+
     from .export import prompt_text  # late: export imports this module's neighbours
 
     with session_factory() as session:
@@ -91,12 +97,19 @@ def score_items(
     scored = 0
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
-        prompts: list[str] = []
+        prompts: list = []  # as loaded: text or a conversation
         responses: list[str] = []
         for _item_id, prompt, item_responses in batch:
-            prompts += [prompt_text(prompt)] * len(item_responses)
+            prompts += [prompt] * len(item_responses)
             responses += list(item_responses)
-        rewards = [float(r) for r in reward_fn(prompts, responses)]
+        rewards = score_samples(
+            reward_fn,
+            prompts,
+            responses,
+            rendered=[prompt_text(p) for p in prompts],
+            ended=[True] * len(responses),  # items hold whole responses
+        )
+        rewards = [float(r) for r in rewards]
         if len(rewards) != len(responses):
             raise ValueError(
                 f"reward function returned {len(rewards)} scores for {len(responses)} responses"
