@@ -155,7 +155,8 @@ def pad_token_for(tokenizer: PreTrainedTokenizerBase) -> str:
     left to tell them apart).
     """
     reserved = {tokenizer.eos_token, tokenizer.bos_token}
-    for token in sorted(tokenizer.get_added_vocab()):
+    special = sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    for token in special:  # Pythia's `<|padding|>`, Llama 3.1's `<|finetune_right_pad_id|>`
         if "pad" in token.lower() and token not in reserved:
             return token
     if tokenizer.unk_token is not None and tokenizer.unk_token not in reserved:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from rlhfkit.rollout.sampling import as_ids
+
 
 @dataclass(frozen=True)
 class RowNoise:
@@ -160,7 +162,7 @@ def sample_with_logprobs(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     batch = input_ids.shape[0]
     device = input_ids.device
-    ends = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids), device=device)
+    ends = torch.tensor(as_ids(eos_ids), device=device)  # (E,)
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
     greedy = temperature <= 0
