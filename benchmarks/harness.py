@@ -176,7 +176,7 @@ def run_alternating(
                 continue
             log(
                 f"round {round_index + 1}/{rounds} {side.name:>10}: "
-                f"{m.tokens_per_s:,.0f} tok/s, peak RSS {m.peak_rss_mb:,.0f} MB "
+                f"{rate(m.tokens_per_s)} tok/s, peak RSS {m.peak_rss_mb:,.0f} MB "
                 f"({m.seconds:.1f} s timed, {m.wall_s:.1f} s wall) {json.dumps(m.extra)}"
             )
             measurements.append(m)
@@ -202,6 +202,12 @@ def summarise(measurements: list[Measurement]) -> dict[str, dict]:
     return out
 
 
+def rate(value: float) -> str:
+    """A rate to print: whole numbers from 100 up, three significant digits below (PPO's
+    samples/s are below 1)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_table(summary: dict[str, dict], reference: str | None = None) -> str:
     """A Markdown table: medians per side and the ratio side/reference (tok/s and memory)."""
     header = (
@@ -217,8 +223,8 @@ def format_table(summary: dict[str, dict], reference: str | None = None) -> str:
         else:
             speed_ratio = rss_ratio = "-"
         lines.append(
-            f"| {name} | {row['runs']} | {row['tokens_per_s']:,.0f} | "
-            f"{row['tokens_per_s_min']:,.0f}-{row['tokens_per_s_max']:,.0f} | "
+            f"| {name} | {row['runs']} | {rate(row['tokens_per_s'])} | "
+            f"{rate(row['tokens_per_s_min'])}-{rate(row['tokens_per_s_max'])} | "
             f"{row['peak_rss_mb']:,.0f} | {speed_ratio} | {rss_ratio} |"
         )
     return "\n".join(lines)

@@ -52,3 +52,13 @@ def test_step_clock_times_the_steps_after_the_first_quarter():
     optimizer.step()  # the hook is removed once read
     assert len(clock.times) == 8
     assert bench_dpo.StepClock(args).steady(args) == {}  # no steps: no steady speed
+
+
+def test_rates_below_a_hundred_keep_three_significant_digits():
+    """PPO's samples/s (0.769) printed as "1" in the benchmark's table."""
+    from harness import format_table, rate
+
+    assert [rate(v) for v in (0.76912, 12.345, 99.94, 1234.5)] == ["0.769", "12.3", "99.9", "1,234"]
+    row = {"runs": 1, "tokens_per_s": 0.769, "tokens_per_s_min": 0.7, "tokens_per_s_max": 0.8}
+    table = format_table({"a": {**row, "peak_rss_mb": 10.0}})
+    assert "| a | 1 | 0.769 | 0.7-0.8 | 10 |" in table
