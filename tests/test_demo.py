@@ -38,6 +38,8 @@ def test_demo_runs_every_stage_and_writes_its_summary_and_report(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert "reference_pool" not in evaluation  # kept out of eval.json
     assert {"sft", "best_of_2", "ppo", "ppo_no_kl", "dpo_beta0.1"} <= set(evaluation["policies"])
+    assert "report" in summary["timings_s"]  # written again after the report
+    assert summary["total_s"] >= sum(summary["timings_s"].values()) - 1.0  # each rounded
     # summary.json's `dpo` is the β = 0.1 run, which eval.json and the report list once.
     assert "dpo" not in evaluation["policies"]
     assert summary["dpo"]["kl"] == evaluation["policies"]["dpo_beta0.1"]["kl"]
