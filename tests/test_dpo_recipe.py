@@ -724,3 +724,35 @@ def test_grad_accum_1x4_equals_4x1(tiny_model, dpo_data, tmp_path):
     big, acc = _rows(tmp_path / "big"), _rows(tmp_path / "acc")
     assert [r["loss"] for r in big] == pytest.approx([r["loss"] for r in acc], rel=1e-5)
     assert big[1]["rewards/margin"] == pytest.approx(acc[1]["rewards/margin"], rel=1e-4, abs=1e-7)
+
+
+def test_shared_prompt_rows_are_not_used_where_rows_outrun_a_sliding_window():
+    """Mistral v0.1, Gemma 2 and 3 and Phi-3 attend within a window; the shared-prompt layout's
+    4-D mask replaces the mask the model builds, so tokens saw past the window (log-probs off by
+    0.04-0.18 per token, a reward model's training rewards off its scoring by up to 1.5, on tiny
+    stand-ins with a 16-token window). Where rows can be longer than the window, DPO and the
+    reward model use ordinary rows and say why; Qwen2's unused `sliding_window` changes nothing."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from rlhfkit.models.shared_prompt import unsupported_reason
+    from rlhfkit.recipes.dpo import DPOOptions, batch_layout
+
+    shape = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    mistral = MistralForCausalLM(MistralConfig(sliding_window=16, **shape))
+    assert "sliding window of 16 tokens" in unsupported_reason(mistral, max_length=64)
+    assert unsupported_reason(mistral, max_length=16) is None  # rows never pass the window
+    assert (
+        unsupported_reason(MistralForCausalLM(MistralConfig(sliding_window=None, **shape)), 64)
+        is None
+    )
+    qwen = Qwen2ForCausalLM(Qwen2Config(sliding_window=16, use_sliding_window=False, **shape))
+    assert unsupported_reason(qwen, max_length=64) is None
+
+    said = []
+    run = type("Run", (), {"print": staticmethod(said.append)})()
+    assert batch_layout(run, DPOOptions(), mistral, 64) == ("padded", torch.bool)
+    assert said and "dpo.shared_prompt is turned off" in said[0]
+    assert batch_layout(run, DPOOptions(), qwen, 64)[0] == "shared_prompt"

@@ -9,6 +9,9 @@ its own row, at ``len(prompt) * (K - 1)`` fewer tokens per prompt. The reward mo
 
 The mask is a dense (B, 1, T, T) tensor, so the attention kernel must accept a 4-D mask:
 sdpa, flex and eager do; flash-attention's kernels do not (`mask_dtype` returns None for them).
+And it replaces the mask the model would build, so a model that attends within a sliding window
+(Mistral v0.1, Gemma 2 and 3, Phi-3) would see past its window: where rows can be longer than
+the window, the layout is not used (`unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ def mask_dtype(model: torch.nn.Module) -> torch.dtype | None:
         return torch.bool
     if implementation == "eager":
         return next(p for p in model.parameters() if p.is_floating_point()).dtype
+    return None
+
+
+def sliding_window(config) -> int | None:
+    """The window a model's attention is limited to, if it applies one (Mistral v0.1, Gemma 2
+    and 3 on their sliding layers, Phi-3); None otherwise (Qwen2 and Qwen3 carry a
+    `sliding_window` they use only with `use_sliding_window`)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
+    """Why shared-prompt rows cannot stand for ordinary rows of up to `max_length` tokens on
+    `model`, or None when they can."""
+    if mask_dtype(model) is None:
+        return "this attention kernel takes no 4-D mask"
+    window = sliding_window(model.config)
+    if window is not None and window < max_length:
+        return (
+            f"the model attends within a sliding window of {window} tokens, which the 4-D mask "
+            f"would lift, and rows reach max_length={max_length}"
+        )
     return None
 
 
@@ -56,4 +84,4 @@ def shared_prompt_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return mask[:, None]  # (B, 1, T, T)
 
 
-__all__ = ["mask_dtype", "shared_prompt_mask"]
+__all__ = ["mask_dtype", "shared_prompt_mask", "sliding_window", "unsupported_reason"]

@@ -70,7 +70,7 @@ from rlhfkit.losses.dpo import (
 from rlhfkit.models.loading import compile_blocks, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
-from rlhfkit.models.shared_prompt import shared_prompt_mask
+from rlhfkit.models.shared_prompt import shared_prompt_mask, unsupported_reason
 from rlhfkit.recipes.sft import export_policy, lora_settings
 from rlhfkit.training.batches import BatchPlan, eval_shards
 from rlhfkit.training.checkpoint import save_checkpoint
@@ -369,17 +369,19 @@ def sequence_logps(forward, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 BatchMaker = Callable[[list[Pair], list[int]], dict[str, torch.Tensor]]
 
 
-def batch_layout(run, options: DPOOptions, lm: torch.nn.Module) -> tuple[str, torch.dtype]:
+def batch_layout(
+    run, options: DPOOptions, lm: torch.nn.Module, max_length: int
+) -> tuple[str, torch.dtype]:
     """The `pair_batch` layout these options ask for on this model, and its mask dtype."""
     if options.padding_free:
         return "packed", torch.bool
     if not options.shared_prompt:
         return "padded", torch.bool
-    dtype = model_mask_dtype(lm)
-    if dtype is None:
-        run.print("this attention kernel takes no 4-D mask: dpo.shared_prompt is turned off")
+    reason = unsupported_reason(lm, max_length)
+    if reason is not None:
+        run.print(f"{reason}: dpo.shared_prompt is turned off")
         return "padded", torch.bool
-    return "shared_prompt", dtype
+    return "shared_prompt", model_mask_dtype(lm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -701,7 +703,7 @@ def train(config: DPOConfig) -> dict:
     if config.compile:
         compile_blocks(lm)
     model = TokenLogprobs(lm)
-    layout, mask_dtype = batch_layout(run, options, lm)
+    layout, mask_dtype = batch_layout(run, options, lm, config.max_length)
     make_batch = functools.partial(
         pair_batch, pad_id=pad_id, device=acc.device, layout=layout, mask_dtype=mask_dtype
     )

@@ -72,6 +72,7 @@ from rlhfkit.models.reward_model import (
     read_reward_info,
     save_reward_model,
 )
+from rlhfkit.models.shared_prompt import unsupported_reason
 from rlhfkit.recipes.sft import lora_settings
 from rlhfkit.training.batches import BatchPlan, eval_shards
 from rlhfkit.training.checkpoint import save_checkpoint
@@ -466,8 +467,9 @@ def train(config: RMConfig) -> dict:
     model.info.max_length = config.max_length
     model.info.max_prompt_length = config.max_prompt_length
     mask_dtype = model.shared_prompt_mask_dtype()
-    if config.rm.shared_prompt and mask_dtype is None:
-        run.print("this attention kernel takes no 4-D mask: rm.shared_prompt is turned off")
+    reason = unsupported_reason(model.seqcls, config.max_length)
+    if config.rm.shared_prompt and reason is not None:
+        run.print(f"{reason}: rm.shared_prompt is turned off")
         config.rm.shared_prompt = False
     dtype = mask_dtype or torch.float32
     plan = BatchPlan(
