@@ -196,7 +196,9 @@ class LoraOptions:
         exclusive_maximum=1,
     )
     target_modules: list[str] = option(
-        ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters"
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "module names that get adapters; by default the attention projections, or peft's default "
+        "targets for an architecture without these names (GPT-NeoX, GPT-2)",
     )
 
 

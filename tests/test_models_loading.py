@@ -204,3 +204,39 @@ def test_a_missing_pad_token_is_a_padding_token_of_its_own_before_unk_and_eos(tm
     llama31.save_pretrained(directory)
     loaded = load_tokenizer(str(directory))
     assert loaded.pad_token == "<|finetune_right_pad_id|>" != loaded.eos_token
+
+
+def test_lora_default_targets_follow_the_architecture():
+    """LoRA targeted Llama's q/k/v/o_proj on every model: GPT-NeoX (Pythia) and GPT-2 crashed in
+    peft with a traceback, and Phi-3 silently got adapters on o_proj alone. Now the default
+    falls back to peft's targets for the architecture, an architecture peft knows none for is a
+    one-line error listing its layers, and so is a named target that matches nothing."""
+    from transformers import (
+        AutoModelForCausalLM,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        Phi3Config,
+    )
+
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.models.loading import DEFAULT_LORA_TARGETS, LoraSettings, apply_lora, lora_targets
+
+    def tiny(config):
+        return AutoModelForCausalLM.from_config(config)
+
+    common = dict(vocab_size=64, num_hidden_layers=1, num_attention_heads=4)
+    llama = tiny(LlamaConfig(hidden_size=32, intermediate_size=64, **common))
+    pythia = tiny(GPTNeoXConfig(hidden_size=32, intermediate_size=64, **common))
+    gpt2 = tiny(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=64))
+    phi3 = tiny(Phi3Config(hidden_size=32, intermediate_size=64, pad_token_id=0, **common))
+    assert lora_targets(llama, DEFAULT_LORA_TARGETS) == list(DEFAULT_LORA_TARGETS)
+    assert lora_targets(pythia, DEFAULT_LORA_TARGETS) == ["query_key_value"]
+    assert lora_targets(gpt2, DEFAULT_LORA_TARGETS) == ["c_attn"]
+    with pytest.raises(ConfigError, match="no q_proj/k_proj/v_proj/o_proj.*: .*qkv_proj"):
+        lora_targets(phi3, DEFAULT_LORA_TARGETS)
+    assert lora_targets(phi3, ["qkv_proj", "self_attn.o_proj"]) == ["qkv_proj", "self_attn.o_proj"]
+    with pytest.raises(ConfigError, match="'c_fc2' names no linear layer of this gpt2 model"):
+        lora_targets(gpt2, ["c_attn", "c_fc2"])
+    adapted = apply_lora(gpt2, LoraSettings(r=2))
+    assert any("c_attn.lora_A" in name for name, _ in adapted.named_parameters())

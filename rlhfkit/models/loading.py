@@ -51,6 +51,12 @@ def quiet_hf_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+#: `lora.target_modules` by default: the attention projections of Llama-style models (Llama,
+#: Mistral, Qwen2, Gemma, ...); `lora_targets` falls back to peft's per-architecture default
+#: where a model lacks them.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
 @dataclass
 class LoraSettings:
     """What `lora.*` configures; `r == 0` means full fine-tuning."""
@@ -58,9 +64,7 @@ class LoraSettings:
     r: int = 0
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
 
 def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
@@ -246,6 +250,57 @@ def load_causal_lm(
     return model
 
 
+def _adaptable_modules(model: torch.nn.Module) -> list[str]:
+    """The names of the modules LoRA can adapt here: linear layers and GPT-2's Conv1D, but not
+    the output head (`_refuse_embedding_targets`)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    ]
+
+
+def _matches(target: str, modules: list[str]) -> bool:
+    """Whether peft's list matching finds `target`: a module's name, or a dotted suffix of it."""
+    return any(name == target or name.endswith("." + target) for name in modules)
+
+
+def lora_targets(model: torch.nn.Module, requested) -> list[str]:
+    """The module names to adapt: `requested`, each of which must name modules of `model`.
+
+    The default (`DEFAULT_LORA_TARGETS`) needs all four Llama-style projections; a model without
+    them (GPT-NeoX/Pythia `query_key_value`, GPT-2 `c_attn`) gets peft's default targets for its
+    architecture, and one peft knows none for (Phi-3's fused `qkv_proj`) an error that lists
+    its layers, rather than adapters on whatever few layers happen to share a name.
+    """
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    modules = _adaptable_modules(model)
+    listing = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in modules}))
+    requested = list(requested)
+    found = all(_matches(target, modules) for target in requested)
+    if tuple(requested) == DEFAULT_LORA_TARGETS and not found:
+        model_type = getattr(model.config.get_text_config(), "model_type", None)
+        fallback = PEFT_DEFAULTS.get(model_type) or PEFT_DEFAULTS.get(model.config.model_type)
+        if fallback and all(_matches(t, modules) for t in fallback):
+            return list(fallback)
+        raise ConfigError(
+            f"lora.target_modules: this {model.config.model_type} model has no "
+            f"{'/'.join(DEFAULT_LORA_TARGETS)} projections; name the layers to adapt "
+            f"(lora.target_modules=[...]) among its linear layers: {listing}"
+        )
+    missing = [name for name in requested if not _matches(name, modules)]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: {', '.join(map(repr, missing))} names no linear layer of this "
+            f"{model.config.model_type} model; its linear layers: {listing}"
+        )
+    return requested
+
+
 def apply_lora(
     model: torch.nn.Module, lora: LoraSettings, *, gradient_checkpointing: bool = False
 ) -> torch.nn.Module:
@@ -257,7 +312,7 @@ def apply_lora(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=lora_targets(model, lora.target_modules),
         task_type="CAUSAL_LM",
     )
     if gradient_checkpointing:

@@ -47,6 +47,7 @@ from rlhfkit.models.loading import (
     disable_dropout,
     enable_checkpointing,
     load_tokenizer,
+    lora_targets,
     missing_package_error,
     resolve_dtype,
 )
@@ -318,7 +319,7 @@ def build_reward_model(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
+            target_modules=lora_targets(seqcls, lora.target_modules),
             task_type="SEQ_CLS",
             modules_to_save=["score"],
         )
