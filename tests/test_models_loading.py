@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.models import loading
 from rlhfkit.models.loading import (
     LoraSettings,
@@ -81,7 +82,6 @@ def test_every_optimizer_warns_for_16bit_weights(fresh_warnings):
 def test_a_directory_without_a_tokenizer_is_a_one_line_config_error(tmp_path):
     """`model=/` (or any directory that is not a model) used to end in transformers' ValueError
     traceback about converting a slow tokenizer."""
-    from rlhfkit.errors import ConfigError
     from rlhfkit.models.loading import load_tokenizer
 
     with pytest.raises(ConfigError, match="holds no tokenizer .*not a model directory"):
@@ -141,7 +141,6 @@ def test_lora_on_the_output_head_or_embeddings_is_refused(target):
     """Log-probs apply the head's own weight to the hidden states at the response positions
     (`chunked_token_logprobs`), so an adapter on `lm_head` was left out of every log-prob (13
     nats off a full forward in review) and got no gradient; the embeddings are tied to it."""
-    from rlhfkit.errors import ConfigError
     from rlhfkit.models.loading import LoraSettings, apply_lora
     from rlhfkit.models.presets import build_preset
 
@@ -164,7 +163,6 @@ def test_auto_dtype_follows_the_device_the_weights_go_to():
 def test_an_unknown_architecture_is_one_line_naming_the_model(tmp_path):
     """A config.json of a model_type transformers does not know (or custom code) raised a
     ValueError traceback from `from_pretrained`."""
-    from rlhfkit.errors import ConfigError
     from rlhfkit.models.loading import load_causal_lm
 
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
@@ -219,7 +217,6 @@ def test_lora_default_targets_follow_the_architecture():
         Phi3Config,
     )
 
-    from rlhfkit.errors import ConfigError
     from rlhfkit.models.loading import DEFAULT_LORA_TARGETS, LoraSettings, apply_lora, lora_targets
 
     def tiny(config):
@@ -240,3 +237,40 @@ def test_lora_default_targets_follow_the_architecture():
         lora_targets(gpt2, ["c_attn", "c_fc2"])
     adapted = apply_lora(gpt2, LoraSettings(r=2))
     assert any("c_attn.lora_A" in name for name, _ in adapted.named_parameters())
+
+
+def test_sequences_past_the_models_context_are_one_line_errors(tmp_path):
+    """GPT-2 learns a table of `n_positions` positions: sft/rm/dpo at the default max_length of
+    512 on a model with 128 crashed inside the position embedding (IndexError; a device-side
+    assert on a GPU), and so did sampling a long prompt plus max_new_tokens."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from rlhfkit.models.loading import check_context, check_sampling_context
+    from rlhfkit.models.tokenizer import build_byte_tokenizer
+
+    model = AutoModelForCausalLM.from_config(
+        GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=320, n_positions=64)
+    )
+    check_context(model, 64, "max_length")
+    with pytest.raises(ConfigError, match=r"max_length: 65 tokens, more than the model's context"):
+        check_context(model, 65, "max_length")
+    with pytest.raises(ConfigError, match=r"the longest prompt .* \+ max_new_tokens: 70 tokens"):
+        check_sampling_context(model, [[1] * 10, [1] * 40], 30)
+
+    directory = tmp_path / "gpt2"
+    model.save_pretrained(directory)
+    build_byte_tokenizer().save_pretrained(directory)
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi", "completion": " there"}) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhfkit", "sft", f"model={directory}", f"train_data={data}",
+         f"output_dir={tmp_path / 'out'}", "max_steps=1", "progress=false"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "max_length: 512 tokens, more than the model's context of 64 tokens" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -198,7 +198,7 @@ def sample_policy(
         dtype: Weight dtype (`float32`, `bfloat16`, `float16`, `auto` = as stored).
     """
     from rlhfkit.data.tokenize import encode_prompt, encode_prompts, render_prompt
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import check_sampling_context, load_causal_lm, load_tokenizer
     from rlhfkit.rollout.sampling import SamplingParams, end_ids, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
@@ -207,6 +207,7 @@ def sample_policy(
         prompt_ids, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
     else:
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    check_sampling_context(model, prompt_ids, max_new_tokens)
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
         model, prompt_ids, SamplingParams(max_new_tokens, temperature, top_p),

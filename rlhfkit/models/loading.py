@@ -51,6 +51,47 @@ def quiet_hf_progress_bars():
             hf_logging.enable_progress_bar()
 
 
+#: Config keys that state a model's context length, in the order they are looked for.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context_length(model_config) -> int | None:
+    """The context length a transformers config states (None if it states none)."""
+    text_config = model_config.get_text_config()
+    for key in CONTEXT_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
+    """Refuse sequences longer than the model's context: a model with learned positions (GPT-2)
+    indexes past its table (an IndexError on a CPU, a device-side assert on a GPU), and a
+    rotary one runs where it was never trained.
+
+    Args:
+        model: A transformers model (or a wrapper with its `config`).
+        needed: The longest sequence, in tokens, the run can build.
+        what: What sets that length, as the user writes it (e.g. "max_length").
+    """
+    context = model_context_length(model.config)
+    if context is not None and needed > context:
+        raise ConfigError(
+            f"{what}: {needed} tokens, more than the model's context of {context} tokens "
+            f"({'/'.join(CONTEXT_KEYS[:2])} in its config); lower it"
+        )
+
+
+def check_sampling_context(
+    model: torch.nn.Module, prompt_ids: list[list[int]], max_new_tokens: int
+) -> None:
+    """`check_context` for sampling: the longest prompt, as cut, plus `max_new_tokens`."""
+    longest = max((len(row) for row in prompt_ids), default=0)
+    what = "the longest prompt (after max_prompt_length) + max_new_tokens"
+    check_context(model, longest + max_new_tokens, what)
+
+
 #: `lora.target_modules` by default: the attention projections of Llama-style models (Llama,
 #: Mistral, Qwen2, Gemma, ...); `lora_targets` falls back to peft's per-architecture default
 #: where a model lacks them.

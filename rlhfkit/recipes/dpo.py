@@ -67,7 +67,7 @@ from rlhfkit.losses.dpo import (
     is_length_normalised,
     is_reference_free,
 )
-from rlhfkit.models.loading import compile_blocks, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import check_context, compile_blocks, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
 from rlhfkit.models.shared_prompt import shared_prompt_mask, unsupported_reason
@@ -700,6 +700,7 @@ def train(config: DPOConfig) -> dict:
         lora=lora_settings(config),
         attn_implementation=config.attn_implementation or None,
     )
+    check_context(lm, config.max_length, "max_length")
     if config.compile:
         compile_blocks(lm)
     model = TokenLogprobs(lm)

@@ -11,7 +11,7 @@ from rlhfkit.data.datasets import load_prompts
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import check_sampling_context, load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sampling import SamplingParams, end_ids, sample_responses
 from rlhfkit.training.run import console
 
@@ -47,6 +47,7 @@ def run(config: GenerateConfig) -> int:
             f"[yellow]{cut} prompts longer than max_prompt_length={config.max_prompt_length} "
             "tokens lose their start[/]"
         )
+    check_sampling_context(model, ids, config.max_new_tokens)
     params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     from rich.progress import Progress
 

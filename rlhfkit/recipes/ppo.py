@@ -70,7 +70,7 @@ from rlhfkit.losses import (
     rloo_advantages,
 )
 from rlhfkit.models.head_scorer import HeadScorer, is_ensemble
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import check_sampling_context, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.reward_ensemble import SEPARATOR as ENSEMBLE_SEPARATOR
 from rlhfkit.models.reward_fn import load_reward_function, score_samples_with_disagreement
@@ -670,6 +670,7 @@ def train(config: PPOConfig) -> dict:
         lora=lora,
         attn_implementation=config.attn_implementation or None,
     )
+    check_sampling_context(lm, [*prompt_ids, *eval_ids], config.max_new_tokens)
     critic, value_head = None, None
     if options.advantage_estimator == "gae":
         if options.value_head_on_policy:

@@ -63,7 +63,7 @@ from rlhfkit.eval.reward_metrics import (
 )
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.losses.bradley_terry import ranking_pairs
-from rlhfkit.models.loading import compile_blocks, load_tokenizer
+from rlhfkit.models.loading import check_context, compile_blocks, load_tokenizer
 from rlhfkit.models.reward_model import (
     RewardModel,
     build_reward_model,
@@ -454,6 +454,7 @@ def train(config: RMConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
         seed=config.seed,
     )
+    check_context(model, config.max_length, "max_length")
     start_info = read_reward_info(config.model)
     if start_info is not None and start_info.normalized_on and not config.rm.normalize:
         # build_reward_model starts at gain 1, bias 0: the stored fit is for the old weights.

@@ -18,7 +18,13 @@ from rlhfkit.data.collate import pack_examples, pad_right
 from rlhfkit.data.datasets import load_sft
 from rlhfkit.data.tokenize import Encoded
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import LoraSettings, compile_blocks, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import (
+    LoraSettings,
+    check_context,
+    compile_blocks,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.training.batches import BatchPlan, eval_shards
 from rlhfkit.training.checkpoint import (
@@ -157,6 +163,7 @@ def train(config: SFTConfig) -> dict:
         lora=lora_settings(config, allow_dropout=True),
         attn_implementation=config.attn_implementation or None,
     )
+    check_context(lm, config.max_length, "max_length")
     if config.compile:
         compile_blocks(lm)
     model = TokenLogprobs(lm)

@@ -10,19 +10,8 @@ from dataclasses import dataclass
 
 from rlhfkit.data.tokenize import adds_special_tokens
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import CONTEXT_KEYS, model_context_length
 from rlhfkit.serving.http_errors import ApiError
-
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-def model_context_length(model_config) -> int | None:
-    """The context length a transformers config states (None if it states none)."""
-    text_config = model_config.get_text_config()
-    for key in _CONTEXT_KEYS:
-        value = getattr(text_config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 @dataclass
@@ -142,7 +131,7 @@ def server_prompt_limits(model, tokenizer, *, max_model_len: int, max_prompt_tok
     if context is None:
         raise ConfigError(
             "max_model_len: the model's config states no context length "
-            f"({', '.join(_CONTEXT_KEYS)}); give it, as max_model_len=N"
+            f"({', '.join(CONTEXT_KEYS)}); give it, as max_model_len=N"
         )
     if max_prompt_tokens >= context:
         raise ConfigError(
