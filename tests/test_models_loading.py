@@ -197,6 +197,7 @@ def test_a_missing_pad_token_is_a_padding_token_of_its_own_before_unk_and_eos(tm
     assert pad_token_for(llama31) == "<|finetune_right_pad_id|>"
     assert pad_token_for(_tokenizer_without_pad("<s>", unk="<unk>")) == "<unk>"
     assert pad_token_for(_tokenizer_without_pad("<|start_header_id|>")) == "<|eot_id|>"
+    assert pad_token_for(_tokenizer_without_pad("<|image_pad|>")) == "<|eot_id|>"  # not for text
 
     directory = tmp_path / "llama31"
     llama31.save_pretrained(directory)
@@ -214,6 +215,7 @@ def test_lora_default_targets_follow_the_architecture():
         GPT2Config,
         GPTNeoXConfig,
         LlamaConfig,
+        OPTConfig,
         Phi3Config,
     )
 
@@ -227,7 +229,10 @@ def test_lora_default_targets_follow_the_architecture():
     pythia = tiny(GPTNeoXConfig(hidden_size=32, intermediate_size=64, **common))
     gpt2 = tiny(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=64))
     phi3 = tiny(Phi3Config(hidden_size=32, intermediate_size=64, pad_token_id=0, **common))
+    opt = tiny(OPTConfig(hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, **common))
     assert lora_targets(llama, DEFAULT_LORA_TARGETS) == list(DEFAULT_LORA_TARGETS)
+    # OPT's output projection is out_proj: its q/k/v keep their adapters, as before
+    assert lora_targets(opt, DEFAULT_LORA_TARGETS) == ["q_proj", "k_proj", "v_proj"]
     assert lora_targets(pythia, DEFAULT_LORA_TARGETS) == ["query_key_value"]
     assert lora_targets(gpt2, DEFAULT_LORA_TARGETS) == ["c_attn"]
     with pytest.raises(ConfigError, match="no q_proj/k_proj/v_proj/o_proj.*: .*qkv_proj"):

@@ -179,7 +179,7 @@ def test_real_model_example_runs_on_local_stand_ins(tmp_path, monkeypatch):
     assert {"sft", "ppo", "dpo", "best_of_2"} <= set(evaluation["policies"])
     assert "Final numbers" in (root / "report.html").read_text()
 
-    # The SFT model learnt turns that end as Qwen2 base's do: `<|im_end|>` then EOS.
+    # The exported tokenizer keeps Qwen2 base's conventions (pad == EOS == <|endoftext|>).
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(root / "sft" / "model")

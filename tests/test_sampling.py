@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhfkit.models.presets import build_preset
@@ -61,7 +62,8 @@ def _always_emits(token: int, seed: int = 3):
         head = model.get_output_embeddings().weight  # tied to the embeddings in `tiny`
         head[token] = 0.0
         head[token, 0] = 50.0
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, token]
+    # pad listed as an end token too, as Qwen2-Instruct lists its pad <|endoftext|>
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, token, tokenizer.pad_token_id]
     return model, tokenizer
 
 
@@ -77,7 +79,7 @@ def test_every_end_token_of_the_generation_config_ends_a_response():
     model, tokenizer = _always_emits(other)
     model.eval()
     ends = end_ids(model, tokenizer)
-    assert ends == [tokenizer.eos_token_id, other]
+    assert ends == [tokenizer.eos_token_id, other, tokenizer.pad_token_id]
     prompt = tokenizer("Hi").input_ids
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     samples = sample_responses(model, [prompt], params, pad_id=tokenizer.pad_token_id, eos_ids=ends)
@@ -98,3 +100,14 @@ def test_every_end_token_of_the_generation_config_ends_a_response():
     finally:
         batcher.close()
     assert row.token_ids == [] and row.finish_reason == "stop"
+
+
+def test_a_model_without_any_eos_token_is_a_one_line_error():
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.rollout.sampling import end_ids
+
+    model, tokenizer = build_preset("tiny", seed=0)
+    model.generation_config.eos_token_id = None
+    tokenizer.eos_token = None
+    with pytest.raises(ConfigError, match="names an EOS token"):
+        end_ids(model, tokenizer)

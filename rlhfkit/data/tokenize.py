@@ -134,12 +134,14 @@ def encode_completion(
 ) -> list[int]:
     """Token ids of the response to `prompt`, ending with the tokenizer's EOS.
 
-    Sampling stops only at `eos_token_id`, so every trained response must end with it, or a
-    policy never learns to stop. A plain completion gets EOS appended (unless it already ends
-    with it). A conversational completion ends with the chat template's end of turn, which is
-    EOS for many instruct tokenizers but not for every tokenizer: Qwen2 *base* models end turns
-    with `<|im_end|>` and use `<|endoftext|>` as EOS. There EOS is appended after the template's
-    closing tokens (`...<|im_end|>\n<|endoftext|>`), unless the rendered turn already holds it.
+    Sampling stops at an end token (`rollout.sampling.end_ids`: the tokenizer's EOS and those of
+    the model's generation config), so every trained response must end with one, or a policy
+    never learns to stop; EOS is the one every model has. A plain completion gets EOS appended
+    (unless it already ends with it). A conversational completion ends with the chat template's
+    end of turn, which is EOS for many instruct tokenizers but not for every tokenizer: Qwen2
+    *base* models end turns with `<|im_end|>` and use `<|endoftext|>` as EOS. There EOS is
+    appended after the template's closing tokens (`...<|im_end|>\n<|endoftext|>`), unless the
+    rendered turn already holds it.
     """
     ids = tokenizer(
         render_completion(tokenizer, prompt, completion), add_special_tokens=False

@@ -144,7 +144,7 @@ def frontier_plot(evaluation: dict) -> str | None:
         )
     # One legend entry per point, not text beside it: policies near each other (PPO next to
     # best-of-16, a β sweep) would print their names over one another. Policies at the very
-    # same point (the demo's `dpo` is one of its `dpo_beta*` runs) share an entry.
+    # same point (one run listed under two names) share an entry.
     markers = "osD^vP*Xhp<>"
     for index, (point, names) in enumerate(_same_points(points).items()):
         ax.scatter(

@@ -77,9 +77,11 @@ def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
     """
     context = model_context_length(model.config)
     if context is not None and needed > context:
+        text_config = model.config.get_text_config()
+        key = next(k for k in CONTEXT_KEYS if getattr(text_config, k, None) == context)
         raise ConfigError(
             f"{what}: {needed} tokens, more than the model's context of {context} tokens "
-            f"({'/'.join(CONTEXT_KEYS[:2])} in its config); lower it"
+            f"({key} in its config); lower it"
         )
 
 
@@ -90,6 +92,10 @@ def check_sampling_context(
     longest = max((len(row) for row in prompt_ids), default=0)
     what = "the longest prompt (after max_prompt_length) + max_new_tokens"
     check_context(model, longest + max_new_tokens, what)
+
+
+#: Tokens made for padding, looked for in this order where a tokenizer names no pad token.
+PAD_TOKENS = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
 
 
 #: `lora.target_modules` by default: the attention projections of Llama-style models (Llama,
@@ -190,8 +196,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 
 def pad_token_for(tokenizer: PreTrainedTokenizerBase) -> str:
     """The token to pad with when a tokenizer has none: a special token of its own made for
-    padding (Llama 3.1's `<|finetune_right_pad_id|>`), else its unknown token (Llama 2's and
-    Mistral's `<unk>`), else EOS.
+    padding (`PAD_TOKENS`: Pythia's `<|padding|>`, Llama 3.1's `<|finetune_right_pad_id|>`),
+    else its unknown token (Llama 2's and Mistral's `<unk>`), else EOS.
 
     Sequences are always masked explicitly, so any of these pads safely. A pad distinct from EOS
     matters to reward models: the reward is read at the last token that is not pad (as
@@ -200,9 +206,12 @@ def pad_token_for(tokenizer: PreTrainedTokenizerBase) -> str:
     left to tell them apart).
     """
     reserved = {tokenizer.eos_token, tokenizer.bos_token}
-    special = sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
-    for token in special:  # Pythia's `<|padding|>`, Llama 3.1's `<|finetune_right_pad_id|>`
-        if "pad" in token.lower() and token not in reserved:
+    try:
+        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    except (AttributeError, TypeError, NotImplementedError):  # a backend without added tokens
+        special = set()
+    for token in PAD_TOKENS:
+        if token in special and token not in reserved:
             return token
     if tokenizer.unk_token is not None and tokenizer.unk_token not in reserved:
         return tokenizer.unk_token
@@ -312,18 +321,22 @@ def _matches(target: str, modules: list[str]) -> bool:
 def lora_targets(model: torch.nn.Module, requested) -> list[str]:
     """The module names to adapt: `requested`, each of which must name modules of `model`.
 
-    The default (`DEFAULT_LORA_TARGETS`) needs all four Llama-style projections; a model without
-    them (GPT-NeoX/Pythia `query_key_value`, GPT-2 `c_attn`) gets peft's default targets for its
-    architecture, and one peft knows none for (Phi-3's fused `qkv_proj`) an error that lists
-    its layers, rather than adapters on whatever few layers happen to share a name.
+    The default (`DEFAULT_LORA_TARGETS`) takes the Llama-style projections a model has, as long
+    as it has q_proj, k_proj and v_proj (OPT, GPT-J and Phi-2 name their output projection
+    otherwise); a model without them (GPT-NeoX/Pythia `query_key_value`, GPT-2 `c_attn`) gets
+    peft's default targets for its architecture, and one peft knows none for (Phi-3's fused
+    `qkv_proj`) an error that lists its layers, rather than adapters on whatever few layers
+    happen to share a name.
     """
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
     modules = _adaptable_modules(model)
     listing = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in modules}))
     requested = list(requested)
-    found = all(_matches(target, modules) for target in requested)
-    if tuple(requested) == DEFAULT_LORA_TARGETS and not found:
+    if tuple(requested) == DEFAULT_LORA_TARGETS:
+        present = [target for target in requested if _matches(target, modules)]
+        if {"q_proj", "k_proj", "v_proj"} <= set(present):
+            return present
         model_type = getattr(model.config.get_text_config(), "model_type", None)
         fallback = PEFT_DEFAULTS.get(model_type) or PEFT_DEFAULTS.get(model.config.model_type)
         if fallback and all(_matches(t, modules) for t in fallback):

@@ -63,8 +63,8 @@ class DemoConfig:
     seed: int = option(0, "seed of the world, the models and the sampling", **SEED_RANGE)
     quick: bool = option(
         False,
-        "a smaller, faster run: the keys marked 'quick:' that are left at their defaults take "
-        "their quick values (a key given explicitly keeps its value)",
+        "a smaller, faster run: the keys marked 'quick:' that are at their default values take "
+        "their quick values (set one to any other value to keep that value)",
     )
     corpus_size: int = option(
         20000, "SFT corpus records (behaviour mix + CAI demonstrations; quick: 8000)", minimum=1
@@ -152,8 +152,8 @@ def _default(name: str):
 
 
 def _scale(config: DemoConfig) -> DemoConfig:
-    """`--quick`: each key of `QUICK` still at its default takes its quick value; a key the user
-    set keeps the user's value (`rlhfkit demo --quick ppo_steps=30` runs 30 PPO steps)."""
+    """`--quick`: each key of `QUICK` at its default value takes its quick value; a key set to any
+    other value keeps it (`rlhfkit demo --quick ppo_steps=30` runs 30 PPO steps)."""
     if config.quick:
         for name, value in QUICK.items():
             if getattr(config, name) == _default(name):
@@ -609,7 +609,8 @@ def _run_stages(config: DemoConfig) -> int:
     # list that run once, under its own name.
     default_beta = 0.1 if 0.1 in config.dpo_betas else config.dpo_betas[0]
     names = {"sft": "sft", best_of: best_of, "ppo": "ppo", "dpo": f"dpo_beta{default_beta:g}"}
-    for name, policy in {**names, "ppo_no_kl": "ppo_no_kl"}.items():
+    names["ppo_no_kl"] = "ppo_no_kl"
+    for name, policy in names.items():
         numbers = evaluation["policies"][policy]
         summary[name] = {k: numbers.get(k) for k in ("gold_reward", "proxy_reward", "kl")}
     summary["dpo_sweep"] = {

@@ -1,4 +1,4 @@
-"""Batched sampling with a KV cache: K responses per prompt, stopped at EOS.
+"""Batched sampling with a KV cache: K responses per prompt, stopped at an end token (EOS).
 
 One small interface for every stage that samples (`generate`, `ppo`, `eval`, `cai`, `label`):
 `sample_responses(model, prompt_ids, params, ...) -> Samples`. Prompts are left-padded so every
@@ -20,6 +20,7 @@ import torch
 from transformers import GenerationConfig
 
 from rlhfkit.data.collate import pad_left
+from rlhfkit.errors import ConfigError
 
 
 @dataclass
@@ -50,8 +51,15 @@ def end_ids(model: torch.nn.Module, tokenizer) -> list[int]:
         configured = []
     elif isinstance(configured, int):
         configured = [configured]
-    ids = [tokenizer.eos_token_id, *configured]
-    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+    ids = list(
+        dict.fromkeys(int(i) for i in [tokenizer.eos_token_id, *configured] if i is not None)
+    )
+    if not ids:
+        raise ConfigError(
+            "model: neither the tokenizer nor the generation config names an EOS token, so no "
+            "response could end: give the tokenizer an eos_token"
+        )
+    return ids
 
 
 def as_ids(eos_ids: int | Sequence[int]) -> list[int]:

@@ -59,9 +59,10 @@ def make_accelerator(
     trackers = [t for t in (report_to or []) if _tracker_available(t)]
     # One process may run several stages (`rlhfkit pipeline`, the demo, the Python API), each
     # with its own mixed precision, and accelerate keeps one process-wide state that refuses a
-    # second setting. No earlier stage's Accelerator is in use any more, so that state is dropped
-    # (the process group, held apart in PartialState, stays).
-    AcceleratorState._reset_state()
+    # second setting. No earlier stage's Accelerator is in use any more, so a state of another
+    # precision is dropped (the process group, held apart in PartialState, stays).
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
     check_processes_joined(accelerator, os.environ.get("WORLD_SIZE"))
     return accelerator
