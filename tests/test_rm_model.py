@@ -441,3 +441,22 @@ def test_flash_attention_without_its_package_is_a_one_line_error(tiny_model, mon
     # a package the model itself needs (custom code, quantisation) is the model's error
     error = missing_package_error("m", None, ImportError("No module named 'bitsandbytes'"))
     assert str(error) == "model: cannot load 'm': No module named 'bitsandbytes'"
+
+
+def test_an_attention_kernel_the_architecture_refuses_is_named_as_such(tiny_model, monkeypatch):
+    """transformers refuses sdpa for Gemma 2's sequence-classification model with a ValueError,
+    which rm reported as "has no sequence-classification variant"; the attention setting is what
+    to change."""
+    from rlhfkit.models.reward_model import build_reward_model
+
+    def refuse(*_args, **_kwargs):
+        raise ValueError(
+            "Gemma2ForSequenceClassification does not support an attention implementation "
+            "through torch.nn.functional.scaled_dot_product_attention yet."
+        )
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", refuse)
+    with pytest.raises(ConfigError, match=r"^attn_implementation: sdpa: Gemma2ForSeq"):
+        build_reward_model(str(tiny_model), attn_implementation="sdpa")
+    with pytest.raises(ConfigError, match="has no sequence-classification variant"):
+        build_reward_model(str(tiny_model))

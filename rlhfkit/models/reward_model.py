@@ -296,6 +296,9 @@ def build_reward_model(
     except OSError as err:
         raise ConfigError(f"model: cannot load {name_or_path!r}: {err}") from err
     except ValueError as err:
+        if attn_implementation and "attention implementation" in str(err).lower():
+            # the architecture has the variant; it refuses the attention kernel asked for
+            raise ConfigError(f"attn_implementation: {attn_implementation}: {err}") from err
         raise ConfigError(
             f"model: {name_or_path!r} has no sequence-classification variant in transformers: {err}"
         ) from err
