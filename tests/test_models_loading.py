@@ -279,3 +279,16 @@ def test_sequences_past_the_models_context_are_one_line_errors(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "max_length: 512 tokens, more than the model's context of 64 tokens" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_tokenizers_padding_side_is_kept_as_the_checkpoint_has_it(tmp_path):
+    """load_tokenizer forced padding_side="right", so every output model saved its tokenizer
+    right-padded whatever the base model said (Gemma's and others' say left); rlhfkit never
+    pads through the tokenizer, so the checkpoint's setting now stays."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.tokenizer import build_byte_tokenizer
+
+    tokenizer = build_byte_tokenizer()
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path)).padding_side == "left"

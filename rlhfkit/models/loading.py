@@ -238,7 +238,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = pad_token_for(tokenizer)
-    tokenizer.padding_side = "right"
+    # `padding_side` stays as the checkpoint has it (and is saved so with every output model):
+    # rlhfkit pads its batches itself (`data.collate`), on the side each use needs.
     return tokenizer
 
 
