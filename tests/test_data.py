@@ -358,3 +358,57 @@ def test_a_template_that_rewrites_the_prompt_once_a_response_follows_is_one_clea
     prompt = [{"role": "user", "content": "hi"}]
     with pytest.raises(RlhfkitError, match="renders a prompt differently once a response"):
         encode_completion(thinking, prompt, [{"role": "assistant", "content": "yo"}])
+
+
+def _turn(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def test_a_text_prompt_beside_whole_dialogues_is_read_as_the_dialogues_shared_start():
+    """HuggingFaceH4/ultrafeedback_binarized and the capybara DPO sets hold a text `prompt`
+    beside chosen/rejected dialogues that repeat it as their first user turn; dpo and rm
+    refused them ("a list of messages after a text prompt"). The prompt is now the dialogues'
+    shared start, as TRL reads it; a `prompt` that differs from that turn is still refused."""
+    from rlhfkit.data.formats import parse_preference
+    from rlhfkit.errors import DataError
+
+    row = {
+        "prompt": "Name a fruit.",
+        "prompt_id": "abc",
+        "chosen": [_turn("user", "Name a fruit."), _turn("assistant", "A pear.")],
+        "rejected": [_turn("user", "Name a fruit."), _turn("assistant", "No.")],
+        "messages": [_turn("user", "Name a fruit."), _turn("assistant", "A pear.")],
+        "score_chosen": 8.0,
+        "score_rejected": 3.0,
+    }
+    example = parse_preference(Record(row, "uf.jsonl", 3))
+    assert example.prompt == [_turn("user", "Name a fruit.")]
+    assert example.chosen == [_turn("assistant", "A pear.")]
+    assert example.rejected == [_turn("assistant", "No.")]
+    with pytest.raises(DataError, match=r"uf.jsonl:4: prompt: is text while chosen/rejected"):
+        parse_preference(Record({**row, "prompt": "Name a colour."}, "uf.jsonl", 4))
+
+
+def test_a_text_prompt_repeating_the_first_user_turn_of_messages_is_a_copy():
+    """HuggingFaceH4/ultrachat_200k's rows are {prompt, prompt_id, messages}, the prompt
+    repeating the first user turn: sft refused them as an ambiguous record. A prompt that says
+    something else still is ambiguous."""
+    from rlhfkit.errors import DataError
+
+    messages = [_turn("user", "Hi"), _turn("assistant", "Hello!")]
+    example = parse_sft(Record({"prompt": "Hi", "prompt_id": "x", "messages": messages}, "u", 1))
+    assert example.prompt == messages[:1] and example.completion == messages[1:]
+    with pytest.raises(DataError, match="ambiguous SFT record"):
+        parse_sft(Record({"prompt": "Bye", "messages": messages}, "u", 2))
+
+
+def test_raw_hh_rlhf_text_is_refused_with_what_to_use_instead():
+    from rlhfkit.data.formats import parse_preference
+    from rlhfkit.errors import DataError
+
+    row = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello there.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.",
+    }
+    with pytest.raises(DataError, match="hh.jsonl:1: prompt: missing field .*hh-rlhf-helpful-base"):
+        parse_preference(Record(row, "hh.jsonl", 1))

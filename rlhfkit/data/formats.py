@@ -9,7 +9,8 @@ Formats follow TRL's conventions, each either plain text or conversational
 - preference: `{"prompt", "chosen", "rejected"}`, optional `margin` (float), `criteria`
   (per-criterion verdicts) and `soft_label` (P(chosen beats rejected) in [0, 1], as `rlhfkit
   label` and `annotate export --aggregate soft` write it); conversations may leave the prompt
-  implicit (the shared prefix);
+  implicit (the shared prefix), and a text `prompt` beside whole dialogues that repeat it
+  (ultrafeedback_binarized) is read as that shared prefix;
 - ranking: `{"prompt", "responses": [...], "ranking": [best ... worst]}` (indices into responses).
 
 A response (completion, chosen, rejected, each of responses) follows its prompt's format: after a
@@ -18,8 +19,9 @@ with the assistant's turn; after a text prompt messages are refused.
 
 Each parser takes a `Record` and raises `DataError` as `file:line: field: problem`. A record
 holding the fields of two formats (`text` and `prompt`, `messages` and `completion`, `chosen` and
-`ranking`) is refused as ambiguous rather than read as one of them; a field whose value is None
-(how Parquet gives a column a row does not use) counts as absent.
+`ranking`) is refused as ambiguous rather than read as one of them, except a text `prompt` that
+only repeats the first user turn of `messages` (ultrachat_200k), which is a copy; a field whose
+value is None (how Parquet gives a column a row does not use) counts as absent.
 """
 
 from __future__ import annotations
@@ -155,9 +157,33 @@ SFT_LAYOUTS = (("prompt", "completion"), ("messages",), ("text",))
 COMPARISON_LAYOUTS = (("chosen", "rejected"), ("responses", "ranking"))
 
 
+def _first_user_text(messages: list) -> str | None:
+    """The content of a conversation's first user turn (None if it has none or is malformed)."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
+def _repeats_prompt(prompt: Any, conversation: Any) -> bool:
+    """Whether a text `prompt` column only repeats a conversation's first user turn, as in
+    HuggingFaceH4/ultrachat_200k and ultrafeedback_binarized (`prompt` beside whole dialogues)."""
+    if not isinstance(prompt, str) or not isinstance(conversation, list):
+        return False
+    first = _first_user_text(conversation)
+    return first is not None and first.strip() == prompt.strip()
+
+
 def parse_sft(record: Record) -> SFTExample:
-    """An SFT record: `{prompt, completion}`, `{messages}` or `{text}` (exactly one of them)."""
+    """An SFT record: `{prompt, completion}`, `{messages}` or `{text}` (exactly one of them).
+
+    A text `prompt` that repeats the first user turn of `messages` (ultrachat_200k's layout) is
+    a copy, not a second format: the record is read as `{messages}`."""
     data = record.data
+    if data.get("completion") is None and _repeats_prompt(data.get("prompt"), data.get("messages")):
+        data = {key: value for key, value in data.items() if key != "prompt"}
+        record = Record(data, record.source, record.line)
     _refuse_mixed_formats(record, "SFT", *SFT_LAYOUTS)
     if data.get("messages") is not None:
         if not isinstance(data["messages"], list):
@@ -202,12 +228,35 @@ def parse_preference(record: Record) -> PreferenceExample:
     # one; SFT completions may not.
     chosen = _text(record, "chosen", _require(record, "chosen"), allow_empty=True)
     rejected = _text(record, "rejected", _require(record, "rejected"), allow_empty=True)
-    if "prompt" in data and data["prompt"] is not None:
-        prompt = _text(record, "prompt", data["prompt"])
+    given = data.get("prompt")
+    whole_dialogues = (
+        isinstance(chosen, list)
+        and isinstance(rejected, list)
+        and bool(chosen)
+        and chosen[0]["role"] != "assistant"
+    )
+    if given is not None and isinstance(given, str) and whole_dialogues:
+        # HuggingFaceH4/ultrafeedback_binarized, capybara-dpo: a text `prompt` beside whole
+        # dialogues that hold it; the prompt is the dialogues' shared start (TRL reads it so).
+        if not _repeats_prompt(given, chosen):
+            raise record.error(
+                "prompt",
+                "is text while chosen/rejected are whole dialogues whose first user turn is "
+                "different; drop `prompt` (the dialogues' shared start is the prompt) or give "
+                "chosen/rejected as the replies only",
+            )
+        prompt, chosen, rejected = _split_implicit_prompt(record, chosen, rejected)
+    elif given is not None:
+        prompt = _text(record, "prompt", given)
     elif isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_implicit_prompt(record, chosen, rejected)
     else:
-        raise record.error("prompt", "missing field (an implicit prompt needs conversations)")
+        raise record.error(
+            "prompt",
+            "missing field (an implicit prompt needs conversations: give `prompt`, or chosen "
+            "and rejected as lists of {role, content} messages; for raw Anthropic/hh-rlhf text "
+            "use its conversational form, e.g. trl-lib/hh-rlhf-helpful-base)",
+        )
     chosen = _reply(record, "chosen", prompt, chosen)
     rejected = _reply(record, "rejected", prompt, rejected)
     margin = data.get("margin")
