@@ -55,14 +55,20 @@ def quiet_hf_progress_bars():
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-def model_context_length(model_config) -> int | None:
-    """The context length a transformers config states (None if it states none)."""
+def _context_entry(model_config) -> tuple[str, int] | None:
+    """The first of `CONTEXT_KEYS` a transformers config states, and its value."""
     text_config = model_config.get_text_config()
     for key in CONTEXT_KEYS:
         value = getattr(text_config, key, None)
         if isinstance(value, int) and value > 0:
-            return value
+            return key, value
     return None
+
+
+def model_context_length(model_config) -> int | None:
+    """The context length a transformers config states (None if it states none)."""
+    entry = _context_entry(model_config)
+    return entry[1] if entry else None
 
 
 def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
@@ -75,10 +81,9 @@ def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
         needed: The longest sequence, in tokens, the run can build.
         what: What sets that length, as the user writes it (e.g. "max_length").
     """
-    context = model_context_length(model.config)
-    if context is not None and needed > context:
-        text_config = model.config.get_text_config()
-        key = next(k for k in CONTEXT_KEYS if getattr(text_config, k, None) == context)
+    entry = _context_entry(model.config)
+    if entry is not None and needed > entry[1]:
+        key, context = entry
         raise ConfigError(
             f"{what}: {needed} tokens, more than the model's context of {context} tokens "
             f"({key} in its config); lower it"
