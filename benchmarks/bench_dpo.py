@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import SideResult, bench_main, format_table  # noqa: E402
+from harness import SideResult, bench_main, format_table, scratch_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -196,8 +196,7 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
     work = Path(args.workdir)
     data = work / f"pairs-{args.pairs}-{args.prompt_tokens}-{args.response_tokens}.jsonl"
     write_jsonl(data, make_records(args))
-    out = work / f"out-rlhfkit-{os.getpid()}"
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run: no cached reference log-probs
+    out = scratch_dir("bench-dpo-rlhfkit-")  # a fresh run: no cached reference log-probs
     chunking = []
     if args.pairs_per_forward is not None:
         chunking = [f"dpo.pairs_per_forward={args.pairs_per_forward}"]
@@ -231,15 +230,13 @@ def _run_rlhfkit(args, precompute: bool, extra: tuple[str, ...] = ()) -> SideRes
 
 
 def _run_trl(args, precompute: bool) -> SideResult:
-    import tempfile
-
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     model_dir = ensure_model(args)
-    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bench-dpo-datasets-")
+    os.environ["HF_DATASETS_CACHE"] = str(scratch_dir("bench-dpo-datasets-"))
     timings = {"reference_seconds": 0.0}
 
     class TimedDPOTrainer(DPOTrainer):
@@ -255,7 +252,7 @@ def _run_trl(args, precompute: bool) -> SideResult:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    out = tempfile.mkdtemp(prefix="bench-dpo-trl-")
+    out = str(scratch_dir("bench-dpo-trl-"))
     config = DPOConfig(
         output_dir=out,
         per_device_train_batch_size=args.batch_size,

@@ -31,7 +31,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from harness import (  # noqa: E402
     emit_result,
     format_table,
     run_alternating,
+    scratch_dir,
     set_threads,
     summarise,
     thread_env,
@@ -112,7 +112,7 @@ def run_rlhfkit(args) -> SideResult:
     from rlhfkit.recipes.ppo import PPOConfig, train
 
     policy, reward, prompt_file = _paths(args)
-    out = Path(tempfile.mkdtemp(prefix="bench-ppo-rlhfkit-"))
+    out = scratch_dir("bench-ppo-rlhfkit-")
     config = load_config(
         PPOConfig,
         overrides=[
@@ -165,7 +165,7 @@ def run_trl(args) -> SideResult:
     from trl.experimental.ppo import ppo_trainer as trl_ppo_module
 
     policy, reward, prompt_file = _paths(args)
-    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bench-ppo-datasets-")
+    os.environ["HF_DATASETS_CACHE"] = str(scratch_dir("bench-ppo-datasets-"))
     timings = {"generation": [], "step_ends": []}
     original_generation = trl_ppo_module.batch_generation
 
@@ -186,7 +186,7 @@ def run_trl(args) -> SideResult:
     tokenizer.padding_side = "left"
     texts = [json.loads(line)["prompt"] for line in prompt_file.read_text().splitlines()]
     dataset = Dataset.from_list([{"input_ids": tokenizer(t).input_ids} for t in texts])
-    out = tempfile.mkdtemp(prefix="bench-ppo-trl-")
+    out = str(scratch_dir("bench-ppo-trl-"))
     config = PPOConfig(
         output_dir=out,
         per_device_train_batch_size=args.prompts,

@@ -33,7 +33,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from harness import scratch_dir  # noqa: E402
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -100,7 +102,7 @@ def ppo_rows(args, policy: Path, reward: Path, prompts: Path) -> dict:
     from rlhfkit.config import load_config
     from rlhfkit.recipes.ppo import PPOConfig, train
 
-    out = Path(tempfile.mkdtemp(prefix="gpu-ppo-"))
+    out = scratch_dir("gpu-ppo-")
     config = load_config(
         PPOConfig,
         overrides=[

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_dpo  # noqa: E402
 import gpu_dpo  # noqa: E402
+from harness import scratch_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from rlhfkit.recipes.dpo import DPOConfig, train
 
     model = bench_dpo.ensure_model(args)
-    data = Path(tempfile.mkdtemp(prefix="profile-dpo-")) / "pairs.jsonl"
+    data = scratch_dir("profile-dpo-") / "pairs.jsonl"
     write_jsonl(data, bench_dpo.make_records(args))
     config = load_config(
         DPOConfig,

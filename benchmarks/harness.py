@@ -41,16 +41,20 @@ What is measured:
   (`peak_rss_self_mb`, same number unless the child spawned helpers).
 
 Helpers for other scripts: `SideResult`, `bench_main`, `run_alternating(sides, ...)` (the parent
-loop, usable without argparse), `summarise(measurements)`, `format_table(summary, reference)`.
+loop, usable without argparse), `summarise(measurements)`, `format_table(summary, reference)`,
+`scratch_dir(prefix)` (a temporary directory removed when the process exits: a side's output_dir
+and a library's caches).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -253,6 +257,17 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (a library started a parallel region first)
         pass
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary directory that is removed when this process exits.
+
+    For what a side writes only to be timed (its output_dir, a library's dataset cache): runs
+    of hundreds of MB each must not pile up in $TMPDIR or the repository.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def emit_result(result: SideResult) -> None:

@@ -4,6 +4,8 @@ clock of the DPO benchmark (the numbers in the docs' GPU tables come from these)
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -62,3 +64,23 @@ def test_rates_below_a_hundred_keep_three_significant_digits():
     row = {"runs": 1, "tokens_per_s": 0.769, "tokens_per_s_min": 0.7, "tokens_per_s_max": 0.8}
     table = format_table({"a": {**row, "peak_rss_mb": 10.0}})
     assert "| a | 1 | 0.769 | 0.7-0.8 | 10 |" in table
+
+
+def test_scratch_dir_is_removed_when_the_process_exits(tmp_path):
+    """A side's output_dir goes away with its process, even when the side crashes."""
+    benchmarks = Path(harness.__file__).parent
+    code = (
+        f"import sys; sys.path.insert(0, {str(benchmarks)!r}); import harness; "
+        "d = harness.scratch_dir('bench-test-'); (d / 'weights.bin').write_bytes(b'x' * 1024); "
+        "print(d, flush=True); raise RuntimeError('the side crashed')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 1 and "the side crashed" in done.stderr
+    made = Path(done.stdout.strip())
+    assert made.parent == tmp_path and made.name.startswith("bench-test-")
+    assert not made.exists()
