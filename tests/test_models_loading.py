@@ -91,6 +91,27 @@ def test_a_directory_without_a_tokenizer_is_a_one_line_config_error(tmp_path):
         load_tokenizer(str(tmp_path))
 
 
+def test_a_run_directory_given_for_its_model_names_the_model_directory(tmp_path):
+    """`model=runs/sft` or `ppo.reward_model=runs/rm` (a stage's OUT, not OUT/model) said only
+    "holds no tokenizer" or transformers' "Unrecognized model"; the error now names OUT/model.
+    A run directory is refused, not silently read as OUT/model: a pipeline's digests and PPO's
+    choice of critic read the path as given."""
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward_fn import load_reward_function
+
+    run = tmp_path / "rm"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "summary.json").write_text("{}")
+    expected = f"is a run directory; the model it wrote is '{run / 'model'}'"
+    with pytest.raises(ConfigError, match=f"^model: '{run}' {expected}"):
+        load_tokenizer(str(run))
+    with pytest.raises(ConfigError, match=f"^model: '{run}' {expected}"):
+        load_causal_lm(str(run))
+    with pytest.raises(ConfigError, match=f"^reward_model: '{run}' {expected}"):
+        load_reward_function(str(run))
+
+
 def test_dropout_is_off_in_train_mode_even_where_modules_copied_the_rate(tmp_path):
     """Llama's attention copies `config.attention_dropout` into a float when it is built, so
     zeroing the config afterwards left dropout live in the attention kernel (two train-mode

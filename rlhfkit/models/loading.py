@@ -184,11 +184,26 @@ def warn_if_16bit_training(model: torch.nn.Module, *, stacklevel: int = 2) -> bo
     return True
 
 
+def check_not_run_directory(path: str, key: str = "model") -> None:
+    """Refuse a stage's run directory (an `rlhfkit sft/rm/dpo/ppo` OUT) where its model is meant,
+    saying which directory that is: OUT/model (OUT itself holds no config.json)."""
+    if (
+        os.path.isdir(path)
+        and not os.path.isfile(os.path.join(path, "config.json"))
+        and os.path.isfile(os.path.join(path, "model", "config.json"))
+    ):
+        raise ConfigError(
+            f"{key}: {path!r} is a run directory; the model it wrote is "
+            f"{os.path.join(path, 'model')!r}"
+        )
+
+
 def _check_source(name_or_path: str) -> None:
     """Fail early with a clear message for an empty name or a local path that does not exist."""
     if not name_or_path:
         raise ConfigError("model: no model given (a local directory or a hub id)")
     if os.path.isdir(name_or_path):
+        check_not_run_directory(name_or_path)
         return
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local or os.path.exists(name_or_path):

@@ -44,6 +44,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.models.head_scorer import HeadScorer, ensemble_reward, is_ensemble
 from rlhfkit.models.loading import (
     LoraSettings,
+    check_not_run_directory,
     disable_dropout,
     enable_checkpointing,
     load_tokenizer,
@@ -395,6 +396,7 @@ def load_reward_model(
     directory = str(directory)
     if not os.path.isdir(directory):
         raise ConfigError(f"reward_model: {directory!r} is not a directory")
+    check_not_run_directory(directory, "reward_model")
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
