@@ -108,6 +108,23 @@ def test_messages_given_as_a_string(tmp_path, tokenizer):
         _sft(path, tokenizer)
 
 
+def test_message_content_given_as_a_list_of_parts(tmp_path, tokenizer):
+    """OpenAI-style content parts are refused by name (they used to read "got list")."""
+    row = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+        ]
+    }
+    path = _write(tmp_path / "m.jsonl", [json.dumps(row)])
+    with pytest.raises(
+        DataError,
+        match=r"m\.jsonl:1: messages\[1\]\.content: expected a string, got a list of content "
+        r"parts; .*give each message's text as one string",
+    ):
+        _sft(path, tokenizer)
+
+
 def test_a_directory_is_not_a_missing_file(tmp_path):
     (tmp_path / "data.jsonl").mkdir()
     for spec in (tmp_path, tmp_path / "data.jsonl"):

@@ -99,6 +99,12 @@ def _text(record: Record, name: str, value: Any, *, allow_empty: bool = False) -
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
                 raise record.error(f"{where}.role", f"expected one of {ROLES}, got {role!r}")
+            if isinstance(content, list):  # OpenAI-style parts: [{"type": "text", ...}, ...]
+                raise record.error(
+                    f"{where}.content",
+                    "expected a string, got a list of content parts; rlhfkit trains text "
+                    "models on text: give each message's text as one string",
+                )
             if not isinstance(content, str):
                 raise record.error(
                     f"{where}.content", f"expected a string, got {type(content).__name__}"
