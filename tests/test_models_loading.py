@@ -290,6 +290,11 @@ def test_sequences_past_the_models_context_are_one_line_errors(tmp_path):
     directory = tmp_path / "gpt2"
     model.save_pretrained(directory)
     build_byte_tokenizer().save_pretrained(directory)
+    with pytest.raises(ConfigError, match=r"max_length: 65 tokens, more than the model's context"):
+        check_context(str(directory), 65, "max_length")  # its config.json, without the weights
+    # The recipes check before they load the weights (a large model's load takes minutes): with
+    # the weights gone, the context error still comes first.
+    (directory / "model.safetensors").unlink()
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"prompt": "Hi", "completion": " there"}) + "\n")
     result = subprocess.run(
@@ -300,6 +305,7 @@ def test_sequences_past_the_models_context_are_one_line_errors(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "max_length: 512 tokens, more than the model's context of 64 tokens" in result.stderr
     assert "Traceback" not in result.stderr
+    check_context(str(tmp_path / "no-such-model"), 10**6, "max_length")  # loading will say why
 
 
 def test_the_tokenizers_padding_side_is_kept_as_the_checkpoint_has_it(tmp_path):

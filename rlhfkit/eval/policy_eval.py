@@ -202,12 +202,12 @@ def sample_policy(
     from rlhfkit.rollout.sampling import SamplingParams, end_ids, sample_responses
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, dtype=dtype, trainable=False).to(resolve_device(device))
     if max_prompt_length > 0:  # as `ppo` and `generate` cut them: the start goes
         prompt_ids, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
     else:
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    check_sampling_context(model, prompt_ids, max_new_tokens)
+    check_sampling_context(model_dir, prompt_ids, max_new_tokens)
+    model = load_causal_lm(model_dir, dtype=dtype, trainable=False).to(resolve_device(device))
     prompt_texts = [render_prompt(tokenizer, p) for p in prompts]
     samples = sample_responses(
         model, prompt_ids, SamplingParams(max_new_tokens, temperature, top_p),

@@ -12,7 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from rlhfkit.errors import ConfigError
 
@@ -71,17 +76,30 @@ def model_context_length(model_config) -> int | None:
     return entry[1] if entry else None
 
 
-def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
+def _model_config(source):
+    """The transformers config of a model, or of the model at a path (read without weights);
+    None where a path's config cannot be read (loading the model then says why)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source.config
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+
+
+def check_context(model: torch.nn.Module | str, needed: int, what: str) -> None:
     """Refuse sequences longer than the model's context: a model with learned positions (GPT-2)
     indexes past its table (an IndexError on a CPU, a device-side assert on a GPU), and a
     rotary one runs where it was never trained.
 
     Args:
-        model: A transformers model (or a wrapper with its `config`).
+        model: A transformers model (or a wrapper with its `config`), or a model's directory or
+            hub id: recipes check before they load the weights, so the error comes at once.
         needed: The longest sequence, in tokens, the run can build.
         what: What sets that length, as the user writes it (e.g. "max_length").
     """
-    entry = _context_entry(model.config)
+    model_config = _model_config(model)
+    entry = _context_entry(model_config) if model_config is not None else None
     if entry is not None and needed > entry[1]:
         key, context = entry
         raise ConfigError(
@@ -91,7 +109,7 @@ def check_context(model: torch.nn.Module, needed: int, what: str) -> None:
 
 
 def check_sampling_context(
-    model: torch.nn.Module, prompt_ids: list[list[int]], max_new_tokens: int
+    model: torch.nn.Module | str, prompt_ids: list[list[int]], max_new_tokens: int
 ) -> None:
     """`check_context` for sampling: the longest prompt, as cut, plus `max_new_tokens`."""
     longest = max((len(row) for row in prompt_ids), default=0)

@@ -693,6 +693,7 @@ def train(config: DPOConfig) -> dict:
         eval_pairs, eval_stats = load_pairs(config.eval_data, tokenizer, **lengths_kw)
         run.print(f"[bold]eval data[/] {config.eval_data}: {eval_stats.summary()}")
 
+    check_context(config.model, config.max_length, "max_length")
     lm = load_causal_lm(
         config.model,
         dtype=config.dtype,
@@ -700,7 +701,6 @@ def train(config: DPOConfig) -> dict:
         lora=lora_settings(config),
         attn_implementation=config.attn_implementation or None,
     )
-    check_context(lm, config.max_length, "max_length")
     if config.compile:
         compile_blocks(lm)
     model = TokenLogprobs(lm)

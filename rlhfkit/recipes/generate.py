@@ -40,14 +40,14 @@ def run(config: GenerateConfig) -> int:
         raise ConfigError("n: must be at least 1")
     tokenizer = load_tokenizer(config.model)
     examples = load_prompts(config.prompts)
-    model = load_causal_lm(config.model, dtype=config.dtype, trainable=False)
     ids, cut = encode_prompts(tokenizer, [e.prompt for e in examples], config.max_prompt_length)
     if cut:
         console.print(
             f"[yellow]{cut} prompts longer than max_prompt_length={config.max_prompt_length} "
             "tokens lose their start[/]"
         )
-    check_sampling_context(model, ids, config.max_new_tokens)
+    check_sampling_context(config.model, ids, config.max_new_tokens)
+    model = load_causal_lm(config.model, dtype=config.dtype, trainable=False)
     params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     from rich.progress import Progress
 

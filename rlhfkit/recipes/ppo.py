@@ -658,6 +658,7 @@ def train(config: PPOConfig) -> dict:
     )
 
     # --- models ---------------------------------------------------------------------------
+    check_sampling_context(config.model, [*prompt_ids, *eval_ids], config.max_new_tokens)
     reward_fn = _load_reward(options.reward_model, "ppo.reward_model", dtype=config.dtype)
     if options.uncertainty_coef > 0:
         reward_fn = _penalise_uncertainty(reward_fn, options)
@@ -670,7 +671,6 @@ def train(config: PPOConfig) -> dict:
         lora=lora,
         attn_implementation=config.attn_implementation or None,
     )
-    check_sampling_context(lm, [*prompt_ids, *eval_ids], config.max_new_tokens)
     critic, value_head = None, None
     if options.advantage_estimator == "gae":
         if options.value_head_on_policy:

@@ -444,6 +444,7 @@ def train(config: RMConfig) -> dict:
         reference_samples(config, tokenizer, comparisons) if config.rm.normalize else None
     )
 
+    check_context(config.model, config.max_length, "max_length")
     model = build_reward_model(
         config.model,
         num_heads=config.rm.ensemble,
@@ -454,7 +455,6 @@ def train(config: RMConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
         seed=config.seed,
     )
-    check_context(model, config.max_length, "max_length")
     start_info = read_reward_info(config.model)
     if start_info is not None and start_info.normalized_on and not config.rm.normalize:
         # build_reward_model starts at gain 1, bias 0: the stored fit is for the old weights.

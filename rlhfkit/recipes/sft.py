@@ -156,6 +156,7 @@ def train(config: SFTConfig) -> dict:
         run.print(f"[bold]eval data[/] {config.eval_data}: {eval_stats.summary()}")
         eval_rows = _rows(eval_examples, config)
 
+    check_context(config.model, config.max_length, "max_length")
     lm = load_causal_lm(
         config.model,
         dtype=config.dtype,
@@ -163,7 +164,6 @@ def train(config: SFTConfig) -> dict:
         lora=lora_settings(config, allow_dropout=True),
         attn_implementation=config.attn_implementation or None,
     )
-    check_context(lm, config.max_length, "max_length")
     if config.compile:
         compile_blocks(lm)
     model = TokenLogprobs(lm)
