@@ -275,12 +275,8 @@ def test_packed_text_records_never_train_across_examples():
     ]  # fmt: skip
 
 
-def test_text_records_start_with_bos_where_the_tokenizer_has_one(tmp_path):
-    """A Llama-style tokenizer prepends BOS to every encoded text. A `{"text"}` record has an
-    empty prompt, which must still encode as `[bos]`, so the text's first token is trained as
-    following BOS (as in pretraining) rather than not at all. The byte tokenizer with a
-    TemplateProcessing post-processor "<|im_start|> $A" (id 2) is that tokenizer: "hi" ->
-    prompt [2], completion [h, i, eos]. Without BOS (the plain byte tokenizer) the prompt is []."""
+def _bos_tokenizer():
+    """The byte tokenizer prepending a BOS, "<|im_start|>" (id 2), as Llama's does."""
     from tokenizers import processors
 
     with_bos = build_byte_tokenizer()
@@ -288,6 +284,40 @@ def test_text_records_start_with_bos_where_the_tokenizer_has_one(tmp_path):
     with_bos._tokenizer.post_processor = processors.TemplateProcessing(
         single="<|im_start|> $A", special_tokens=[("<|im_start|>", 2)]
     )
+    return with_bos
+
+
+def test_prompts_cut_from_the_left_keep_their_bos(tmp_path):
+    """Cutting a prompt's start dropped its BOS, so Llama- or Gemma-style models saw a long
+    prompt without the token they were always trained with first. BOS id 2, "abcdefgh" -> 8 ids:
+    a prompt [2, a..h] (9 ids) cut to 4 is [2, f, g, h] (BOS + the last 3), in training
+    (`truncate`) and in sampling (`encode_prompts`); without a BOS the last 4, [e, f, g, h]."""
+    from rlhfkit.data.tokenize import keep_end
+
+    assert keep_end([2, 5, 6, 7, 8], 3, bos_id=2) == [2, 7, 8]
+    assert keep_end([2, 5, 6, 7, 8], 3, bos_id=None) == [6, 7, 8]
+    assert keep_end([9, 5, 6, 7, 8], 3, bos_id=2) == [6, 7, 8]  # no BOS in front: plain cut
+    assert keep_end([2, 5, 6], 3, bos_id=2) == [2, 5, 6]  # short enough: unchanged
+    assert keep_end([2, 5, 6, 7], 1, bos_id=2) == [7]  # no room for BOS and text: the text
+
+    with_bos = _bos_tokenizer()
+    letters = with_bos("abcdefgh", add_special_tokens=False).input_ids
+    (ids,), cut = encode_prompts(with_bos, ["abcdefgh"], 4)
+    assert ids == [2, *letters[-3:]] and cut == 1
+    data = _write(tmp_path / "d.jsonl", [json.dumps({"prompt": "abcdefgh", "completion": "z"})])
+    (example,), stats = load_sft(data, with_bos, max_length=16, max_prompt_length=4)
+    assert example.prompt_ids == [2, *letters[-3:]] and stats.prompt_truncated == 1
+    (plain,), _ = encode_prompts(build_byte_tokenizer(), ["abcdefgh"], 4)
+    assert plain == letters[-4:]
+
+
+def test_text_records_start_with_bos_where_the_tokenizer_has_one(tmp_path):
+    """A Llama-style tokenizer prepends BOS to every encoded text. A `{"text"}` record has an
+    empty prompt, which must still encode as `[bos]`, so the text's first token is trained as
+    following BOS (as in pretraining) rather than not at all. The byte tokenizer with a
+    TemplateProcessing post-processor "<|im_start|> $A" (id 2) is that tokenizer: "hi" ->
+    prompt [2], completion [h, i, eos]. Without BOS (the plain byte tokenizer) the prompt is []."""
+    with_bos = _bos_tokenizer()
     data = _write(tmp_path / "t.jsonl", [json.dumps({"text": "hi"})])
     (example,), _ = load_sft(data, with_bos, max_length=16, max_prompt_length=8)
     hi = with_bos("hi", add_special_tokens=False).input_ids
@@ -301,15 +331,9 @@ def test_a_prompt_already_starting_with_bos_gets_no_second_one():
     """A prompt a chat template rendered (Llama 3's writes BOS itself) and then handed on as
     text (`rlhfkit cai revise` did so, so does an HTTP scorer's client) used to get the
     tokenizer's BOS again: [2, 2, ...]. Byte tokenizer with BOS "<|im_start|>" (id 2)."""
-    from tokenizers import processors
-
     from rlhfkit.data.tokenize import encode_prompt
 
-    with_bos = build_byte_tokenizer()
-    with_bos.bos_token = "<|im_start|>"
-    with_bos._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 2)]
-    )
+    with_bos = _bos_tokenizer()
     hi = with_bos("hi", add_special_tokens=False).input_ids
     assert encode_prompt(with_bos, "hi") == [2, *hi]
     assert encode_prompt(with_bos, "<|im_start|>hi") == [2, *hi]

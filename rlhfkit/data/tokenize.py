@@ -117,16 +117,26 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> list[int]
     return tokenizer(text, add_special_tokens=special).input_ids
 
 
+def keep_end(ids: list[int], length: int, bos_id: int | None = None) -> list[int]:
+    """`ids` cut from the left to `length` tokens (the end of a prompt, next to the response,
+    matters most), keeping a leading `bos_id`: a model trained with BOS first (Llama, Gemma)
+    sees it first still, and the cut comes after it. Rows of `length` tokens or fewer stay."""
+    if len(ids) <= length:
+        return ids
+    if bos_id is not None and length >= 2 and ids[0] == bos_id:
+        return ids[:1] + ids[len(ids) - length + 1 :]
+    return ids[len(ids) - length :]
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[Text], max_prompt_length: int
 ) -> tuple[list[list[int]], int]:
-    """Prompts to sample from: ids of each, cut from the left to `max_prompt_length` tokens (the
-    end of a prompt, next to the response, matters most), and how many were cut."""
+    """Prompts to sample from: ids of each, cut to `max_prompt_length` tokens by `keep_end`, and
+    how many were cut."""
     ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
     truncated = sum(len(row) > max_prompt_length for row in ids)
-    return [
-        row[len(row) - max_prompt_length :] if len(row) > max_prompt_length else row for row in ids
-    ], truncated
+    bos_id = tokenizer.bos_token_id
+    return [keep_end(row, max_prompt_length, bos_id) for row in ids], truncated
 
 
 def encode_completion(
@@ -163,12 +173,17 @@ class Encoded:
 
 
 def truncate(
-    prompt_ids: list[int], completion_ids: list[int], *, max_length: int, max_prompt_length: int
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    bos_id: int | None = None,
 ) -> Encoded:
-    """Apply the truncation policy: prompt from the left, then completion from the right."""
+    """Apply the truncation policy: prompt from the left (a leading `bos_id` kept, `keep_end`),
+    then completion from the right."""
     prompt_truncated = len(prompt_ids) > max_prompt_length
-    if prompt_truncated:
-        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
+    prompt_ids = keep_end(prompt_ids, max_prompt_length, bos_id)
     room = max(max_length - len(prompt_ids), 0)
     completion_truncated = len(completion_ids) > room
     return Encoded(prompt_ids, completion_ids[:room], prompt_truncated, completion_truncated)
@@ -189,6 +204,7 @@ def encode_example(
         encode_completion(tokenizer, prompt, completion),
         max_length=max_length,
         max_prompt_length=max_prompt_length,
+        bos_id=tokenizer.bos_token_id,
     )
     if stats is not None:
         stats.examples += 1

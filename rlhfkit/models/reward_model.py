@@ -480,6 +480,7 @@ def encode_pair(
         response_ids,
         max_length=max_length,
         max_prompt_length=max_prompt_length,
+        bos_id=tokenizer.bos_token_id,
     )
     return encoded.prompt_ids, encoded.completion_ids
 

@@ -187,6 +187,7 @@ def load_pairs(
                     encode_completion(tokenizer, prompt, completion),
                     max_length=max_length,
                     max_prompt_length=max_prompt_length,
+                    bos_id=tokenizer.bos_token_id,
                 )
                 for completion in (chosen, rejected)
             ]

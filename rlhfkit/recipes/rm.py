@@ -163,6 +163,7 @@ def encode_comparisons(
                 encode_completion(tokenizer, example.prompt, text),
                 max_length=max_length,
                 max_prompt_length=max_prompt_length,
+                bos_id=tokenizer.bos_token_id,
             )
             prompt_ids = encoded.prompt_ids
             stats.completion_truncated += encoded.completion_truncated
