@@ -397,3 +397,102 @@ def test_unsupported_parameters_at_their_defaults_are_accepted(serve_client):
     assert with_defaults.json()["choices"] == plain["choices"]
     chat = _chat(serve_client, [USER_HI], **defaults)
     assert chat.status_code == 200
+
+
+def _sse_events(serve_client, path: str, body: dict) -> list[dict]:
+    with serve_client.stream("POST", path, json={**body, "stream": True}) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def test_usage_counts_each_prompt_once_and_streams_report_it_when_asked(serve_client):
+    """`usage.prompt_tokens` was multiplied by `n` (OpenAI and vLLM count a prompt once), and
+    `stream_options.include_usage` was ignored: a stream now ends with a chunk of no choices and
+    the usage, the same as the request's without streaming (greedy, so the same tokens)."""
+    tokenizer = serve_client.app_ref.state.batcher.tokenizer
+    prompts = [PROMPT, "User: Hi\nBot:"]
+    ask = {"prompt": prompts, "max_tokens": 3, "n": 2}
+    usage = serve_client.post("/v1/completions", json=ask).json()["usage"]
+    assert usage["prompt_tokens"] == sum(len(tokenizer(p).input_ids) for p in prompts)
+    assert usage["completion_tokens"] <= 2 * 2 * 3
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    once = serve_client.post("/v1/chat/completions", json=chat).json()["usage"]
+    twice = serve_client.post("/v1/chat/completions", json={**chat, "n": 2}).json()["usage"]
+    assert twice["prompt_tokens"] == once["prompt_tokens"]
+
+    for path, body in (
+        ("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "n": 2}),
+        ("/v1/chat/completions", {**chat, "temperature": 0, "n": 2}),
+    ):
+        whole = serve_client.post(path, json=body).json()["usage"]
+        assert whole["completion_tokens"] > 0
+        events = _sse_events(
+            serve_client, path, {**body, "stream_options": {"include_usage": True}}
+        )
+        assert events[-1]["choices"] == [] and events[-1]["usage"] == whole
+        assert all("usage" not in e for e in events[:-1])
+        plain = _sse_events(serve_client, path, body)
+        assert all(e["choices"] for e in plain)  # no usage chunk unless asked
+    refused = serve_client.post(
+        "/v1/completions",
+        json={"prompt": PROMPT, "stream": True, "stream_options": {"include_usage": "yes"}},
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "include_usage"
+
+
+def test_chat_logprobs_must_be_a_boolean_and_come_with_top_logprobs(serve_client):
+    """`"logprobs": "false"` switched log-probs on (read by truthiness), and `top_logprobs`
+    without `logprobs: true` was silently ignored; OpenAI answers 400 to both."""
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    for extra, param in (
+        ({"logprobs": "false"}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+    ):
+        response = serve_client.post("/v1/chat/completions", json={**chat, **extra})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+    off = serve_client.post("/v1/chat/completions", json={**chat, "logprobs": False}).json()
+    assert off["choices"][0]["logprobs"] is None
+
+
+def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_model_not_found(serve_client):
+    """`client.models.retrieve(id)` (GET /v1/models/{id}) had no route (404 "no such
+    endpoint"); an unknown model's error now carries OpenAI's code, `model_not_found`."""
+    card = serve_client.get("/v1/models/tiny-test").json()
+    assert card == serve_client.get("/v1/models").json()["data"][0]
+    for response in (
+        serve_client.get("/v1/models/gpt-9"),
+        serve_client.post("/v1/completions", json={"prompt": "x", "model": "gpt-9"}),
+    ):
+        error = response.json()["error"]
+        assert response.status_code == 404
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+def test_the_checkpoints_generation_config_does_not_change_what_is_served(tiny_model, tmp_path):
+    """A checkpoint's generation_config.json (Qwen2.5-Instruct ships a repetition_penalty) was
+    applied by `generate` to every request: greedy decoding then picked tokens other than the
+    argmax of the log-probs the server reported. The server samples with the request's settings
+    only, as `rlhfkit generate` and PPO do (`only_given_settings`): the same model with a
+    repetition_penalty of 3 and no_repeat_ngram_size 2 in that file serves the same tokens."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.recipes.serve import create_app
+
+    changed = tmp_path / "penalised"
+    shutil.copytree(tiny_model, changed)
+    config_file = changed / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config.update(repetition_penalty=3.0, no_repeat_ngram_size=2)
+    config_file.write_text(json.dumps(config))
+    ask = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "logprobs": 1}
+    served = []
+    for directory in (tiny_model, changed):
+        with TestClient(create_app(str(directory), batch_wait_ms=1.0)) as client:
+            served.append(client.post("/v1/completions", json=ask).json()["choices"][0])
+    assert served[1]["text"] == served[0]["text"]
+    logprobs = served[1]["logprobs"]
+    for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True):
+        assert list(top) == [token]  # greedy: each token is the argmax of its step

@@ -62,6 +62,7 @@ from rlhfkit.serving.batching import BatchedGenerator, GenJob
 from rlhfkit.serving.http_errors import ApiError, install_error_handlers, read_json_body
 from rlhfkit.serving.openai_protocol import (
     TokenTable,
+    bool_param,
     chat_logprobs,
     chat_messages,
     check_unsupported,
@@ -71,6 +72,7 @@ from rlhfkit.serving.openai_protocol import (
     number_param,
     requested_max_tokens,
     stop_list,
+    stream_usage,
 )
 from rlhfkit.serving.prompt_limits import PromptEncoder, server_prompt_limits
 from rlhfkit.serving.text_stream import Choice, TextStream, choice_of_row
@@ -188,16 +190,25 @@ def create_app(
         if not isinstance(body, dict):
             raise ApiError("the request body must be a JSON object")
         check_unsupported(body)
-        requested = body.get("model")
+        _check_model(body.get("model"))
+        return body
+
+    def _check_model(requested: str | None) -> None:
         if requested not in (None, "", name, model_dir):
             raise ApiError(
-                f"model {requested!r} is not served here; this serves {name!r}", "model", 404
+                f"model {requested!r} is not served here; this serves {name!r}",
+                "model",
+                404,
+                code="model_not_found",
             )
-        return body
+
+    def _model_card() -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "rlhfkit"}
 
     def _jobs(prompts: list[list[int]], n: int, body: dict, max_default: int, top: int, param: str):
         """The jobs of a request, ``n`` rows per prompt (validating its sampling keys and that
-        each prompt and its new tokens fit the context), and its prompt token count."""
+        each prompt and its new tokens fit the context), and its prompt token count (each
+        prompt counted once, whatever ``n``, as OpenAI and vLLM count it)."""
         requested = requested_max_tokens(body)
         temperature = number_param(body, "temperature", 1.0, float, 0.0, 2.0)
         if temperature < GREEDY_BELOW:  # logits / 1e-45 overflow; sampling's limit is greedy
@@ -214,7 +225,7 @@ def create_app(
             )
             for ids in prompts
         ]
-        return jobs, sum(len(ids) * n for ids in prompts)
+        return jobs, sum(len(ids) for ids in prompts)
 
     async def _generate(jobs: list[GenJob], stop: list[str]) -> list[Choice]:
         """Generate ``jobs`` and decode their rows (off the event loop, which serves the other
@@ -228,10 +239,13 @@ def create_app(
                 fut.cancel()  # a no-op on a finished job
         return await asyncio.to_thread(lambda: [choice_of_row(tokenizer, r, stop) for r in rows])
 
-    async def _stream(jobs: list[GenJob], stop: list[str]) -> AsyncIterator[tuple[int, Choice]]:
+    async def _stream(
+        jobs: list[GenJob], stop: list[str], sent_tokens: list[int]
+    ) -> AsyncIterator[tuple[int, Choice]]:
         """Generate ``jobs`` and yield (choice index, chunk) as their text can be sent: each
         choice's text chunks (finish_reason None), then one empty chunk with its finish_reason.
-        Raises what generation raised."""
+        ``sent_tokens[0]`` grows by the tokens of the chunks yielded (the usage of a finished
+        stream). Raises what generation raised."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
 
@@ -258,12 +272,14 @@ def create_app(
                 else:
                     stream = streams[key]
                     for chunk in stream.push(item.token_id, item.logprob, item.top_logprobs):
+                        sent_tokens[0] += len(chunk.token_ids)
                         yield key, chunk
                     ends = [(key, "stop")] if stream.done else []  # a stop string ended it
                 for i, finish in ends:
                     if ended[i]:
                         continue
                     for chunk in streams[i].close(finish):
+                        sent_tokens[0] += len(chunk.token_ids)
                         yield i, chunk
                     yield i, Choice("", streams[i].finish_reason, [], [], None, None)
                     ended[i] = True
@@ -271,8 +287,7 @@ def create_app(
             for job in jobs:
                 job.future.cancel()
 
-    def _usage(prompt_tokens: int, choices: list[Choice]) -> dict:
-        completion = sum(len(c.token_ids) for c in choices)
+    def _usage(prompt_tokens: int, completion: int) -> dict:
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
@@ -295,16 +310,31 @@ def create_app(
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    def _usage_chunk(rid: str, now: int, obj: str, prompt_tokens: int, sent: int) -> dict:
+        """The last chunk of a stream with ``stream_options.include_usage``: no choices, the
+        request's usage (OpenAI's shape)."""
+        usage = _usage(prompt_tokens, sent)
+        return {
+            "id": rid,
+            "object": obj,
+            "created": now,
+            "model": name,
+            "choices": [],
+            "usage": usage,
+        }
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": name, **batcher.stats}
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "rlhfkit"}],
-        }
+        return {"object": "list", "data": [_model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        _check_model(model_id)
+        return _model_card()
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -324,10 +354,12 @@ def create_app(
         jobs, prompt_tokens = _jobs(encoded, n, body, 16, top, "prompt")
         rid, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
+            include_usage = stream_usage(body)
 
             async def events():
                 offsets = [0] * (len(jobs) * jobs[0].n)  # text_offset of each choice's next token
-                async for i, c in _stream(jobs, stop):
+                sent = [0]
+                async for i, c in _stream(jobs, stop, sent):
                     if c.finish_reason is None and not c.text and c.logprobs is None:
                         continue  # nothing to say
                     yield chunk_event(
@@ -343,6 +375,8 @@ def create_app(
                         },
                     )
                     offsets[i] += len(c.text)
+                if include_usage:
+                    yield _usage_chunk(rid, now, "text_completion", prompt_tokens, sent[0])
 
             return _sse(events())
         choices = await _generate(jobs, stop)
@@ -360,7 +394,7 @@ def create_app(
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(prompt_tokens, choices),
+            "usage": _usage(prompt_tokens, sum(len(c.token_ids) for c in choices)),
         }
 
     @app.post("/v1/chat/completions")
@@ -368,14 +402,17 @@ def create_app(
         body = await _body(request)
         messages = chat_messages(body.get("messages"))
         top = -1
-        if body.get("logprobs"):
+        if bool_param(body, "logprobs"):
             top = number_param(body, "top_logprobs", 0, int, 0, vocab)
+        elif body.get("top_logprobs") is not None:
+            raise ApiError("top_logprobs needs logprobs set to true", "top_logprobs")
         stop = stop_list(body)
         n = choices_per_prompt(body, 1, max_choices)
         encoded = await asyncio.to_thread(app.state.prompts.chat, messages)
         jobs, prompt_tokens = _jobs([encoded], n, body, default_max_tokens, top, "messages")
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
+            include_usage = stream_usage(body)
 
             def event(choice: dict) -> dict:
                 return chunk_event(rid, now, name, "chat.completion.chunk", choice)
@@ -390,7 +427,8 @@ def create_app(
                             "finish_reason": None,
                         }
                     )
-                async for i, c in _stream(jobs, stop):
+                sent = [0]
+                async for i, c in _stream(jobs, stop, sent):
                     if c.finish_reason is not None:
                         yield event(
                             {
@@ -409,6 +447,8 @@ def create_app(
                                 "finish_reason": None,
                             }
                         )
+                if include_usage:
+                    yield _usage_chunk(rid, now, "chat.completion.chunk", prompt_tokens, sent[0])
 
             return _sse(events())
         choices = await _generate(jobs, stop)
@@ -426,7 +466,7 @@ def create_app(
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(prompt_tokens, choices),
+            "usage": _usage(prompt_tokens, sum(len(c.token_ids) for c in choices)),
         }
 
     return app

@@ -28,7 +28,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from rlhfkit.data.collate import pad_left
-from rlhfkit.rollout.sampling import end_ids
+from rlhfkit.rollout.sampling import end_ids, only_given_settings
 
 
 @dataclass
@@ -298,19 +298,22 @@ class BatchedGenerator:
             if any(job.on_token is not None for _, job, _ in chunk):
                 logits = None
                 if any(job.on_token is not None and job.top_logprobs >= 0 for _, job, _ in chunk):
-                    logits = []
                     # one recorded entry per forward, so one forward per token: the prefill is
-                    # not split in chunks (only set when the model's config asks for chunks)
-                    if getattr(self.model.generation_config, "prefill_chunk_size", None):
-                        kwargs["prefill_chunk_size"] = None
+                    # not split in chunks (only a checkpoint's generation config asks for that,
+                    # and `only_given_settings` leaves it out)
+                    logits = []
                     hook = self.model.register_forward_hook(_logits_recorder(logits))
                 kwargs["streamer"] = _RowStreamer(
                     [(job, r) for _, job, r in chunk], eos_ids, logits
                 )
             try:
-                generated = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention, **kwargs
-                )
+                # the request's settings only: a checkpoint's generation_config.json (a
+                # repetition_penalty, no_repeat_ngram_size, ...) would change the distribution
+                # the reported log-probs are of, and make temperature 0 other than greedy
+                with only_given_settings(self.model):
+                    generated = self.model.generate(
+                        input_ids=input_ids, attention_mask=attention, **kwargs
+                    )
             finally:
                 if hook is not None:
                     hook.remove()

@@ -18,14 +18,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """A request the server refuses, reported in OpenAI's error shape."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
+    def __init__(
+        self, message: str, param: str | None = None, status: int = 400, code: str | None = None
+    ):
         super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+        self.message, self.param, self.status, self.code = message, param, status, code
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+def error_body(
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -34,7 +41,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(err.message, param=err.param), status_code=err.status)
+        return JSONResponse(
+            error_body(err.message, param=err.param, code=err.code), status_code=err.status
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:

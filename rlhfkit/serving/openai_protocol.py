@@ -179,6 +179,28 @@ def number_param(body: dict, key: str, default: Any, cast: type, low: float, hig
     return cast(value)
 
 
+def bool_param(body: dict, key: str) -> bool:
+    """``body[key]`` as a boolean (false where absent or null); a 400 for anything else, as
+    OpenAI answers: the string "false" must not switch a feature on."""
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(f"{key} must be true or false, got {json.dumps(value)}", key)
+    return value
+
+
+def stream_usage(body: dict) -> bool:
+    """Whether a streamed request asks for a last chunk with its usage
+    (``stream_options: {"include_usage": true}``)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ApiError("stream_options must be an object", "stream_options")
+    return bool_param(options, "include_usage")
+
+
 # OpenAI's limit on stop strings: each is looked for after every generated token, so an unbounded
 # list would hold the event loop.
 MAX_STOP = 4
