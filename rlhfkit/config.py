@@ -555,13 +555,19 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        what = " ".join(part for part in (err.context, err.problem) if part)
-        raise ConfigError(f"{where}: not valid YAML: {what}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        line, problem = yaml_problem(err)
+        raise ConfigError(f"{path}:{line}: {problem}" if line else f"{path}: {problem}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> tuple[int | None, str]:
+    """The line (from 1; None if unknown) and a one-line "not valid YAML: ..." of a YAML error
+    (PyYAML's own text spans several lines and names "<unicode string>", not the file)."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        what = " ".join(part for part in (err.context, err.problem) if part)
+        return (mark.line + 1 if mark is not None else None), f"not valid YAML: {what}"
+    return None, "not valid YAML: " + " ".join(str(err).split())
 
 
 def load_config(

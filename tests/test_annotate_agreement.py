@@ -95,3 +95,43 @@ def test_binomial_two_sided_p():
     assert binomial_two_sided_p(9, 10) == pytest.approx(22 / 1024, rel=1e-9)
     assert binomial_two_sided_p(5, 10) == pytest.approx(1.0)
     assert binomial_two_sided_p(0, 0) == 1.0
+
+
+def _ranking_label(item_id: int, annotator: str, ranking: list[int], k: int):
+    """A label ranking responses `ranking` (original indices, best first), shown in order."""
+    from rlhfkit.feedback.annotation.export import LabelRow
+    from rlhfkit.feedback.annotation.labels import SLOTS
+
+    return LabelRow(
+        label_id=0, item_id=item_id, annotator=annotator, prompt="p",
+        responses=[f"r{i}" for i in range(k)], gold=None, display_order=list(range(k)),
+        overall_choice=None, strength=None, criteria={}, ranking=[SLOTS[i] for i in ranking],
+        rationale="", is_gold=False, created_at=0.0,
+    )  # fmt: skip
+
+
+def test_majority_export_of_tied_rankings_keeps_only_the_pairs_they_order():
+    """Borda points (K-1 for first ... 0 for last, summed). Item 1, K = 3: [0, 1, 2] and
+    [1, 0, 2] give r0 2+1 = 3, r1 1+2 = 3, r2 0: r0 and r1 tie, so no ranking (its order
+    between them would be made up by index, as it was) but the pairs r0 > r2 and r1 > r2.
+    Item 2, K = 4: [2, 1, 0, 3] and [3, 0, 1, 2] give every response 3 points: nothing.
+    Item 3, K = 3: [2, 0, 1] twice gives r2 4, r0 2, r1 0: the ranking [2, 0, 1]."""
+    from rlhfkit.feedback.annotation.export import build_records
+
+    rows = [
+        _ranking_label(1, "a", [0, 1, 2], 3),
+        _ranking_label(1, "b", [1, 0, 2], 3),
+        _ranking_label(2, "a", [2, 1, 0, 3], 4),
+        _ranking_label(2, "b", [3, 0, 1, 2], 4),
+        _ranking_label(3, "a", [2, 0, 1], 3),
+        _ranking_label(3, "b", [2, 0, 1], 3),
+    ]
+    for aggregate in ("majority", "soft"):
+        records, summary = build_records(rows, aggregate)
+        pairs = [(r["chosen"], r["rejected"]) for r in records if r["item_id"] == 1]
+        assert pairs == [("r0", "r2"), ("r1", "r2")]
+        assert [r for r in records if r["item_id"] == 2] == []
+        (ranked,) = [r for r in records if r["item_id"] == 3]
+        assert ranked["ranking"] == [2, 0, 1]
+        assert summary["tied_rankings"] == 2 and summary["pairs_from_tied_rankings"] == 2
+        assert summary["rankings"] == 1 and summary["records"] == 3

@@ -106,6 +106,19 @@ def test_errors_name_the_file_and_the_field(tmp_path, text, message):
         load_constitution(str(path))
     assert str(err.value).startswith(str(path))
     assert message in str(err.value)
+    assert "\n" not in str(err.value)  # bad YAML was PyYAML's four lines about "<unicode string>"
+
+
+def test_bad_yaml_names_the_line():
+    """`comparison_principles: [` never closes: PyYAML finds the end of the file on line 2."""
+    import yaml
+
+    from rlhfkit.config import yaml_problem
+
+    with pytest.raises(yaml.YAMLError) as err:
+        yaml.safe_load("comparison_principles: [\n")
+    line, problem = yaml_problem(err.value)
+    assert line == 2 and problem.startswith("not valid YAML: while parsing a flow")
 
 
 def test_prompt_format_file_overrides_templates(tmp_path):

@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from rlhfkit.config import yaml_problem
 from rlhfkit.errors import DataError
 
 CONSTITUTIONS_DIR = Path(__file__).with_name("constitutions")
@@ -248,7 +249,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise DataError(source, None, None, f"not valid YAML: {err}") from None
+        line, problem = yaml_problem(err)
+        raise DataError(source, line, None, problem) from None
     except UnicodeDecodeError as err:
         problem = f"not UTF-8 text ({err.reason} at byte {err.start})"
         raise DataError(source, None, None, problem) from None

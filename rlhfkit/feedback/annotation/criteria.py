@@ -19,8 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from rlhfkit.config import read_yaml
 from rlhfkit.errors import ConfigError
 
 
@@ -103,10 +102,7 @@ def load_rubric(path: str | Path | None) -> Rubric:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--criteria {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(path)  # one line naming the file and line on bad YAML
     if not isinstance(data, dict) or "criteria" not in data:
         raise ConfigError(f"{path}: expected a mapping with a 'criteria' key")
     raw = data["criteria"]

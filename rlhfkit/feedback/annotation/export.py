@@ -30,7 +30,10 @@ response up to the chat template's end of turn.
 * ``majority``: one record per item. Each A/B label is a vote, a tie half a vote for each side,
   both-bad no vote; the side with more votes is chosen (an even split is dropped and counted as
   ``no_majority``); ``margin`` is the mean margin of the winning side's votes; each criterion
-  takes its most frequent verdict (no majority: ``"tie"``). K > 2: Borda count.
+  takes its most frequent verdict (no majority: ``"tie"``). K > 2: Borda count; where two
+  responses tie on points, the item gives the preference records of the pairs its points do
+  order instead (no ``margin`` or ``criteria``), counted as ``tied_rankings`` and
+  ``pairs_from_tied_rankings`` (all tied: none).
 * ``soft``: one record per item with ``"soft_label"`` = the share of votes for ``chosen``
   (½ ≤ soft_label ≤ 1; an even split is kept, with soft_label ½); for a soft Bradley-Terry
   loss −[p log σ(Δ) + (1 − p) log σ(−Δ)]. K > 2: as ``majority``.
@@ -189,13 +192,15 @@ def _label_record(row: LabelRow, summary: Counter) -> dict | None:
     }
 
 
-def _borda(rows: list[LabelRow]) -> list[int]:
+def borda_points(rows: list[LabelRow]) -> list[int]:
+    """Borda points of each response (original order): K-1 for a ranking's first, 0 for its
+    last, summed over the item's rankings."""
     k = rows[0].k
     points = [0] * k
     for row in rows:
         for position, index in enumerate(row.canonical_ranking()):
             points[index] += k - 1 - position
-    return sorted(range(k), key=lambda i: (-points[i], i))
+    return points
 
 
 def _most_common(values: list, default: str = "tie"):
@@ -218,29 +223,56 @@ def preference_votes(verdicts: list[int | str]) -> list[float]:
     return votes
 
 
-def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict | None:
+def _aggregate_ranking(rows: list[LabelRow], summary: Counter) -> list[dict]:
+    """An item's rankings → one ranking by Borda points; where points tie, the pairs they do
+    order (an order between tied responses would be made up, as an even split of a pair is)."""
     first = rows[0]
+    points = borda_points(rows)
+    about = {
+        "n_labels": len(rows),
+        "annotators": sorted({r.annotator for r in rows}),
+        "item_id": first.item_id,
+    }
+    if len(set(points)) == first.k:
+        summary["rankings"] += 1
+        names = list(first.criteria)
+        return [
+            {
+                "prompt": first.prompt,
+                "responses": [as_reply(first.prompt, text) for text in first.responses],
+                "ranking": sorted(range(first.k), key=lambda i: -points[i]),
+                "criteria": {n: _most_common([r.criterion(n) for r in rows]) for n in names},
+                **about,
+            }
+        ]
+    summary["tied_rankings"] += 1
+    ordered = [(i, j) for i in range(first.k) for j in range(first.k) if points[i] > points[j]]
+    summary["pairs_from_tied_rankings"] += len(ordered)
+    return [
+        {
+            "prompt": first.prompt,
+            "chosen": as_reply(first.prompt, first.responses[i]),
+            "rejected": as_reply(first.prompt, first.responses[j]),
+            **about,
+        }
+        for i, j in ordered
+    ]
+
+
+def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> list[dict]:
+    first = rows[0]
+    if first.k > 2:
+        return _aggregate_ranking(rows, summary)
     names = list(first.criteria)
     annotators = sorted({r.annotator for r in rows})
-    if first.k > 2:
-        summary["rankings"] += 1
-        return {
-            "prompt": first.prompt,
-            "responses": [as_reply(first.prompt, text) for text in first.responses],
-            "ranking": _borda(rows),
-            "criteria": {n: _most_common([r.criterion(n) for r in rows]) for n in names},
-            "n_labels": len(rows),
-            "annotators": annotators,
-            "item_id": first.item_id,
-        }
     votes = preference_votes([row.overall() for row in rows])
     total = votes[0] + votes[1]
     if total == 0:
         summary["both_bad"] += 1
-        return None
+        return []
     if votes[0] == votes[1] and method == "majority":
         summary["no_majority"] += 1
-        return None
+        return []
     winner = 0 if votes[0] >= votes[1] else 1
     margins = [STRENGTHS[r.strength][1] for r in rows if r.overall() == winner]
     record = {
@@ -258,7 +290,7 @@ def _aggregate_item(rows: list[LabelRow], method: str, summary: Counter) -> dict
     if method == "soft":
         record["soft_label"] = votes[winner] / total
     summary["pairs"] += 1
-    return record
+    return [record]
 
 
 def build_records(
@@ -293,9 +325,7 @@ def build_records(
         for row in rows:
             by_item[row.item_id].append(row)
         for item_rows in by_item.values():
-            record = _aggregate_item(item_rows, aggregate, summary)
-            if record is not None:
-                records.append(record)
+            records += _aggregate_item(item_rows, aggregate, summary)
     summary["records"] = len(records)
     return records, dict(summary)
 
