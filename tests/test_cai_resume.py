@@ -249,6 +249,31 @@ def test_overwrite_removes_every_output_of_the_earlier_run_first(scripted, tmp_p
     assert not any((out / n).exists() for n in ("sft.jsonl", "preferences.jsonl", "summary.json"))
 
 
+def test_a_model_that_does_not_load_leaves_the_output_directory_as_it_was(
+    scripted, tmp_path, monkeypatch
+):
+    """`model=nosuchdir` wrote config.yaml and an empty chains.jsonl into a fresh output_dir
+    before the model failed to load; with overwrite=true it removed the earlier run's outputs
+    first. Now nothing is written or removed until the models have loaded."""
+
+    def not_a_model(spec, **_kw):
+        raise ConfigError(f"model: cannot load a tokenizer from {spec!r}")
+
+    monkeypatch.setattr(cai, "load_text_model", not_a_model)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match="nosuchdir"):
+        cai.revise(_config(tmp_path, model="nosuchdir", output_dir=str(fresh)))
+    assert not fresh.exists()
+    monkeypatch.setattr(cai, "load_text_model", lambda *a, **k: scripted)
+    cai.revise(_config(tmp_path))
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr(cai, "load_text_model", not_a_model)
+    with pytest.raises(ConfigError, match="nosuchdir"):
+        cai.revise(_config(tmp_path, model="nosuchdir", overwrite=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_revisions_take_the_responses_leading_whitespace_and_blank_ones_are_not_data():
     """A revision follows "Revision:" and opens with a space; a first response to a chat
     template does not. " Hello." as the revision of "Hello." becomes "Hello.": no preference

@@ -124,6 +124,25 @@ def test_another_judge_is_refused_and_the_old_judge_is_not_passed_off(tmp_path, 
         label(_config(tmp_path / "m", judge="scripted", max_prompt_length=512))
 
 
+def test_a_judge_that_does_not_load_leaves_the_judgments_as_they_were(tmp_path, monkeypatch):
+    """With overwrite=true, the judgments of the earlier run were removed before the judge
+    loaded, so a judge that failed to load lost them."""
+    label(_config(tmp_path))
+    before = (tmp_path / "labels.judgments.jsonl").read_text()
+
+    def not_a_model(spec, **_kw):
+        raise ConfigError(f"model: cannot load a tokenizer from {spec!r}")
+
+    monkeypatch.setattr(label_module, "load_text_model", not_a_model)
+    with pytest.raises(ConfigError, match="nosuchdir"):
+        label(_config(tmp_path, judge="nosuchdir", overwrite=True))
+    assert (tmp_path / "labels.judgments.jsonl").read_text() == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match="nosuchdir"):
+        label(_config(tmp_path, judge="nosuchdir", output=str(fresh / "labels.jsonl")))
+    assert not fresh.exists()
+
+
 class ShorterWinsLM(FirstWinsLM):
     """A model judge that gives the option whose response is shorter P = 0.9 in either order."""
 

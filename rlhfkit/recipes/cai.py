@@ -240,18 +240,9 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
     settings = revise_settings(config, constitution)
     out = Path(config.output_dir)
     chains_path = out / "chains.jsonl"
-    if config.overwrite:  # every output of the earlier run, so none is left beside new chains
-        for name in ("chains.jsonl", "sft.jsonl", "preferences.jsonl", "summary.json"):
-            (out / name).unlink(missing_ok=True)
-    chains = _read_chains(chains_path)
+    chains = [] if config.overwrite else _read_chains(chains_path)
     _check_chains(chains, examples, settings, chains_path)
-    # Only now: a refused run leaves the config of the run that wrote the chains.
-    write_config(out, "cai-revise", config)
-    # Rewrite without any partial last line before appending.
-    write_jsonl(chains_path, chains)
     resumed = min(len(chains), len(examples))
-    if resumed:
-        console.print(f"continuing: {resumed} of {len(examples)} prompts already in {chains_path}")
 
     endpoint_kw = dict(
         dtype=config.dtype,
@@ -276,6 +267,16 @@ def revise(config: CAIReviseConfig) -> dict[str, Any]:
             else load_text_model(config.critic, **endpoint_kw)
         )
         models = [policy] if critic is policy else [policy, critic]
+    # Only now: a refused run, or a model that does not load, leaves the output directory as
+    # it was (the config of the run that wrote the chains).
+    if config.overwrite:  # every output of the earlier run, so none is left beside new chains
+        for name in ("chains.jsonl", "sft.jsonl", "preferences.jsonl", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    write_config(out, "cai-revise", config)
+    # Rewrite without any partial last line before appending.
+    write_jsonl(chains_path, chains)
+    if resumed:
+        console.print(f"continuing: {resumed} of {len(examples)} prompts already in {chains_path}")
     first_params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     edit_params = SamplingParams(
         config.edit_max_new_tokens, config.edit_temperature, config.edit_top_p

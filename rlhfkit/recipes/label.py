@@ -343,10 +343,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     settings = label_settings(config, constitution)
     output = Path(config.output)
     judgments = judgments_path(config)
-    judgments.parent.mkdir(parents=True, exist_ok=True)
-    if config.overwrite and judgments.exists():
-        judgments.unlink()
-    done = _read_judgments(judgments, pairs, settings)
+    done = {} if config.overwrite else _read_judgments(judgments, pairs, settings)
     orders = (False, True) if config.both_orders else (False,)
     complete = {
         i
@@ -386,6 +383,10 @@ def label(config: LabelConfig) -> dict[str, Any]:
             sampling=SamplingParams(config.max_new_tokens, config.temperature, config.top_p),
         )
 
+    # Only now that the judge has loaded: a judge that does not load leaves the files as they were.
+    judgments.parent.mkdir(parents=True, exist_ok=True)
+    if config.overwrite and judgments.exists():
+        judgments.unlink()
     pending = [p for p in pairs if p.index not in complete]
     judged_now = 0
     try:
