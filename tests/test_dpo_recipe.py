@@ -108,6 +108,7 @@ def test_load_pairs_expands_rankings_and_counts_skips(tiny_model, tmp_path):
     # 1 pair + 1 identical (skipped) + 3 pairs of the ranking (c > a, c > b, a > b).
     assert stats.examples == 5 and stats.kept == 4
     assert stats.skipped == {"chosen == rejected": 1}
+    assert stats.summary().startswith("4/5 pairs kept")  # 3 records: the count is of pairs
     decoded = [
         (tokenizer.decode(p.chosen_ids, skip_special_tokens=True),
          tokenizer.decode(p.rejected_ids, skip_special_tokens=True))

@@ -27,9 +27,10 @@ class TokenStats:
     prompt_truncated: int = 0
     completion_truncated: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    unit: str = "examples"  # what `examples` counts, as the summary names it (DPO: pairs)
 
     def summary(self) -> str:
-        parts = [f"{self.kept}/{self.examples} examples kept"]
+        parts = [f"{self.kept}/{self.examples} {self.unit} kept"]
         if self.prompt_truncated:
             parts.append(f"{self.prompt_truncated} prompts truncated (left)")
         if self.completion_truncated:

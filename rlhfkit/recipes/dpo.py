@@ -172,7 +172,7 @@ def load_pairs(
 ) -> tuple[list[Pair], TokenStats]:
     """Tokenised pairs of `spec` (preference or ranking records); skipped pairs are counted.
     A preference record's `soft_label` is kept on its pair (pairs of a ranking have none)."""
-    stats = TokenStats()
+    stats = TokenStats(unit="pairs")  # a ranking of K responses gives K(K-1)/2 of them
     pairs = []
     for record, example in enumerate(load_comparisons(spec)):
         for prompt, chosen, rejected, soft_label in _text_pairs(example):
