@@ -67,8 +67,106 @@ def test_pipeline_errors_name_the_stage(tmp_path, tiny_model, sft_data):
     bad.write_text(
         "stages:\n  - name: a\n    stage: generate\n    config: {model: '${nope}/model'}\n"
     )
-    with pytest.raises(ConfigError, match=r"\$\{nope\} names no earlier stage"):
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(a\): model: \$\{nope\}: no stage is"):
         plan(bad)
+
+
+def _two_stages(tmp_path, first: str, second: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'runs'}\nstages:\n  - {first}\n  - {second}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        # a reference to a later stage, to itself, a typo, and what ${...} cannot name
+        (
+            "{name: a, stage: generate, config: {model: '${b}', prompts: p, output: x.jsonl}}",
+            "{name: b, stage: init-model}",
+            r"stages\[1\] \(a\): model: \$\{b\}: stage 'b' comes at or after this one",
+        ),
+        (
+            "{name: base, stage: init-model}",
+            "{name: g, stage: generate, config: {model: '${bse}', prompts: p, output: x.jsonl}}",
+            r"stages\[2\] \(g\): model: \$\{bse\}: no stage is named 'bse'; did you mean "
+            r"\$\{base\}\?",
+        ),
+        (
+            "{name: base, stage: init-model}",
+            "{name: g, stage: generate, config: {model: '${base.model}', prompts: p, "
+            "output: x.jsonl}}",
+            r"stages\[2\] \(g\): model: \$\{base\.model\}: not a stage reference",
+        ),
+        (
+            "{name: sft.v1, stage: init-model}",
+            "{name: g, stage: init-model}",
+            r"stages\[1\]: name 'sft\.v1': use letters, digits",
+        ),
+        # a server never returns: it hung the pipeline
+        (
+            "{name: base, stage: init-model}",
+            "{name: srv, stage: serve, config: {model: '${base}'}}",
+            r"stages\[2\]: stage 'serve' cannot run in a pipeline",
+        ),
+        # two stages writing one file: the first was marked done with the second's data
+        (
+            "{name: g1, stage: generate, config: {model: m, prompts: p, output: shared.jsonl}}",
+            "{name: g2, stage: generate, config: {model: m, prompts: p, output: shared.jsonl}}",
+            r"stages\[2\] \(g2\): writes .*shared\.jsonl, which stage 'g1' writes or holds",
+        ),
+        (
+            "{name: base, stage: init-model}",
+            "{name: g, stage: generate, config: {model: m, prompts: p, "
+            "output: '${base}/pairs.jsonl'}}",
+            r"stages\[2\] \(g\): writes .*pairs\.jsonl, which stage 'base' writes or holds",
+        ),
+    ],
+)
+def test_mistakes_in_a_pipeline_file_are_refused_before_anything_runs(
+    tmp_path, monkeypatch, first, second, message
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        plan(_two_stages(tmp_path, first, second))
+
+
+def test_init_model_writes_to_its_stage_directory_by_default_and_out_is_not_an_input(tmp_path):
+    """init-model without `out` failed at its turn ("out: give the directory"); with `out`
+    outside the stage directory, the model it wrote was hashed as an input of its own, so every
+    rerun reran it (and everything after it). `out` is now the stage's directory, as
+    `output_dir` is for the others: default `output_dir/NAME`."""
+    path = _two_stages(
+        tmp_path,
+        "{name: base, stage: init-model}",
+        f"{{name: ext, stage: init-model, config: {{out: {tmp_path / 'ext' / 'tiny'}}}}}",
+    )
+    base, ext = plan(path)
+    assert base.out == tmp_path / "runs" / "base" and base.values["out"] == str(base.out)
+    assert ext.out == tmp_path / "ext" / "tiny"
+    run_cli("pipeline", str(path))
+    assert (ext.out / "config.json").is_file() and (base.out / "config.json").is_file()
+    again = run_cli("pipeline", str(path))
+    assert "skip base" in again.stderr and "skip ext" in again.stderr
+
+
+def test_a_fresh_rerun_removes_only_what_the_last_run_wrote(tmp_path):
+    """A file the user put in a stage's directory after the stage completed was removed with
+    the stage's outputs when its config changed; only what the marker recorded goes now."""
+    data = tmp_path / "data"
+    path = tmp_path / "p.yaml"
+    for corpus in (50, 60):
+        path.write_text(
+            f"output_dir: {tmp_path / 'runs'}\nstages:\n  - name: world\n    stage: world\n"
+            f"    config: {{corpus_size: {corpus}, train_prompts: 4, eval_prompts: 4, "
+            f"output_dir: {data}}}\n"
+        )
+        run_cli("pipeline", str(path))
+        if corpus == 50:
+            (data / "added_later.txt").write_text("mine")
+            (data / "checkpoints").mkdir()  # resumable state of the last run: removed
+    assert (data / "added_later.txt").read_text() == "mine"
+    assert not (data / "checkpoints").exists() and (data / "sft.jsonl").is_file()
 
 
 def test_shipped_example_pipelines_are_valid():

@@ -15,8 +15,10 @@ stages:
 pipeline's `output_dir` (a stage naming it depends on every earlier stage). Every stage's config
 is checked before any stage runs: an unknown key, at the top, in a stage entry or in a stage's
 config, is an error naming the nearest valid key, and so is a value out of range or one the
-stage's own check (`Stage.check`: ppo, dpo, rm) refuses. Each
-stage needs a directory of its own: two stages' directories may not overlap.
+stage's own check (`Stage.check`: ppo, dpo, rm) refuses, or a `${...}` that names no earlier
+stage. Each stage needs a directory of its own (`Stage.directory_key`: `output_dir`, init-model's
+`out`; by default `output_dir/NAME`): two stages' directories may not overlap, and no stage may
+write a file another writes or holds. A server (`serve`) cannot be a stage.
 
 A stage is skipped when its digest is unchanged since it last completed and what it left in its
 directory, and the files its config made it write elsewhere (`Stage.writes`: an `output` file
@@ -34,7 +36,9 @@ A stage that runs is either *resumed* or run *afresh*:
 - resumed when it was interrupted (its marker says `running`) with the same digest: a stage with
   checkpoints gets `resume=true`; `label` continues from the judgments it wrote;
 - afresh otherwise (first run, changed config or inputs, `--from`, or an interrupted run of
-  another digest): the outputs of its previous run in its directory are removed first, and a
+  another digest): the outputs of its previous run in its directory (those its marker recorded
+  when it completed, and its checkpoints; all it left after a run that did not complete) are
+  removed first, and a
   stage with an `overwrite` key gets `overwrite=true` (for outputs it keeps elsewhere), so no
   checkpoint, judgment or model of another configuration is reused. What a directory held
   before the pipeline first ran a stage in it (a user's data, say) is kept, and hashed as input.
@@ -48,11 +52,13 @@ from the pipeline in their directory, beside the marker.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import re
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,8 @@ from rlhfkit.training.run import console
 
 MARKER = ".pipeline.json"
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
+LEFTOVER = re.compile(r"\$\{[^}]*\}?")  # what is left of a `${...}` that is no reference
+NAME = re.compile(r"[A-Za-z0-9_\-]+")  # a stage name, as `${NAME}` can name it
 
 
 @dataclass
@@ -106,9 +114,29 @@ class PlannedStage:
     writes: tuple[str, ...] = ()  # files its config writes outside its directory (Stage.writes)
 
 
+def _unknown_reference(key: str, outputs: dict[str, Path], names: list[str]) -> ConfigError:
+    """Why `${key}` names no earlier stage: a later stage, or no stage (the nearest named)."""
+    if key in names:
+        return ConfigError(
+            f"${{{key}}}: stage {key!r} comes at or after this one; a stage reads only earlier "
+            "stages (its own directory is ${out})"
+        )
+    known = ["out", "root", *outputs]
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean ${{{near[0]}}}?" if near else f" (earlier stages: {', '.join(outputs)})"
+    return ConfigError(f"${{{key}}}: no stage is named {key!r}{hint}")
+
+
 def _substitute(
-    value: Any, outputs: dict[str, Path], current: Path, root: Path, used: set[str]
+    value: Any,
+    outputs: dict[str, Path],
+    current: Path,
+    root: Path,
+    used: set[str],
+    names: Sequence[str] = (),
 ) -> Any:
+    """`value` with `${NAME}`, `${out}` and `${root}` replaced by directories (`names`: every
+    stage of the file, to tell a later stage from a typo); any other `${...}` is an error."""
     if isinstance(value, str):
 
         def replace(match: re.Match) -> str:
@@ -119,15 +147,21 @@ def _substitute(
                 used.update(outputs)
                 return str(root)
             if key not in outputs:
-                raise ConfigError(f"pipeline: ${{{key}}} names no earlier stage")
+                raise _unknown_reference(key, outputs, list(names))
             used.add(key)
             return str(outputs[key])
 
-        return REFERENCE.sub(replace, value)
+        result = REFERENCE.sub(replace, value)
+        if (left := LEFTOVER.search(result)) is not None:
+            raise ConfigError(
+                f"{left.group(0)}: not a stage reference (${{NAME}} names a stage's directory; "
+                "letters, digits, '_' and '-')"
+            )
+        return result
     if isinstance(value, list):
-        return [_substitute(v, outputs, current, root, used) for v in value]
+        return [_substitute(v, outputs, current, root, used, names) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, outputs, current, root, used) for k, v in value.items()}
+        return {k: _substitute(v, outputs, current, root, used, names) for k, v in value.items()}
     return value
 
 
@@ -266,6 +300,38 @@ def _check_directory(out: Path, root: Path, others: dict[str, Path], where: str)
             raise ConfigError(f"{where}: output directory {out} holds {what}; choose another")
 
 
+def _stage_names(entries: list[Any]) -> list[str]:
+    """Every stage's name as given (or its kind), for telling a later stage from a typo."""
+    return [
+        str(e.get("name") or e.get("stage"))
+        for e in entries
+        if isinstance(e, dict) and "stage" in e
+    ]
+
+
+def _check_writes(stage: PlannedStage, earlier: list[PlannedStage], where: str) -> None:
+    """What a stage writes outside its directory may be neither another stage's file nor lie in
+    another stage's directory (whose fresh run would remove it), and its directory may hold no
+    earlier stage's file: else one stage would silently overwrite another's output."""
+    own = stage.out.resolve()
+    mine = [Path(p).resolve() for p in stage.writes if not _within(Path(p).resolve(), own)]
+    for other in earlier:
+        theirs_dir = other.out.resolve()
+        theirs = [Path(p).resolve() for p in other.writes]
+        for path in mine:
+            if _within(path, theirs_dir) or path in theirs:
+                raise ConfigError(
+                    f"{where}: writes {path}, which stage {other.name!r} writes or holds; give "
+                    "each stage's output a path of its own"
+                )
+        for path in theirs:
+            if not _within(path, theirs_dir) and _within(path, own):
+                raise ConfigError(
+                    f"{where}: its directory {stage.out} holds {path}, which stage "
+                    f"{other.name!r} writes; give each stage's output a path of its own"
+                )
+
+
 def plan(path: Path) -> list[PlannedStage]:
     """Every stage of the pipeline file at `path`, its config resolved and validated, with its
     output directory and digest; runs nothing."""
@@ -273,38 +339,50 @@ def plan(path: Path) -> list[PlannedStage]:
 
     top = _read_spec(path)
     root = Path(top.output_dir)
+    names = _stage_names(top.stages)
     outputs: dict[str, Path] = {}
     planned = []
     for index, raw in enumerate(top.stages, start=1):
         where = f"{path}: stages[{index}]"
         entry = _read_entry(raw, where)
         kind = entry.stage
-        if kind not in STAGES or STAGES[kind].config is None or kind in ("pipeline", "demo"):
+        if kind not in STAGES or STAGES[kind].config is None or not STAGES[kind].in_pipeline:
             raise ConfigError(f"{where}: stage {kind!r} cannot run in a pipeline")
         name = entry.name or kind
         if name in ("out", "root"):
             raise ConfigError(f"{where}: {name!r} is reserved (${{{name}}}); rename the stage")
+        if not NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: name {name!r}: use letters, digits, '_' and '-' only (as "
+                "${NAME} names it)"
+            )
         if name in outputs:
             raise ConfigError(f"{where}: stage name {name!r} is used twice")
+        where = f"{where} ({name})"
         values = dict(entry.config or {})
         used: set[str] = set()
         out = root / name
-        if values.get("output_dir"):
-            if "${out}" in str(values["output_dir"]):
-                raise ConfigError(f"{where} ({name}): output_dir: cannot name ${{out}} (itself)")
-            out = Path(_substitute(str(values["output_dir"]), outputs, out, root, used))
-        _check_directory(out, root, outputs, f"{where} ({name})")
-        values = _substitute(values, outputs, out, root, used)
+        directory_key = STAGES[kind].directory_key
+        given = values.get(directory_key)
+        if given and given != "${out}":  # `out: ${out}` (init-model's) is the default
+            if "${out}" in str(given):
+                raise ConfigError(f"{where}: {directory_key}: cannot name ${{out}} (itself)")
+            out = Path(_resolved(directory_key, given, outputs, out, root, used, names, where))
+        _check_directory(out, root, outputs, where)
+        values = {
+            key: _resolved(key, value, outputs, out, root, used, names, where)
+            for key, value in values.items()
+        }
         used |= _referenced_stages(values, outputs)
         cls = _config_class(kind)
-        if "output_dir" in _field_names(cls):
-            values["output_dir"] = str(out)
+        if directory_key in _field_names(cls):
+            values[directory_key] = str(out)
         try:
             config = build(cls, _nest(values))
             if STAGES[kind].check:  # the stage's own rules, before any stage runs
                 load_target(STAGES[kind].check)(config)
         except ConfigError as err:
-            raise ConfigError(f"{where} ({name}): {err}") from None
+            raise ConfigError(f"{where}: {err}") from None
         # The resolved config (defaults included; `dpo.beta: 0.1` and `dpo: {beta: 0.1}` alike),
         # so a default that changes between versions reruns the stage rather than resuming it.
         resolved = json.dumps([kind, dataclasses.asdict(config)], sort_keys=True, default=str)
@@ -314,11 +392,29 @@ def plan(path: Path) -> list[PlannedStage]:
             name, kind, values, out, hashlib.sha256(resolved.encode()).hexdigest(),
             tuple(sorted(used)), writes=tuple(str(path) for path in writes),
         )  # fmt: skip
+        _check_writes(stage, planned, where)
         planned.append(stage)
         # Provisional (the run recomputes it when the stage's turn comes): earlier stages stand
         # for their runs by their digests.
         stage.digest = stage_digest(stage, planned, {s.name: s.digest for s in planned})
     return planned
+
+
+def _resolved(
+    key: str,
+    value: Any,
+    outputs: dict[str, Path],
+    out: Path,
+    root: Path,
+    used: set[str],
+    names: list[str],
+    where: str,
+) -> Any:
+    """`_substitute` for one key of a stage's config, its errors naming the stage and key."""
+    try:
+        return _substitute(value, outputs, out, root, used, names)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {key}: {err}") from None
 
 
 def _kept_entries(out: Path) -> list[str]:
@@ -438,12 +534,17 @@ def decide(
     return {"done": "skip", "running": "resume"}.get(record.get("status"), "fresh")
 
 
-def _clear(directory: Path, keep: list[str]) -> None:
-    """Remove everything inside `directory` but the entries `keep` (the user's, there before
-    the pipeline first ran a stage in it) and the marker; the directory itself stays."""
+def _clear(directory: Path, keep: list[str], outputs: list[str] | None = None) -> None:
+    """Remove what the stage's previous run left inside `directory`: the `outputs` its marker
+    recorded when it completed, and its checkpoints, or, after a run that did not complete (no
+    record of what it wrote), everything; never the entries `keep` (the user's, there before
+    the pipeline first ran a stage in it) nor the marker. The directory itself stays."""
+    remove = None if outputs is None else {*outputs, "checkpoints"}
     for entry in directory.iterdir():
         if entry.name in keep or entry.name == MARKER:
             continue
+        if remove is not None and entry.name not in remove:
+            continue  # put there since the last run completed: not the pipeline's to remove
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -523,7 +624,8 @@ def run(config: PipelineConfig) -> int:
             continue
         console.rule(f"[bold]{stage.name}[/] ({stage.stage}){note}")
         if action == "fresh" and record is not None:
-            _clear(stage.out, keep=_kept_entries(stage.out))
+            recorded = record.get("outputs") if record.get("status") == "done" else None
+            _clear(stage.out, keep=_kept_entries(stage.out), outputs=recorded)
             console.print(f"[dim]removed the previous run's outputs in {stage.out}[/]")
         _write_marker(stage, "running")
         _run_stage(stage, values)

@@ -22,6 +22,10 @@ class Stage:
     # (generate's and label's JSONL, the files label writes beside it, the report's HTML): the
     # pipeline records them and reruns the stage when one has been removed
     writes: str | None = None
+    # the key naming the directory the stage writes (where a pipeline gives it the stage's own)
+    directory_key: str = "output_dir"
+    # whether a pipeline may run it: not a server (it never returns) nor a pipeline of stages
+    in_pipeline: bool = True
 
 
 STAGES: dict[str, Stage] = {
@@ -41,6 +45,7 @@ STAGES: dict[str, Stage] = {
         "write a random-initialised model + byte tokenizer from a preset",
         "rlhfkit.recipes.init_model:InitModelConfig",
         "rlhfkit.recipes.init_model:run",
+        directory_key="out",
     ),
     "world": Stage(
         "write the embedded world's SFT corpus and prompt splits (a pipeline's first stage)",
@@ -51,6 +56,7 @@ STAGES: dict[str, Stage] = {
         "the embedded world end to end",
         "rlhfkit.recipes.demo:DemoConfig",
         "rlhfkit.recipes.demo:run",
+        in_pipeline=False,
     ),
     "rm": Stage(
         "reward model: Bradley-Terry on preference or ranking data",
@@ -94,12 +100,14 @@ STAGES: dict[str, Stage] = {
         "OpenAI-compatible HTTP API over a local model; a reward model as the HTTP scorer",
         "rlhfkit.recipes.serve:ServeConfig",
         "rlhfkit.recipes.serve:run",
+        in_pipeline=False,
     ),
     "pipeline": Stage(
         "all stages from one file, resumable",
         "rlhfkit.recipes.pipeline:PipelineConfig",
         "rlhfkit.recipes.pipeline:run",
         positional=("file",),
+        in_pipeline=False,
     ),
     "report": Stage(
         "self-contained HTML report of runs",
