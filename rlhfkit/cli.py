@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 from rlhfkit.config import key_lines, split_args
 from rlhfkit.errors import ConfigError, RlhfkitError
@@ -74,7 +75,10 @@ def _stage_help(name: str, stage: Stage) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no stage: a usage error, as for an unknown stage
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if argv[0] in ("--version", "version"):
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"rlhfkit: unknown stage {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    config = None
     try:
         _check_single_process(name, stage)
         if not _module_exists(stage.entry):
@@ -119,8 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"rlhfkit {name}: interrupted", file=sys.stderr)
+        print(f"rlhfkit {name}: interrupted{_resume_hint(config)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(config) -> str:
+    """How an interrupted training run continues: from its last checkpoint, if it wrote one."""
+    if config is None or not hasattr(config, "resume") or not hasattr(config, "output_dir"):
+        return ""
+    from rlhfkit.training.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(Path(config.output_dir) / "checkpoints")
+    if last is None:
+        return " (no checkpoint was written: save_steps sets how often one is)"
+    return f"; rerun the same command with resume=true to continue from {last}"
 
 
 def entry() -> None:  # pragma: no cover - console script

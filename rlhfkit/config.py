@@ -199,6 +199,7 @@ class LoraOptions:
         ["q_proj", "k_proj", "v_proj", "o_proj"],
         "module names that get adapters; by default the attention projections, or peft's default "
         "targets for an architecture without these names (GPT-NeoX, GPT-2)",
+        check=lambda names: None if names else "must name at least one module",
     )
 
 
@@ -208,7 +209,9 @@ class BaseConfig:
     output_dir: str = option("runs/out", "where config.yaml, metrics, the model and checkpoints go")
     seed: int = option(0, "random seed (data order, initialisation, sampling)", **SEED_RANGE)
     dtype: str = option(
-        "auto", "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"
+        "auto",
+        "weight dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16",
+        choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
     )
 
 
@@ -225,7 +228,9 @@ class TrainConfig(BaseConfig):
     grad_accum: int = option(1, "micro-batches per optimizer step", minimum=1)
     learning_rate: float = option(1e-5, "peak learning rate (AdamW)", minimum=0)
     lr_scheduler: str = option(
-        "cosine", "learning-rate schedule after warm-up: cosine, linear, constant"
+        "cosine",
+        "learning-rate schedule after warm-up: cosine, linear, constant",
+        choices=("cosine", "linear", "constant"),
     )
     warmup_ratio: float = option(
         0.0, "fraction of steps with linear warm-up from 0", minimum=0, maximum=1
@@ -267,6 +272,16 @@ class TrainConfig(BaseConfig):
         True, "show a progress bar (false: transformers' loading and saving bars too)"
     )
     lora: LoraOptions = group(LoraOptions, "LoRA adapters through peft")
+
+
+def check_lengths(config: TrainConfig) -> None:
+    """Refuse a `max_prompt_length` above `max_length` (sft, rm, dpo): every longer prompt would
+    be cut to more than the whole sequence may hold, leaving its response no token."""
+    if config.max_prompt_length > config.max_length:
+        raise ConfigError(
+            f"max_prompt_length: {config.max_prompt_length} is more than max_length "
+            f"({config.max_length}), which holds prompt and response; lower it"
+        )
 
 
 @dataclass
@@ -424,8 +439,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-def _unknown_key(cls: type, dotted: str, prefix: str) -> ConfigError:
+#: The stages whose own keys form a group of that name (`dpo.beta`): such a group given to
+#: another stage is named as that stage's, not matched to the nearest key by spelling.
+STAGE_GROUPS = ("sft", "rm", "dpo", "ppo")
+
+
+def _unknown_key(cls: type, dotted: str, prefix: str, value: Any = None) -> ConfigError:
     """The error for a key `cls` does not have, with the nearest valid key as a hint."""
+    if not prefix and dotted in STAGE_GROUPS and isinstance(value, dict) and value:
+        leaf = f"{dotted}.{next(iter(value))}"
+        return ConfigError(
+            f"unknown key {leaf!r}: the {dotted}.* keys are `rlhfkit {dotted}`'s, and this stage "
+            "has none (see --help for every key)"
+        )
     valid = _all_keys(cls, prefix)
     close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -438,7 +464,7 @@ def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in names:
-            raise _unknown_key(cls, prefix + str(key), prefix)
+            raise _unknown_key(cls, prefix + str(key), prefix, value)
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
             check_keys(hints[key], value, f"{prefix}{key}.")
 
@@ -471,7 +497,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         dotted = prefix + key
         if key not in names:
-            raise _unknown_key(cls, dotted, prefix)
+            raise _unknown_key(cls, dotted, prefix, value)
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
@@ -588,6 +614,8 @@ def load_config(
         _set_dotted(tree, key, value)
     if config_file:
         path = Path(config_file)
+        if path.is_dir():
+            raise ConfigError(f"--config: {config_file!r} is a directory; give a YAML file")
         if not path.is_file():
             raise ConfigError(f"--config: file {config_file!r} not found")
         loaded = read_yaml(path) or {}
@@ -694,13 +722,20 @@ def split_args(argv: list[str], positional: tuple[str, ...] = ()) -> tuple[str |
     i = 0
     while i < len(argv):
         arg = argv[i]
+        given = None
         if arg in ("--config", "-c"):
             if i + 1 >= len(argv):
                 raise RlhfkitError("--config needs a file")
-            config_file, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config_file, i = arg.split("=", 1)[1], i + 1
+            given, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            given, i = arg.split("=", 1)[1], i + 1
+        if given is not None:
+            if config_file is not None:  # the second silently replaced the first
+                raise RlhfkitError(
+                    f"--config given twice ({config_file}, {given}); give one file (keys on "
+                    "the command line override it)"
+                )
+            config_file = given
             continue
         if arg.startswith("--"):
             key, has_value, value = arg[2:].partition("=")

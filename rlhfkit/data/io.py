@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import DataError
+from rlhfkit.errors import ConfigError, DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # "utf-8-sig" reads UTF-8 and drops a leading byte-order mark (Excel's "CSV UTF-8" writes one).
@@ -248,17 +248,36 @@ def _read_hub(name: str, split: str) -> Iterator[Record]:
         yield Record(dict(row), f"{name}[{split}]", number)
 
 
+def check_output_file(path: str | os.PathLike, key: str, inputs: dict[str, str]) -> None:
+    """Refuse, before any work, an output file that cannot be written or would destroy an
+    input: `path` is a directory, lies under a file, or is one of `inputs` (key -> path) of the
+    same run (generate's `output=` on its own prompt file replaced the prompts by samples)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{key}: {path} is a directory; give a file (e.g. {path}/out.jsonl)")
+    existing = next((p for p in target.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, so {path} cannot be made")
+    for name, given in inputs.items():
+        if given and Path(given).exists() and target.exists() and target.samefile(given):
+            raise ConfigError(f"{key}: {path} is the {name} file this run reads; give another")
+
+
 def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Write rows as JSONL atomically (a temporary file renamed into place)."""
+    """Write rows as JSONL atomically (a temporary file renamed into place; removed if the
+    write fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:

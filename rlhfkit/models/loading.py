@@ -216,16 +216,24 @@ def check_not_run_directory(path: str, key: str = "model") -> None:
         )
 
 
-def _check_source(name_or_path: str) -> None:
-    """Fail early with a clear message for an empty name or a local path that does not exist."""
+def check_model_source(name_or_path: str, key: str = "model") -> None:
+    """Fail early with a clear message (naming `key`) for an empty name, a run directory, or a
+    local path that does not exist: one that looks like a path, or whose first part is a local
+    directory (`runs/typo`), rather than ask the hub for it (minutes of retries offline)."""
     if not name_or_path:
-        raise ConfigError("model: no model given (a local directory or a hub id)")
+        raise ConfigError(f"{key}: no model given (a local directory or a hub id)")
     if os.path.isdir(name_or_path):
-        check_not_run_directory(name_or_path)
+        check_not_run_directory(name_or_path, key)
         return
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local or os.path.exists(name_or_path):
-        raise ConfigError(f"model: {name_or_path!r} is not a model directory")
+        raise ConfigError(f"{key}: {name_or_path!r} is not a model directory")
+    first = name_or_path.split("/", 1)[0]
+    if "/" in name_or_path and os.path.isdir(first):
+        raise ConfigError(
+            f"{key}: {name_or_path!r} is not a model directory (there is a local {first}/, "
+            "and no such directory in it)"
+        )
 
 
 #: Files of which a local model directory holds at least one (transformers' tokenizer files).
@@ -259,7 +267,7 @@ def pad_token_for(tokenizer: PreTrainedTokenizerBase) -> str:
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer; give it a pad token (`pad_token_for`) if it has none, since batches
     need padding."""
-    _check_source(name_or_path)
+    check_model_source(name_or_path)
     if os.path.isdir(name_or_path) and not any(
         os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES
     ):
@@ -312,7 +320,7 @@ def load_causal_lm(
             A trainable model whose trained weights are 16-bit (`dtype=bfloat16`, or `auto` on
             a GPU, without LoRA) gets a warning: see `sixteen_bit_training_message`.
     """
-    _check_source(name_or_path)
+    check_model_source(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -26,7 +26,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import (
-    _check_source,
+    check_model_source,
     disable_dropout,
     enable_checkpointing,
     resolve_dtype,
@@ -99,16 +99,23 @@ def load_value_model(
         dtype: Weight dtype (`auto`, `float32`, `bfloat16`).
         gradient_checkpointing: Recompute the backbone's activations in backward.
     """
-    _check_source(path)
+    check_model_source(path)
     # A reward model keeps its own head (K heads of an ensemble are averaged into one below);
     # a causal LM gets a new scalar head.
     extra = {} if is_reward_model_dir(path) else {"num_labels": 1}
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # A causal LM's new head is reported as "missing" (with advice to train it): expected here.
+    hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=resolve_dtype(dtype), **extra
         )
     except (OSError, ValueError) as err:
         raise ConfigError(f"ppo.value_model: cannot load a critic from {path!r}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     disable_dropout(model)
     if gradient_checkpointing:
         enable_checkpointing(model)

@@ -40,6 +40,7 @@ log-ratio ``log pi(y|x) - log pi_ref(y|x)``, an estimate of KL(pi || pi_ref) on 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -54,7 +55,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from rlhfkit.config import TrainConfig, group, option
+from rlhfkit.config import TrainConfig, check_lengths, group, option
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
@@ -67,7 +68,13 @@ from rlhfkit.losses.dpo import (
     is_length_normalised,
     is_reference_free,
 )
-from rlhfkit.models.loading import check_context, compile_blocks, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import (
+    check_context,
+    check_not_run_directory,
+    compile_blocks,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.shared_prompt import mask_dtype as model_mask_dtype
 from rlhfkit.models.shared_prompt import shared_prompt_mask, unsupported_reason
@@ -458,6 +465,7 @@ def pair_losses(
 
 def check_options(config: DPOConfig) -> None:
     """Turn every inconsistent `dpo.*` setting into a ConfigError before any model is loaded."""
+    check_lengths(config)
     lora_settings(config)  # refuses lora.dropout
     options = config.dpo
     names = available_dpo_losses()
@@ -480,8 +488,12 @@ def check_options(config: DPOConfig) -> None:
             label_smoothing=options.label_smoothing,
             **_variant_kwargs(options),
         )
-    except ValueError as err:
-        raise ConfigError(f"dpo: {err}") from None
+    except ValueError as err:  # "beta must be > 0": named as the key the user sets
+        key, _, problem = str(err).partition(" ")
+        known = key in {f.name for f in dataclasses.fields(DPOOptions)}
+        raise ConfigError(f"dpo.{key}: {problem}" if known else f"dpo: {err}") from None
+    if options.reference:  # before a fresh run removes the last one's checkpoints
+        check_not_run_directory(options.reference, "dpo.reference")
     defaults = DPOOptions()
     if options.simpo_gamma != defaults.simpo_gamma and not _variant_kwargs(options):
         raise ConfigError(

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from rlhfkit.config import BaseConfig, option
 from rlhfkit.data.formats import parse_scored
-from rlhfkit.data.io import read_records, write_jsonl
+from rlhfkit.data.io import check_output_file, read_records, write_jsonl
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.eval.reward_metrics import head_disagreement, mean_margin, pairwise_accuracy
 from rlhfkit.losses.bradley_terry import ranking_pairs
@@ -166,6 +166,8 @@ def score_data(config: EvalConfig) -> dict:
     if config.max_length < 0:
         raise ConfigError(f"max_length: must be >= 0 (0 = as trained), got {config.max_length}")
     resolve_dtype(config.dtype)  # an unknown dtype is a one-line error before anything loads
+    if config.output:
+        check_output_file(config.output, "output", {"data": config.data})
     run = Run(config, "eval")
     records = read_records(config.data)
     if not records:
@@ -305,6 +307,11 @@ def evaluate_policies(config: EvalConfig) -> dict:
     reference_name, _, reference = config.reference.rpartition("=")
     reference = run_model(reference)
     named = policy_names(config.policies, reference_name or "reference")
+    from rlhfkit.models.loading import check_model_source
+
+    check_model_source(reference, "reference")  # before any policy is sampled, by its key
+    for directory in named.values():
+        check_model_source(directory, "policies")
     runs: dict[str, Path] = {}
     for directory in map(Path, config.diagnose_runs):  # named by directory, unless two clash
         runs[directory.name if directory.name not in runs else str(directory)] = directory

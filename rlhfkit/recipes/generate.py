@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rlhfkit.config import BaseConfig, SamplingOptions, option
 from rlhfkit.data.datasets import load_prompts
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import check_output_file, write_jsonl
 from rlhfkit.data.tokenize import encode_prompts
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import check_sampling_context, load_causal_lm, load_tokenizer
@@ -24,6 +24,7 @@ class GenerateConfig(BaseConfig, SamplingOptions):
     batch_size: int = option(64, "rows sampled together", minimum=1)
     max_prompt_length: int = option(256, "longer prompts lose their start", minimum=1)
     output_dir: str = option("runs/generate", "unused by this stage; kept for pipelines")
+    progress: bool = option(True, "show a progress bar")
 
 
 def written_files(config: GenerateConfig) -> list[Path]:
@@ -38,6 +39,7 @@ def run(config: GenerateConfig) -> int:
         raise ConfigError("output: give the output JSONL file (output=FILE.jsonl)")
     if config.n < 1:
         raise ConfigError("n: must be at least 1")
+    check_output_file(config.output, "output", {"prompts": config.prompts})
     tokenizer = load_tokenizer(config.model)
     examples = load_prompts(config.prompts)
     ids, cut = encode_prompts(tokenizer, [e.prompt for e in examples], config.max_prompt_length)
@@ -51,7 +53,7 @@ def run(config: GenerateConfig) -> int:
     params = SamplingParams(config.max_new_tokens, config.temperature, config.top_p)
     from rich.progress import Progress
 
-    with Progress(console=console) as progress:
+    with Progress(console=console, disable=not config.progress) as progress:
         task = progress.add_task("generate", total=len(ids) * config.n)
         samples = sample_responses(
             model,

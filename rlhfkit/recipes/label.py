@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import SEED_RANGE, check_limits, option
-from rlhfkit.data.io import read_records, read_work_log, write_json, write_jsonl
+from rlhfkit.data.io import (
+    check_output_file,
+    read_records,
+    read_work_log,
+    write_json,
+    write_jsonl,
+)
 from rlhfkit.errors import ConfigError, DataError, relabel_error
 from rlhfkit.feedback.ai_labeller import (
     LMJudge,
@@ -326,6 +332,7 @@ def label(config: LabelConfig) -> dict[str, Any]:
     if not config.output:
         raise ConfigError("output: give the output JSONL file (output=FILE.jsonl)")
     check_limits(config)  # as the command line checks them, for a config built in Python
+    check_output_file(config.output, "output", {"train_data": config.train_data})
     constitution = load_constitution(config.constitution, config.prompt_format)
     if not constitution.comparison_principles:
         raise ConfigError(f"constitution: {constitution.source} has no comparison_principles")

@@ -111,7 +111,7 @@ class Run:
         self.is_main = self.accelerator.is_main_process
         if not getattr(config, "progress", True):
             disable_hf_progress_bars()
-        check_output_stage(self.out, stage)
+        check_output_stage(self.out, stage, getattr(config, "model", "") or "")
         set_seed(config.seed)
         self._config_written = False
         self.data_record: dict[str, Any] | None = None  # set by `setup.checked_plan`
@@ -214,15 +214,37 @@ class Run:
         return time.perf_counter() - self._t0
 
 
-def check_output_stage(out: Path, stage: str) -> None:
-    """Refuse, in one line, an output directory whose config.yaml was written by another stage:
-    running there would replace that run's model and delete its checkpoints."""
+def check_output_stage(out: Path, stage: str, model: str = "") -> None:
+    """Refuse, in one line, an output directory the run cannot or must not write: a file (or
+    under one), the working directory or one holding it, one holding the `model` the run starts
+    from (exporting OUT/model would replace it), or one whose config.yaml was written by another
+    stage (running there would replace that run's model and delete its checkpoints) or by
+    something that is not rlhfkit."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"output_dir: {existing} is a file; give a directory")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(
+            f"output_dir: {str(out) or '.'} holds the working directory; give a directory of "
+            "its own (e.g. runs/NAME)"
+        )
+    if model and os.path.isdir(model) and _within(Path(model).resolve(), resolved):
+        raise ConfigError(
+            f"output_dir: {out} holds the model this run starts from ({model}), which the run's "
+            "export would replace; give another output_dir"
+        )
     written_by = output_stage(out)
     if written_by is not None and written_by != stage:
         raise ConfigError(
             f"output_dir: {out} holds a {written_by!r} run, not {stage!r}; give another "
             "output_dir, or delete that one first"
         )
+
+
+def _within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
 
 
 def output_stage(out: Path) -> str | None:
@@ -241,7 +263,12 @@ def output_stage(out: Path) -> str | None:
             "output_dir, or delete that one first"
         ) from None
     stage = loaded.get("stage") if isinstance(loaded, dict) else None
-    return str(stage) if stage is not None else None
+    if stage is None:
+        raise ConfigError(
+            f"output_dir: {path} is not the config of an rlhfkit run (it names no stage); give "
+            "another output_dir, or move that file"
+        )
+    return str(stage)
 
 
 def check_finite(loss_value: float, step: int, run: Run) -> None:
