@@ -274,16 +274,6 @@ class TrainConfig(BaseConfig):
     lora: LoraOptions = group(LoraOptions, "LoRA adapters through peft")
 
 
-def check_lengths(config: TrainConfig) -> None:
-    """Refuse a `max_prompt_length` above `max_length` (sft, rm, dpo): every longer prompt would
-    be cut to more than the whole sequence may hold, leaving its response no token."""
-    if config.max_prompt_length > config.max_length:
-        raise ConfigError(
-            f"max_prompt_length: {config.max_prompt_length} is more than max_length "
-            f"({config.max_length}), which holds prompt and response; lower it"
-        )
-
-
 @dataclass
 class SamplingOptions:
     max_new_tokens: int = option(64, "maximum tokens sampled per response", minimum=1)

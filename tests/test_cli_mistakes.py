@@ -67,13 +67,11 @@ def test_output_dirs_that_would_lose_something_are_refused(
         (["rm", "dpo.beta=0.1"], "unknown key 'dpo.beta': the dpo.* keys are `rlhfkit dpo`'s"),
         (["sft", "lora.r=2", "lora.target_modules=[]"], "lora.target_modules: must name at least"),
         (["dpo", "dpo.beta=0"], "dpo.beta: must be > 0"),
-        (["sft", "max_length=10", "max_prompt_length=20"], "max_prompt_length: 20 is more than"),
-        (["rm", "max_length=10", "max_prompt_length=20"], "max_prompt_length: 20 is more than"),
-        (["dpo", "max_length=10", "max_prompt_length=20"], "max_prompt_length: 20 is more than"),
         (["sft", "lr_scheduler=cosin"], "lr_scheduler: must be one of cosine, linear, constant"),
         (["sft", "dtype=float33"], "dtype: must be one of auto, float32"),
         (["sft", "--config", "a.yaml", "--config", "b.yaml"], "--config given twice"),
         (["sft", "--config", "."], "--config: '.' is a directory"),
+        (["ppo", "ppo.reward_model=r", "max_length=10"], "max_length: not used without ppo.ptx"),
     ],
 )
 def test_settings_mistakes_are_named_before_anything_loads(capsys, argv, message):

@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from rlhfkit.config import TrainConfig, check_lengths, group, option
+from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.collate import pad_right
 from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import PreferenceExample, RankingExample, soft_label_note
@@ -465,7 +465,6 @@ def pair_losses(
 
 def check_options(config: DPOConfig) -> None:
     """Turn every inconsistent `dpo.*` setting into a ConfigError before any model is loaded."""
-    check_lengths(config)
     lora_settings(config)  # refuses lora.dropout
     options = config.dpo
     names = available_dpo_losses()

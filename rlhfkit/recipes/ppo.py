@@ -193,6 +193,12 @@ class PPOConfig(TrainConfig, SamplingOptions):
         "rows of ptx_data per optimizer step (PPO-ptx)",
         minimum=1,
     )
+    max_length: int = option(
+        512,
+        "PPO-ptx only: maximum tokens of an SFT example of ppo.ptx_data (longer: truncated); "
+        "responses are max_new_tokens long",
+        minimum=1,
+    )
     # Inherited from TrainConfig but not used by ppo: a non-default value is refused
     # (`_check_unused`), since PPO's own keys decide these things.
     grad_accum: int = option(1, "not used by ppo (must stay 1): see ppo.num_minibatches")
@@ -527,6 +533,11 @@ def check_config(config: PPOConfig) -> None:
         )
     if options.ptx_coef > 0 and not options.ptx_data:
         raise ConfigError("ppo.ptx_data: ptx_coef > 0 needs SFT data to mix in")
+    if not options.ptx_data and config.max_length != PPOConfig.max_length:
+        raise ConfigError(
+            f"max_length: not used without ppo.ptx_data (got {config.max_length}); it cuts "
+            "PPO-ptx's SFT examples, and responses are max_new_tokens long"
+        )
     if options.ptx_data and options.ptx_coef == 0:
         raise ConfigError(
             "ppo.ptx_data: given, but ppo.ptx_coef is 0 so it would not be used; set "

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate.utils import gather_object
 
-from rlhfkit.config import TrainConfig, check_lengths, group, option
+from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.datasets import load_comparisons
 from rlhfkit.data.formats import (
     PreferenceExample,
@@ -413,7 +413,6 @@ def _load(spec: str, tokenizer, config: RMConfig) -> tuple[list[Comparison], Tok
 
 def check_config(config: RMConfig) -> None:
     """Every check that needs no model or data file; raises a one-line `ConfigError`."""
-    check_lengths(config)
     if config.rm.ensemble < 1:
         raise ConfigError(f"rm.ensemble: need at least 1 head, got {config.rm.ensemble}")
     if config.rm.center_coef < 0:

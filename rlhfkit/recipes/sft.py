@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.config import TrainConfig, check_lengths, group, option
+from rlhfkit.config import TrainConfig, group, option
 from rlhfkit.data.collate import pack_examples, pad_right
 from rlhfkit.data.datasets import load_sft
 from rlhfkit.data.tokenize import Encoded
@@ -132,7 +132,6 @@ def evaluate(run: Run, model, rows: list[dict], config: SFTConfig, pad_id: int) 
 
 
 def train(config: SFTConfig) -> dict:
-    check_lengths(config)
     run = Run(config, "sft")
     acc = run.accelerator
     tokenizer = load_tokenizer(config.model)
