@@ -248,10 +248,10 @@ def _within(path: Path, directory: Path) -> bool:
 
 
 def output_stage(out: Path) -> str | None:
-    """The stage named by `OUT/config.yaml`; None where there is no such file or it names none.
+    """The stage named by `OUT/config.yaml`; None where there is no such file.
 
-    A config.yaml that is not readable YAML is an error: the directory holds something, and
-    what wrote it cannot be told."""
+    A config.yaml that is not readable YAML, or names no stage, is an error: the directory holds
+    something that no rlhfkit stage wrote, and running there would overwrite it."""
     path = out / "config.yaml"
     if not path.is_file():
         return None
