@@ -602,6 +602,7 @@ def load_config(
     tree: dict[str, Any] = {}
     for key, value in (defaults or {}).items():
         _set_dotted(tree, key, value)
+    from_file: set[str] = set()  # the keys (and groups) whose value the file gives
     if config_file:
         path = Path(config_file)
         if path.is_dir():
@@ -623,8 +624,10 @@ def load_config(
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
         _deep_merge(tree, loaded)
+        from_file = _keys_and_groups(loaded)
     for item in overrides or []:  # a later item wins (programs compose base + changes)
         key, value = _parse_override(item)
+        from_file -= {key, *(k for k in from_file if k.startswith(key + "."))}
         if isinstance(value.parsed, dict) and _is_group(cls, key):
             # `lora={r: 8}` sets lora.r and keeps lora's other keys ("a: b" for a string key
             # stays text)
@@ -632,7 +635,24 @@ def load_config(
                 _set_dotted(tree, dotted, leaf)
         else:
             _set_dotted(tree, key, value)
-    return build(cls, tree)
+    try:
+        return build(cls, tree)
+    except ConfigError as err:  # a value the file gave: the error names the file, as for keys
+        key = str(err).split(":", 1)[0]
+        if key in from_file:
+            raise ConfigError(f"{config_file}: {err}") from None
+        raise
+
+
+def _keys_and_groups(tree: dict, prefix: str = "") -> set[str]:
+    """Every dotted key of a nested mapping, its groups included (`lora`, `lora.r`)."""
+    found = set()
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        found.add(dotted)
+        if isinstance(value, dict):
+            found |= _keys_and_groups(value, dotted + ".")
+    return found
 
 
 def _is_group(cls: type, dotted: str) -> bool:

@@ -220,3 +220,19 @@ def test_a_bare_flag_is_true_for_a_boolean_key_and_refused_for_any_other():
     _, overrides = split_args(["--progress", "--max_steps", "3"])
     config = load_config(SFTConfig, None, ["progress=false", *overrides])
     assert config.progress is True and config.max_steps == 3
+
+
+def test_a_bad_value_in_the_config_file_names_the_file(tmp_path):
+    """An unknown key in a --config file named the file, a bad value there did not
+    (`batch_size: expected an integer`): the same value typed on the command line is named
+    without a file, and one the command line overrides is no error."""
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: eight\nlora: [{r: 8}]\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: batch_size: expected an integer"):
+        load_config(SFTConfig, str(path))
+    with pytest.raises(ConfigError, match=rf"^{path}: lora: expected a group of keys"):
+        load_config(SFTConfig, str(path), ["batch_size=4"])
+    path.write_text("batch_size: eight\n")
+    assert load_config(SFTConfig, str(path), ["batch_size=4"]).batch_size == 4
+    with pytest.raises(ConfigError, match=r"^batch_size: expected an integer, got 'four'"):
+        load_config(SFTConfig, str(path), ["batch_size=four"])
