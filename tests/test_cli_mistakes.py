@@ -17,8 +17,9 @@ def _error(capsys, *argv: str) -> str:
     """Run `rlhfkit ARGV` in process; its one-line error (exit 2, no traceback)."""
     assert main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert "Traceback" not in err and len(errors) == 1 and err.endswith(errors[0]), err
+    return errors[0]
 
 
 def test_generate_refuses_to_write_over_its_prompts_or_into_a_directory(
@@ -128,3 +129,19 @@ def test_an_interrupted_run_says_how_to_continue(tmp_path):
     assert _resume_hint(config) == (
         f"; rerun the same command with resume=true to continue from {step}"
     )
+
+
+def test_a_dead_reward_url_is_found_before_a_fresh_ppo_run_removes_checkpoints(
+    tiny_model, tmp_path, capsys
+):
+    """The scorer was first called at the first rollout, after a fresh run (resume=false) had
+    removed the last run's checkpoints; `HttpScorer.check` now scores one pair at start."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "User: Hi\nBot:"}] * 8)
+    out = tmp_path / "ppo"
+    (out / "checkpoints" / "step-00000001").mkdir(parents=True)
+    err = _error(
+        capsys, "ppo", f"model={tiny_model}", f"train_data={prompts}", f"output_dir={out}",
+        "ppo.reward_model=http://127.0.0.1:9/score", "progress=false",
+    )  # fmt: skip
+    assert "reward_model: scorer http://127.0.0.1:9/score failed after" in err
+    assert (out / "checkpoints" / "step-00000001").is_dir()

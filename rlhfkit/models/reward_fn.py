@@ -148,6 +148,11 @@ class HttpScorer:
     def __init__(self, url: str, *, timeout: float = 60.0, retries: int = 3):
         self.url, self.timeout, self.retries = url, timeout, retries
 
+    def check(self) -> None:
+        """Score one pair now: a scorer that is down or refuses the protocol is a `ConfigError`
+        before a run starts (and before a fresh run removes an earlier run's checkpoints)."""
+        self(["Hello."], [" Hello."])
+
     def __call__(
         self,
         prompts: list[str],

@@ -73,7 +73,11 @@ from rlhfkit.models.head_scorer import HeadScorer, is_ensemble
 from rlhfkit.models.loading import check_sampling_context, load_causal_lm, load_tokenizer
 from rlhfkit.models.logprobs import TokenLogprobs
 from rlhfkit.models.reward_ensemble import SEPARATOR as ENSEMBLE_SEPARATOR
-from rlhfkit.models.reward_fn import load_reward_function, score_samples_with_disagreement
+from rlhfkit.models.reward_fn import (
+    HttpScorer,
+    load_reward_function,
+    score_samples_with_disagreement,
+)
 from rlhfkit.models.value_model import (
     ActorCritic,
     is_reward_model_dir,
@@ -671,6 +675,8 @@ def train(config: PPOConfig) -> dict:
     # --- models ---------------------------------------------------------------------------
     check_sampling_context(config.model, [*prompt_ids, *eval_ids], config.max_new_tokens)
     reward_fn = _load_reward(options.reward_model, "ppo.reward_model", dtype=config.dtype)
+    if isinstance(reward_fn, HttpScorer):
+        reward_fn.check()  # before the fresh run's clean-up below, as a directory's load is
     if options.uncertainty_coef > 0:
         reward_fn = _penalise_uncertainty(reward_fn, options)
     gold_fn = _load_reward(options.gold_reward, "ppo.gold_reward") if options.gold_reward else None
