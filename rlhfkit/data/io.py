@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.atomic_dirs import blocking_file
 from rlhfkit.errors import ConfigError, DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -255,9 +256,8 @@ def check_output_file(path: str | os.PathLike, key: str, inputs: dict[str, str])
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"{key}: {path} is a directory; give a file (e.g. {path}/out.jsonl)")
-    existing = next((p for p in target.parents if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"{key}: {existing} is a file, so {path} cannot be made")
+    if (blocking := blocking_file(target.parent)) is not None:
+        raise ConfigError(f"{key}: {blocking} is a file, so {path} cannot be made")
     for name, given in inputs.items():
         if given and Path(given).exists() and target.exists() and target.samefile(given):
             raise ConfigError(f"{key}: {path} is the {name} file this run reads; give another")

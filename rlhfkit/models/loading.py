@@ -202,18 +202,20 @@ def warn_if_16bit_training(model: torch.nn.Module, *, stacklevel: int = 2) -> bo
     return True
 
 
+def run_directory_model(path: str) -> str | None:
+    """The model a stage's run directory (an `rlhfkit sft/rm/dpo/ppo` OUT) exported, OUT/model,
+    where `path` is such a directory (it holds no config.json, its model/ does); else None."""
+    model = os.path.join(path, "model")
+    is_run = not os.path.isfile(os.path.join(path, "config.json"))
+    return model if is_run and os.path.isfile(os.path.join(model, "config.json")) else None
+
+
 def check_not_run_directory(path: str, key: str = "model") -> None:
-    """Refuse a stage's run directory (an `rlhfkit sft/rm/dpo/ppo` OUT) where its model is meant,
-    saying which directory that is: OUT/model (OUT itself holds no config.json)."""
-    if (
-        os.path.isdir(path)
-        and not os.path.isfile(os.path.join(path, "config.json"))
-        and os.path.isfile(os.path.join(path, "model", "config.json"))
-    ):
-        raise ConfigError(
-            f"{key}: {path!r} is a run directory; the model it wrote is "
-            f"{os.path.join(path, 'model')!r}"
-        )
+    """Refuse a stage's run directory where its model is meant, saying which directory that is
+    (`run_directory_model`)."""
+    model = run_directory_model(path)
+    if model is not None:
+        raise ConfigError(f"{key}: {path!r} is a run directory; the model it wrote is {model!r}")
 
 
 def check_model_source(name_or_path: str, key: str = "model") -> None:

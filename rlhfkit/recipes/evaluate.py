@@ -285,10 +285,9 @@ def policy_names(policies: list[str], reference_name: str) -> dict[str, str]:
 def run_model(directory: str) -> str:
     """A run directory (an sft, dpo or ppo OUT) stands for the model it exported, OUT/model;
     anything else (a model directory, a hub id) is itself."""
-    path = Path(directory)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return str(path / "model")
-    return directory
+    from rlhfkit.models.loading import run_directory_model
+
+    return run_directory_model(directory) or directory
 
 
 def evaluate_policies(config: EvalConfig) -> dict:

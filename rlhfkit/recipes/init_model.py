@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from rlhfkit.atomic_dirs import replace_dir_atomically
+from rlhfkit.atomic_dirs import blocking_file, holds_working_directory, replace_dir_atomically
 from rlhfkit.config import SEED_RANGE, option
 from rlhfkit.data.datasets import read_nonempty
 from rlhfkit.data.formats import parse_sft
@@ -76,9 +76,8 @@ def run(config: InitModelConfig) -> int:
         raise ConfigError("out: give the directory to write (--out DIR)")
     out = Path(config.out).expanduser().resolve()
     check_target(out, overwrite=config.overwrite)
-    existing = next(p for p in out.parents if p.exists())  # before the model is built
-    if not existing.is_dir():
-        raise ConfigError(f"out: {existing} is a file, so {out} cannot be made")
+    if (blocking := blocking_file(out.parent)) is not None:  # before the model is built
+        raise ConfigError(f"out: {blocking} is a file, so {out} cannot be made")
     tokenizer = None
     if config.tokenizer_corpus:
         tokenizer = learn_byte_bpe(corpus_texts(config.tokenizer_corpus), config.tokenizer_vocab)
@@ -115,8 +114,7 @@ def corpus_texts(spec: str) -> list[str]:
 
 def check_target(out: Path, *, overwrite: bool) -> None:
     """Raise a one-line `ConfigError` unless init-model may replace the resolved path `out`."""
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
+    if holds_working_directory(out):
         raise ConfigError(f"out: {out} is the current directory or holds it; give a subdirectory")
     if not out.exists():
         return

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.atomic_dirs import within
 from rlhfkit.config import build, option, read_yaml, write_config
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.training.run import console
@@ -165,11 +166,6 @@ def _substitute(
     return value
 
 
-def _within(path: Path, directory: Path) -> bool:
-    """Whether resolved `path` is `directory` or lies inside it."""
-    return path == directory or directory in path.parents
-
-
 def directory_fingerprint(directory: Path) -> str:
     """sha256 of the relative name, size and modification time of every file under `directory`.
 
@@ -230,7 +226,7 @@ def _referenced_stages(values: dict[str, Any], outputs: dict[str, Path]) -> set[
     for text in _strings(values):
         for path in _candidate_paths(text):
             resolved = path.resolve()
-            found.update(n for n, d in dirs.items() if _within(resolved, d) or _within(d, resolved))
+            found.update(n for n, d in dirs.items() if within(resolved, d) or within(d, resolved))
     return found
 
 
@@ -249,8 +245,8 @@ def _input_digest(values: dict[str, Any], hasher, stage_dirs: list[Path], own: l
             paths.append(source)
         for path in paths:
             resolved = path.resolve()
-            kept = any(_within(resolved, entry) for entry in own)
-            if not kept and any(_within(resolved, d) or _within(d, resolved) for d in stage_dirs):
+            kept = any(within(resolved, entry) for entry in own)
+            if not kept and any(within(resolved, d) or within(d, resolved) for d in stage_dirs):
                 continue
             if path.is_file():
                 hasher.update(path.read_bytes())
@@ -290,13 +286,13 @@ def _check_directory(out: Path, root: Path, others: dict[str, Path], where: str)
     neither the pipeline's output_dir nor the working directory (a fresh run empties it)."""
     resolved = out.resolve()
     for name, other in others.items():
-        if _within(resolved, other.resolve()) or _within(other.resolve(), resolved):
+        if within(resolved, other.resolve()) or within(other.resolve(), resolved):
             raise ConfigError(
                 f"{where}: output directory {out} overlaps stage {name!r}'s ({other}); "
                 "give each stage a directory of its own"
             )
     for held, what in ((root, "the pipeline's output_dir"), (Path.cwd(), "the working directory")):
-        if _within(held.resolve(), resolved):
+        if within(held.resolve(), resolved):
             raise ConfigError(f"{where}: output directory {out} holds {what}; choose another")
 
 
@@ -314,18 +310,18 @@ def _check_writes(stage: PlannedStage, earlier: list[PlannedStage], where: str) 
     another stage's directory (whose fresh run would remove it), and its directory may hold no
     earlier stage's file: else one stage would silently overwrite another's output."""
     own = stage.out.resolve()
-    mine = [Path(p).resolve() for p in stage.writes if not _within(Path(p).resolve(), own)]
+    mine = [Path(p).resolve() for p in stage.writes if not within(Path(p).resolve(), own)]
     for other in earlier:
         theirs_dir = other.out.resolve()
         theirs = [Path(p).resolve() for p in other.writes]
         for path in mine:
-            if _within(path, theirs_dir) or path in theirs:
+            if within(path, theirs_dir) or path in theirs:
                 raise ConfigError(
                     f"{where}: writes {path}, which stage {other.name!r} writes or holds; give "
                     "each stage's output a path of its own"
                 )
         for path in theirs:
-            if not _within(path, theirs_dir) and _within(path, own):
+            if not within(path, theirs_dir) and within(path, own):
                 raise ConfigError(
                     f"{where}: its directory {stage.out} holds {path}, which stage "
                     f"{other.name!r} writes; give each stage's output a path of its own"
@@ -500,7 +496,7 @@ def _written_files(stage: PlannedStage) -> list[str]:
     return sorted(
         path
         for path in stage.writes
-        if Path(path).is_file() and not _within(Path(path).resolve(), own)
+        if Path(path).is_file() and not within(Path(path).resolve(), own)
     )
 
 

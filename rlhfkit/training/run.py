@@ -43,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rlhfkit.atomic_dirs import blocking_file, holds_working_directory, within
 from rlhfkit.config import write_config
 from rlhfkit.data.io import strict_json, write_json
 from rlhfkit.errors import ConfigError, TrainingDiverged
@@ -220,17 +221,14 @@ def check_output_stage(out: Path, stage: str, model: str = "") -> None:
     from (exporting OUT/model would replace it), or one whose config.yaml was written by another
     stage (running there would replace that run's model and delete its checkpoints) or by
     something that is not rlhfkit."""
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"output_dir: {existing} is a file; give a directory")
-    resolved = out.resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
+    if (blocking := blocking_file(out)) is not None:
+        raise ConfigError(f"output_dir: {blocking} is a file; give a directory")
+    if holds_working_directory(out):
         raise ConfigError(
             f"output_dir: {str(out) or '.'} holds the working directory; give a directory of "
             "its own (e.g. runs/NAME)"
         )
-    if model and os.path.isdir(model) and _within(Path(model).resolve(), resolved):
+    if model and os.path.isdir(model) and within(Path(model).resolve(), out.resolve()):
         raise ConfigError(
             f"output_dir: {out} holds the model this run starts from ({model}), which the run's "
             "export would replace; give another output_dir"
@@ -241,10 +239,6 @@ def check_output_stage(out: Path, stage: str, model: str = "") -> None:
             f"output_dir: {out} holds a {written_by!r} run, not {stage!r}; give another "
             "output_dir, or delete that one first"
         )
-
-
-def _within(path: Path, directory: Path) -> bool:
-    return path == directory or directory in path.parents
 
 
 def output_stage(out: Path) -> str | None:
