@@ -121,6 +121,19 @@ def _two_stages(tmp_path, first: str, second: str) -> Path:
             "output: '${base}/pairs.jsonl'}}",
             r"stages\[2\] \(g\): writes .*pairs\.jsonl, which stage 'base' writes or holds",
         ),
+        # a missing data file: found before the first stage runs, not when its turn comes
+        (
+            "{name: base, stage: init-model}",
+            "{name: r, stage: rm, config: {model: '${base}', train_data: prefs.jsonl}}",
+            r"stages\[2\] \(r\): train_data: prefs\.jsonl: file not found, and no earlier "
+            r"stage writes it",
+        ),
+        (
+            "{name: base, stage: init-model}",
+            "{name: p, stage: ppo, config: {model: '${base}', train_data: '${base}/x.jsonl', "
+            "ppo: {reward_model: '${base}', ptx_coef: 0.1, ptx_data: ptx.jsonl}}}",
+            r"stages\[2\] \(p\): ppo\.ptx_data: ptx\.jsonl: file not found",
+        ),
     ],
 )
 def test_mistakes_in_a_pipeline_file_are_refused_before_anything_runs(
@@ -167,6 +180,25 @@ def test_a_fresh_rerun_removes_only_what_the_last_run_wrote(tmp_path):
             (data / "checkpoints").mkdir()  # resumable state of the last run: removed
     assert (data / "added_later.txt").read_text() == "mine"
     assert not (data / "checkpoints").exists() and (data / "sft.jsonl").is_file()
+
+
+def test_data_from_an_earlier_stage_or_on_disk_is_no_missing_input(tmp_path, monkeypatch):
+    """A data file an earlier stage writes (its `output`, or a path in its directory), one that
+    exists, a hub dataset name and an output that does not exist yet are all accepted."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a"}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"output_dir: {tmp_path / 'runs'}\nstages:\n"
+        "  - {name: base, stage: init-model}\n"
+        "  - {name: g, stage: generate, config: {model: '${base}', prompts: prompts.jsonl, "
+        "output: pairs.jsonl}}\n"
+        "  - {name: l, stage: label, config: {judge: simulated, train_data: pairs.jsonl, "
+        "output: '${out}/labelled.jsonl'}}\n"
+        "  - {name: r, stage: rm, config: {model: '${base}', train_data: '${l}/labelled.jsonl', "
+        "eval_data: 'trl-lib/ultrafeedback_binarized:test'}}\n"
+    )
+    assert [s.name for s in plan(path)] == ["base", "g", "l", "r"]
 
 
 def test_shipped_example_pipelines_are_valid():

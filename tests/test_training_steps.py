@@ -123,3 +123,18 @@ def test_stages_in_one_process_each_get_their_own_mixed_precision():
         assert make_accelerator("bf16").mixed_precision == "bf16"
     finally:  # later tests in this process build plain Accelerators: leave no bf16 behind
         assert make_accelerator("no").mixed_precision == "no"
+
+
+def test_fp16_on_a_cpu_says_it_computes_in_fp32(capsys):
+    """accelerate has no fp16 autocast on a CPU: `mixed_precision=fp16` ran fp32 silently there.
+    Now the run says so (and points at bf16, which a CPU autocasts)."""
+    from rlhfkit.training.run import make_accelerator
+
+    try:
+        on_cpu = make_accelerator("fp16").device.type == "cpu"  # CUDA autocasts fp16
+        said = "mixed_precision=fp16 has no effect on cpu" in capsys.readouterr().err
+        assert said == on_cpu
+        make_accelerator("bf16")
+        assert "has no effect" not in capsys.readouterr().err
+    finally:
+        assert make_accelerator("no").mixed_precision == "no"

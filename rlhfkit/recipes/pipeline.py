@@ -15,10 +15,12 @@ stages:
 pipeline's `output_dir` (a stage naming it depends on every earlier stage). Every stage's config
 is checked before any stage runs: an unknown key, at the top, in a stage entry or in a stage's
 config, is an error naming the nearest valid key, and so is a value out of range or one the
-stage's own check (`Stage.check`: ppo, dpo, rm) refuses, or a `${...}` that names no earlier
-stage. Each stage needs a directory of its own (`Stage.directory_key`: `output_dir`, init-model's
-`out`; by default `output_dir/NAME`): two stages' directories may not overlap, and no stage may
-write a file another writes or holds. A server (`serve`) cannot be a stage.
+stage's own check (`Stage.check`: ppo, dpo, rm) refuses, a `${...}` that names no earlier
+stage, or a data file (`.jsonl`, `.json`, `.parquet`, `.csv`) that neither exists nor comes
+from an earlier stage (its directory, or a file it writes). Each stage needs a directory of its
+own (`Stage.directory_key`: `output_dir`, init-model's `out`; by default `output_dir/NAME`):
+two stages' directories may not overlap, and no stage may write a file another writes or holds.
+A server (`serve`) cannot be a stage.
 
 A stage is skipped when its digest is unchanged since it last completed and what it left in its
 directory, and the files its config made it write elsewhere (`Stage.writes`: an `output` file
@@ -65,6 +67,7 @@ from typing import Any
 
 from rlhfkit.atomic_dirs import within
 from rlhfkit.config import build, option, read_yaml, write_config
+from rlhfkit.data.io import SUFFIXES
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.training.run import console
 
@@ -216,6 +219,43 @@ def _strings(value: Any):
     elif isinstance(value, dict):
         for v in value.values():
             yield from _strings(v)
+
+
+def _keyed_strings(values: dict[str, Any], prefix: str = ""):
+    """`(key, string)` for every string in a config's values; nested keys dotted."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _keyed_strings(value, f"{name}.")
+        else:
+            yield from ((name, text) for text in _strings(value))
+
+
+def _input_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A stage's values less what it writes (`output`, `judgments_output`, `output_dir`): those
+    are no inputs, even where they lie outside any stage directory and exist from a last run."""
+    return {k: v for k, v in values.items() if not k.endswith("output") and k != "output_dir"}
+
+
+def _check_inputs(stage: PlannedStage, earlier: list[PlannedStage], where: str) -> None:
+    """Every data file (`.jsonl`, `.json`, `.parquet`, `.csv`) the stage reads exists, or an
+    earlier stage makes it (a path in that stage's directory, or one of the files it writes):
+    a typo in the last stage's data is an error before the first stage runs, not hours later.
+    Models are left to the stage: a name that is no local directory may be a hub id."""
+    made = [s.out.resolve() for s in earlier]
+    written = {Path(p).resolve() for s in earlier for p in s.writes}
+    for key, text in _keyed_strings(_input_values(stage.values)):
+        if "://" in text or text.startswith("python:"):
+            continue
+        for path in _candidate_paths(text):
+            if path.suffix.lower() not in SUFFIXES or path.exists():
+                continue
+            resolved = path.resolve()
+            if resolved in written or any(within(resolved, d) for d in made):
+                continue
+            raise ConfigError(
+                f"{where}: {key}: {path}: file not found, and no earlier stage writes it"
+            )
 
 
 def _referenced_stages(values: dict[str, Any], outputs: dict[str, Path]) -> set[str]:
@@ -389,6 +429,7 @@ def plan(path: Path) -> list[PlannedStage]:
             tuple(sorted(used)), writes=tuple(str(path) for path in writes),
         )  # fmt: skip
         _check_writes(stage, planned, where)
+        _check_inputs(stage, planned, where)
         planned.append(stage)
         # Provisional (the run recomputes it when the stage's turn comes): earlier stages stand
         # for their runs by their digests.
@@ -433,12 +474,7 @@ def stage_digest(stage: PlannedStage, planned: list[PlannedStage], runs: dict[st
     hasher = hashlib.sha256(stage.config_digest.encode())
     stage_dirs = [s.out.resolve() for s in planned[: upto + 1]]
     own = [(stage.out / entry).resolve() for entry in _kept_entries(stage.out)]
-    # What the stage writes (`output`, `judgments_output`, `output_dir`) is not an input, even
-    # where it lies outside any stage directory and exists from the last run.
-    inputs = {
-        k: v for k, v in stage.values.items() if not k.endswith("output") and k != "output_dir"
-    }
-    _input_digest(inputs, hasher, stage_dirs, own)
+    _input_digest(_input_values(stage.values), hasher, stage_dirs, own)
     for ref in stage.upstream:
         hasher.update(f"{ref}={runs[ref]}".encode())
     return hasher.hexdigest()

@@ -66,6 +66,12 @@ def make_accelerator(
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=trackers or None)
     check_processes_joined(accelerator, os.environ.get("WORLD_SIZE"))
+    if mixed_precision == "fp16" and not accelerator.native_amp and accelerator.is_main_process:
+        # accelerate has no fp16 autocast on a CPU: it runs the step in fp32, silently.
+        console.print(
+            f"[yellow]mixed_precision=fp16 has no effect on {accelerator.device.type}: the run "
+            "computes in fp32 there (mixed_precision=bf16 autocasts on CPUs)[/]"
+        )
     return accelerator
 
 
