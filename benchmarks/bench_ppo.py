@@ -40,6 +40,7 @@ from harness import (  # noqa: E402
     Side,
     SideResult,
     emit_result,
+    format_round_ratios,
     format_table,
     run_alternating,
     scratch_dir,
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         f"preset {args.preset}; 'tokens/s' below = samples/s\n"
     )
     print(format_table(summary, reference="trl" if "trl" in summary else None))
+    if "trl" in summary:
+        print("\n" + format_round_ratios(measurements, "trl"))
     print("\n| side | samples/s (median) | generation share (median) |\n|---|---|---|")
     for name, row in summary.items():
         share = statistics.median(

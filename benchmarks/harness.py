@@ -42,8 +42,9 @@ What is measured:
 
 Helpers for other scripts: `SideResult`, `bench_main`, `run_alternating(sides, ...)` (the parent
 loop, usable without argparse), `summarise(measurements)`, `format_table(summary, reference)`,
-`scratch_dir(prefix)` (a temporary directory removed when the process exits: a side's output_dir
-and a library's caches).
+`round_ratios(measurements, side, reference)` (paired per-round speed ratios, printed under the
+table), `scratch_dir(prefix)` (a temporary directory removed when the process exits: a side's
+output_dir and a library's caches).
 """
 
 from __future__ import annotations
@@ -204,6 +205,32 @@ def summarise(measurements: list[Measurement]) -> dict[str, dict]:
             "seconds": statistics.median(m.seconds for m in mine),
         }
     return out
+
+
+def round_ratios(measurements: list[Measurement], side: str, reference: str) -> list[float]:
+    """tokens/s of `side` over `reference`'s in each round both finished, in round order.
+
+    The sides of one round run back to back, so a slow hour of a shared machine slows both:
+    these paired ratios vary less than the medians' ratio does, and a disturbed round shows."""
+    speeds: dict[tuple[str, int], float] = {(m.side, m.round): m.tokens_per_s for m in measurements}
+    rounds = sorted({m.round for m in measurements})
+    return [
+        speeds[(side, r)] / speeds[(reference, r)]
+        for r in rounds
+        if (side, r) in speeds and (reference, r) in speeds
+    ]
+
+
+def format_round_ratios(measurements: list[Measurement], reference: str) -> str:
+    """One line per other side: its paired per-round speed ratios and their median."""
+    lines = []
+    for side in dict.fromkeys(m.side for m in measurements):
+        ratios = round_ratios(measurements, side, reference) if side != reference else []
+        if ratios:
+            shown = " ".join(f"{r:.2f}" for r in ratios)
+            median = statistics.median(ratios)
+            lines.append(f"{side}/{reference} per round: {shown} (median {median:.2f}x)")
+    return "\n".join(lines)
 
 
 def rate(value: float) -> str:
@@ -367,6 +394,8 @@ def bench_main(
     command = shlex.join([Path(sys.executable).name, *sys.argv[:1], *raw_argv])
     print(f"\n{description}\ncommand: {command}\n")
     print(format_table(summary, reference if reference in summary else None))
+    if reference in summary:
+        print("\n" + format_round_ratios(measurements, reference))
     if args.json:
         Path(args.json).write_text(
             json.dumps(

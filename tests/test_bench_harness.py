@@ -66,6 +66,20 @@ def test_rates_below_a_hundred_keep_three_significant_digits():
     assert "| a | 1 | 0.769 | 0.7-0.8 | 10 |" in table
 
 
+def test_round_ratios_pair_the_sides_of_each_round():
+    """Round 0: 120 / 100 = 1.2; round 1: 150 / 100 = 1.5; round 2 has no reference run and is
+    left out. The median of (1.2, 1.5) is 1.35."""
+    from harness import Measurement, format_round_ratios, round_ratios
+
+    def run(side, r, speed):
+        return Measurement(side, r, 0, 1.0, speed, 1.0, 1.0)
+
+    runs = [run("a", 0, 120.0), run("ref", 0, 100.0), run("a", 1, 150.0), run("ref", 1, 100.0)]
+    runs.append(run("a", 2, 900.0))
+    assert round_ratios(runs, "a", "ref") == pytest.approx([1.2, 1.5])
+    assert format_round_ratios(runs, "ref") == "a/ref per round: 1.20 1.50 (median 1.35x)"
+
+
 def test_scratch_dir_is_removed_when_the_process_exits(tmp_path):
     """A side's output_dir goes away with its process, even when the side crashes."""
     benchmarks = Path(harness.__file__).parent
