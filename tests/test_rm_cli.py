@@ -185,7 +185,8 @@ def test_grad_accumulation_invariant(tiny_model, world_data, tmp_path):
 def test_two_processes_equal_one(tiny_model, world_data, tmp_path):
     """2 gloo processes x 2 comparisons = 1 process x 4: same losses, evaluations and final
     weights. The eval set has one comparison, so rank 1 has none of its own: it runs a filler
-    batch to keep its forwards in step with rank 0's (it hung before)."""
+    batch to keep its forwards in step with rank 0's (it hung before). summary.json's
+    train_tokens counts every process's tokens (it was rank 0's count times 2)."""
     one_eval = write_jsonl(tmp_path / "eval1.jsonl", _read_jsonl(world_data["eval"])[:1])
     args = [f"model={tiny_model}", f"train_data={world_data['train']}", "max_steps=2"]
     args += ["learning_rate=1e-4", "logging_steps=1", "rm.normalize=false", "progress=false"]
@@ -208,6 +209,10 @@ def test_two_processes_equal_one(tiny_model, world_data, tmp_path):
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    one, two = (
+        json.loads((tmp_path / name / "summary.json").read_text()) for name in ("one", "two")
+    )
+    assert two["train_tokens"] == one["train_tokens"] > 0
 
 
 def test_rm_resume_after_kill_equals_uninterrupted(tiny_model, world_data, tmp_path):

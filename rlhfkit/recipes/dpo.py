@@ -864,6 +864,10 @@ def _train_loop(
                 for m in plan.micro_batches(step, acc.process_index)
             ]
             passes = forward_chunks(micro, options.pairs_per_forward)
+            # all processes' tokens: every process knows the whole global batch
+            window_tokens += sum(
+                pairs[i].tokens for record in plan.global_indices(step) for i in groups[record]
+            )
             global_records = plan.global_batch
             sums: dict[str, float] = {}
             for k, indices in enumerate(passes):
@@ -880,7 +884,6 @@ def _train_loop(
                     acc.backward((losses * weights).sum() * acc.num_processes / global_records)
                 for key, values in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float((values * weights).sum())
-                window_tokens += sum(pairs[i].tokens for i in indices)
             means = {key: global_sum(acc, value) / global_records for key, value in sums.items()}
             check_finite(means["loss"], step + 1, run)
             grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
@@ -888,9 +891,7 @@ def _train_loop(
             totals["loss_sum"] += means["loss"]
             totals["loss_steps"] += 1
             done = step + 1
-            tokens_per_s = (
-                window_tokens * acc.num_processes / max(time.perf_counter() - window_start, 1e-9)
-            )
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             run.advance(
                 f"loss {means['loss']:.4f}  acc {means['rewards/accuracy']:.2f}  "
                 f"{tokens_per_s:,.0f} tok/s"

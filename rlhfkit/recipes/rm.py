@@ -495,6 +495,10 @@ def train(config: RMConfig) -> dict:
     with run.progress(plan.total_steps, start_step, "rm"):
         for step in range(start_step, plan.total_steps):
             micro_batches = plan.micro_batches(step, acc.process_index)
+            # Every process knows the whole global batch: the step's tokens, all processes'.
+            tokens = _token_count(comparisons, plan.global_indices(step), config.rm.shared_prompt)
+            window_tokens += tokens
+            totals["tokens"] += tokens
             local_loss, local_correct = 0.0, 0.0
             for micro, indices in enumerate(micro_batches):
                 rows, pairs = _batch_inputs(
@@ -515,9 +519,6 @@ def train(config: RMConfig) -> dict:
                 local_loss += float(loss.detach())
                 local_correct += float(((chosen > rejected).float() * pairs["weight"]).sum())
                 local_correct += float(((chosen == rejected).float() * pairs["weight"]).sum()) / 2
-                tokens = _token_count(comparisons, indices, config.rm.shared_prompt)
-                window_tokens += tokens
-                totals["tokens"] += tokens
             loss_value = global_sum(acc, local_loss) / plan.global_batch
             accuracy = global_sum(acc, local_correct) / plan.global_batch
             check_finite(loss_value, step + 1, run)
@@ -526,9 +527,7 @@ def train(config: RMConfig) -> dict:
             totals["accuracy_sum"] += accuracy
             totals["loss_steps"] += 1
             done = step + 1
-            tokens_per_s = (
-                window_tokens * acc.num_processes / max(time.perf_counter() - window_start, 1e-9)
-            )
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             run.advance(f"loss {loss_value:.4f} acc {accuracy:.3f}  {tokens_per_s:,.0f} tok/s")
             if done % config.logging_steps == 0 or done == plan.total_steps:
                 run.log(
@@ -564,7 +563,7 @@ def train(config: RMConfig) -> dict:
         "train_loss": totals["loss_sum"] / steps,
         "train_accuracy": totals["accuracy_sum"] / steps,
         "steps": plan.total_steps,
-        "train_tokens": totals["tokens"] * acc.num_processes,
+        "train_tokens": totals["tokens"],
         "train_seconds": totals["seconds"],
     }
     unwrapped: RewardModel = acc.unwrap_model(model)

@@ -188,6 +188,8 @@ def train(config: SFTConfig) -> dict:
         for step in range(start_step, plan.total_steps):
             micro_batches = plan.micro_batches(step, acc.process_index)
             step_tokens = _targets(rows, plan.global_indices(step))
+            # all processes' tokens (no padding): every process knows the whole global batch
+            window_tokens += sum(len(rows[i]["input_ids"]) for i in plan.global_indices(step))
             local_nll = 0.0
             for micro, indices in enumerate(micro_batches):
                 batch = _batch(rows, indices, tokenizer.pad_token_id, acc.device)
@@ -197,16 +199,13 @@ def train(config: SFTConfig) -> dict:
                     # DDP averages gradients over processes, hence the factor num_processes.
                     acc.backward(nll * acc.num_processes / step_tokens)
                 local_nll += float(nll.detach())
-                window_tokens += sum(len(rows[i]["input_ids"]) for i in indices)  # no padding
             loss = global_sum(acc, local_nll) / step_tokens
             check_finite(loss, step + 1, run)
             grad_norm, lr = optimizer_step(acc, model, optimizer, scheduler, config.max_grad_norm)
             totals["loss_sum"] += loss
             totals["loss_steps"] += 1
             done = step + 1
-            tokens_per_s = (
-                window_tokens * acc.num_processes / max(time.perf_counter() - window_start, 1e-9)
-            )
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             run.advance(f"loss {loss:.4f}  {tokens_per_s:,.0f} tok/s")
             if done % config.logging_steps == 0 or done == plan.total_steps:
                 run.log(

@@ -175,17 +175,19 @@ def check_same_data(checkpoint: Path, current: dict[str, Any] | None) -> None:
 
 def check_process_count(checkpoint: Path, num_processes: int) -> None:
     """Raise a one-line `ConfigError` when `checkpoint` was written by another number of
-    processes. A step's global batch is batch_size x grad_accum x processes, so with another
-    count step s would read other examples (and an `epochs` run would have another length),
-    and each process's RNG state is restored from its own file. Checkpoints of an older rlhfkit
-    record no count and are not checked."""
+    processes. Each process's RNG state (PPO samples its responses with it) is
+    restored from its own file, so another count cannot continue the same random streams; and
+    for sft, rm and dpo a step's global batch is batch_size x grad_accum x processes, so step s
+    would also read other examples (and an `epochs` run would have another length).
+    Checkpoints of an older rlhfkit record no count and are not checked."""
     saved = read_trainer_state(checkpoint).get(PROCESSES_FIELD)
     if saved is not None and saved != num_processes:
         raise ConfigError(
             f"resume: {checkpoint} was written by {saved} process(es) and this run has "
-            f"{num_processes}; a step's examples depend on the count (batch_size x grad_accum x "
-            f"processes), so relaunch with {saved} process(es) to continue it, or start a fresh "
-            "run with resume=false (it removes these checkpoints)"
+            f"{num_processes}; each process's random state is restored from its own file (and "
+            "the global batch of sft, rm and dpo is batch_size x grad_accum x processes), so "
+            f"relaunch with {saved} process(es) to continue it, or start a fresh run with "
+            "resume=false (it removes these checkpoints)"
         )
 
 
