@@ -461,8 +461,10 @@ def test_local_directories_named_as_inputs_enter_the_digest(tmp_path):
     assert plan(path)[0].digest != retouched
 
 
-def test_every_member_of_a_reward_ensemble_enters_the_digest(tmp_path):
+def test_every_member_of_a_reward_ensemble_enters_the_digest(tmp_path, monkeypatch):
     """`ppo.reward_model: A,B` names two directories: re-writing the second reruns the stage."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"prompt": "a"}\n')  # data files must exist
     members = [tmp_path / "rm_a", tmp_path / "rm_b"]
     for member in members:
         member.mkdir()
@@ -718,6 +720,8 @@ def test_the_files_label_writes_beside_its_output_are_recorded(tmp_path, monkeyp
     """label writes X.judgments.jsonl and X.summary.json beside its `output`; where that lies
     outside the stage's directory the marker used to record the output alone, so a removed
     summary stayed missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "responses": ["b", "c"]}\n')
     ran = _fake_stages(monkeypatch)
     labels = tmp_path / "data" / "labels.jsonl"
     path = _faked_pipeline(
@@ -736,9 +740,11 @@ def test_the_files_label_writes_beside_its_output_are_recorded(tmp_path, monkeyp
     assert ran == ["l", "l"] and beside[1].is_file()
 
 
-def test_the_digest_is_of_the_resolved_config(tmp_path):
+def test_the_digest_is_of_the_resolved_config(tmp_path, monkeypatch):
     """Dotted and nested keys, and a key written at its default value, give one digest (the
     resolved config, defaults included, is hashed), and output_dir may use `${root}`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     from rlhfkit.recipes.dpo import DPOConfig
 
     beta = DPOConfig().dpo.beta
@@ -759,6 +765,8 @@ def test_editing_a_python_reward_reruns_its_stage(tmp_path, monkeypatch):
     module = tmp_path / "my_gold_reward.py"
     module.write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"prompt": "a"}\n')
     path = _faked_pipeline(
         tmp_path,
         "  - {name: e, stage: eval, config: {policies: [p], reference: r, prompts: q.jsonl,"
