@@ -267,16 +267,19 @@ def test_value_head_on_policy_and_ptx(tiny_model, prompt_file, sft_data, tmp_pat
     assert math.isfinite(rows[-1]["value_loss"]) and rows[-1]["ptx_loss"] > 0
 
 
-def test_critic_from_a_reward_model_dir_reads_the_reward_head(tiny_model, tmp_path):
+def test_critic_from_a_reward_model_dir_starts_at_its_normalised_score(tiny_model, tmp_path):
     """The critic built from a reward-model directory applies the same head to the same hidden
-    states as AutoModelForSequenceClassification: its value at the last position of a text is
-    that model's raw reward (before rlhfkit's normalisation)."""
+    states as AutoModelForSequenceClassification, with the stored normalisation folded in: its
+    value at the last position of a text is the score PPO is given, gain x raw + bias (it was
+    the raw reward, on another scale than the returns it regresses to)."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhfkit.models.reward_model import build_reward_model, save_reward_model
 
     tokenizer = load_tokenizer(str(tiny_model))
-    save_reward_model(build_reward_model(str(tiny_model), seed=1), tokenizer, tmp_path / "rm")
+    reward_model = build_reward_model(str(tiny_model), seed=1)
+    reward_model.set_normalization([2.0], [0.5], "a test")
+    save_reward_model(reward_model, tokenizer, tmp_path / "rm")
     assert is_reward_model_dir(str(tmp_path / "rm")) and not is_reward_model_dir(str(tiny_model))
     critic = load_value_model(str(tmp_path / "rm"))
     seqcls = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm"))
@@ -285,8 +288,31 @@ def test_critic_from_a_reward_model_dir_reads_the_reward_head(tiny_model, tmp_pa
     extended = torch.cat([ids, ids[:, :1]], dim=1)  # one more token: its value is the last state
     with torch.no_grad():
         values = critic(extended, torch.cat([target, target[:, :1]], dim=1))
-        expected = seqcls(ids).logits[0, 0]
+        expected = 2.0 * seqcls(ids).logits[0, 0] + 0.5
     torch.testing.assert_close(values[0, -1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_reward_head_averages_the_normalised_heads():
+    """Two heads w = [1, 2] and [3, 4], raw biases 1 and -1, gains 2 and 0.5, biases 0.1 and
+    0.3: the scorer's reward mean_k(g_k (w_k·h + b_k) + β_k) is one linear map with weight
+    mean([2, 4], [1.5, 2]) = [1.75, 3.0] and bias mean(2·1 + 0.1, 0.5·(-1) + 0.3) =
+    mean(2.1, -0.2) = 0.95. Folding a later normalisation (gain 2, bias -1) gives weight
+    [3.5, 6.0] and bias 2 · 0.95 - 1 = 0.9. Without gains the heads are just averaged, and a
+    head without a bias gets one (0)."""
+    from rlhfkit.models.value_model import fold_normalization, reward_head
+
+    head = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        head.bias.copy_(torch.tensor([1.0, -1.0]))
+    folded = reward_head(head, [2.0, 0.5], [0.1, 0.3])
+    torch.testing.assert_close(folded.weight, torch.tensor([[1.75, 3.0]]))
+    torch.testing.assert_close(folded.bias, torch.tensor([0.95]))
+    fold_normalization(folded, 2.0, -1.0)
+    torch.testing.assert_close(folded.weight, torch.tensor([[3.5, 6.0]]))
+    torch.testing.assert_close(folded.bias, torch.tensor([0.9]))
+    plain = reward_head(torch.nn.Linear(2, 2, bias=False), [], [])
+    assert plain.bias is not None and float(plain.bias) == 0.0
 
 
 def record_critic_sources(monkeypatch) -> list[str]:
@@ -309,7 +335,8 @@ def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
 ):
     """Where the critic's weights come from: `ppo.value_model` if given; else the reward model
     when `ppo.reward_model` is an rlhfkit reward-model directory (InstructGPT's choice); else the
-    policy (a python: or http reward has no weights to start from)."""
+    policy (a python: or http reward has no weights to start from). The normalisation of
+    `ppo.reward_norm_samples` is folded into a critic started from the reward model only."""
     from rlhfkit.models.reward_model import build_reward_model, save_reward_model
 
     rm = tmp_path / "rm"
@@ -317,12 +344,24 @@ def test_the_critic_starts_from_the_reward_model_unless_told_otherwise(
         build_reward_model(str(tiny_model), seed=1), load_tokenizer(str(tiny_model)), rm
     )
     sources = record_critic_sources(monkeypatch)
+    import rlhfkit.recipes.ppo as ppo_recipe
+
+    folded = []  # the normalisation PPO fits is folded into a critic that predicts scores only
+    real_fold = ppo_recipe.fold_normalization
+    monkeypatch.setattr(
+        ppo_recipe,
+        "fold_normalization",
+        lambda head, g, b: folded.append(g) or real_fold(head, g, b),
+    )
     one_step = ["max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1"]
+    one_step += ["ppo.reward_norm_samples=4"]
     train(ppo_config(tiny_model, prompt_file, tmp_path / "a", *one_step))
+    assert folded == []  # a new head on the policy predicts no score
     train(ppo_config(tiny_model, prompt_file, tmp_path / "b", *one_step, f"ppo.reward_model={rm}"))
+    assert len(folded) == 1 and folded[0] > 0
     explicit = [f"ppo.reward_model={rm}", f"ppo.value_model={tiny_model}"]
     train(ppo_config(tiny_model, prompt_file, tmp_path / "c", *one_step, *explicit))
-    assert sources == [str(tiny_model), str(rm), str(tiny_model)]
+    assert sources == [str(tiny_model), str(rm), str(tiny_model)] and len(folded) == 1
 
 
 def test_uncertainty_penalty_scores_mean_minus_std_of_the_ensemble(
@@ -961,3 +1000,72 @@ def test_value_head_on_the_policy_adds_one_linear_and_learns(
     assert not torch.equal(initial["value_head.weight"], final["value_head.weight"])
     assert len(value_losses) == 4
     assert value_losses[-1] < value_losses[0] / 10, value_losses
+
+
+def test_a_positive_missing_eos_penalty_is_warned_about(tiny_model, prompt_file, tmp_path, capsys):
+    """TRL subtracts its `missing_eos_penalty` (a positive number) from the score; here it is
+    the score itself, so a TRL config's 1.0 would reward responses that never end: warned."""
+    one_step = ["max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1"]
+    train(
+        ppo_config(
+            tiny_model, prompt_file, tmp_path / "a", *one_step, "ppo.missing_eos_penalty=1.0"
+        )
+    )
+    assert (
+        "ppo.missing_eos_penalty=1.0 is the score a response without EOS" in capsys.readouterr().err
+    )
+    train(
+        ppo_config(tiny_model, prompt_file, tmp_path / "b", *one_step, "ppo.missing_eos_penalty=-1")
+    )
+    assert "missing_eos_penalty" not in capsys.readouterr().err
+
+
+def test_a_reward_model_that_would_cut_the_rollouts_is_warned_about(
+    tiny_model, prompt_file, tmp_path, capsys
+):
+    """A reward model trained with max_length=16 cuts prompt + response there when it scores:
+    a rollout of a prompt plus up to max_new_tokens tokens is longer, so it would score the
+    responses' starts only, without their EOS; PPO says so before it trains."""
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+
+    reward_model = build_reward_model(str(tiny_model), seed=1)
+    reward_model.info.max_length = 16
+    save_reward_model(reward_model, load_tokenizer(str(tiny_model)), tmp_path / "rm")
+    one_step = ["max_steps=1", "ppo.ppo_epochs=1", "ppo.num_minibatches=1"]
+    train(
+        ppo_config(
+            tiny_model,
+            prompt_file,
+            tmp_path / "a",
+            *one_step,
+            f"ppo.reward_model={tmp_path / 'rm'}",
+        )
+    )
+    assert (
+        "ppo.reward_model reads at most 16 tokens of prompt + response" in capsys.readouterr().err
+    )
+
+
+def test_a_critic_from_a_model_with_another_tokenizer_is_refused(tiny_model, prompt_file, tmp_path):
+    """The critic reads the policy's token ids: started from a reward model whose tokenizer has
+    another vocabulary (a learned BPE here, the policy's is bytes) it would read other tokens.
+    A one-line error names the key and the ways out, before any training."""
+    from rlhfkit.models.reward_model import build_reward_model, save_reward_model
+    from rlhfkit.models.tokenizer import learn_byte_bpe
+
+    other = learn_byte_bpe(["the cat sat on the mat", "a dog ran in the fog"] * 20, vocab_size=300)
+    save_reward_model(build_reward_model(str(tiny_model), seed=1), other, tmp_path / "rm")
+    one_step = ["max_steps=1", f"ppo.reward_model={tmp_path / 'rm'}"]
+    with pytest.raises(ConfigError, match=r"ppo.reward_model: the critic would start from .*rm, "):
+        train(ppo_config(tiny_model, prompt_file, tmp_path / "a", *one_step))
+    # the policy itself as the critic's start is fine with any reward model's tokenizer
+    train(
+        ppo_config(
+            tiny_model,
+            prompt_file,
+            tmp_path / "b",
+            *one_step,
+            f"ppo.value_model={tiny_model}",
+            "ppo.ppo_epochs=1",
+        )
+    )

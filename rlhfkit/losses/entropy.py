@@ -3,8 +3,8 @@
 ``H(p) = -sum_v p_v log p_v`` with ``p = softmax(z)``. Since ``log p_v = z_v - logsumexp(z)``,
 ``H = logsumexp(z) - sum_v p_v z_v``, which needs no ``log`` of a probability that may underflow
 to 0 and stays finite for logits of any size (including ``-inf`` for masked-out tokens, whose
-probability is exactly 0). A PPO diagnostic (a collapsing entropy signals mode collapse) and the
-optional entropy bonus.
+probability is exactly 0). A PPO diagnostic, logged every step (a collapsing entropy signals
+mode collapse); `rlhfkit ppo` adds no entropy bonus to its loss, as InstructGPT and TRL add none.
 """
 
 from __future__ import annotations

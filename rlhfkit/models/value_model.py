@@ -92,7 +92,8 @@ class ValueModel(torch.nn.Module):
 def load_value_model(
     path: str, *, dtype: str = "auto", gradient_checkpointing: bool = False
 ) -> ValueModel:
-    """Build the critic from a reward-model directory (head kept) or a causal-LM one (new head).
+    """Build the critic from a reward-model directory (head kept, its normalisation folded in:
+    `reward_head`) or a causal-LM one (new head).
 
     Args:
         path: `rlhfkit rm` output `model/` directory, or a policy/SFT directory or hub id.
@@ -123,15 +124,49 @@ def load_value_model(
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear):
         raise ConfigError(f"ppo.value_model: {path!r} has no linear `score` head")
-    if head.out_features > 1:
-        mean_head = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None)
-        mean_head.to(dtype=head.weight.dtype, device=head.weight.device)
-        with torch.no_grad():
-            mean_head.weight.copy_(head.weight.mean(dim=0, keepdim=True))
-            if head.bias is not None:
-                mean_head.bias.copy_(head.bias.mean().reshape(1))
-        head = mean_head
+    if is_reward_model_dir(path):
+        from rlhfkit.models.reward_model import read_reward_info
+
+        info = read_reward_info(path)
+        if info is not None and len(info.gain) != head.out_features:
+            raise ConfigError(
+                f"ppo.value_model: {path!r}: rlhfkit_reward.json holds {len(info.gain)} "
+                f"normalisation gains for a score head of {head.out_features} outputs"
+            )
+        head = reward_head(head, *((info.gain, info.bias) if info is not None else ([], [])))
     return ValueModel(backbone, head)
+
+
+def reward_head(head: torch.nn.Linear, gain: list[float], bias: list[float]) -> torch.nn.Linear:
+    """The Linear(H, 1) whose output is the reward the scorer gives: the K heads' normalised
+    scores averaged, ``mean_k(g_k (w_k·h + b_k) + β_k) = (mean_k g_k w_k)·h + mean_k(g_k b_k +
+    β_k)``, one linear map. So a critic started from a reward model predicts, at the start, the
+    score PPO is given (normalised), not the raw head's scale (Huang et al. 2024 start theirs
+    so). No gains (`[]`): g = 1, β = 0. Always with a bias (`fold_normalization` needs one).
+
+    Args:
+        head: Linear(H, K), the reward model's score head(s).
+        gain, bias: K normalisation gains and biases (`RewardInfo`), or empty.
+    """
+    k = head.out_features
+    g = torch.tensor(gain or [1.0] * k, dtype=torch.float64)  # (K,)
+    beta = torch.tensor(bias or [0.0] * k, dtype=torch.float64)  # (K,)
+    weight = head.weight.detach().double()  # (K, H)
+    raw_bias = head.bias.detach().double() if head.bias is not None else torch.zeros(k).double()
+    out = torch.nn.Linear(head.in_features, 1, bias=True)
+    out.to(dtype=head.weight.dtype, device=head.weight.device)
+    with torch.no_grad():
+        out.weight.copy_((g[:, None] * weight).mean(dim=0, keepdim=True))
+        out.bias.copy_((g * raw_bias + beta).mean().reshape(1))
+    return out
+
+
+@torch.no_grad()
+def fold_normalization(head: torch.nn.Linear, gain: float, bias: float) -> None:
+    """Make `head`'s output `gain * output + bias` in place: what a score normalised afterwards
+    (PPO's `ppo.reward_norm_samples`) is, so that the critic predicts it."""
+    head.weight.mul_(gain)
+    head.bias.mul_(gain).add_(bias)
 
 
 def new_value_head(lm: torch.nn.Module) -> torch.nn.Linear:
@@ -231,7 +266,9 @@ class ActorCritic(torch.nn.Module):
 __all__ = [
     "ActorCritic",
     "ValueModel",
+    "fold_normalization",
     "is_reward_model_dir",
     "load_value_model",
     "new_value_head",
+    "reward_head",
 ]

@@ -80,6 +80,7 @@ from rlhfkit.models.reward_fn import (
 )
 from rlhfkit.models.value_model import (
     ActorCritic,
+    fold_normalization,
     is_reward_model_dir,
     load_value_model,
     new_value_head,
@@ -586,6 +587,40 @@ def _load_reward(spec: str, key: str, **kwargs):
         raise relabel_error(err, key, ("reward_model", "model")) from None
 
 
+def _warn_if_scorer_cuts(run, reward_fn, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+    """A reward model reads at most its own `max_length` tokens of prompt + response (stored
+    when it was trained) and cuts the response's end beyond that: it would score a prefix,
+    without the EOS, yet the score lands on the policy's last token. Say so before training."""
+    limit = getattr(reward_fn, "max_length", None)
+    longest = max((len(ids) for ids in prompt_ids), default=0) + max_new_tokens
+    if limit is not None and limit < longest:
+        run.print(
+            f"[yellow]ppo.reward_model reads at most {limit} tokens of prompt + response (its "
+            f"max_length), and a rollout here reaches {longest} (the longest prompt + "
+            f"max_new_tokens={max_new_tokens}): longer responses are scored on their start "
+            "only. Train the reward model with a larger max_length, or sample fewer tokens[/]"
+        )
+
+
+def _check_critic_tokenizer(source: str, tokenizer, policy: str, given: bool) -> None:
+    """The critic reads the policy's token ids: one started from a model with another
+    vocabulary (a reward model may have its own tokenizer) would read other tokens, or fail."""
+    if source == policy:
+        return
+    try:
+        own = load_tokenizer(source)
+    except (ConfigError, OSError):
+        return  # no tokenizer of its own: it can only share the policy's
+    if own.get_vocab() != tokenizer.get_vocab():
+        key = "ppo.value_model" if given else "ppo.reward_model"
+        raise ConfigError(
+            f"{key}: the critic would start from {source}, whose tokenizer differs from the "
+            f"policy's ({policy}), yet it reads the policy's token ids; give "
+            "ppo.value_model=DIR with the policy's tokenizer (the policy itself, say) or "
+            "ppo.value_head_on_policy=true"
+        )
+
+
 def _default_critic(reward_spec: str, policy: str) -> str:
     """Where the critic starts without `ppo.value_model`: the reward model, or an ensemble's
     first member, when it is a reward-model directory; else the policy."""
@@ -628,6 +663,13 @@ def train(config: PPOConfig) -> dict:
     acc = run.accelerator
     rank, world = acc.process_index, acc.num_processes
     _validate_processes(options, world)
+    if options.missing_eos_penalty is not None and options.missing_eos_penalty > 0:
+        run.print(
+            f"[yellow]ppo.missing_eos_penalty={options.missing_eos_penalty} is the score a "
+            "response without EOS gets in place of its reward (Huang et al. 2024 give -1), not "
+            "an amount subtracted from it as TRL's key of the same name is: a positive score "
+            "rewards responses that never end unless your scores sit above it[/]"
+        )
     device = acc.device
     tokenizer = load_tokenizer(config.model)
 
@@ -677,6 +719,7 @@ def train(config: PPOConfig) -> dict:
     reward_fn = _load_reward(options.reward_model, "ppo.reward_model", dtype=config.dtype)
     if isinstance(reward_fn, HttpScorer):
         reward_fn.check()  # before the fresh run's clean-up below, as a directory's load is
+    _warn_if_scorer_cuts(run, reward_fn, prompt_ids, config.max_new_tokens)
     if options.uncertainty_coef > 0:
         reward_fn = _penalise_uncertainty(reward_fn, options)
     gold_fn = _load_reward(options.gold_reward, "ppo.gold_reward") if options.gold_reward else None
@@ -689,6 +732,7 @@ def train(config: PPOConfig) -> dict:
         attn_implementation=config.attn_implementation or None,
     )
     critic, value_head = None, None
+    critic_scores = False  # the critic starts as a reward model's (normalised) score
     if options.advantage_estimator == "gae":
         if options.value_head_on_policy:
             value_head = new_value_head(lm)
@@ -704,6 +748,8 @@ def train(config: PPOConfig) -> dict:
                 if not options.value_model:
                     raise
                 raise relabel_error(err, "ppo.value_model", ("model",)) from None
+            critic_scores = is_reward_model_dir(source)
+            _check_critic_tokenizer(source, tokenizer, config.model, bool(options.value_model))
     model = ActorCritic(lm, critic, value_head)
     reference = None
     if lora.r == 0:
@@ -767,6 +813,8 @@ def train(config: PPOConfig) -> dict:
             run.print(
                 f"reward normalisation: gain {state['norm'][0]:.4f} bias {state['norm'][1]:.4f}"
             )
+            if critic_scores:  # so it predicts the score as normalised here (a resumed run's
+                fold_normalization(unwrapped.critic.head, *state["norm"])  # weights have it)
 
     evaluation = None
     if eval_ids:
