@@ -103,7 +103,8 @@ def load_value_model(
     check_model_source(path)
     # A reward model keeps its own head (K heads of an ensemble are averaged into one below);
     # a causal LM gets a new scalar head.
-    extra = {} if is_reward_model_dir(path) else {"num_labels": 1}
+    from_reward_model = is_reward_model_dir(path)
+    extra = {} if from_reward_model else {"num_labels": 1}
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -124,7 +125,7 @@ def load_value_model(
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear):
         raise ConfigError(f"ppo.value_model: {path!r} has no linear `score` head")
-    if is_reward_model_dir(path):
+    if from_reward_model:
         from rlhfkit.models.reward_model import read_reward_info
 
         info = read_reward_info(path)

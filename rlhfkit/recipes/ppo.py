@@ -738,6 +738,7 @@ def train(config: PPOConfig) -> dict:
             value_head = new_value_head(lm)
         else:
             source = options.value_model or _default_critic(options.reward_model, config.model)
+            _check_critic_tokenizer(source, tokenizer, config.model, bool(options.value_model))
             try:
                 critic = load_value_model(
                     source,
@@ -749,7 +750,6 @@ def train(config: PPOConfig) -> dict:
                     raise
                 raise relabel_error(err, "ppo.value_model", ("model",)) from None
             critic_scores = is_reward_model_dir(source)
-            _check_critic_tokenizer(source, tokenizer, config.model, bool(options.value_model))
     model = ActorCritic(lm, critic, value_head)
     reference = None
     if lora.r == 0:

@@ -12,7 +12,7 @@ The last incomplete global batch of an epoch is dropped (counted in `dropped_per
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,10 @@ class BatchPlan:
     epochs: float = 1.0
     # what sets the global batch, for the error of `check` (PPO: its prompts per step)
     batch_keys: str = "batch_size x grad_accum x processes"
+    # (epoch, its order): the callers of one step (micro-batches, token counts) share it
+    _order: tuple[int, list[int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def global_batch(self) -> int:
@@ -61,8 +65,10 @@ class BatchPlan:
     def global_indices(self, step: int) -> list[int]:
         """Indices of the whole global batch of optimizer step `step` (0-based)."""
         epoch, within = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:  # drawn once per epoch, not per call
+            self._order = (epoch, self._permutation(epoch))
         start = within * self.global_batch
-        return self._permutation(epoch)[start : start + self.global_batch]
+        return self._order[1][start : start + self.global_batch]
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
